@@ -1,0 +1,1 @@
+"""Orthanc change-feed follower, DICOMweb client, uploads and the secured DICOMweb proxy."""

@@ -1,0 +1,1 @@
+"""The FHIR R4 REST facade and the canonical store everything writes through."""

@@ -1,0 +1,1 @@
+"""FHIR R4 REST routers: metadata, instance/type/system interactions, bundles, operations."""

@@ -1,0 +1,595 @@
+"""The RESTful interaction table: one small function per interaction, one dispatcher.
+
+A REST call and an entry of a batch/transaction Bundle are both a `FhirRequest` and go through
+`dispatch`, so they share one code path; every failure is a `FhirError`, rendered as an
+OperationOutcome in one place (the ASGI app, or the Bundle response entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import jsonpatch
+import orjson
+from sqlalchemy import Connection
+
+from fhir_server.api import bundling
+from fhir_server.clock import to_http_date
+from fhir_server.errors import FhirError, bad_request, gone, not_found, precondition_failed
+from fhir_server.search.extract import date_range
+from fhir_server.search.query import (
+    Compiler,
+    Row,
+    SearchPlan,
+    compartment_condition,
+    everything_rows,
+    execute,
+    matching_ids,
+)
+from fhir_server.search.registry import patient_compartment, resource_types
+from fhir_server.store.repository import Store, StoredResource, Transaction, history_rows
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json")
+
+
+@dataclass(slots=True)
+class FhirRequest:
+    method: str
+    path: list[str]
+    query: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    parsed: Any = None  # a body already parsed (Bundle entries)
+    existing_id: str | None = None  # a transaction's conditional create that matched
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def prefer(self, key: str) -> str | None:
+        for part in (self.headers.get("prefer") or "").split(";"):
+            k, _, v = part.strip().partition("=")
+            if k.strip() == key:
+                return v.strip().strip('"')
+        return None
+
+
+@dataclass(slots=True)
+class FhirResponse:
+    status: int
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    resource: dict[str, Any] | None = None  # set when a Bundle entry needs the parsed resource
+    interaction: str = ""
+    res_type: str = ""
+
+
+@dataclass
+class Context:
+    """What interactions need: the store, the FHIR base URL and page-size settings."""
+
+    store: Store
+    base_url: str
+    default_count: int = 20
+    max_count: int = 1000
+    tx: Transaction | None = None
+
+    def compiler(self, strict: bool = False) -> Compiler:
+        return Compiler(self.base_url, strict, self.default_count, self.max_count)
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """The surrounding Bundle transaction, or a new one for a single REST write."""
+        if self.tx is not None:
+            yield self.tx
+        else:
+            with self.store.transaction() as tx:
+                yield tx
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """Inside a Bundle transaction, reads must see its own (flushed) writes."""
+        if self.tx is not None:
+            self.tx.flush()
+            yield self.tx.conn
+        else:
+            with self.store.connection() as conn:
+                yield conn
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _resource_headers(stored: StoredResource, base_url: str) -> dict[str, str]:
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": to_http_date(stored.last_updated),
+        "Content-Location": f"{base_url}/{stored.location}",
+    }
+
+
+def _respond_with(
+    req: FhirRequest, status: int, stored: StoredResource, base_url: str, location: bool
+) -> FhirResponse:
+    headers = _resource_headers(stored, base_url)
+    if location:
+        headers["Location"] = f"{base_url}/{stored.location}"
+    prefer = req.prefer("return")
+    if prefer == "minimal":
+        return FhirResponse(status, None, headers)
+    if prefer == "OperationOutcome":
+        return FhirResponse(
+            status, bundling_outcome(f"{stored.res_type}/{stored.res_id} stored"), headers
+        )
+    return FhirResponse(status, stored.body, headers)
+
+
+def bundling_outcome(text: str) -> bytes:
+    from fhir_server.errors import outcome_bytes
+
+    return outcome_bytes(text)
+
+
+def _parse_json(req: FhirRequest) -> Any:
+    if req.parsed is not None:
+        return req.parsed
+    content_type = (
+        (req.header("content-type") or "application/fhir+json").split(";")[0].strip().lower()
+    )
+    if content_type not in JSON_TYPES:
+        raise FhirError(
+            415,
+            f"Unsupported media type '{content_type}'; send application/fhir+json",
+            "not-supported",
+        )
+    if not req.body.strip():
+        raise bad_request("The request has no body; a FHIR resource was expected")
+    try:
+        return orjson.loads(req.body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"Malformed JSON: {exc}") from None
+
+
+def _check_type(res_type: str) -> None:
+    if res_type not in resource_types():
+        raise FhirError(404, f"Unknown resource type '{res_type}'", "not-supported")
+
+
+def _if_match(req: FhirRequest) -> int | None:
+    value = req.header("if-match")
+    if not value:
+        return None
+    digits = value.strip().removeprefix("W/").strip('"')
+    try:
+        return int(digits)
+    except ValueError:
+        raise bad_request(f"If-Match must be an ETag like W/\"3\", not '{value}'") from None
+
+
+def _filters(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in query if k not in ("_format", "_pretty")]
+
+
+def _read_current(ctx: Context, res_type: str, res_id: str) -> StoredResource:
+    if ctx.tx is not None:
+        found = ctx.tx.current(res_type, res_id)
+        stored = found[1] if found else None
+    else:
+        stored = ctx.store.read(res_type, res_id)
+    if stored is None:
+        raise not_found(f"{res_type}/{res_id} is not known")
+    if stored.deleted:
+        raise FhirError(
+            410, f"{res_type}/{res_id} was deleted", "deleted", headers={"ETag": stored.etag}
+        )
+    return stored
+
+
+# -- instance level ----------------------------------------------------------------------------
+
+
+def read(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
+    stored = _read_current(ctx, res_type, res_id)
+    headers = _resource_headers(stored, ctx.base_url)
+    headers.pop("Content-Location")
+    none_match = req.header("if-none-match")
+    if none_match and none_match.strip() in (stored.etag, f'"{stored.version_id}"'):
+        return FhirResponse(304, None, headers)
+    summary = dict(req.query).get("_summary")
+    elements = dict(req.query).get("_elements")
+    body = stored.body or b""
+    if summary or elements:
+        body = bundling.shape(body, summary, elements.split(",") if elements else None)
+    return FhirResponse(200, body, headers)
+
+
+def vread(ctx: Context, req: FhirRequest, res_type: str, res_id: str, vid: str) -> FhirResponse:
+    try:
+        version_id = int(vid)
+    except ValueError:
+        raise not_found(f"Version '{vid}' of {res_type}/{res_id} is not known") from None
+    stored = ctx.store.vread(res_type, res_id, version_id)
+    if stored is None:
+        raise not_found(f"Version {vid} of {res_type}/{res_id} is not known")
+    if stored.deleted:
+        raise gone(f"Version {vid} of {res_type}/{res_id} is a deletion")
+    return FhirResponse(200, stored.body, _resource_headers(stored, ctx.base_url))
+
+
+def update(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
+    resource = _parse_json(req)
+    with ctx.write() as tx:
+        result = tx.update(res_type, res_id, resource, _if_match(req))
+    return _respond_with(
+        req, 201 if result.created else 200, result.stored, ctx.base_url, result.created
+    )
+
+
+def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
+    content_type = (req.header("content-type") or "").split(";")[0].strip().lower()
+    if req.parsed is not None:
+        content_type = "application/json-patch+json"  # Bundle entries carry a Binary/JSON Patch
+    if content_type not in PATCH_TYPES:
+        raise FhirError(
+            415,
+            f"Unsupported patch media type '{content_type}'; use application/json-patch+json "
+            "or application/merge-patch+json",
+            "not-supported",
+        )
+    if req.parsed is not None:
+        document = req.parsed
+    else:
+        try:
+            document = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"Malformed JSON: {exc}") from None
+    with ctx.write() as tx:
+        found = tx.current(res_type, res_id, lock=True)
+        if found is None or found[1].deleted:
+            raise not_found(f"{res_type}/{res_id} is not known")
+        current = found[1]
+        expected = _if_match(req)
+        if expected is not None and expected != current.version_id:
+            raise precondition_failed(
+                f"Version conflict: If-Match {expected}, current {current.version_id}"
+            )
+        patched = apply_patch(current.json(), document, content_type)
+        result = tx.update(res_type, res_id, patched, None, method="PATCH")
+    return _respond_with(req, 200, result.stored, ctx.base_url, False)
+
+
+def apply_patch(resource: dict[str, Any], document: Any, content_type: str) -> dict[str, Any]:
+    """JSON Patch (RFC 6902) or JSON merge patch (RFC 7386) on a resource."""
+    if content_type == "application/merge-patch+json":
+        if not isinstance(document, dict):
+            raise bad_request("A merge patch must be a JSON object")
+        patched = _merge(resource, document)
+    else:
+        if isinstance(document, dict) and document.get("resourceType") == "Binary":
+            import base64
+
+            try:
+                document = orjson.loads(base64.b64decode(document.get("data", "")))
+            except (ValueError, orjson.JSONDecodeError):
+                raise bad_request("The Binary patch does not hold a JSON Patch document") from None
+        if not isinstance(document, list):
+            raise bad_request("A JSON Patch must be an array of operations")
+        try:
+            patched = jsonpatch.apply_patch(resource, document)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError(422, f"JSON Patch test failed: {exc}", "processing") from None
+        except (
+            jsonpatch.JsonPatchException,
+            jsonpatch.JsonPointerException,
+            TypeError,
+            ValueError,
+        ) as exc:
+            raise FhirError(422, f"JSON Patch could not be applied: {exc}", "processing") from None
+    if not isinstance(patched, dict):
+        raise FhirError(422, "The patch did not produce a resource", "processing")
+    if patched.get("id") != resource.get("id") or patched.get("resourceType") != resource.get(
+        "resourceType"
+    ):
+        raise FhirError(422, "A patch may not change id or resourceType", "processing")
+    return patched
+
+
+def _merge(target: Any, patch_doc: Any) -> Any:
+    if not isinstance(patch_doc, dict):
+        return patch_doc
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch_doc.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
+
+
+def delete(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
+    with ctx.write() as tx:
+        stored = tx.delete(res_type, res_id)
+    headers = {"ETag": stored.etag} if stored else {}
+    return FhirResponse(204, None, headers)
+
+
+# -- type level ----------------------------------------------------------------------------------
+
+
+def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
+    resource = _parse_json(req)
+    if isinstance(resource, dict) and resource.get("resourceType") not in (None, res_type):
+        raise bad_request(
+            f"resourceType '{resource.get('resourceType')}' "
+            f"does not match the URL type '{res_type}'",
+            ["resourceType"],
+        )
+    condition = req.header("if-none-exist")
+    with ctx.write() as tx:
+        if condition:
+            ids = tx.search_ids(
+                res_type, parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+            )
+            if len(ids) > 1:
+                raise precondition_failed(
+                    f"If-None-Exist '{condition}' matched {len(ids)} resources"
+                )
+            if ids:
+                found = tx.current(res_type, ids[0])
+                assert found is not None
+                return _respond_with(req, 200, found[1], ctx.base_url, False)
+        result = tx.create(resource)
+    return _respond_with(req, 201, result.stored, ctx.base_url, True)
+
+
+def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
+    resource = _parse_json(req)
+    with ctx.write() as tx:
+        ids = tx.search_ids(res_type, _filters(req.query))
+        if len(ids) > 1:
+            raise precondition_failed(f"The conditional update matched {len(ids)} resources")
+        body_id = resource.get("id") if isinstance(resource, dict) else None
+        if ids:
+            if body_id and body_id != ids[0]:
+                raise bad_request(
+                    f"The resource id '{body_id}' differs from the matched {res_type}/{ids[0]}",
+                    ["id"],
+                )
+            resource["id"] = ids[0]
+            result = tx.update(res_type, ids[0], resource, _if_match(req))
+        elif body_id:
+            result = tx.update(res_type, body_id, resource)
+        else:
+            result = tx.create(resource)
+    return _respond_with(
+        req, 201 if result.created else 200, result.stored, ctx.base_url, result.created
+    )
+
+
+def conditional_delete(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
+    with ctx.write() as tx:
+        ids = tx.search_ids(res_type, _filters(req.query))
+        if len(ids) > 1 and req.prefer("handling") != "lenient-multiple":
+            raise precondition_failed(f"The conditional delete matched {len(ids)} resources")
+        for res_id in ids:
+            tx.delete(res_type, res_id)
+    return FhirResponse(204)
+
+
+def conditional_patch(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
+    with ctx.read_connection() as conn:
+        ids = matching_ids(conn, res_type, _filters(req.query), ctx.base_url)
+    if len(ids) != 1:
+        raise FhirError(
+            412 if ids else 404,
+            f"The conditional patch matched {len(ids)} resources",
+            "not-found" if not ids else "multiple-matches",
+        )
+    return patch(ctx, req, res_type, ids[0])
+
+
+def search(
+    ctx: Context,
+    req: FhirRequest,
+    res_type: str,
+    compartment: str | None = None,
+    form: bytes | None = None,
+) -> FhirResponse:
+    query = _filters(req.query)
+    if form:
+        query += parse_qsl(form.decode("utf-8", "replace"), keep_blank_values=True)
+    plan = ctx.compiler(strict=req.prefer("handling") == "strict").compile(res_type, query)
+    path = res_type
+    if compartment is not None:
+        plan.where.append(compartment_condition(compartment, res_type))
+        path = f"Patient/{compartment}/{res_type}"
+    return _searchset(ctx, plan, path)
+
+
+def _searchset(ctx: Context, plan: SearchPlan, path: str) -> FhirResponse:
+    with ctx.read_connection() as conn:
+        result = execute(conn, plan)
+    entries = [
+        bundling.search_entry(
+            ctx.base_url, row, bundling.shape(row.body, plan.summary, plan.elements)
+        )
+        for row in result.rows
+    ]
+    entries += [bundling.search_entry(ctx.base_url, row, row.body) for row in result.included]
+    if plan.ignored:
+        from fhir_server.errors import operation_outcome
+
+        note = operation_outcome(
+            "Ignored unknown or unsupported search parameters: " + ", ".join(plan.ignored),
+            "not-supported",
+            "warning",
+        )
+        entries.append(b'{"resource":' + orjson.dumps(note) + b',"search":{"mode":"outcome"}}')
+    links = bundling.page_links(
+        ctx.base_url, path, plan.applied, plan.count, plan.offset, result.total, len(result.rows)
+    )
+    return FhirResponse(200, bundling.bundle_bytes("searchset", entries, result.total, links))
+
+
+def everything(ctx: Context, req: FhirRequest, patient_id: str) -> FhirResponse:
+    _read_current(ctx, "Patient", patient_id)
+    with ctx.read_connection() as conn:
+        rows: list[Row] = everything_rows(conn, patient_id, 10_000)
+    entries = [bundling.search_entry(ctx.base_url, row, row.body) for row in rows]
+    links = [("self", f"{ctx.base_url}/Patient/{patient_id}/$everything")]
+    return FhirResponse(200, bundling.bundle_bytes("searchset", entries, len(rows), links))
+
+
+def history(
+    ctx: Context, req: FhirRequest, res_type: str | None, res_id: str | None
+) -> FhirResponse:
+    params = dict(req.query)
+    since = _instant_param(params, "_since")
+    at = _instant_param(params, "_at")
+    try:
+        count = max(0, min(int(params.get("_count", ctx.default_count)), ctx.max_count))
+        offset = max(0, int(params.get("_offset", 0)))
+    except ValueError:
+        raise bad_request("_count and _offset must be integers") from None
+    with ctx.read_connection() as conn:
+        total, versions = history_rows(conn, res_type, res_id, since, at, count, offset)
+    if res_id and total == 0:
+        raise not_found(f"{res_type}/{res_id} is not known")
+    path = "/".join(p for p in (res_type, res_id, "_history") if p)
+    kept = [(k, v) for k, v in req.query if k in ("_since", "_at")]
+    links = bundling.page_links(ctx.base_url, path, kept, count, offset, total, len(versions))
+    entries = [bundling.history_entry(ctx.base_url, v) for v in versions]
+    return FhirResponse(200, bundling.bundle_bytes("history", entries, total, links))
+
+
+def _instant_param(params: dict[str, str], name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        low, high = date_range(value)
+    except ValueError:
+        raise bad_request(f"{name} must be a FHIR instant, not '{value}'") from None
+    return low if name == "_since" else high - 1
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+Handler = Callable[..., FhirResponse]
+
+
+def dispatch(
+    ctx: Context, req: FhirRequest, capability: Callable[[], bytes] | None = None
+) -> FhirResponse:
+    """Route one request (REST or Bundle entry) to its interaction."""
+    path = [p for p in req.path if p]
+    method = req.method.upper()
+    n = len(path)
+    if n == 0:
+        if method == "POST":
+            from fhir_server.api.bundles import process_bundle
+
+            return process_bundle(ctx, req, capability)
+        return _not_allowed(method, "POST")
+    res_type = path[0]
+    if res_type == "metadata" and n == 1:
+        if method != "GET" or capability is None:
+            return _not_allowed(method, "GET")
+        return FhirResponse(200, capability(), interaction="capabilities")
+    if res_type == "_history" and n == 1:
+        if method != "GET":
+            return _not_allowed(method, "GET")
+        return _named(history(ctx, req, None, None), "history-system", "")
+    _check_type(res_type)
+    if n == 1:
+        table: dict[str, Callable[[], FhirResponse]] = {
+            "GET": lambda: search(ctx, req, res_type),
+            "POST": lambda: create(ctx, req, res_type),
+            "PUT": lambda: conditional_update(ctx, req, res_type),
+            "DELETE": lambda: conditional_delete(ctx, req, res_type),
+            "PATCH": lambda: conditional_patch(ctx, req, res_type),
+        }
+        names = {
+            "GET": "search-type",
+            "POST": "create",
+            "PUT": "update",
+            "DELETE": "delete",
+            "PATCH": "patch",
+        }
+        if method in ("PUT", "DELETE", "PATCH") and not _filters(req.query):
+            raise bad_request(
+                f"{method} on a type needs search parameters (a conditional {names[method]})"
+            )
+        if method not in table:
+            return _not_allowed(method, "GET, POST, PUT, DELETE, PATCH")
+        return _named(table[method](), names[method], res_type)
+    second = path[1]
+    if n == 2 and second == "_search":
+        if method != "POST":
+            return _not_allowed(method, "POST")
+        content_type = (
+            (req.header("content-type") or "application/x-www-form-urlencoded")
+            .split(";")[0]
+            .strip()
+        )
+        if content_type != "application/x-www-form-urlencoded":
+            raise FhirError(
+                415, "POST _search takes an application/x-www-form-urlencoded body", "not-supported"
+            )
+        return _named(search(ctx, req, res_type, form=req.body), "search-type", res_type)
+    if n == 2 and second == "_history":
+        if method != "GET":
+            return _not_allowed(method, "GET")
+        return _named(history(ctx, req, res_type, None), "history-type", res_type)
+    res_id = second
+    if n == 2:
+        instance: dict[str, tuple[str, Callable[[], FhirResponse]]] = {
+            "GET": ("read", lambda: read(ctx, req, res_type, res_id)),
+            "PUT": ("update", lambda: update(ctx, req, res_type, res_id)),
+            "PATCH": ("patch", lambda: patch(ctx, req, res_type, res_id)),
+            "DELETE": ("delete", lambda: delete(ctx, req, res_type, res_id)),
+        }
+        if method not in instance:
+            return _not_allowed(method, "GET, PUT, PATCH, DELETE")
+        name, handler = instance[method]
+        return _named(handler(), name, res_type)
+    third = path[2]
+    if third == "_history":
+        if method != "GET":
+            return _not_allowed(method, "GET")
+        if n == 3:
+            return _named(history(ctx, req, res_type, res_id), "history-instance", res_type)
+        if n == 4:
+            return _named(vread(ctx, req, res_type, res_id, path[3]), "vread", res_type)
+    if res_type == "Patient" and n == 3:
+        if method != "GET":
+            return _not_allowed(method, "GET")
+        if third == "$everything":
+            return _named(everything(ctx, req, res_id), "operation", "Patient")
+        if third in resource_types() and (patient_compartment(third) or third == "Patient"):
+            return _named(search(ctx, req, third, compartment=res_id), "search-compartment", third)
+    raise not_found(f"No interaction at /{'/'.join(path)}")
+
+
+def _named(response: FhirResponse, interaction: str, res_type: str) -> FhirResponse:
+    response.interaction = interaction
+    response.res_type = res_type
+    return response
+
+
+def _not_allowed(method: str, allowed: str) -> FhirResponse:
+    raise FhirError(
+        405,
+        f"Method {method} is not allowed here; allowed: {allowed}",
+        "not-supported",
+        headers={"Allow": allowed},
+    )
+
+
+def query_string(items: list[tuple[str, str]]) -> str:
+    return urlencode(items)

@@ -1,0 +1,1 @@
+"""The canonical store: tables, the repository (the one write path) and migrations."""

@@ -1,0 +1,20 @@
+"""Alembic environment: runs on the connection handed over by `fhir_server.store.db.upgrade`."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from fhir_server.store.models import metadata
+
+config = context.config
+connection = config.attributes.get("connection")
+
+if connection is not None:
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    with engine.begin() as conn:
+        context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()

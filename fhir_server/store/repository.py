@@ -1,0 +1,434 @@
+"""The repository: the one write path into the canonical store (DESIGN.md).
+
+Every change, whether a REST call, a Bundle entry or a mapped HL7/DICOM/OpenEMR message, goes
+through `Transaction`: validate, resolve references, write the new version (keeping the old one),
+rewrite the search index and append an outbox row, all inside one database transaction.
+Reads return the stored JSON bytes untouched, so serving a resource never re-parses it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fhir_server import metrics
+from fhir_server.clock import now_us, to_instant
+from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
+from fhir_server.search.extract import extract
+from fhir_server.store.models import INDEX_TABLES, outbox, resource_versions, resources
+from fhir_server.validation import validate_resource
+
+R = resources.c
+V = resource_versions.c
+
+
+@dataclass(slots=True)
+class StoredResource:
+    """One version of a resource as stored; `body` is None for a deletion."""
+
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: int
+    deleted: bool
+    body: bytes | None
+    method: str = ""
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.res_type}/{self.res_id}/_history/{self.version_id}"
+
+    def json(self) -> dict[str, Any]:
+        return orjson.loads(self.body) if self.body else {}
+
+
+@dataclass(slots=True)
+class WriteResult:
+    stored: StoredResource
+    created: bool
+    changed: bool = True
+
+
+class Store:
+    """Entry point: reads outside transactions, and `transaction()` for every write."""
+
+    def __init__(self, engine: Engine, base_url: str) -> None:
+        self.engine = engine
+        self.base_url = base_url.rstrip("/")
+        self.listeners: list[Callable[[int], None]] = []
+        self._read_sql = select(R.version_id, R.last_updated, R.deleted, R.body).where(
+            R.res_type == _param("t"), R.res_id == _param("i")
+        )
+
+    def read(self, res_type: str, res_id: str) -> StoredResource | None:
+        """The current version, or a deleted marker, or None if the id was never used."""
+        with self.engine.connect() as conn:
+            row = conn.execute(self._read_sql, {"t": res_type, "i": res_id}).first()
+        if row is None:
+            return None
+        return StoredResource(res_type, res_id, row[0], row[1], bool(row[2]), row[3])
+
+    def vread(self, res_type: str, res_id: str, version_id: int) -> StoredResource | None:
+        with self.engine.connect() as conn:
+            return _vread(conn, res_type, res_id, version_id)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One database transaction; commits on normal exit, rolls back on any exception."""
+        started = time.perf_counter()
+        outcome = "rollback"
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(interop_write=True)
+                with conn.begin():
+                    tx = Transaction(self, conn)
+                    yield tx
+                    tx.flush()
+            outcome = "commit"
+        finally:
+            metrics.STORE_TRANSACTIONS.inc((outcome,))
+            metrics.STORE_SECONDS.observe((outcome,), time.perf_counter() - started)
+        if tx.outbox_count:
+            for listener in self.listeners:
+                listener(tx.outbox_count)
+
+
+def _param(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+def _vread(conn: Connection, res_type: str, res_id: str, version_id: int) -> StoredResource | None:
+    row = conn.execute(
+        select(V.last_updated, V.deleted, V.body, V.method).where(
+            V.res_type == res_type, V.res_id == res_id, V.version_id == version_id
+        )
+    ).first()
+    if row is None:
+        return None
+    return StoredResource(res_type, res_id, version_id, row[0], bool(row[1]), row[2], row[3])
+
+
+class Transaction:
+    """Writes inside one database transaction; rows for bulk tables are buffered and flushed
+    together (before any query that must see them, and at commit)."""
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self.outbox_count = 0
+        self._versions: list[dict[str, Any]] = []
+        self._outbox: list[dict[str, Any]] = []
+        self._index: dict[str, list[dict[str, Any]]] = {k: [] for k in INDEX_TABLES}
+
+    # -- reads inside the transaction -------------------------------------------------------
+
+    def current(
+        self, res_type: str, res_id: str, lock: bool = False
+    ) -> tuple[int, StoredResource] | None:
+        """(pk, current version) of a resource, locking its row on PostgreSQL when asked.
+
+        No flush: the `resources` table is written immediately, only side tables are buffered.
+        """
+        query = select(R.pk, R.version_id, R.last_updated, R.deleted, R.body).where(
+            R.res_type == res_type, R.res_id == res_id
+        )
+        if lock and self.conn.dialect.name != "sqlite":
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        if row is None:
+            return None
+        return row[0], StoredResource(res_type, res_id, row[1], row[2], bool(row[3]), row[4])
+
+    def search_ids(self, res_type: str, query: list[tuple[str, str]]) -> list[str]:
+        """Ids matching a search, for conditional create/update/delete and references."""
+        from fhir_server.search.query import matching_ids
+
+        self.flush()
+        return matching_ids(self.conn, res_type, query, self.store.base_url)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def create(self, resource: dict[str, Any], res_id: str | None = None) -> WriteResult:
+        """Store a new resource under a server-assigned id (or `res_id`, for create-on-update)."""
+        resource = validate_resource(resource)
+        self.resolve_conditional_references(resource)
+        return self._insert_new(
+            resource, resource["resourceType"], res_id or str(uuid.uuid4()), "POST"
+        )
+
+    def update(
+        self,
+        res_type: str,
+        res_id: str,
+        resource: dict[str, Any],
+        if_match: int | None = None,
+        method: str = "PUT",
+    ) -> WriteResult:
+        """Replace a resource (creating it when the id is new, which FHIR allows)."""
+        resource = validate_resource(resource, res_type)
+        if resource.get("id") != res_id:
+            raise bad_request(
+                f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
+                ["id"],
+            )
+        found = self.current(res_type, res_id, lock=True)
+        if found is None:
+            if if_match is not None:
+                raise precondition_failed(f"{res_type}/{res_id} does not exist (If-Match given)")
+            self.resolve_conditional_references(resource)
+            return self._insert_new(resource, res_type, res_id, method)
+        pk, current = found
+        if if_match is not None and if_match != current.version_id:
+            raise precondition_failed(
+                f"Version conflict: If-Match {if_match} but {res_type}/{res_id} is at "
+                f"version {current.version_id}"
+            )
+        self.resolve_conditional_references(resource)
+        if not current.deleted and current.body and _same_content(current.body, resource):
+            return WriteResult(current, created=False, changed=False)
+        stored = self._new_version(resource, res_type, res_id, current.version_id + 1, method)
+        self.conn.execute(
+            update(resources)
+            .where(R.pk == pk)
+            .values(
+                version_id=stored.version_id,
+                last_updated=stored.last_updated,
+                deleted=False,
+                body=stored.body,
+            )
+        )
+        self._clear_index(pk, current)
+        self._record(pk, stored, resource, "update" if method == "PUT" else "patch")
+        return WriteResult(stored, created=current.deleted)
+
+    def delete(self, res_type: str, res_id: str) -> StoredResource | None:
+        """Mark a resource deleted (a new, empty version); None when there was nothing to delete."""
+        found = self.current(res_type, res_id, lock=True)
+        if found is None or found[1].deleted:
+            return None
+        pk, current = found
+        stamp = now_us()
+        stored = StoredResource(
+            res_type, res_id, current.version_id + 1, stamp, True, None, "DELETE"
+        )
+        self.conn.execute(
+            update(resources)
+            .where(R.pk == pk)
+            .values(version_id=stored.version_id, last_updated=stamp, deleted=True, body=None)
+        )
+        self._clear_index(pk, current)
+        self._versions.append(_version_row(stored))
+        self._append_outbox(stored, "delete")
+        return stored
+
+    # -- references -------------------------------------------------------------------------
+
+    def resolve_conditional_references(self, resource: dict[str, Any]) -> None:
+        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1)."""
+        for ref in _references(resource):
+            value = ref.get("reference")
+            if (
+                not isinstance(value, str)
+                or "?" not in value
+                or value.startswith(("http:", "https:"))
+            ):
+                continue
+            res_type, _, query_string = value.partition("?")
+            from fhir_server.search.query import parse_query_string
+
+            ids = self.search_ids(res_type, parse_query_string(query_string))
+            if len(ids) != 1:
+                raise FhirError(
+                    412 if ids else 404,
+                    f"Conditional reference '{value}' matched {len(ids)} resources; it must "
+                    "match exactly one",
+                    "not-found" if not ids else "multiple-matches",
+                )
+            ref["reference"] = f"{res_type}/{ids[0]}"
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _insert_new(
+        self, resource: dict[str, Any], res_type: str, res_id: str, method: str
+    ) -> WriteResult:
+        stored = self._new_version(resource, res_type, res_id, 1, method)
+        try:
+            pk = self.conn.execute(
+                insert(resources).returning(R.pk),
+                {
+                    "res_type": res_type,
+                    "res_id": res_id,
+                    "version_id": 1,
+                    "last_updated": stored.last_updated,
+                    "deleted": False,
+                    "body": stored.body,
+                },
+            ).scalar_one()
+        except IntegrityError:
+            raise conflict(f"{res_type}/{res_id} was created concurrently; retry") from None
+        self._record(pk, stored, resource, "create")
+        return WriteResult(stored, created=True)
+
+    def _new_version(
+        self, resource: dict[str, Any], res_type: str, res_id: str, version: int, method: str
+    ) -> StoredResource:
+        stamp = now_us()
+        resource["id"] = res_id
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = to_instant(stamp)
+        resource["meta"] = meta
+        body = orjson.dumps(resource)
+        return StoredResource(res_type, res_id, version, stamp, False, body, method)
+
+    def _record(
+        self, pk: int, stored: StoredResource, resource: dict[str, Any], interaction: str
+    ) -> None:
+        self._versions.append(_version_row(stored))
+        rows = extract(resource, self.store.base_url)
+        res_type = stored.res_type
+        for kind, table in INDEX_TABLES.items():
+            values = getattr(rows, kind)
+            if values:
+                cols = [c.name for c in table.columns][3:]
+                buffer = self._index[kind]
+                for value in values:
+                    row = {"resource_pk": pk, "res_type": res_type, "param": value[0]}
+                    row.update(zip(cols, value[1:], strict=True))
+                    buffer.append(row)
+        self._append_outbox(stored, interaction)
+
+    def _clear_index(self, pk: int, previous: StoredResource) -> None:
+        """Drop the index rows of the previous version (only tables it actually used)."""
+        self.flush()
+        kinds: list[str] = list(INDEX_TABLES)
+        if previous.body:
+            try:
+                old = extract(orjson.loads(previous.body), self.store.base_url)
+                kinds = [k for k in INDEX_TABLES if getattr(old, k)]
+            except Exception:  # noqa: BLE001 - an unreadable old body just means "clear all"
+                kinds = list(INDEX_TABLES)
+        elif previous.deleted:
+            kinds = []
+        for kind in kinds:
+            table = INDEX_TABLES[kind]
+            self.conn.execute(delete(table).where(table.c.resource_pk == pk))
+
+    def _append_outbox(self, stored: StoredResource, interaction: str) -> None:
+        self._outbox.append(
+            {
+                "res_type": stored.res_type,
+                "res_id": stored.res_id,
+                "version_id": stored.version_id,
+                "interaction": interaction,
+                "created": stored.last_updated,
+                "processed": None,
+            }
+        )
+
+    def flush(self) -> None:
+        """Write buffered version, index and outbox rows (executemany, one per table)."""
+        if self._versions:
+            self.conn.execute(insert(resource_versions), self._versions)
+            self._versions = []
+        for kind, rows in self._index.items():
+            if rows:
+                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+                self._index[kind] = []
+        if self._outbox:
+            self.conn.execute(insert(outbox), self._outbox)
+            self.outbox_count += len(self._outbox)
+            self._outbox = []
+
+
+def _version_row(stored: StoredResource) -> dict[str, Any]:
+    return {
+        "res_type": stored.res_type,
+        "res_id": stored.res_id,
+        "version_id": stored.version_id,
+        "last_updated": stored.last_updated,
+        "deleted": stored.deleted,
+        "method": stored.method,
+        "body": stored.body,
+    }
+
+
+def _same_content(old_body: bytes, new: dict[str, Any]) -> bool:
+    """An update that changes nothing but meta keeps the version (no history noise)."""
+    old = orjson.loads(old_body)
+    old_meta = {
+        k: v
+        for k, v in (old.pop("meta", None) or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
+    new_meta = {
+        k: v for k, v in (new.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    rest = {k: v for k, v in new.items() if k != "meta"}
+    return old == rest and old_meta == new_meta
+
+
+def _references(node: Any) -> Iterator[dict[str, Any]]:
+    """Every dict with a string `reference` key (a Reference datatype), depth first."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node
+        for value in node.values():
+            if isinstance(value, dict | list):
+                yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+
+
+def history_rows(
+    conn: Connection,
+    res_type: str | None,
+    res_id: str | None,
+    since: int | None,
+    at_or_before: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[StoredResource]]:
+    """Versions newest first, for instance, type and system history."""
+    from sqlalchemy import func
+
+    conds = []
+    if res_type:
+        conds.append(V.res_type == res_type)
+    if res_id:
+        conds.append(V.res_id == res_id)
+    if since is not None:
+        conds.append(V.last_updated >= since)
+    if at_or_before is not None:
+        conds.append(V.last_updated <= at_or_before)
+    where = and_(*conds) if conds else None
+    count_q = select(func.count()).select_from(resource_versions)
+    rows_q = select(
+        V.res_type, V.res_id, V.version_id, V.last_updated, V.deleted, V.body, V.method
+    ).order_by(V.last_updated.desc(), V.pk.desc())
+    if where is not None:
+        count_q = count_q.where(where)
+        rows_q = rows_q.where(where)
+    total = conn.execute(count_q).scalar_one()
+    rows = conn.execute(rows_q.limit(limit).offset(offset)).all()
+    return total, [StoredResource(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]

@@ -1,0 +1,1 @@
+"""Composition root: settings, the `interop` command line and the ASGI app assembly."""

@@ -1,0 +1,205 @@
+"""ASGI app assembly: the FHIR API under /fhir, health and metrics at the root."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from fhir_server import metrics
+from fhir_server.api.capability import capability_bytes
+from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
+from fhir_server.errors import FhirError, operation_outcome
+from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
+from fhir_server.store.repository import Store
+from interop.logs import request_id_var
+from interop.settings import Settings, get_settings
+from smart_auth.policy import AccessPolicy
+
+log = logging.getLogger("interop.http")
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
+
+
+def software_version() -> str:
+    try:
+        return version("interop-server")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    base_url = settings.effective_base_url
+    engine = create_db_engine(settings.effective_database_url, settings.db_pool_size)
+    if migrate:
+        upgrade(engine)
+    store = Store(engine, base_url)
+    ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
+    policy = AccessPolicy(settings.auth_enabled)
+    capability = capability_bytes(base_url, software_version(), settings.auth_enabled)
+
+    app = FastAPI(
+        title="Interop server", version=software_version(), docs_url="/docs", redoc_url=None
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.policy = policy
+    app.state.context = ctx
+    if not settings.auth_enabled:
+        logging.getLogger("interop").warning(
+            "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"
+        )
+
+    async def fhir_endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        path = request.path_params.get("path", "").split("/")
+        fhir_req = FhirRequest(
+            request.method,
+            path,
+            request.query_params.multi_items(),
+            dict(request.headers),
+            await request.body(),
+        )
+        interaction, res_type = "unknown", ""
+        try:
+            _negotiate(fhir_req)
+            policy.check([p for p in path if p], fhir_req.header("authorization"))
+            response: FhirResponse = await run_in_threadpool(
+                dispatch, ctx, fhir_req, lambda: capability
+            )
+            interaction, res_type = response.interaction or interaction, response.res_type
+            status, body, headers = response.status, response.body, response.headers
+        except FhirError as exc:
+            status, body, headers = exc.status, orjson.dumps(exc.outcome()), exc.headers
+        except Exception:
+            log.exception("unhandled error in FHIR request")
+            status, body, headers = (
+                500,
+                orjson.dumps(operation_outcome("Internal server error", "exception")),
+                {},
+            )
+        request.state.interaction = interaction
+        metrics.REQUESTS.inc((interaction, res_type, str(status)))
+        metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
+        if request.method == "HEAD":
+            body = None
+        return Response(body, status, headers, media_type=FHIR_JSON if body is not None else None)
+
+    app.router.add_route("/fhir", fhir_endpoint, methods=METHODS)
+    app.router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            current = schema_is_current(engine)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+        if not current:
+            return JSONResponse(
+                {"status": "unavailable", "reason": "database migrations pending"}, 503
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(RequestContext, log_phi=settings.log_phi)
+    return app
+
+
+def _negotiate(req: FhirRequest) -> None:
+    """JSON only: `_format` or an Accept header that excludes JSON gets 406."""
+    wanted = dict(req.query).get("_format") or ""
+    if wanted and "json" not in wanted:
+        raise FhirError(
+            406, f"_format={wanted} is not supported; this server speaks JSON", "not-supported"
+        )
+    accept = req.header("accept") or ""
+    if accept and "json" not in accept and "*/*" not in accept and "application/*" not in accept:
+        raise FhirError(
+            406,
+            f"Cannot produce '{accept}'; this server speaks application/fhir+json",
+            "not-supported",
+        )
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id (echoed in X-Request-ID) and one access-log line."""
+
+    def __init__(self, app: ASGIApp, log_phi: bool = False) -> None:
+        self.app = app
+        self.log_phi = log_phi
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                path = scope.get("path", "")
+                if self.log_phi and scope.get("query_string"):
+                    path += "?" + scope["query_string"].decode("latin-1")
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                        "interaction": scope.get("state", {}).get("interaction", ""),
+                    },
+                )
+            request_id_var.reset(token)
+
+
+def create_app_without_migrations() -> FastAPI:
+    """Factory for uvicorn workers: `interop serve` has already migrated once, before forking."""
+    from interop.logs import configure
+
+    settings = get_settings()
+    configure(settings.log_level, settings.log_format)
+    return create_app(settings, migrate=False)

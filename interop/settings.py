@@ -1,0 +1,110 @@
+"""Operator configuration: every setting is an `INTEROP_` environment variable (or `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_FIELDS = frozenset(
+    {
+        "orthanc_password",
+        "openemr_client_secret",
+        "openemr_password",
+    }
+)
+
+
+class Settings(BaseSettings):
+    """The names here are the operator interface (DESIGN.md, "Configuration names")."""
+
+    model_config = SettingsConfigDict(env_prefix="INTEROP_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means a SQLite file under ./var/",
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP listen address")
+    port: int = Field(default=8080, description="HTTP listen port")
+    base_url: str = Field(
+        default="", description="public FHIR base; empty means http://{host}:{port}/fhir"
+    )
+    auth: Literal["on", "off"] = Field(default="on", description="'off' only for development")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    log_level: str = Field(default="info", description="debug, info, warning, error")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: JSON unless stderr is a terminal"
+    )
+    log_phi: bool = Field(default=False, description="allow patient data (bodies, queries) in logs")
+    default_page_size: int = Field(default=20, ge=1, description="search _count when none is given")
+    max_page_size: int = Field(default=1000, ge=1, description="largest _count honoured")
+    db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL connection pool size")
+
+    mllp_host: str = Field(default="127.0.0.1", description="MLLP listen address")
+    mllp_port: int = Field(default=2575, description="MLLP listen port; 0 disables the listener")
+    redis_url: str = Field(default="", description="Celery broker; empty means in-process runner")
+    dicomweb_url: str = Field(
+        default="", description="DICOMweb root of the PACS; empty: imaging off"
+    )
+    orthanc_url: str = Field(default="", description="Orthanc REST root; enables its change feed")
+    orthanc_user: str = Field(default="", description="PACS user")
+    orthanc_password: SecretStr = Field(default=SecretStr(""), description="PACS password")
+    openemr_url: str = Field(default="", description="OpenEMR base URL; empty: bridge off")
+    openemr_site: str = Field(default="default", description="OpenEMR site")
+    openemr_client_id: str = Field(default="", description="our client id in OpenEMR")
+    openemr_client_secret: SecretStr = Field(default=SecretStr(""), description="its secret")
+    openemr_username: str = Field(default="", description="OpenEMR service user")
+    openemr_password: SecretStr = Field(default=SecretStr(""), description="its password")
+    openemr_private_key: str = Field(default="", description="PEM file for private_key_jwt")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path('var').resolve() / 'interop.db'}"
+
+    @property
+    def effective_base_url(self) -> str:
+        return self.base_url or f"http://{self.host}:{self.port}/fhir"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with secrets and URL passwords hidden (`interop config`)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********" if value.get_secret_value() else ""
+            elif name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            out[f"INTEROP_{name.upper()}"] = value
+        out["INTEROP_DATABASE_URL"] = mask_url(self.effective_database_url)
+        out["INTEROP_BASE_URL"] = self.effective_base_url
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a URL such as postgresql://user:secret@host/db."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":********"
+    return f"{scheme}://{creds}@{host}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Pure translations into FHIR (HL7 v2, OpenEMR, DICOM, AI output): no network, no database."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import anyio.to_thread
 import orjson
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -48,12 +50,25 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     if migrate:
         upgrade(engine)
     store = Store(engine, base_url)
+    store.statistics.refresh_in_background()
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
     policy = AccessPolicy(settings.auth_enabled)
     capability = capability_bytes(base_url, software_version(), settings.auth_enabled)
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # As many request threads as pooled connections: more threads only queue for a
+        # connection, and pool overflow would open (and close) a connection per request.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        yield
+        engine.dispose()
+
     app = FastAPI(
-        title="Interop server", version=software_version(), docs_url="/docs", redoc_url=None
+        title="Interop server",
+        version=software_version(),
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = store

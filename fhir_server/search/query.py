@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    exists,
     false,
     func,
     not_,
@@ -101,6 +102,9 @@ class SearchPlan:
     total: str = "accurate"
     applied: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # For `pk IN (index rows)` conditions: (selectivity rank, the same test as a correlated
+    # EXISTS). Only the most selective stays an IN that drives the query; see `_plan_joins`.
+    correlated: dict[int, tuple[int, ColumnElement[bool]]] = field(default_factory=dict)
 
 
 def parse_query_string(query: str) -> list[tuple[str, str]]:
@@ -173,6 +177,7 @@ class Compiler:
             if clause is not None:
                 plan.where.append(clause)
                 plan.applied.append((name, value))
+        _plan_joins(plan)
         if not plan.order_by:
             plan.order_by = [R.pk]
         else:
@@ -306,7 +311,12 @@ class Compiler:
                 positive.append(self._value(param, table, modifier, v))
         conds: list[ColumnElement[bool]] = []
         if positive:
-            conds.append(pk_col.in_(select(table.c.resource_pk).where(*owner, or_(*positive))))
+            test = (*owner, or_(*positive))
+            member = pk_col.in_(select(table.c.resource_pk).where(*test))
+            conds.append(member)
+            if plan is not None and not negated:
+                correlated = exists().where(table.c.resource_pk == pk_col, *test)
+                plan.correlated[id(member)] = (_selectivity(param), correlated)
         for neg in negated:
             conds.append(not_(pk_col.in_(select(table.c.resource_pk).where(*owner, neg))))
         return or_(*conds) if len(conds) > 1 else conds[0]
@@ -472,6 +482,31 @@ class Compiler:
 # -- value conditions ----------------------------------------------------------------------
 
 
+def _selectivity(param: SearchParam) -> int:
+    """A rough rank of how few rows a parameter matches (lower: fewer), for `_plan_joins`."""
+    if param.type == "reference" or param.code in ("identifier", "_id", "url"):
+        return 0
+    return {"token": 1, "string": 1, "uri": 1}.get(param.type, 2)
+
+
+def _plan_joins(plan: SearchPlan) -> None:
+    """Let the most selective index condition drive the query; check the others per row.
+
+    Several `pk IN (subquery)` filters make databases materialise every subquery (all
+    Observations with a common code, say) and intersect them. Keeping only the most selective
+    one as IN and turning the rest into correlated EXISTS lookups (index on resource_pk) costs
+    a few index probes per candidate instead. With `_id` present, `_id` drives.
+    """
+    ranked = sorted(
+        (found[0], i) for i, c in enumerate(plan.where) if (found := plan.correlated.get(id(c)))
+    )
+    has_id = any(name == "_id" for name, _ in plan.applied)
+    keep = None if has_id or not ranked else ranked[0][1]
+    for _, i in ranked:
+        if i != keep:
+            plan.where[i] = plan.correlated[id(plan.where[i])][1]
+
+
 def _like_prefix(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -484,7 +519,13 @@ def _string_condition(table: Any, modifier: str, value: str, code: str) -> Colum
         return table.c.value.like("%" + _like_prefix(norm), escape="\\")
     if modifier:
         raise bad_request(f"Modifier ':{modifier}' is not supported on string parameter '{code}'")
-    return table.c.value.like(_like_prefix(norm), escape="\\")
+    like = table.c.value.like(_like_prefix(norm), escape="\\")
+    if not norm:
+        return like
+    # LIKE with ESCAPE cannot use a B-tree index (SQLite, and PostgreSQL outside the C
+    # collation); the equivalent range on the folded value can. LIKE stays as the exact test.
+    upper = norm[:-1] + chr(ord(norm[-1]) + 1)
+    return and_(table.c.value >= norm, table.c.value < upper, like)
 
 
 def _split_prefix(value: str) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import extract
 from fhir_server.store.models import INDEX_TABLES, outbox, resource_versions, resources
+from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
 
 R = resources.c
@@ -67,27 +68,41 @@ class Store:
     def __init__(self, engine: Engine, base_url: str) -> None:
         self.engine = engine
         self.base_url = base_url.rstrip("/")
-        self.listeners: list[Callable[[int], None]] = []
-        self._read_sql = select(R.version_id, R.last_updated, R.deleted, R.body).where(
-            R.res_type == _param("t"), R.res_id == _param("i")
+        self.statistics = PlannerStatistics(engine)
+        self.listeners: list[Callable[[int], None]] = [self.statistics.record_writes]
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._read_sql = (
+            "SELECT version_id, last_updated, deleted, body FROM resources "
+            f"WHERE res_type = {mark} AND res_id = {mark}"
         )
 
     def read(self, res_type: str, res_id: str) -> StoredResource | None:
-        """The current version, or a deleted marker, or None if the id was never used."""
-        with self.engine.connect() as conn:
-            row = conn.execute(self._read_sql, {"t": res_type, "i": res_id}).first()
+        """The current version, or a deleted marker, or None if the id was never used.
+
+        The hottest call of the server, so it talks to the pooled DBAPI connection directly:
+        SQLAlchemy's Connection and Result layers cost more than the query itself.
+        """
+        dbapi = self.engine.raw_connection()
+        try:
+            cursor = dbapi.cursor()
+            cursor.execute(self._read_sql, (res_type, res_id))
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            dbapi.close()  # back to the pool (which rolls back: nothing was written)
         if row is None:
             return None
         return StoredResource(res_type, res_id, row[0], row[1], bool(row[2]), row[3])
 
     def vread(self, res_type: str, res_id: str, version_id: int) -> StoredResource | None:
-        with self.engine.connect() as conn:
+        with self.connection() as conn:
             return _vread(conn, res_type, res_id, version_id)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
+        """A connection for reads only (no explicit transaction on SQLite)."""
         with self.engine.connect() as conn:
-            yield conn
+            yield conn.execution_options(interop_read=True)
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -108,12 +123,6 @@ class Store:
         if tx.outbox_count:
             for listener in self.listeners:
                 listener(tx.outbox_count)
-
-
-def _param(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name)
 
 
 def _vread(conn: Connection, res_type: str, res_id: str, version_id: int) -> StoredResource | None:

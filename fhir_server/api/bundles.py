@@ -123,6 +123,13 @@ def _run_transaction(
             results[i] = _apply(inner, i, reqs[i], capability, representation)
         _assign_ids(inner, entries, reqs)
         _reject_overlaps(reqs)
+        tx.prefetch(
+            [
+                (r.path[0], r.path[1])
+                for r in reqs
+                if r.method in ("PUT", "PATCH") and len(r.path) == 2
+            ]
+        )
         for i in order:
             if reqs[i].method == "DELETE":
                 continue

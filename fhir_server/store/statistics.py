@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
 from fhir_server.store.models import resource_versions
 
@@ -21,8 +23,11 @@ FIRST_RUN_AFTER = 1_000
 
 
 class PlannerStatistics:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, write_connection: Callable[[], AbstractContextManager[Connection]]
+    ) -> None:
         self.engine = engine
+        self.write_connection = write_connection
         self._lock = threading.Lock()
         self._running = False
         self._writes = 0
@@ -30,13 +35,9 @@ class PlannerStatistics:
 
     def analyze(self) -> None:
         """ANALYZE now (SQLite samples with `analysis_limit`, set per connection)."""
-        with self.engine.connect() as conn:
+        with self.write_connection() as conn:  # SQLite: ANALYZE writes its statistics tables
             rows = conn.execute(select(func.count()).select_from(resource_versions)).scalar_one()
-            if self.engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("ANALYZE")
-            else:
-                conn.execute(text("ANALYZE"))
-            conn.commit()
+            conn.execute(text("ANALYZE"))
         with self._lock:
             self._writes = 0
             self._next_run = max(FIRST_RUN_AFTER, rows)

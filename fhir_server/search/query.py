@@ -636,26 +636,35 @@ class SearchResult:
 
 
 def execute(conn: Connection, plan: SearchPlan) -> SearchResult:
-    """Run a compiled search: the total (when asked), one page, and its includes."""
+    """Run a compiled search: the total (when asked), one page, and its includes.
+
+    The total comes with the page (`count(*) OVER ()`, computed before LIMIT): one query to
+    plan and run instead of two. Only a page past the end needs a separate count.
+    """
     base = [R.res_type == plan.res_type, R.deleted == false(), *plan.where]
-    total: int | None = None
-    if plan.total != "none" or plan.summary == "count":
-        total = conn.execute(select(func.count()).select_from(resources).where(*base)).scalar_one()
+    want_total = plan.total != "none"
     if plan.summary == "count" or plan.count == 0:
+        total = _count(conn, base) if want_total or plan.summary == "count" else None
         return SearchResult(total, [], [])
+    columns: list[Any] = [R.pk, R.res_id, R.body]
+    if want_total:
+        columns.append(func.count().over())
     query: Select[Any] = (
-        select(R.pk, R.res_id, R.body)
-        .where(*base)
-        .order_by(*plan.order_by)
-        .limit(plan.count)
-        .offset(plan.offset)
+        select(*columns).where(*base).order_by(*plan.order_by).limit(plan.count).offset(plan.offset)
     )
     page = conn.execute(query).all()
+    total = None
+    if want_total:
+        total = page[0][3] if page else (_count(conn, base) if plan.offset else 0)
     rows = [Row(plan.res_type, r[1], r[2]) for r in page]
     included: list[Row] = []
     if page and (plan.includes or plan.revincludes):
         included = _includes(conn, plan, [r[0] for r in page], [r[1] for r in page])
     return SearchResult(total, rows, included)
+
+
+def _count(conn: Connection, base: list[ColumnElement[bool]]) -> int:
+    return int(conn.execute(select(func.count()).select_from(resources).where(*base)).scalar_one())
 
 
 def _includes(conn: Connection, plan: SearchPlan, pks: list[int], ids: list[str]) -> list[Row]:

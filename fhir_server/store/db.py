@@ -34,7 +34,15 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        # psycopg prepares a statement after its 5th use; PostgreSQL then switches to a generic
+        # plan, which cannot see how selective a search value is and scans. Custom plans only.
+        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+    )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

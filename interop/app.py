@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     def prometheus() -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(FhirFastPath, endpoint=fhir_endpoint)
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
 
@@ -157,6 +158,29 @@ def _negotiate(req: FhirRequest) -> None:
             f"Cannot produce '{accept}'; this server speaks application/fhir+json",
             "not-supported",
         )
+
+
+class FhirFastPath:
+    """Pure ASGI middleware: hands `/fhir` requests straight to the FHIR endpoint.
+
+    Every FHIR interaction takes this path, so it skips the framework's per-request exception
+    middleware, exit stack and route matching, which cost more than a read by id itself. The
+    endpoint is the same function the `/fhir` routes are registered with (they remain for the
+    OpenAPI schema and as the path for anything this middleware does not take).
+    """
+
+    def __init__(self, app: ASGIApp, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/fhir" or path.startswith("/fhir/")):
+            await self.app(scope, receive, send)
+            return
+        scope["path_params"] = {"path": path[6:]}
+        response = await self.endpoint(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 class RequestContext:

@@ -9,7 +9,7 @@ are never scanned.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -104,7 +104,9 @@ class SearchPlan:
     ignored: list[str] = field(default_factory=list)
     # For `pk IN (index rows)` conditions: (selectivity rank, the same test as a correlated
     # EXISTS). Only the most selective stays an IN that drives the query; see `_plan_joins`.
-    correlated: dict[int, tuple[int, ColumnElement[bool]]] = field(default_factory=dict)
+    correlated: dict[int, tuple[int, Callable[[], ColumnElement[bool]]]] = field(
+        default_factory=dict
+    )
 
 
 def parse_query_string(query: str) -> list[tuple[str, str]]:
@@ -315,8 +317,10 @@ class Compiler:
             member = pk_col.in_(select(table.c.resource_pk).where(*test))
             conds.append(member)
             if plan is not None and not negated:
-                correlated = exists().where(table.c.resource_pk == pk_col, *test)
-                plan.correlated[id(member)] = (_selectivity(param), correlated)
+                plan.correlated[id(member)] = (
+                    _selectivity(param),
+                    lambda: exists().where(table.c.resource_pk == pk_col, *test),
+                )
         for neg in negated:
             conds.append(not_(pk_col.in_(select(table.c.resource_pk).where(*owner, neg))))
         return or_(*conds) if len(conds) > 1 else conds[0]
@@ -504,7 +508,7 @@ def _plan_joins(plan: SearchPlan) -> None:
     keep = None if has_id or not ranked else ranked[0][1]
     for _, i in ranked:
         if i != keep:
-            plan.where[i] = plan.correlated[id(plan.where[i])][1]
+            plan.where[i] = plan.correlated[id(plan.where[i])][1]()
 
 
 def _like_prefix(value: str) -> str:

@@ -52,7 +52,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA analysis_limit=1000")  # ANALYZE samples: milliseconds, not minutes
+    cursor.execute("PRAGMA analysis_limit=1000")
     cursor.close()
 
 

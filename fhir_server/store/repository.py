@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,15 +75,16 @@ class Statements:
 
         self.copy = dialect_name == "postgresql"
 
-        def insert_sql(table: Any) -> str:
-            """Bulk-insert statement: COPY on PostgreSQL (an executemany there still executes
-            row by row on the server, ten times slower), executemany elsewhere."""
+        def insert_sql(table: Any) -> tuple[str, str]:
+            """(INSERT for executemany, COPY): on PostgreSQL a large batch goes by COPY, since
+            an executemany still executes row by row on the server, ten times slower."""
             names = [c.name for c in table.columns if c.name != "pk"]
             cols = ", ".join(names)
-            if self.copy:
-                return f"COPY {table.name} ({cols}) FROM STDIN"
             marks = ", ".join([m] * len(names))
-            return f"INSERT INTO {table.name} ({cols}) VALUES ({marks})"
+            return (
+                f"INSERT INTO {table.name} ({cols}) VALUES ({marks})",
+                f"COPY {table.name} ({cols}) FROM STDIN",
+            )
 
         where_id = f"FROM resources WHERE res_type = {m} AND res_id = {m}"
         self.read = f"SELECT version_id, last_updated, deleted, body {where_id}"
@@ -91,9 +92,11 @@ class Statements:
         self._lock = "" if dialect_name == "sqlite" else " FOR UPDATE"
         self._mark = m
         self.current_locked = self.current + self._lock
-        self.copy_resources = (
+        self.insert_new_resources = (
+            "INSERT INTO resources (pk, res_type, res_id, version_id, last_updated, deleted, body) "
+            f"VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m})",
             "COPY resources (pk, res_type, res_id, version_id, last_updated, deleted, body) "
-            "FROM STDIN"
+            "FROM STDIN",
         )
         self.allocate_pks = "SELECT nextval(pg_get_serial_sequence('resources', 'pk')) " + (
             f"FROM generate_series(1, {m})"
@@ -437,8 +440,16 @@ class Transaction:
                 kinds = list(INDEX_TABLES)
         elif previous.deleted:
             kinds = []
-        for kind in kinds:
-            self.cursor.execute(self.sql.clear_index[kind], (pk,))
+        with self._pipeline():
+            for kind in kinds:
+                self.cursor.execute(self.sql.clear_index[kind], (pk,))
+
+    def _pipeline(self) -> AbstractContextManager[Any]:
+        """PostgreSQL: send the statements of the block in one round trip."""
+        if self.sql.copy:
+            driver: Any = self.conn.connection.driver_connection
+            return driver.pipeline()  # type: ignore[no-any-return]
+        return nullcontext()
 
     def _append_outbox(self, stored: StoredResource, interaction: str) -> None:
         self._outbox.append(
@@ -452,35 +463,42 @@ class Transaction:
             )
         )
 
-    def _bulk_insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if self.sql.copy:
-            with self.cursor.copy(sql) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            self.cursor.executemany(sql, rows)
-
     def flush(self) -> None:
-        """Write buffered version, index and outbox rows (executemany, one per table)."""
-        if self._new_resources:
-            try:
-                self._bulk_insert(self.sql.copy_resources, self._new_resources)
-            except self._integrity_error:
-                raise conflict(
-                    "A resource of this transaction was created concurrently; retry"
-                ) from None
-            self._new_resources = []
-        if self._versions:
-            self._bulk_insert(self.sql.insert_version, self._versions)
-            self._versions = []
-        for kind, rows in self._index.items():
-            if rows:
-                self._bulk_insert(self.sql.insert_index[kind], rows)
-                self._index[kind] = []
-        if self._outbox:
-            self._bulk_insert(self.sql.insert_outbox, self._outbox)
-            self.outbox_count += len(self._outbox)
-            self._outbox = []
+        """Write the buffered rows: per table one executemany (SQLite), one COPY (PostgreSQL,
+        large batches) or, for the few rows of a single REST write, all the tables' INSERTs in
+        one PostgreSQL pipeline, so one round trip instead of one per table."""
+        batches: list[tuple[tuple[str, str], list[tuple[Any, ...]]]] = [
+            (self.sql.insert_new_resources, self._new_resources),
+            (self.sql.insert_version, self._versions),
+            *((self.sql.insert_index[kind], rows) for kind, rows in self._index.items()),
+            (self.sql.insert_outbox, self._outbox),
+        ]
+        pending = sum(len(rows) for _, rows in batches)
+        if not pending:
+            return
+        try:
+            if not self.sql.copy:
+                for (insert, _), rows in batches:
+                    if rows:
+                        self.cursor.executemany(insert, rows)
+            elif pending < 200:
+                with self._pipeline():
+                    for (insert, _), rows in batches:
+                        if rows:
+                            self.cursor.executemany(insert, rows)
+            else:
+                for (_, copy_sql), rows in batches:
+                    if rows:
+                        with self.cursor.copy(copy_sql) as copy:
+                            for row in rows:
+                                copy.write_row(row)
+        except self._integrity_error:
+            raise conflict(
+                "A resource of this transaction was created concurrently; retry"
+            ) from None
+        self.outbox_count += len(self._outbox)
+        self._new_resources, self._versions, self._outbox = [], [], []
+        self._index = {k: [] for k in INDEX_TABLES}
 
 
 def _version_row(stored: StoredResource) -> tuple[Any, ...]:

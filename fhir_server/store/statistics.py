@@ -24,14 +24,19 @@ FIRST_RUN_AFTER = 1_000
 
 class PlannerStatistics:
     def __init__(
-        self, engine: Engine, write_connection: Callable[[], AbstractContextManager[Connection]]
+        self,
+        engine: Engine,
+        write_connection: Callable[[], AbstractContextManager[Connection]],
+        first_run_after: int = FIRST_RUN_AFTER,
     ) -> None:
         self.engine = engine
         self.write_connection = write_connection
+        self.first_run_after = first_run_after
+        self.runs = 0
         self._lock = threading.Lock()
         self._running = False
         self._writes = 0
-        self._next_run = FIRST_RUN_AFTER
+        self._next_run = first_run_after
 
     def analyze(self) -> None:
         """ANALYZE now (SQLite samples with `analysis_limit`, set per connection)."""
@@ -40,7 +45,8 @@ class PlannerStatistics:
             conn.execute(text("ANALYZE"))
         with self._lock:
             self._writes = 0
-            self._next_run = max(FIRST_RUN_AFTER, rows)
+            self._next_run = max(self.first_run_after, rows)
+            self.runs += 1
 
     def refresh_in_background(self) -> None:
         """At start-up: the database may have grown while this process was not watching."""

@@ -403,7 +403,8 @@ def search(
     query = _filters(req.query)
     if form:
         query += parse_qsl(form.decode("utf-8", "replace"), keep_blank_values=True)
-    plan = ctx.compiler(strict=req.prefer("handling") == "strict").compile(res_type, query)
+    compiler = ctx.compiler(strict=req.prefer("handling") == "strict")
+    plan = compiler.compile(res_type, query, direct=True)
     path = res_type
     if compartment is not None:
         plan.where.append(compartment_condition(compartment, res_type))

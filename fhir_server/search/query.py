@@ -32,6 +32,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 
 from fhir_server.clock import now_us
 from fhir_server.errors import FhirError, bad_request
+from fhir_server.search.direct import DirectQuery, direct_plan
 from fhir_server.search.extract import date_range, normalize_string
 from fhir_server.search.registry import SearchParam, params_for, patient_compartment, resource_types
 from fhir_server.store.models import (
@@ -107,6 +108,10 @@ class SearchPlan:
     correlated: dict[int, tuple[int, Callable[[], ColumnElement[bool]]]] = field(
         default_factory=dict
     )
+    # Set for the simple searches `direct.py` writes as SQL text; `source` lets `execute`
+    # compile the general way instead if a caller adds conditions to `where` afterwards.
+    direct: DirectQuery | None = None
+    source: tuple[Compiler, list[tuple[str, str]]] | None = None
 
 
 def parse_query_string(query: str) -> list[tuple[str, str]]:
@@ -166,10 +171,16 @@ class Compiler:
         self.default_count = default_count
         self.max_count = max_count
 
-    def compile(self, res_type: str, items: Sequence[tuple[str, str]]) -> SearchPlan:
+    def compile(
+        self, res_type: str, items: Sequence[tuple[str, str]], direct: bool = False
+    ) -> SearchPlan:
+        """The plan for one search; `direct` allows SQL text for simple searches (direct.py)."""
         if res_type not in resource_types():
             raise FhirError(404, f"Unknown resource type '{res_type}'", "not-supported")
         plan = SearchPlan(res_type, count=self.default_count)
+        if direct and direct_plan(self, plan, list(items)):
+            plan.source = (self, list(items))
+            return plan
         for name, value in items:
             if name in RESULT_PARAMS:
                 self._result_param(plan, name, value)
@@ -645,6 +656,13 @@ def execute(conn: Connection, plan: SearchPlan) -> SearchResult:
     The total comes with the page (`count(*) OVER ()`, computed before LIMIT): one query to
     plan and run instead of two. Only a page past the end needs a separate count.
     """
+    if plan.direct is not None:
+        if not plan.where:
+            return _execute_direct(conn, plan, plan.direct)
+        assert plan.source is not None  # conditions were added after compiling: the long way
+        compiler, items = plan.source
+        extra, plan = plan.where, compiler.compile(plan.res_type, items)
+        plan.where.extend(extra)
     base = [R.res_type == plan.res_type, R.deleted == false(), *plan.where]
     want_total = plan.total != "none"
     if plan.summary == "count" or plan.count == 0:
@@ -665,6 +683,18 @@ def execute(conn: Connection, plan: SearchPlan) -> SearchResult:
     if page and (plan.includes or plan.revincludes):
         included = _includes(conn, plan, [r[0] for r in page], [r[1] for r in page])
     return SearchResult(total, rows, included)
+
+
+def _execute_direct(conn: Connection, plan: SearchPlan, query: DirectQuery) -> SearchResult:
+    sql = query.sql if conn.dialect.paramstyle == "qmark" else query.sql.replace("?", "%s")
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, query.params)
+        page = cursor.fetchall()
+    finally:
+        cursor.close()
+    total = page[0][3] if page else 0
+    return SearchResult(total, [Row(plan.res_type, r[1], r[2]) for r in page], [])
 
 
 def _count(conn: Connection, base: list[ColumnElement[bool]]) -> int:

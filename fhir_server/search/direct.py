@@ -1,0 +1,122 @@
+"""Direct SQL for the searches most clients send, bypassing the expression compiler.
+
+`Observation?subject=Patient/1&code=http://loinc.org|2339-0`, `Patient?name=smi`,
+`Patient?identifier=sys|123`: plain token, reference and string parameters, one value each,
+ANDed, with at most `_count`. Building and compiling SQLAlchemy expressions for these costs
+twenty times the query itself (about 1 ms against 0.05 ms on SQLite), so they are written
+here as SQL text and run on the DBAPI cursor. Anything else (modifiers, OR lists, chains,
+dates, sorting, includes, paging offsets) returns None and goes through `Compiler`, whose
+semantics this module mirrors exactly: same index rows, same driving-index choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fhir_server.search.extract import normalize_string
+from fhir_server.search.registry import params_for, resource_types
+
+if TYPE_CHECKING:
+    from fhir_server.search.query import Compiler, SearchPlan
+
+_TABLES = {"token": "idx_token", "reference": "idx_reference", "string": "idx_string"}
+
+
+@dataclass(slots=True)
+class DirectQuery:
+    """One page of a search as SQL text with `?` marks (converted for the driver when run)."""
+
+    sql: str
+    params: list[Any]
+
+
+def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str]]) -> bool:
+    """Fill `plan` with a DirectQuery if every parameter is of the simple kinds above."""
+    from fhir_server.search.query import _selectivity
+
+    conditions: list[tuple[int, str, str, list[Any]]] = []  # (rank, table, test, params)
+    ids: list[str] = []
+    count = compiler.default_count
+    for name, value in items:
+        if name == "_count":
+            if not value.isdigit():
+                return False
+            count = min(int(value), compiler.max_count)
+            continue
+        if name == "_id":
+            if "," in value or "\\" in value:
+                return False
+            ids.append(value)
+            continue
+        if ":" in name or "." in name or "," in value or "\\" in value or not value:
+            return False
+        param = params_for(plan.res_type).get(name)
+        if param is None or param.type not in _TABLES:
+            return False
+        test = _value_test(compiler, param.type, value)
+        if test is None:
+            return False
+        conditions.append((_selectivity(param), _TABLES[param.type], test[0], [name, *test[1]]))
+    if not conditions and not ids:
+        return False
+    where = ["r.res_type = ?", "NOT r.deleted"]
+    params: list[Any] = [plan.res_type]
+    if ids:
+        where.append(f"r.res_id IN ({', '.join('?' * len(ids))})")
+        params.extend(ids)
+    ordered = sorted(range(len(conditions)), key=lambda i: conditions[i][0])
+    driving = None if ids or not conditions else ordered[0]
+    for i, (_, table, value_test, values) in enumerate(conditions):
+        owner = f"t.res_type = ? AND t.param = ? AND {value_test}"
+        if i == driving:
+            where.append(f"r.pk IN (SELECT t.resource_pk FROM {table} t WHERE {owner})")
+        else:
+            where.append(f"EXISTS (SELECT 1 FROM {table} t WHERE t.resource_pk = r.pk AND {owner})")
+        params.extend([plan.res_type, *values])
+    sql = (
+        "SELECT r.pk, r.res_id, r.body, count(*) OVER () FROM resources r "
+        f"WHERE {' AND '.join(where)} ORDER BY r.pk LIMIT ?"
+    )
+    plan.direct = DirectQuery(sql, [*params, count])
+    plan.count = count
+    plan.applied = list(items)
+    return True
+
+
+def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[Any]] | None:
+    """The index-row test for one value, as `Compiler` would build it (None: not simple)."""
+    from fhir_server.search.query import _like_prefix, _split_pipe
+
+    if kind == "token":
+        parts = _split_pipe(value)
+        if len(parts) == 1:
+            return "t.code = ?", parts
+        if len(parts) != 2:
+            return None
+        system, code = parts
+        if not system:
+            return "t.system IS NULL AND t.code = ?", [code]
+        if not code:
+            return "t.system = ?", [system]
+        return "t.system = ? AND t.code = ?", [system, code]
+    if kind == "reference":
+        if compiler.base_url and value.startswith(compiler.base_url + "/"):
+            value = value[len(compiler.base_url) + 1 :]
+        if "://" in value or value.startswith("urn:"):
+            return "t.url = ?", [value]
+        parts = value.split("/")
+        if len(parts) == 2 and parts[0] in resource_types():
+            return "t.target_type = ? AND t.target_id = ?", parts
+        if len(parts) == 1:
+            return "t.target_id = ?", parts
+        return None
+    norm = normalize_string(value)
+    if not norm:
+        return None
+    upper = norm[:-1] + chr(ord(norm[-1]) + 1)
+    return "t.value >= ? AND t.value < ? AND t.value LIKE ? ESCAPE '\\'", [
+        norm,
+        upper,
+        _like_prefix(norm),
+    ]

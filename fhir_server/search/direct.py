@@ -40,8 +40,8 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     count = compiler.default_count
     for name, value in items:
         if name == "_count":
-            if not value.isdigit():
-                return False
+            if not value.isdigit() or int(value) == 0:
+                return False  # _count=0 asks for the total alone: the general path counts
             count = min(int(value), compiler.max_count)
             continue
         if name == "_id":

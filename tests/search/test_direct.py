@@ -74,6 +74,8 @@ def test_direct_matches_general(app: Any, stored: None, res_type: str, items: li
         [("subject.name", "x")],
         [("code", "x"), ("_sort", "_lastUpdated")],
         [("code", "x"), ("_offset", "5")],
+        [("code", "x"), ("_count", "0")],
+        [("code", "x"), ("_total", "none")],
     ],
 )
 def test_other_searches_take_the_general_path(items: list) -> None:

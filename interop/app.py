@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -13,6 +14,7 @@ import orjson
 from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -24,7 +26,9 @@ from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store
 from interop.logs import request_id_var
 from interop.settings import Settings, get_settings
+from smart_auth.config import AuthConfig
 from smart_auth.policy import AccessPolicy
+from smart_auth.setup import install
 
 log = logging.getLogger("interop.http")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -50,11 +54,21 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store = Store(engine, base_url)
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
     policy = AccessPolicy(settings.auth_enabled)
-    capability = capability_bytes(base_url, software_version(), settings.auth_enabled)
-
     app = FastAPI(
         title="Interop server", version=software_version(), docs_url="/docs", redoc_url=None
     )
+    auth_config = AuthConfig(
+        fhir_base=base_url,
+        auth_base=settings.effective_auth_base_url,
+        access_token_seconds=settings.auth_access_token_seconds,
+        backend_token_seconds=settings.auth_backend_token_seconds,
+        refresh_token_seconds=settings.auth_refresh_token_days * 86400,
+        launch_seconds=settings.auth_launch_seconds,
+        registration=settings.auth_registration,
+        roles_file=settings.auth_roles_file,
+    )
+    _, access_for, security = install(app, engine, auth_config, policy)
+    capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     app.state.settings = settings
     app.state.store = store
     app.state.policy = policy
@@ -77,9 +91,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         interaction, res_type = "unknown", ""
         try:
             _negotiate(fhir_req)
-            policy.check([p for p in path if p], fhir_req.header("authorization"))
+            grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
+            request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
             response: FhirResponse = await run_in_threadpool(
-                dispatch, ctx, fhir_req, lambda: capability
+                dispatch, request_ctx, fhir_req, lambda: capability
             )
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
@@ -124,6 +139,15 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     def prometheus() -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    # SMART apps run in browsers on other origins; bearer tokens, not cookies, carry authority
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=METHODS,
+        allow_headers=["*"],
+        expose_headers=["Location", "ETag", "Last-Modified", "Content-Location", "X-Request-ID"],
+        max_age=600,
+    )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
 

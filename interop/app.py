@@ -57,17 +57,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app = FastAPI(
         title="Interop server", version=software_version(), docs_url="/docs", redoc_url=None
     )
-    auth_config = AuthConfig(
-        fhir_base=base_url,
-        auth_base=settings.effective_auth_base_url,
-        access_token_seconds=settings.auth_access_token_seconds,
-        backend_token_seconds=settings.auth_backend_token_seconds,
-        refresh_token_seconds=settings.auth_refresh_token_days * 86400,
-        launch_seconds=settings.auth_launch_seconds,
-        registration=settings.auth_registration,
-        roles_file=settings.auth_roles_file,
-    )
-    _, access_for, security = install(app, engine, auth_config, policy)
+    _, access_for, security = install(app, engine, auth_config(settings), policy)
     capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     app.state.settings = settings
     app.state.store = store
@@ -150,6 +140,20 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
+
+
+def auth_config(settings: Settings) -> AuthConfig:
+    """The authorization server's view of the operator's settings."""
+    return AuthConfig(
+        fhir_base=settings.effective_base_url,
+        auth_base=settings.effective_auth_base_url,
+        access_token_seconds=settings.auth_access_token_seconds,
+        backend_token_seconds=settings.auth_backend_token_seconds,
+        refresh_token_seconds=settings.auth_refresh_token_days * 86400,
+        launch_seconds=settings.auth_launch_seconds,
+        registration=settings.auth_registration,
+        roles_file=settings.auth_roles_file,
+    )
 
 
 def _negotiate(req: FhirRequest) -> None:

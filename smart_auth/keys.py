@@ -72,7 +72,8 @@ class KeyStore:
         return kid
 
     def signing_key(self) -> RSAKey:
-        if self._current is None:
+        """The newest key; re-read now and then so a rotation elsewhere takes over signing."""
+        if self._current is None or time.monotonic() - self._loaded_at > RELOAD_INTERVAL:
             self.load()
         assert self._current is not None
         return self._keys[self._current]

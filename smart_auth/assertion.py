@@ -46,6 +46,8 @@ class JwksCache:
         hit = self._cache.get(url)
         if hit and hit[0] > now:
             return hit[1]
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("a JWKS URL must be http(s)")
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - registered URL
             body = json.loads(response.read(1_000_000))

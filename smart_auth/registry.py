@@ -80,11 +80,18 @@ class Registry:
         can_launch: bool = False,
     ) -> tuple[Client, str | None]:
         """Register a client; returns it and, for a secret client, the secret (shown once)."""
+        texts = [name, scope, jwks_url or "", launch_url or "", *redirect_uris]
+        if any(isinstance(t, str) and "\x00" in t for t in texts) or "\\u0000" in json.dumps(jwks):
+            raise RegistryError("client metadata may not contain NUL characters")
         if client_type not in CLIENT_TYPES:
             raise RegistryError(f"client type must be one of {', '.join(CLIENT_TYPES)}")
-        if not name.strip():
-            raise RegistryError("a client needs a name")
+        if not name.strip() or len(name) > 256:
+            raise RegistryError("a client needs a name of at most 256 characters")
+        if jwks_url and not jwks_url.startswith(("https://", "http://")):
+            raise RegistryError("the JWKS URL must be an http(s) URL")
         for uri in redirect_uris:
+            if not isinstance(uri, str) or len(uri) > 2000:
+                raise RegistryError("redirect URIs are strings of at most 2000 characters")
             if not uri.startswith(("https://", "http://")) or "#" in uri:
                 raise RegistryError(f"redirect URI '{uri}' must be an absolute http(s) URL")
         if client_type == "public" and pkce_exempt:
@@ -120,7 +127,7 @@ class Registry:
         return client, secret
 
     def client(self, client_id: str) -> Client | None:
-        if not client_id or len(client_id) > 128:
+        if not client_id or len(client_id) > 128 or "\x00" in client_id:
             return None
         with self.engine.connect() as conn:
             row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
@@ -165,6 +172,8 @@ class Registry:
         return User(username, role, fhir_user or None)
 
     def user(self, username: str) -> User | None:
+        if "\x00" in username:
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(users.c.username, users.c.role, users.c.fhir_user).where(
@@ -174,6 +183,7 @@ class Registry:
         return User(*row) if row else None
 
     def login(self, username: str, password: str) -> User | None:
+        username = username.replace("\x00", "")
         with self.engine.connect() as conn:
             row = conn.execute(select(users).where(users.c.username == username[:128])).first()
         # hash even for an unknown user, so timing does not tell which names exist

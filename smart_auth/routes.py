@@ -41,14 +41,21 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _fields(form: FormData) -> dict[str, str]:
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return _clean({k: v for k, v in form.items() if isinstance(v, str)})
+
+
+def _clean(params: dict[str, str]) -> dict[str, str]:
+    """NUL bytes have no place in OAuth parameters (and PostgreSQL cannot store them)."""
+    if any("\x00" in k or "\x00" in v for k, v in params.items()):
+        raise invalid_request("Parameters may not contain NUL characters")
+    return params
 
 
 async def _form(request: Request) -> FormData:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise invalid_request("Send the parameters as application/x-www-form-urlencoded")
-    if int(request.headers.get("content-length") or 0) > MAX_FORM:
+    if len(await request.body()) > MAX_FORM:
         raise invalid_request("The request body is too large")
     return await request.form()
 
@@ -78,26 +85,27 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
         if request.method == "POST":
             params = _fields(await _form(request))
         else:
-            params = dict(request.query_params)
+            params = _clean(dict(request.query_params))
         return await run_in_threadpool(flow.start, params)
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
-            return await run_in_threadpool(flow.login_form, request.query_params.get("request", ""))
+            request_id = _clean(dict(request.query_params)).get("request", "")
+            return await run_in_threadpool(flow.login_form, request_id)
         form = _fields(await _form(request))
         return await run_in_threadpool(flow.login, form, request.cookies.get(CSRF_COOKIE))
 
     async def pick(request: Request) -> Response:
         if request.method == "GET":
-            return await run_in_threadpool(flow.picker, request.query_params.get("request", ""))
+            request_id = _clean(dict(request.query_params)).get("request", "")
+            return await run_in_threadpool(flow.picker, request_id)
         form = _fields(await _form(request))
         return await run_in_threadpool(flow.pick, form, request.cookies.get(CSRF_COOKIE))
 
     async def consent(request: Request) -> Response:
         if request.method == "GET":
-            return await run_in_threadpool(
-                flow.consent_form, request.query_params.get("request", "")
-            )
+            request_id = _clean(dict(request.query_params)).get("request", "")
+            return await run_in_threadpool(flow.consent_form, request_id)
         raw = await _form(request)
         kept = [v for v in raw.getlist("scope") if isinstance(v, str)]
         return await run_in_threadpool(

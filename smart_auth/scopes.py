@@ -65,8 +65,6 @@ def allowed_by(requested: str, allowed: list[str]) -> bool:
         return True
     asked = parse_resource_scope(requested)
     if asked is None:
-        if requested.startswith("launch/") and "launch" in allowed:
-            return False
         return False
     return any(
         (held := parse_resource_scope(a)) is not None and held.covers(asked) for a in allowed

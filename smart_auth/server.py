@@ -96,6 +96,9 @@ class AuthServer:
         client = self.registry.client(client_id)
         if client is None:
             raise invalid_request("unknown client_id for the launch")
+        for name, value in (("patient", patient), ("encounter", encounter), ("intent", intent)):
+            if value and (len(value) > 64 or "/" in value):
+                raise invalid_request(f"{name} must be a resource id (at most 64 characters)")
         if username and self.registry.user(username) is None:
             raise invalid_request(f"unknown user '{username}'")
         launch_id = new_token(24)

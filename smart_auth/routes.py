@@ -88,19 +88,22 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
             params = _clean(dict(request.query_params))
         return await run_in_threadpool(flow.start, params)
 
-    async def login(request: Request) -> Response:
-        if request.method == "GET":
-            request_id = _clean(dict(request.query_params)).get("request", "")
-            return await run_in_threadpool(flow.login_form, request_id)
-        form = _fields(await _form(request))
-        return await run_in_threadpool(flow.login, form, request.cookies.get(CSRF_COOKIE))
+    def form_page(
+        show: Callable[[str], Response], submit: Callable[[dict[str, str], str | None], Response]
+    ) -> Endpoint:
+        """GET shows a page for a pending request; POST submits its CSRF-protected form."""
 
-    async def pick(request: Request) -> Response:
-        if request.method == "GET":
-            request_id = _clean(dict(request.query_params)).get("request", "")
-            return await run_in_threadpool(flow.picker, request_id)
-        form = _fields(await _form(request))
-        return await run_in_threadpool(flow.pick, form, request.cookies.get(CSRF_COOKIE))
+        async def endpoint(request: Request) -> Response:
+            if request.method == "GET":
+                request_id = _clean(dict(request.query_params)).get("request", "")
+                return await run_in_threadpool(show, request_id)
+            form = _fields(await _form(request))
+            return await run_in_threadpool(submit, form, request.cookies.get(CSRF_COOKIE))
+
+        return endpoint
+
+    login = form_page(flow.login_form, flow.login)
+    pick = form_page(flow.picker, flow.pick)
 
     async def consent(request: Request) -> Response:
         if request.method == "GET":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Column, Connection, Engine, insert, select, update
 
 from smart_auth import scopes as sc
 from smart_auth.assertion import ASSERTION_TYPE, AssertionVerifier
@@ -135,14 +135,8 @@ class AuthServer:
             ).first()
             if row is None or row.client_id != client_id or row.expires < time.time():
                 return None
-            taken = conn.execute(
-                update(launch_contexts)
-                .where(
-                    launch_contexts.c.launch_id == row.launch_id, launch_contexts.c.used.is_(False)
-                )
-                .values(used=True)
-            ).rowcount
-        if taken != 1:
+            taken = claim(conn, launch_contexts.c.launch_id, row.launch_id)
+        if not taken:
             return None
         return Launch(row.patient, row.encounter, row.username, row.intent)
 
@@ -203,15 +197,8 @@ class AuthServer:
             ).first()
             if row is None or row.client_id != client.client_id:
                 raise invalid_grant("The authorization code is not valid")
-            taken = conn.execute(
-                update(authorization_codes)
-                .where(
-                    authorization_codes.c.code_hash == row.code_hash,
-                    authorization_codes.c.used.is_(False),
-                )
-                .values(used=True)
-            ).rowcount
-        if taken != 1:
+            taken = claim(conn, authorization_codes.c.code_hash, row.code_hash)
+        if not taken:
             raise invalid_grant("The authorization code was already used")
         if row.expires < time.time():
             raise invalid_grant("The authorization code expired")
@@ -236,21 +223,15 @@ class AuthServer:
             ).first()
             if row is None or row.client_id != client.client_id or row.revoked:
                 raise invalid_grant("The refresh token is not valid")
-            taken = conn.execute(
-                update(refresh_tokens)
-                .where(
-                    refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used.is_(False)
-                )
-                .values(used=True)
-            ).rowcount
-            if taken != 1:
+            taken = claim(conn, refresh_tokens.c.token_hash, row.token_hash)
+            if not taken:
                 # a rotated-away token came back: someone holds a copy; end the whole family
                 conn.execute(
                     update(refresh_tokens)
                     .where(refresh_tokens.c.family == row.family)
                     .values(revoked=True)
                 )
-        if taken != 1:
+        if not taken:
             raise invalid_grant("The refresh token was already used; the grant is revoked")
         if row.expires < time.time():
             raise invalid_grant("The refresh token expired")
@@ -420,6 +401,17 @@ class AuthServer:
                     .where(refresh_tokens.c.family == row.family)
                     .values(revoked=True)
                 )
+
+
+def claim(conn: Connection, key: Column[Any], value: str) -> bool:
+    """Mark a single-use row (code, launch id, refresh token) used; False if it already was.
+
+    One conditional UPDATE, so two concurrent redemptions cannot both win."""
+    table = key.table
+    result = conn.execute(
+        update(table).where(key == value, table.c.used.is_(False)).values(used=True)
+    )
+    return result.rowcount == 1
 
 
 def s256(verifier: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -26,6 +27,7 @@ from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store
 from interop.logs import request_id_var
 from interop.settings import Settings, get_settings
+from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
 from smart_auth.policy import AccessPolicy
 from smart_auth.setup import install
@@ -54,8 +56,20 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store = Store(engine, base_url)
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
     policy = AccessPolicy(settings.auth_enabled)
+    audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if audit is not None:
+            await run_in_threadpool(audit.close)
+
     app = FastAPI(
-        title="Interop server", version=software_version(), docs_url="/docs", redoc_url=None
+        title="Interop server",
+        version=software_version(),
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
     )
     _, access_for, security = install(app, engine, auth_config(settings), policy)
     capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
@@ -63,6 +77,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
+    app.state.audit = audit
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"
@@ -79,6 +94,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             await request.body(),
         )
         interaction, res_type = "unknown", ""
+        grant = None
         try:
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
@@ -98,6 +114,26 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                 {},
             )
         request.state.interaction = interaction
+        if audit is not None and interaction != "capabilities" and path[:1] != [".well-known"]:
+            parts = [p for p in path if p]
+            event = Interaction(
+                request.method,
+                interaction
+                if interaction != "unknown"
+                else guess_interaction(request.method, parts),
+                res_type or (parts[0] if parts else ""),
+                _target_id(parts, headers),
+                status,
+                request.client.host if request.client else None,
+                grant,
+            )
+            try:
+                if audit.is_urgent(event):
+                    await run_in_threadpool(audit.record, event)
+                else:
+                    audit.record(event)
+            except Exception:
+                log.exception("could not write the audit event")
         metrics.REQUESTS.inc((interaction, res_type, str(status)))
         metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
         if request.method == "HEAD":
@@ -140,6 +176,17 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
+
+
+def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
+    """The id an interaction touched: from the URL, or from `Location` after a create."""
+    if len(parts) > 1 and parts[1][:1] not in "_$":
+        return parts[1]
+    location = headers.get("Location", "")
+    if len(parts) == 1 and location:
+        tail = location.split(f"/{parts[0]}/", 1)[-1]
+        return tail.split("/", 1)[0] or None
+    return None
 
 
 def auth_config(settings: Settings) -> AuthConfig:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     auth_launch_seconds: int = Field(
         default=300, ge=10, le=3600, description="how long an EHR launch id stays usable"
     )
+    auth_audit: bool = Field(
+        default=True, description="write an AuditEvent per FHIR interaction (auth on only)"
+    )
     auth_roles_file: str = Field(
         default="", description="JSON role table capping user/ scopes; empty: built-in"
     )

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -26,7 +28,10 @@ from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store
 from interop.logs import request_id_var
 from interop.settings import Settings, get_settings
+from smart_auth.audit import AuditTrail, Interaction, guess_interaction
+from smart_auth.config import AuthConfig
 from smart_auth.policy import AccessPolicy
+from smart_auth.setup import install
 
 log = logging.getLogger("interop.http")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -53,7 +58,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store.statistics.refresh_in_background()
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
     policy = AccessPolicy(settings.auth_enabled)
-    capability = capability_bytes(base_url, software_version(), settings.auth_enabled)
+    audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +66,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         yield
+        if audit is not None:
+            await run_in_threadpool(audit.close)
         engine.dispose()
 
     app = FastAPI(
@@ -70,10 +77,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         redoc_url=None,
         lifespan=lifespan,
     )
+    _, access_for, security = install(app, engine, auth_config(settings), policy)
+    capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     app.state.settings = settings
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
+    app.state.audit = audit
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"
@@ -90,11 +100,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             await request.body(),
         )
         interaction, res_type = "unknown", ""
+        grant = None
         try:
             _negotiate(fhir_req)
-            policy.check([p for p in path if p], fhir_req.header("authorization"))
+            grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
+            request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
             response: FhirResponse = await run_in_threadpool(
-                dispatch, ctx, fhir_req, lambda: capability
+                dispatch, request_ctx, fhir_req, lambda: capability
             )
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
@@ -108,6 +120,26 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                 {},
             )
         request.state.interaction = interaction
+        if audit is not None and interaction != "capabilities" and path[:1] != [".well-known"]:
+            parts = [p for p in path if p]
+            event = Interaction(
+                request.method,
+                interaction
+                if interaction != "unknown"
+                else guess_interaction(request.method, parts),
+                res_type or (parts[0] if parts else ""),
+                _target_id(parts, headers),
+                status,
+                request.client.host if request.client else None,
+                grant,
+            )
+            try:
+                if audit.is_urgent(event):
+                    await run_in_threadpool(audit.record, event)
+                else:
+                    audit.record(event)
+            except Exception:
+                log.exception("could not write the audit event")
         metrics.REQUESTS.inc((interaction, res_type, str(status)))
         metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
         if request.method == "HEAD":
@@ -140,8 +172,42 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.add_middleware(FhirFastPath, endpoint=fhir_endpoint)
+    # SMART apps run in browsers on other origins; bearer tokens, not cookies, carry authority
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=METHODS,
+        allow_headers=["*"],
+        expose_headers=["Location", "ETag", "Last-Modified", "Content-Location", "X-Request-ID"],
+        max_age=600,
+    )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
+
+
+def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
+    """The id an interaction touched: from the URL, or from `Location` after a create."""
+    if len(parts) > 1 and parts[1][:1] not in "_$":
+        return parts[1]
+    location = headers.get("Location", "")
+    if len(parts) == 1 and location:
+        tail = location.split(f"/{parts[0]}/", 1)[-1]
+        return tail.split("/", 1)[0] or None
+    return None
+
+
+def auth_config(settings: Settings) -> AuthConfig:
+    """The authorization server's view of the operator's settings."""
+    return AuthConfig(
+        fhir_base=settings.effective_base_url,
+        auth_base=settings.effective_auth_base_url,
+        access_token_seconds=settings.auth_access_token_seconds,
+        backend_token_seconds=settings.auth_backend_token_seconds,
+        refresh_token_seconds=settings.auth_refresh_token_days * 86400,
+        launch_seconds=settings.auth_launch_seconds,
+        registration=settings.auth_registration,
+        roles_file=settings.auth_roles_file,
+    )
 
 
 def _negotiate(req: FhirRequest) -> None:
@@ -175,7 +241,11 @@ class FhirFastPath:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/fhir" or path.startswith("/fhir/")):
+        if (
+            scope["type"] != "http"
+            or not (path == "/fhir" or path.startswith("/fhir/"))
+            or path.startswith("/fhir/.well-known/")  # discovery documents: routes of their own
+        ):
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"path": path[6:]}

@@ -27,7 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = commands.add_parser("config", help="print the effective configuration, secrets masked")
     config.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    from interop import auth_cli
+
+    auth_cli.add_parsers(commands)
+
     args = parser.parse_args(argv)
+    if args.command in ("keys", "users", "clients", "token", "launch"):
+        return auth_cli.run(args, _auth_server())
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
@@ -59,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("interop")
     engine = create_db_engine(settings.effective_database_url, 1)
     upgrade(engine)
+    _ensure_signing_key(engine, settings)
     engine.dispose()
     log.info(
         "starting",
@@ -79,6 +86,25 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _ensure_signing_key(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    """Create the first signing key before workers fork, so they all share it."""
+    from interop.app import auth_config
+    from smart_auth.server import AuthServer
+
+    AuthServer(engine, auth_config(settings)).keys.load()
+
+
+def _auth_server():  # type: ignore[no-untyped-def]
+    from fhir_server.store.db import create_db_engine, upgrade
+    from interop.app import auth_config
+    from smart_auth.server import AuthServer
+
+    settings = get_settings()
+    engine = create_db_engine(settings.effective_database_url, 1)
+    upgrade(engine)
+    return AuthServer(engine, auth_config(settings))
 
 
 def _db_upgrade() -> int:

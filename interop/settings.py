@@ -43,6 +43,31 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=1000, ge=1, description="largest _count honoured")
     db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL connection pool size")
 
+    auth_base_url: str = Field(
+        default="", description="public base of the SMART endpoints; empty: {base}/../auth"
+    )
+    auth_registration: bool = Field(
+        default=True, description="allow RFC 7591 dynamic client registration"
+    )
+    auth_access_token_seconds: int = Field(
+        default=3600, ge=60, le=3600, description="lifetime of user/patient access tokens"
+    )
+    auth_backend_token_seconds: int = Field(
+        default=300, ge=30, le=300, description="lifetime of client_credentials access tokens"
+    )
+    auth_refresh_token_days: int = Field(
+        default=30, ge=1, description="lifetime of refresh tokens (offline_access)"
+    )
+    auth_launch_seconds: int = Field(
+        default=300, ge=10, le=3600, description="how long an EHR launch id stays usable"
+    )
+    auth_audit: bool = Field(
+        default=True, description="write an AuditEvent per FHIR interaction (auth on only)"
+    )
+    auth_roles_file: str = Field(
+        default="", description="JSON role table capping user/ scopes; empty: built-in"
+    )
+
     mllp_host: str = Field(default="127.0.0.1", description="MLLP listen address")
     mllp_port: int = Field(default=2575, description="MLLP listen port; 0 disables the listener")
     redis_url: str = Field(default="", description="Celery broker; empty means in-process runner")
@@ -74,6 +99,14 @@ class Settings(BaseSettings):
     @property
     def effective_base_url(self) -> str:
         return self.base_url or f"http://{self.host}:{self.port}/fhir"
+
+    @property
+    def effective_auth_base_url(self) -> str:
+        if self.auth_base_url:
+            return self.auth_base_url.rstrip("/")
+        from smart_auth.config import AuthConfig
+
+        return AuthConfig.derive_auth_base(self.effective_base_url)
 
     @property
     def auth_enabled(self) -> bool:

@@ -21,6 +21,13 @@ class Grant:
 
     subject: str
     scopes: frozenset[str] = field(default_factory=frozenset)
+    client_id: str = ""
+    patient: str | None = None  # the launch patient: `patient/` scopes are confined to it
+    encounter: str | None = None
+    fhir_user: str | None = None
+    role: str | None = None  # caps `user/` scopes (smart_auth.roles)
+    jti: str = ""
+    expires: int = 0
 
 
 TokenVerifier = Callable[[str], Grant | None]

@@ -7,6 +7,7 @@ references resolved before anything is written. A batch runs each entry on its o
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
@@ -116,7 +117,7 @@ def _run_transaction(
     order = sorted(range(len(reqs)), key=lambda i: ORDER[reqs[i].method])
     results: list[dict[str, Any]] = [{} for _ in reqs]
     with ctx.store.transaction() as tx:
-        inner = Context(ctx.store, ctx.base_url, ctx.default_count, ctx.max_count, tx)
+        inner = dataclasses.replace(ctx, tx=tx)
         for i in order:  # deletes first: they change what conditional creates see
             if reqs[i].method != "DELETE":
                 continue
@@ -146,6 +147,8 @@ def _apply(
 ) -> dict[str, Any]:
     try:
         if req.method == "POST" and req.existing_id:
+            if ctx.access is not None:
+                ctx.access.require("c", req.path[0])
             found = ctx.tx.current(req.path[0], req.existing_id) if ctx.tx else None
             if found is None:
                 raise precondition_failed("conditional create target vanished")
@@ -191,6 +194,7 @@ def _assign_ids(ctx: Context, entries: list[dict[str, Any]], reqs: list[FhirRequ
                 new_id = str(uuid.uuid4())
                 # create with a pre-assigned id: a PUT to a new id is the same write
                 req.method = "PUT"
+                req.creates = True
                 req.path = [res_type, new_id]
                 req.headers.pop("if-none-exist", None)
                 resource["id"] = new_id

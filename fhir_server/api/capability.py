@@ -31,7 +31,10 @@ SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
 
 def capability_statement(
-    base_url: str, software_version: str, auth_enabled: bool
+    base_url: str,
+    software_version: str,
+    auth_enabled: bool,
+    security_extensions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     rest: dict[str, Any] = {
         "mode": "server",
@@ -60,6 +63,8 @@ def capability_statement(
                 "Bearer tokens issued by this server's SMART-on-FHIR authorization server"
             ),
         }
+        if security_extensions:
+            rest["security"]["extension"] = security_extensions
     return {
         "resourceType": "CapabilityStatement",
         "id": "interop-server",
@@ -141,5 +146,12 @@ def _revincludes(res_type: str) -> list[str]:
     return sorted(set(_revinclude_index().get(res_type, [])))
 
 
-def capability_bytes(base_url: str, software_version: str, auth_enabled: bool) -> bytes:
-    return orjson.dumps(capability_statement(base_url, software_version, auth_enabled))
+def capability_bytes(
+    base_url: str,
+    software_version: str,
+    auth_enabled: bool,
+    security_extensions: list[dict[str, Any]] | None = None,
+) -> bytes:
+    return orjson.dumps(
+        capability_statement(base_url, software_version, auth_enabled, security_extensions)
+    )

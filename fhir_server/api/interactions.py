@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
@@ -33,6 +33,9 @@ from fhir_server.search.query import (
 from fhir_server.search.registry import patient_compartment, resource_types
 from fhir_server.store.repository import Store, StoredResource, Transaction, history_rows
 
+if TYPE_CHECKING:
+    from fhir_server.api.access import Access
+
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json")
@@ -47,6 +50,7 @@ class FhirRequest:
     body: bytes = b""
     parsed: Any = None  # a body already parsed (Bundle entries)
     existing_id: str | None = None  # a transaction's conditional create that matched
+    creates: bool = False  # a transaction's create, turned into a PUT to a fresh id
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -78,6 +82,7 @@ class Context:
     default_count: int = 20
     max_count: int = 1000
     tx: Transaction | None = None
+    access: Access | None = None  # the caller's authorization (fhir_server.api.access)
 
     def compiler(self, strict: bool = False) -> Compiler:
         return Compiler(self.base_url, strict, self.default_count, self.max_count)
@@ -190,6 +195,21 @@ def _read_current(ctx: Context, res_type: str, res_id: str) -> StoredResource:
     return stored
 
 
+def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) -> None:
+    """Ask the access policy (when there is one) before an interaction touches anything."""
+    if ctx.access is None:
+        return
+    ctx.access.require(perm, res_type)
+    if res_id is not None:
+        with ctx.read_connection() as conn:
+            ctx.access.check_stored(conn, perm, res_type, res_id)
+
+
+def _allow_body(ctx: Context, perm: str, resource: Any) -> None:
+    if ctx.access is not None:
+        ctx.access.check_body(perm, resource)
+
+
 # -- instance level ----------------------------------------------------------------------------
 
 
@@ -223,6 +243,7 @@ def vread(ctx: Context, req: FhirRequest, res_type: str, res_id: str, vid: str) 
 
 def update(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
     resource = _parse_json(req)
+    _allow_body(ctx, "c" if req.creates else "u", resource)
     with ctx.write() as tx:
         result = tx.update(res_type, res_id, resource, _if_match(req))
     return _respond_with(
@@ -259,6 +280,7 @@ def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirRes
                 f"Version conflict: If-Match {expected}, current {current.version_id}"
             )
         patched = apply_patch(current.json(), document, content_type)
+        _allow_body(ctx, "u", patched)
         result = tx.update(res_type, res_id, patched, None, method="PATCH")
     return _respond_with(req, 200, result.stored, ctx.base_url, False)
 
@@ -329,6 +351,7 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
             f"does not match the URL type '{res_type}'",
             ["resourceType"],
         )
+    _allow_body(ctx, "c", resource)
     condition = req.header("if-none-exist")
     with ctx.write() as tx:
         if condition:
@@ -349,6 +372,7 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
 
 def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     resource = _parse_json(req)
+    _allow_body(ctx, "u", resource)
     with ctx.write() as tx:
         ids = tx.search_ids(res_type, _filters(req.query))
         if len(ids) > 1:
@@ -405,6 +429,8 @@ def search(
         query += parse_qsl(form.decode("utf-8", "replace"), keep_blank_values=True)
     compiler = ctx.compiler(strict=req.prefer("handling") == "strict")
     plan = compiler.compile(res_type, query, direct=True)
+    if ctx.access is not None:
+        plan.where.extend(ctx.access.search_conditions(res_type))
     path = res_type
     if compartment is not None:
         plan.where.append(compartment_condition(compartment, res_type))
@@ -415,6 +441,8 @@ def search(
 def _searchset(ctx: Context, plan: SearchPlan, path: str) -> FhirResponse:
     with ctx.read_connection() as conn:
         result = execute(conn, plan)
+        if ctx.access is not None and result.included:
+            result.included = ctx.access.filter_rows(conn, result.included)
     entries = [
         bundling.search_entry(
             ctx.base_url, row, bundling.shape(row.body, plan.summary, plan.elements)
@@ -505,6 +533,8 @@ def dispatch(
     if res_type == "_history" and n == 1:
         if method != "GET":
             return _not_allowed(method, "GET")
+        if ctx.access is not None:
+            ctx.access.require_unconfined("s", "*", "System history")
         return _named(history(ctx, req, None, None), "history-system", "")
     _check_type(res_type)
     if n == 1:
@@ -528,6 +558,10 @@ def dispatch(
             )
         if method not in table:
             return _not_allowed(method, "GET, POST, PUT, DELETE, PATCH")
+        perm = {"GET": "s", "POST": "c", "PUT": "u", "DELETE": "d", "PATCH": "u"}[method]
+        if ctx.access is not None and method in ("PUT", "DELETE", "PATCH"):
+            ctx.access.require_unconfined(perm, res_type, f"A conditional {names[method]}")
+        _allow(ctx, perm, res_type)
         return _named(table[method](), names[method], res_type)
     second = path[1]
     if n == 2 and second == "_search":
@@ -542,10 +576,13 @@ def dispatch(
             raise FhirError(
                 415, "POST _search takes an application/x-www-form-urlencoded body", "not-supported"
             )
+        _allow(ctx, "s", res_type)
         return _named(search(ctx, req, res_type, form=req.body), "search-type", res_type)
     if n == 2 and second == "_history":
         if method != "GET":
             return _not_allowed(method, "GET")
+        if ctx.access is not None:
+            ctx.access.require_unconfined("s", res_type, "Type history")
         return _named(history(ctx, req, res_type, None), "history-type", res_type)
     res_id = second
     if n == 2:
@@ -558,11 +595,14 @@ def dispatch(
         if method not in instance:
             return _not_allowed(method, "GET, PUT, PATCH, DELETE")
         name, handler = instance[method]
+        perms = {"GET": "r", "PUT": "c" if req.creates else "u", "PATCH": "u", "DELETE": "d"}
+        _allow(ctx, perms[method], res_type, res_id)
         return _named(handler(), name, res_type)
     third = path[2]
     if third == "_history":
         if method != "GET":
             return _not_allowed(method, "GET")
+        _allow(ctx, "r", res_type, res_id)
         if n == 3:
             return _named(history(ctx, req, res_type, res_id), "history-instance", res_type)
         if n == 4:
@@ -571,8 +611,12 @@ def dispatch(
         if method != "GET":
             return _not_allowed(method, "GET")
         if third == "$everything":
+            _allow(ctx, "r", "Patient", res_id)
+            if ctx.access is not None:
+                ctx.access.require("s", "*")
             return _named(everything(ctx, req, res_id), "operation", "Patient")
         if third in resource_types() and (patient_compartment(third) or third == "Patient"):
+            _allow(ctx, "s", third)
             return _named(search(ctx, req, third, compartment=res_id), "search-compartment", third)
     raise not_found(f"No interaction at /{'/'.join(path)}")
 

@@ -40,9 +40,19 @@ class PlannerStatistics:
 
     def analyze(self) -> None:
         """ANALYZE now (SQLite samples with `analysis_limit`, set per connection)."""
-        with self.write_connection() as conn:  # SQLite: ANALYZE writes its statistics tables
-            rows = conn.execute(select(func.count()).select_from(resource_versions)).scalar_one()
-            conn.execute(text("ANALYZE"))
+        count = select(func.count()).select_from(resource_versions)
+        if self.engine.dialect.name == "sqlite":
+            with self.write_connection() as conn:  # ANALYZE writes SQLite's statistics tables
+                rows = conn.execute(count).scalar_one()
+                conn.execute(text("ANALYZE"))
+        else:
+            # Outside a transaction block PostgreSQL analyses each table in a transaction of its
+            # own, so no lock is held across tables (one long transaction could deadlock with
+            # DDL such as TRUNCATE that locks the same tables in another order).
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                rows = conn.execute(count).scalar_one()
+                conn.execute(text("ANALYZE"))
         with self._lock:
             self._writes = 0
             self._next_run = max(self.first_run_after, rows)

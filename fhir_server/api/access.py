@@ -1,0 +1,37 @@
+"""The hook through which an authorization policy sees every interaction.
+
+`fhir_server` knows nothing about OAuth: a request's `Context.access` (None when auth is off)
+is asked before each interaction (`require`), narrows every search (`search_conditions`),
+vets single resources that are read or overwritten (`check_stored`), new content
+(`check_body`), and the extra rows that `_include`/`_revinclude` pull in (`filter_rows`).
+Every refusal is a `FhirError` with status 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import ColumnElement, Connection
+
+from fhir_server.search.query import Row
+
+
+class Access(Protocol):
+    def require(self, perm: str, res_type: str) -> None:
+        """Refuse unless permission `perm` (one of c, r, u, d, s) is granted on `res_type`."""
+
+    def require_unconfined(self, perm: str, res_type: str, why: str) -> None:
+        """Refuse unless the permission is granted without compartment or query limits."""
+
+    def search_conditions(self, res_type: str) -> list[ColumnElement[bool]]:
+        """Extra WHERE conditions that keep a search inside what the grant may see."""
+
+    def check_stored(self, conn: Connection, perm: str, res_type: str, res_id: str) -> None:
+        """Refuse when an existing resource lies outside what the grant may see or change."""
+
+    def check_body(self, perm: str, resource: Any) -> None:
+        """Refuse content that would land outside what the grant may write."""
+
+    def filter_rows(self, conn: Connection, rows: Sequence[Row]) -> list[Row]:
+        """The included rows the grant may see."""

@@ -1,0 +1,94 @@
+"""The server's signing keys: RS256, created on first start, persisted, rotatable.
+
+Only the newest key signs; retired keys stay published in the JWKS so tokens signed before a
+rotation still verify until they expire. Keys are cached in memory (signing and verification
+never touch the database); a token with an unknown `kid` triggers one reload, so a rotation
+done by another process (`interop keys rotate`) is picked up.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Any
+
+from joserfc.jwk import KeySet, RSAKey
+from sqlalchemy import Engine, insert, select, update
+
+from smart_auth.models import signing_keys
+
+ALG = "RS256"
+RELOAD_INTERVAL = 30.0
+
+
+class KeyStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._keys: dict[str, RSAKey] = {}
+        self._current: str | None = None
+        self._loaded_at = 0.0
+
+    def load(self) -> None:
+        """Read the keys; create the first one when there is none."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    signing_keys.c.kid, signing_keys.c.private_pem, signing_keys.c.retired
+                ).order_by(signing_keys.c.created, signing_keys.c.kid)
+            ).all()
+        if not rows:
+            self.rotate()
+            return
+        keys = {
+            kid: RSAKey.import_key(pem, parameters={"kid": kid, "alg": ALG, "use": "sig"})
+            for kid, pem, _ in rows
+        }
+        active = [kid for kid, _, retired in rows if retired is None]
+        with self._lock:
+            self._keys.update(keys)
+            self._current = active[-1] if active else rows[-1][0]
+            self._loaded_at = time.monotonic()
+
+    def rotate(self) -> str:
+        """Make a new signing key; the previous ones are retired but kept for verification."""
+        kid = secrets.token_hex(8)
+        key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": ALG, "use": "sig"})
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(signing_keys).where(signing_keys.c.retired.is_(None)).values(retired=now)
+            )
+            conn.execute(
+                insert(signing_keys).values(
+                    kid=kid, alg=ALG, private_pem=key.as_pem(private=True).decode(), created=now
+                )
+            )
+        with self._lock:
+            self._keys[kid] = key
+            self._current = kid
+            self._loaded_at = time.monotonic()
+        return kid
+
+    def signing_key(self) -> RSAKey:
+        """The newest key; re-read now and then so a rotation elsewhere takes over signing."""
+        if self._current is None or time.monotonic() - self._loaded_at > RELOAD_INTERVAL:
+            self.load()
+        assert self._current is not None
+        return self._keys[self._current]
+
+    def verification_key(self, kid: str) -> RSAKey | None:
+        key = self._keys.get(kid)
+        if key is None and time.monotonic() - self._loaded_at > 1.0:
+            self.load()
+            key = self._keys.get(kid)
+        return key
+
+    def key_set(self) -> KeySet:
+        return KeySet(list(self._keys.values()))
+
+    def jwks(self) -> dict[str, Any]:
+        if time.monotonic() - self._loaded_at > RELOAD_INTERVAL:
+            self.load()
+        return {"keys": [k.as_dict(private=False) for k in self._keys.values()]}

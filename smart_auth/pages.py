@@ -1,0 +1,87 @@
+"""Server-rendered HTML for login, patient picking and consent: small, escaped, no scripts."""
+
+from __future__ import annotations
+
+from html import escape
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem}"
+    "label{display:block;margin:.5rem 0}input[type=text],input[type=password]{width:100%}"
+    "button{margin-top:1rem;padding:.4rem 1rem}.error{color:#b00020}"
+)
+
+SCOPE_TEXT = {
+    "openid": "Know who you are",
+    "fhirUser": "Know your FHIR user record",
+    "profile": "Know your profile",
+    "launch": "Open in the current EHR context",
+    "launch/patient": "Know which patient is chosen",
+    "launch/encounter": "Know which encounter is chosen",
+    "offline_access": "Keep access when you are not using the app",
+    "online_access": "Keep access while you are signed in",
+}
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
+        f'</title><meta name="viewport" content="width=device-width"><style>{_STYLE}</style>'
+        f"</head><body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
+
+
+def _hidden(request_id: str, csrf: str) -> str:
+    return (
+        f'<input type="hidden" name="request" value="{escape(request_id)}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+    )
+
+
+def login_page(request_id: str, csrf: str, client_name: str, error: str = "") -> str:
+    message = f'<p class="error">{escape(error)}</p>' if error else ""
+    return page(
+        "Sign in",
+        f"<p>{escape(client_name)} asks for access to health records.</p>{message}"
+        f'<form method="post" action="login">{_hidden(request_id, csrf)}'
+        '<label>User name <input type="text" name="username" autocomplete="username" required>'
+        '</label><label>Password <input type="password" name="password" '
+        'autocomplete="current-password" required></label>'
+        "<button type=submit>Sign in</button></form>",
+    )
+
+
+def picker_page(request_id: str, csrf: str, patients: list[tuple[str, str]]) -> str:
+    if not patients:
+        return page("Choose a patient", "<p>There are no patients to choose from.</p>")
+    options = "".join(
+        f'<label><input type="radio" name="patient" value="{escape(pid)}" required> '
+        f"{escape(label)} <small>({escape(pid)})</small></label>"
+        for pid, label in patients
+    )
+    return page(
+        "Choose a patient",
+        f'<form method="post" action="pick">{_hidden(request_id, csrf)}{options}'
+        "<button type=submit>Continue</button></form>",
+    )
+
+
+def consent_page(
+    request_id: str, csrf: str, client_name: str, scopes: list[str], patient: str | None
+) -> str:
+    items = "".join(
+        f'<label><input type="checkbox" name="scope" value="{escape(s)}" checked> '
+        f"<code>{escape(s)}</code> {escape(SCOPE_TEXT.get(s, ''))}</label>"
+        for s in scopes
+    )
+    about = f"<p>Patient: <code>{escape(patient)}</code></p>" if patient else ""
+    return page(
+        "Allow access?",
+        f"<p>{escape(client_name)} asks for the access below; untick what you do not want to "
+        f'share.</p>{about}<form method="post" action="consent">{_hidden(request_id, csrf)}'
+        f"{items}<button type=submit name=decision value=allow>Allow</button> "
+        "<button type=submit name=decision value=deny>Deny</button></form>",
+    )
+
+
+def error_page(message: str) -> str:
+    return page("Authorization failed", f'<p class="error">{escape(message)}</p>')

@@ -1,0 +1,227 @@
+"""The client and user registry (operators: `interop clients|users`; apps: RFC 7591)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select
+
+from smart_auth.hashing import hash_password, token_hash, verify_password
+from smart_auth.models import clients, users
+
+CLIENT_TYPES = ("public", "confidential-secret", "confidential-jwks")
+ROLES = ("admin", "physician", "radiologist", "lab", "nurse", "patient", "external")
+
+
+class RegistryError(ValueError):
+    """Input an operator or a registering app must fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    client_id: str
+    name: str
+    client_type: str
+    redirect_uris: list[str]
+    scope: list[str]
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+    launch_url: str | None = None
+    pkce_exempt: bool = False
+    can_launch: bool = False
+    secret_hash: str | None = field(default=None, repr=False)
+
+    @property
+    def public(self) -> bool:
+        return self.client_type == "public"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "client_name": self.name,
+            "type": self.client_type,
+            "redirect_uris": self.redirect_uris,
+            "scope": " ".join(self.scope),
+            "jwks_uri": self.jwks_url,
+            "launch_url": self.launch_url,
+            "pkce_exempt": self.pkce_exempt,
+            "can_launch": self.can_launch,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    role: str
+    fhir_user: str | None
+
+
+class Registry:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- clients ------------------------------------------------------------------------------
+
+    def add_client(
+        self,
+        *,
+        name: str,
+        client_type: str,
+        redirect_uris: list[str],
+        scope: str,
+        jwks_url: str | None = None,
+        jwks: dict[str, Any] | None = None,
+        launch_url: str | None = None,
+        pkce_exempt: bool = False,
+        can_launch: bool = False,
+    ) -> tuple[Client, str | None]:
+        """Register a client; returns it and, for a secret client, the secret (shown once)."""
+        texts = [name, scope, jwks_url or "", launch_url or "", *redirect_uris]
+        if any(isinstance(t, str) and "\x00" in t for t in texts) or "\\u0000" in json.dumps(jwks):
+            raise RegistryError("client metadata may not contain NUL characters")
+        if client_type not in CLIENT_TYPES:
+            raise RegistryError(f"client type must be one of {', '.join(CLIENT_TYPES)}")
+        if not name.strip() or len(name) > 256:
+            raise RegistryError("a client needs a name of at most 256 characters")
+        if jwks_url and not jwks_url.startswith(("https://", "http://")):
+            raise RegistryError("the JWKS URL must be an http(s) URL")
+        for uri in redirect_uris:
+            if not isinstance(uri, str) or len(uri) > 2000:
+                raise RegistryError("redirect URIs are strings of at most 2000 characters")
+            if not uri.startswith(("https://", "http://")) or "#" in uri:
+                raise RegistryError(f"redirect URI '{uri}' must be an absolute http(s) URL")
+        if client_type == "public" and pkce_exempt:
+            raise RegistryError("public clients always use PKCE")
+        if client_type == "confidential-jwks":
+            if bool(jwks_url) == bool(jwks):
+                raise RegistryError("a confidential-jwks client needs a JWKS URL or a JWKS")
+            if jwks is not None:
+                check_jwks(jwks)
+        elif jwks_url or jwks:
+            raise RegistryError("only confidential-jwks clients have a JWKS")
+        client_id = secrets.token_urlsafe(16)
+        secret = secrets.token_urlsafe(32) if client_type == "confidential-secret" else None
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(clients).values(
+                    client_id=client_id,
+                    name=name.strip(),
+                    client_type=client_type,
+                    secret_hash=token_hash(secret) if secret else None,
+                    redirect_uris=json.dumps(redirect_uris),
+                    scope=" ".join(dict.fromkeys(scope.split())),
+                    jwks_url=jwks_url or None,
+                    jwks=json.dumps(jwks) if jwks is not None else None,
+                    launch_url=launch_url or None,
+                    pkce_exempt=pkce_exempt,
+                    can_launch=can_launch,
+                    created=int(time.time()),
+                )
+            )
+        client = self.client(client_id)
+        assert client is not None
+        return client, secret
+
+    def client(self, client_id: str) -> Client | None:
+        if not client_id or len(client_id) > 128 or "\x00" in client_id:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        return _client(row._mapping) if row else None
+
+    def clients(self) -> list[Client]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(clients).order_by(clients.c.created, clients.c.name)).all()
+        return [_client(r._mapping) for r in rows]
+
+    def remove_client(self, client_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(delete(clients).where(clients.c.client_id == client_id)).rowcount > 0
+            )
+
+    # -- users --------------------------------------------------------------------------------
+
+    def add_user(self, username: str, password: str, role: str, fhir_user: str | None) -> User:
+        if role not in ROLES:
+            raise RegistryError(f"role must be one of {', '.join(ROLES)}")
+        if not username.strip() or len(username) > 128:
+            raise RegistryError("a user name must be 1 to 128 characters")
+        if len(password) < 8:
+            raise RegistryError("a password needs at least 8 characters")
+        if fhir_user and (fhir_user.count("/") != 1 or not all(fhir_user.split("/"))):
+            raise RegistryError("--fhir-user must look like Practitioner/123")
+        if role == "patient" and not (fhir_user or "").startswith("Patient/"):
+            raise RegistryError("a user with role patient needs --fhir-user Patient/ID")
+        with self.engine.begin() as conn:
+            if conn.execute(select(users.c.username).where(users.c.username == username)).first():
+                raise RegistryError(f"user '{username}' already exists")
+            conn.execute(
+                insert(users).values(
+                    username=username,
+                    password_hash=hash_password(password),
+                    role=role,
+                    fhir_user=fhir_user or None,
+                    created=int(time.time()),
+                )
+            )
+        return User(username, role, fhir_user or None)
+
+    def user(self, username: str) -> User | None:
+        if "\x00" in username:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(users.c.username, users.c.role, users.c.fhir_user).where(
+                    users.c.username == username
+                )
+            ).first()
+        return User(*row) if row else None
+
+    def login(self, username: str, password: str) -> User | None:
+        username = username.replace("\x00", "")
+        with self.engine.connect() as conn:
+            row = conn.execute(select(users).where(users.c.username == username[:128])).first()
+        # hash even for an unknown user, so timing does not tell which names exist
+        ok = verify_password(password, row.password_hash if row else _DUMMY_HASH)
+        if not row or not ok:
+            return None
+        return User(row.username, row.role, row.fhir_user)
+
+
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def check_jwks(jwks: Any) -> None:
+    """A JWKS a client may register: public keys, each `kid` present once."""
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise RegistryError("a JWKS is an object with a non-empty 'keys' list")
+    kids = [k.get("kid") for k in keys if isinstance(k, dict)]
+    if len(kids) != len(keys):
+        raise RegistryError("every JWKS entry must be an object")
+    if len(set(kids)) != len(kids):
+        raise RegistryError("the JWKS holds two keys with one kid")
+    for key in keys:
+        if "d" in key:
+            raise RegistryError("the JWKS holds a private key; register public keys only")
+
+
+def _client(row: Any) -> Client:
+    return Client(
+        client_id=row["client_id"],
+        name=row["name"],
+        client_type=row["client_type"],
+        redirect_uris=json.loads(row["redirect_uris"]),
+        scope=row["scope"].split(),
+        jwks_url=row["jwks_url"],
+        jwks=json.loads(row["jwks"]) if row["jwks"] else None,
+        launch_url=row["launch_url"],
+        pkce_exempt=bool(row["pkce_exempt"]),
+        can_launch=bool(row["can_launch"]),
+        secret_hash=row["secret_hash"],
+    )

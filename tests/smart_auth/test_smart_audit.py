@@ -1,0 +1,45 @@
+"""AuditEvents: every interaction and refusal leaves a searchable trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.testclient import TestClient
+
+
+def events(http: TestClient, auth: dict[str, str], query: str) -> list[dict[str, Any]]:
+    bundle = http.get(f"/fhir/AuditEvent?{query}&_count=100", headers=auth).json()
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def test_reads_writes_and_refusals_are_audited(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    writer = {"Authorization": f"Bearer {smart.backend_token('system/Patient.cr')}"}
+    created = http.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=writer)
+    pid = created.json()["id"]
+    assert http.get(f"/fhir/Patient/{pid}", headers=writer).status_code == 200
+    assert http.delete(f"/fhir/Patient/{pid}", headers=writer).status_code == 403
+    assert http.get(f"/fhir/Patient/{pid}").status_code == 401
+    auth_app.state.audit.flush()
+    auditor = {"Authorization": f"Bearer {smart.backend_token('system/AuditEvent.rs')}"}
+    found = events(http, auditor, f"entity=Patient/{pid}")
+    by_action = {(e["subtype"][0]["code"], e["outcome"]) for e in found}
+    assert ("create", "0") in by_action
+    assert ("read", "0") in by_action
+    assert ("delete", "4") in by_action
+    anonymous = [e for e in found if e["agent"][0]["who"].get("display") == "anonymous"]
+    assert anonymous and anonymous[0]["outcome"] == "4"
+    with_client = [e for e in found if len(e["agent"]) > 1]
+    assert with_client[0]["agent"][1]["who"]["identifier"]["value"]
+    assert all(e["agent"][0]["network"]["address"] for e in found)
+
+
+def test_patient_context_is_recorded(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    admin = {"Authorization": f"Bearer {smart.backend_token('system/*.cruds')}"}
+    pid = http.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=admin).json()["id"]
+    client_id, _ = smart.client("launch/patient patient/*.rs")
+    smart.user()
+    body = smart.code_flow(client_id, "launch/patient patient/*.rs", _patient=pid)
+    http.get("/fhir/Observation", headers={"Authorization": f"Bearer {body['access_token']}"})
+    auth_app.state.audit.flush()
+    found = events(http, admin, f"patient=Patient/{pid}&subtype=search-type")
+    assert found and found[0]["agent"][0]["who"]["reference"] == "Practitioner/p1"

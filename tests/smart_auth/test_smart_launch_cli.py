@@ -1,0 +1,187 @@
+"""EHR launch (POST /auth/launch and `interop launch`), the standalone patient picker, and the
+operator's command line."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import update
+from starlette.testclient import TestClient
+
+from interop.cli import main
+from interop.settings import get_settings
+from smart_auth.models import launch_contexts
+
+BASE = "http://testserver/fhir"
+REDIRECT = "https://app.example/callback"
+
+
+def make_patient(http: TestClient, smart) -> str:  # type: ignore[no-untyped-def]
+    auth = {"Authorization": f"Bearer {smart.backend_token('system/Patient.c')}"}
+    created = http.post(
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "name": [{"family": "Launch"}]},
+        headers=auth,
+    )
+    return str(created.json()["id"])
+
+
+def ehr_launch(http: TestClient, smart, app_id: str, patient: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    ehr_id, ehr_secret = smart.client("launch", "confidential-secret", can_launch=True)
+    response = http.post(
+        "/auth/launch",
+        data={"app": app_id, "patient": patient, "encounter": "enc-1"},
+        auth=(ehr_id, ehr_secret),
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_ehr_launch_carries_patient_and_encounter(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    patient = make_patient(http, smart)
+    app_id, _ = smart.client(
+        "launch patient/*.rs openid fhirUser", launch_url="https://app.example/launch"
+    )
+    smart.user()
+    launched = ehr_launch(http, smart, app_id, patient)
+    query = parse_qs(urlsplit(launched["launch_url"]).query)
+    assert query["iss"] == [BASE] and query["launch"] == [launched["launch"]]
+    body = smart.code_flow(app_id, "launch patient/*.rs openid fhirUser", launch=launched["launch"])
+    assert body["patient"] == patient and body["encounter"] == "enc-1"
+    assert body["smart_style_url"].startswith("http://testserver/auth/")
+    assert http.get(body["smart_style_url"].replace("http://testserver", "")).status_code == 200
+    auth = {"Authorization": f"Bearer {body['access_token']}"}
+    assert http.get(f"/fhir/Patient/{patient}", headers=auth).status_code == 200
+
+
+def test_launch_id_is_single_use_and_expires(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    app_id, _ = smart.client("launch patient/*.rs")
+    launched = ehr_launch(http, smart, app_id, "p-1")
+    smart.user()
+    first = smart.authorize(app_id, "launch patient/*.rs", launch=launched["launch"])
+    assert first.status_code == 303
+    reused = smart.authorize(app_id, "launch patient/*.rs", launch=launched["launch"])
+    assert parse_qs(urlsplit(reused.headers["location"]).query)["error"] == ["invalid_request"]
+    expired = ehr_launch(http, smart, app_id, "p-1")["launch"]
+    with auth_app.state.store.engine.begin() as conn:
+        conn.execute(update(launch_contexts).values(expires=int(time.time()) - 1))
+    late = smart.authorize(app_id, "launch patient/*.rs", launch=expired)
+    assert parse_qs(urlsplit(late.headers["location"]).query)["error"] == ["invalid_request"]
+
+
+def test_only_launch_clients_may_create_launches(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    client_id, secret = smart.client("launch", "confidential-secret")
+    response = http.post("/auth/launch", data={"patient": "x"}, auth=(client_id, secret))
+    assert response.status_code == 403
+    assert http.post("/auth/launch", data={"patient": "x"}).status_code == 401
+
+
+def test_standalone_patient_picker(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    patient = make_patient(http, smart)
+    client_id, _ = smart.client("launch/patient patient/*.rs")
+    smart.user()
+    body = smart.code_flow(client_id, "launch/patient patient/*.rs", _patient=patient)
+    assert body["patient"] == patient
+
+
+def test_patient_user_is_bound_to_their_own_record(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    patient = make_patient(http, smart)
+    other = make_patient(http, smart)
+    client_id, _ = smart.client("launch/patient patient/*.rs")
+    smart.user("pat", "patient", f"Patient/{patient}")
+    start = smart.authorize(client_id, "launch/patient patient/*.rs")
+    done = smart.consent(smart.login(start, username="pat"))
+    code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
+    body = http.post(
+        "/auth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": client_id,
+            "redirect_uri": REDIRECT,
+            "code_verifier": start.verifier,
+        },
+    ).json()
+    assert body["patient"] == patient
+    auth = {"Authorization": f"Bearer {body['access_token']}"}
+    assert http.get(f"/fhir/Patient/{other}", headers=auth).status_code == 403
+
+
+@pytest.fixture
+def cli(database_url: str, monkeypatch: pytest.MonkeyPatch, auth_app):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("INTEROP_DATABASE_URL", database_url)
+    monkeypatch.setenv("INTEROP_BASE_URL", BASE)
+    get_settings.cache_clear()
+
+    def run(capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = "") -> Any:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        assert main(list(argv)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_cli_clients_users_token_launch(cli, capsys, http: TestClient) -> None:  # type: ignore[no-untyped-def]
+    added = cli(
+        capsys,
+        "clients",
+        "add",
+        "--name",
+        "Script",
+        "--type",
+        "confidential-secret",
+        "--scope",
+        "system/*.rs",
+        "--json",
+    )
+    assert added["client_secret"] and added["type"] == "confidential-secret"
+    listed = cli(capsys, "clients", "list", "--json")["clients"]
+    assert [c["client_id"] for c in listed] == [added["client_id"]]
+    assert "client_secret" not in json.dumps(listed)
+    token = cli(capsys, "token", "--client", added["client_id"], "--scope", "system/*.rs", "--json")
+    assert token["expires_in"] <= 300
+    response = http.get(
+        "/fhir/Patient", headers={"Authorization": f"Bearer {token['access_token']}"}
+    )
+    assert response.status_code == 200
+    user = cli(
+        capsys,
+        "users",
+        "add",
+        "dora",
+        "--role",
+        "physician",
+        "--fhir-user",
+        "Practitioner/d1",
+        "--password-stdin",
+        "--json",
+        stdin="s3cret-password\n",
+    )
+    assert user == {"username": "dora", "role": "physician", "fhirUser": "Practitioner/d1"}
+    app = cli(
+        capsys,
+        "clients",
+        "add",
+        "--name",
+        "App",
+        "--type",
+        "public",
+        "--redirect-uri",
+        REDIRECT,
+        "--scope",
+        "launch patient/*.rs",
+        "--launch-url",
+        "https://app.example/launch",
+        "--json",
+    )
+    launched = cli(capsys, "launch", "--client", app["client_id"], "--patient", "p-9", "--json")
+    assert launched["launch_url"].startswith("https://app.example/launch?iss=")
+    rotated = cli(capsys, "keys", "rotate", "--json")
+    assert rotated["kid"]
+    assert cli(capsys, "clients", "remove", added["client_id"], "--json") == {"removed": True}

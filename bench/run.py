@@ -87,6 +87,7 @@ TARGETS: dict[str, str] = {
     "search_observation": ">= 0.3 x baseline req/s, p99 < 50 ms",
     "search_patient_name": ">= 0.3 x baseline req/s, p99 < 50 ms",
     "crud": ">= 1500 req/s",
+    "read_audited": "<= 20% below read_authenticated (the cost of the AuditEvent trail)",
 }
 
 
@@ -216,12 +217,16 @@ def running(server: Server, ready_path: str) -> Iterator[Server]:
         stop_process(server)
 
 
-def fhir_server(name: str, database_url: str, workdir: Path) -> Server:
-    """Start `interop serve` with the settings the brief fixes (1 worker, no auth, warnings)."""
+def fhir_server(
+    name: str, database_url: str, workdir: Path, auth: dict[str, str] | None = None
+) -> Server:
+    """Start `interop serve` with the settings the brief fixes (1 worker, no auth, warnings);
+    `auth` turns authentication on with the given extra settings instead."""
     port = free_port()
     env = {
         **os.environ,
         "INTEROP_AUTH": "off",
+        **(auth or {}),
         "INTEROP_DATABASE_URL": database_url,
         "INTEROP_PORT": str(port),
         "INTEROP_HOST": HOST,
@@ -596,12 +601,16 @@ def verdict(name: str, figure: dict[str, Any], baseline_rate: float) -> tuple[st
         ok = ratio is not None and ratio >= 0.3 and figure["p99_ms"] < 50
     elif name == "crud":
         ok = figure["rate"] >= 1500
+    elif name == "read_audited":
+        ok = figure.get("audit_cost", 1.0) <= 0.20
     else:
         return "-", ratio
     return ("PASS" if ok else "MISS"), ratio
 
 
 RATIO_OF_BASELINE = ("read", "search_observation", "search_patient_name")
+# Tokens name the FHIR base they are for; the audit-cost servers all claim this one.
+AUTH_BASE = f"http://{HOST}:8080/fhir"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -629,6 +638,9 @@ def print_table(results: dict[str, Any]) -> None:
             f"{figure['errors']:>6}  {figure.get('verdict', '-'):<7} {TARGETS.get(name, '')}"
         )
     for backend, figures in results.get("backends", {}).items():
+        audited = figures.get("figures", {}).get("read_audited", {})
+        if "audit_cost" in audited:
+            print(f"{backend}: the AuditEvent trail costs reads {audited['audit_cost']:.0%}")
         if figures.get("failure"):
             print(f"{backend}: FAILED: {figures['failure'][:500]}")
     print(f"ratios use the better baseline: {results.get('baseline_rate_used', 0):.1f} req/s")
@@ -690,7 +702,53 @@ def bench_backend(
         if server.proc.poll() is not None:
             raise BenchError(f"server exited during the run:\n{server.log_tail()}")
     out["server_log_tail"] = server.log_tail(2000)
+    read_file = write_lines(workdir / f"{backend}-read.txt", reads)
+    figures.update(audit_cost(backend, database_url, opts, wrk, workdir, read_file))
     return out
+
+
+def audit_cost(
+    backend: str, database_url: str, opts: Options, wrk: str, workdir: Path, read_file: str
+) -> dict[str, dict[str, Any]]:
+    """Reads with a bearer token, without and with the AuditEvent trail: what auditing costs.
+
+    The token comes from `interop token` for a client registered with `interop clients add`,
+    as an operator's script would get one; both servers share the database and its keys.
+    """
+    env = {**os.environ, "INTEROP_DATABASE_URL": database_url, "INTEROP_BASE_URL": AUTH_BASE}
+    cli = [sys.executable, "-m", "interop.cli"]
+    added = subprocess.run(
+        [*cli, "clients", "add", "--name", "bench", "--type", "confidential-secret"]
+        + ["--scope", "system/*.rs", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=workdir,
+    )
+    client_id = json.loads(added.stdout)["client_id"]
+    token = subprocess.run(
+        [*cli, "token", "--client", client_id, "--scope", "system/*.rs"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=workdir,
+    ).stdout.strip()
+    figures: dict[str, dict[str, Any]] = {}
+    for name, audit in (("read_authenticated", "false"), ("read_audited", "true")):
+        settings = {
+            "INTEROP_AUTH": "on",
+            "INTEROP_AUTH_AUDIT": audit,
+            "INTEROP_BASE_URL": AUTH_BASE,
+        }
+        server = fhir_server(f"server-{backend}-{name}", database_url, workdir, settings)
+        with running(server, "/readyz"):
+            print(f"[{backend}] {name}", flush=True)
+            figures[name] = measure(wrk, server, opts, "paths.lua", [read_file, token])
+    plain, audited = figures["read_authenticated"]["rate"], figures["read_audited"]["rate"]
+    figures["read_audited"]["audit_cost"] = round(1 - audited / plain, 3) if plain else 1.0
+    return figures
 
 
 def measure_baseline(wrk: str, opts: Options, workdir: Path, when: str) -> dict[str, Any]:

@@ -189,4 +189,4 @@ class AuditTrail:
     def _write(self, batch: list[dict[str, Any]]) -> None:
         with self.store.transaction() as tx:
             for resource in batch:
-                tx.create(resource)
+                tx.create(resource, trusted=True)  # built here; test_smart_audit validates it

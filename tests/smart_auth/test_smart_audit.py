@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
+
+from fhir_server.validation import validate_resource
+from smart_auth.audit import Interaction, audit_event
+from smart_auth.policy import Grant
 
 
 def events(http: TestClient, auth: dict[str, str], query: str) -> list[dict[str, Any]]:
@@ -43,3 +48,35 @@ def test_patient_context_is_recorded(http: TestClient, smart, auth_app) -> None:
     auth_app.state.audit.flush()
     found = events(http, admin, f"patient=Patient/{pid}&subtype=search-type")
     assert found and found[0]["agent"][0]["who"]["reference"] == "Practitioner/p1"
+
+
+@pytest.mark.parametrize(
+    "grant",
+    [
+        None,
+        Grant("svc", client_id="backend"),
+        Grant("u1", client_id="app", patient="p1", fhir_user="Practitioner/d1", role="physician"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "interaction", "res_type", "res_id", "status"),
+    [
+        ("GET", "read", "Observation", "o1", 200),
+        ("GET", "search-type", "Observation", None, 200),
+        ("POST", "create", "Patient", "p2", 201),
+        ("GET", "read", "Patient", "p1", 403),
+        ("GET", "unknown", "", None, 401),
+    ],
+)
+def test_every_audit_event_shape_is_a_valid_resource(
+    grant: Grant | None,
+    method: str,
+    interaction: str,
+    res_type: str,
+    res_id: str | None,
+    status: int,
+) -> None:
+    """Audit events are stored without per-event validation (trusted), so every shape the
+    builder produces is validated here against the FHIR R4 model instead."""
+    event = Interaction(method, interaction, res_type, res_id, status, "127.0.0.1", grant)
+    validate_resource(audit_event(event, "2026-01-01T00:00:00Z"))

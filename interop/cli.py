@@ -27,7 +27,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = commands.add_parser("config", help="print the effective configuration, secrets masked")
     config.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    commands.add_parser("mllp", help="run the HL7 v2 MLLP listener alone")
+    hl7 = commands.add_parser("hl7", help="HL7 v2 messages")
+    hl7_commands = hl7.add_subparsers(dest="hl7_command", required=True)
+    send = hl7_commands.add_parser("send", help="frame and send files over MLLP, print ACKs")
+    send.add_argument("files", nargs="+")
+    send.add_argument("--host", help="MLLP host (INTEROP_MLLP_HOST)")
+    send.add_argument("--port", type=int, help="MLLP port (INTEROP_MLLP_PORT)")
+    send.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     args = parser.parse_args(argv)
+    if args.command == "mllp":
+        return _mllp()
+    if args.command == "hl7":
+        return _hl7_send(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
@@ -79,6 +92,49 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _mllp() -> int:
+    import asyncio
+
+    from hl7_listener.runner import serve
+    from interop.logs import configure
+
+    settings = get_settings()
+    configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _hl7_send(args: argparse.Namespace) -> int:
+    import socket
+    from pathlib import Path
+
+    from hl7_listener.mllp import EB, frame
+    from mappers.hl7v2.parser import split_batch
+
+    settings = get_settings()
+    host, port = args.host or settings.mllp_host, args.port or settings.mllp_port
+    results = []
+    with socket.create_connection((host, port), timeout=30) as sock:
+        for name in args.files:
+            for raw in split_batch(Path(name).read_bytes()):
+                sock.sendall(frame(raw))
+                buf = b""
+                while EB not in buf:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                ack = buf.strip(b"\x0b\x1c\r").decode("utf-8", "replace")
+                msa = next((s for s in ack.split("\r") if s.startswith("MSA")), "MSA||")
+                results.append({"file": name, "ack": ack, "code": msa.split(msa[3:4] or "|")[1]})
+    if args.json:
+        print(json.dumps({"sent": len(results), "results": results}))
+    else:
+        for r in results:
+            print(f"{r['file']}: {r['code']}")
+    return 0 if all(r["code"] in ("AA", "CA") for r in results) else 1
 
 
 def _db_upgrade() -> int:

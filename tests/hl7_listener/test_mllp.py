@@ -157,3 +157,26 @@ def test_oversize_frame_is_rejected(app: Any) -> None:
 def test_parse_roundtrip_of_ack(value: str) -> None:
     ack = parse(b"MSH|^~\\&|a|b|c|d|20240101||ACK|1|P|2.5\rMSA|AA|" + value.encode())
     assert ack.first("MSA").get(2) == value  # type: ignore[union-attr]
+
+
+def test_cli_send_batch_file(app: Any, tmp_path: Any, capsys: Any) -> None:
+    """`interop hl7 send` splits a batch file and prints each ACK."""
+    import json
+
+    from interop.cli import main
+
+    batch = tmp_path / "batch.hl7"
+    batch.write_bytes(
+        b"FHS|^~\\&\rBHS|^~\\&\r" + oru("B1") + b"\r" + oru("B2") + b"\rBTS|2\rFTS|1\r"
+    )
+
+    async def scenario(port: int) -> int:
+        return await asyncio.to_thread(
+            main, ["hl7", "send", str(batch), "--port", str(port), "--json"]
+        )
+
+    rc, _, inbox = run(app, scenario)
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sent"] == 2 and {r["code"] for r in out["results"]} == {"AA"}
+    assert sorted(r.control_id for r in inbox.list()) == ["B1", "B2"]

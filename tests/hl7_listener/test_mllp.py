@@ -180,3 +180,27 @@ def test_cli_send_batch_file(app: Any, tmp_path: Any, capsys: Any) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["sent"] == 2 and {r["code"] for r in out["results"]} == {"AA"}
     assert sorted(r.control_id for r in inbox.list()) == ["B1", "B2"]
+
+
+def test_third_party_mllp_send(app: Any, tmp_path: Any) -> None:
+    """python-hl7's `mllp_send` (a client we did not write) gets AA for each message."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "mllp_send"
+    msgs = tmp_path / "msgs.hl7"
+    msgs.write_bytes(oru("T1").replace(b"\r", b"\n") + b"\n" + oru("T2").replace(b"\r", b"\n"))
+
+    async def scenario(port: int) -> str:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(exe), "--loose", "-f", str(msgs), "-p", str(port), "127.0.0.1"],
+            capture_output=True,
+            timeout=30,
+        )
+        return done.stdout.decode()
+
+    out, _, inbox = run(app, scenario)
+    assert out.count("MSA|AA|") == 2, out
+    assert sorted(r.control_id for r in inbox.list()) == ["T1", "T2"]

@@ -20,24 +20,24 @@ from interop.settings import Settings
 SENDERS = 8
 
 
-def message(sender: int, i: int) -> bytes:
+def message(sender: int, i: int, tag: str = "") -> bytes:
     obx = "\r".join(
         f"OBX|{k}|NM|{1000 + k}-{k % 10}^Analyte {k}^LN||{k * 1.5}|mg/dL^^UCUM|1-9|N|||F"
         for k in range(1, 11)
     )
     return (
-        f"MSH|^~\\&|LAB{sender}|HOSP|EHR|HOSP|20240101120000||ORU^R01|S{sender}-{i}|P|2.5.1\r"
+        f"MSH|^~\\&|LAB{sender}|HOSP|EHR|HOSP|20240101120000||ORU^R01|{tag}S{sender}-{i}|P|2.5.1\r"
         f"PID|1||{sender * 100000 + i % 50}^^^HOSP^MR||Doe^Pat||19800101|F\r"
         f"OBR|1|PL{sender}-{i}|FI{sender}-{i}|24323-8^Panel^LN|||20240101110000"
         f"||||||||||||||||||F\r{obx}\r"
     ).encode()
 
 
-async def drive(port: int, per_sender: int) -> float:
+async def drive(port: int, per_sender: int, tag: str) -> float:
     async def one(sender: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for i in range(per_sender):
-            writer.write(frame(message(sender, i)))
+            writer.write(frame(message(sender, i, tag)))
             await writer.drain()
             await reader.readuntil(EB + b"\r")
         writer.close()
@@ -47,14 +47,14 @@ async def drive(port: int, per_sender: int) -> float:
     return time.perf_counter() - started
 
 
-async def measure(proc: Processor | None, per_sender: int) -> float:
+async def measure(proc: Processor | None, per_sender: int, tag: str = "") -> float:
     def echo(raw: bytes, peer: str) -> tuple[bytes, int | None]:
         return b"MSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|1\r", None
 
     server = MllpServer(proc.handle if proc else echo, port=0)
     port = await server.start()
     try:
-        return await drive(port, per_sender)
+        return await drive(port, per_sender, tag)
     finally:
         await server.stop()
 
@@ -85,13 +85,13 @@ def main() -> None:
     print(f"python-hl7 parse     {parse:9.0f} msg/s")
     for mode in ("map", "store"):
         proc = build_processor(Settings(database_url=url, mllp_ack_mode=mode))
-        before = sum(len(r.resources) for r in proc.inbox.list(limit=total * 3))
-        secs = asyncio.run(measure(proc, per))
+        tag = f"{mode}{time.time_ns()}-"
+        secs = asyncio.run(measure(proc, per, tag))
         mapped_started = time.perf_counter()
         proc.process_pending()
         drain = time.perf_counter() - mapped_started
-        rows = proc.inbox.list(limit=total * 3)
-        resources = sum(len(r.resources) for r in rows) - before
+        rows = [r for r in proc.inbox.list(limit=total * 4) if r.control_id.startswith(tag)]
+        resources = sum(len(r.resources) for r in rows)
         print(
             f"ack-after-{mode:5s}      {total / secs:9.0f} msg/s acknowledged "
             f"({total / secs / echo:.2%} of echo), "

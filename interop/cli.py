@@ -36,11 +36,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     send.add_argument("--port", type=int, help="MLLP port (INTEROP_MLLP_PORT)")
     send.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    lst = hl7_commands.add_parser("list", help="list inbox messages, newest first")
+    lst.add_argument("--status", choices=["received", "processed", "failed", "duplicate"])
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    show = hl7_commands.add_parser("show", help="one message: raw, status, error, resources")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    replay = hl7_commands.add_parser("replay", help="map a stored message again")
+    replay.add_argument("id", type=int, nargs="?")
+    replay.add_argument("--failed", action="store_true", help="replay every failed message")
+    replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     args = parser.parse_args(argv)
     if args.command == "mllp":
         return _mllp()
     if args.command == "hl7":
-        return _hl7_send(args)
+        return _hl7_send(args) if args.hl7_command == "send" else _hl7_inbox(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
@@ -135,6 +147,50 @@ def _hl7_send(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{r['file']}: {r['code']}")
     return 0 if all(r["code"] in ("AA", "CA") for r in results) else 1
+
+
+def _hl7_inbox(args: argparse.Namespace) -> int:
+    from hl7_listener.runner import build_processor
+
+    proc = build_processor(get_settings())
+    if args.hl7_command == "list":
+        rows = [r.as_dict() for r in proc.inbox.list(status=args.status, limit=args.limit)]
+        if args.json:
+            print(json.dumps({"messages": rows}))
+        for r in [] if args.json else rows:
+            print(f"{r['id']:>8} {r['status']:<10} {r['type']:<10} {r['sender']} {r['controlId']}")
+        return 0
+    if args.hl7_command == "show":
+        row = proc.inbox.get(args.id)
+        if row is None:
+            print(f"no message {args.id}", file=sys.stderr)
+            return 1
+        out = row.as_dict() | {"raw": row.raw.decode("latin-1")}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            for key, value in out.items():
+                print(f"{key}: {value}")
+        return 0
+    if args.failed:
+        ids = [r.pk for r in proc.inbox.list(status="failed", limit=100000)]
+    elif args.id is not None:
+        ids = [args.id]
+    else:
+        print("give a message id or --failed", file=sys.stderr)
+        return 2
+    results = {}
+    for pk in ids:
+        try:
+            results[str(pk)] = proc.replay(pk)
+        except KeyError:
+            results[str(pk)] = "not found"
+    if args.json:
+        print(json.dumps({"replayed": results}))
+    else:
+        for pk_s, status in results.items():
+            print(f"{pk_s}: {status}")
+    return 0 if all(v == "processed" for v in results.values()) else 1
 
 
 def _db_upgrade() -> int:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import threading
 
 from fhir_server.api.interactions import Context
 from fhir_server.store.db import create_db_engine, upgrade
@@ -51,8 +52,9 @@ async def serve(settings: Settings) -> None:
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
 
     async def background() -> None:
         while not stop.is_set():
@@ -66,3 +68,12 @@ async def serve(settings: Settings) -> None:
     await worker
     await asyncio.to_thread(proc.process_pending)
     log.info("MLLP listener stopped")
+
+
+def start_in_thread(settings: Settings) -> threading.Thread:
+    """For `interop serve`: the listener beside uvicorn. Messages are committed before
+    their ACK, and 'received' ones are mapped on the next start, so exiting with the
+    process loses nothing."""
+    thread = threading.Thread(target=lambda: asyncio.run(serve(settings)), name="mllp", daemon=True)
+    thread.start()
+    return thread

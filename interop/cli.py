@@ -93,6 +93,10 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": settings.workers,
         },
     )
+    if settings.mllp_port != 0:
+        from hl7_listener.runner import start_in_thread
+
+        start_in_thread(settings)
     uvicorn.run(
         "interop.app:create_app_without_migrations",
         factory=True,

@@ -26,6 +26,9 @@ from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirRe
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store
+from hl7_listener.http import routes as hl7_routes
+from hl7_listener.inbox import Inbox
+from hl7_listener.processor import Processor
 from interop.logs import request_id_var
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
@@ -147,6 +150,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         return Response(body, status, headers, media_type=FHIR_JSON if body is not None else None)
 
     app.router.add_route("/fhir", fhir_endpoint, methods=METHODS)
+    hl7 = Processor(
+        Inbox(engine), ctx, "map", settings.hl7_authorities, settings.hl7_time_zone
+    )  # ack-after-map over HTTP: the caller waits for the mapping result
+    app.state.hl7 = hl7
+    app.router.routes.extend(hl7_routes(hl7, policy))
     app.router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS)
 
     @app.get("/healthz", include_in_schema=False)

@@ -31,9 +31,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     auth_cli.add_parsers(commands)
 
+    commands.add_parser("mllp", help="run the HL7 v2 MLLP listener alone")
+    hl7 = commands.add_parser("hl7", help="HL7 v2 messages")
+    hl7_commands = hl7.add_subparsers(dest="hl7_command", required=True)
+    send = hl7_commands.add_parser("send", help="frame and send files over MLLP, print ACKs")
+    send.add_argument("files", nargs="+")
+    send.add_argument("--host", help="MLLP host (INTEROP_MLLP_HOST)")
+    send.add_argument("--port", type=int, help="MLLP port (INTEROP_MLLP_PORT)")
+    send.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    lst = hl7_commands.add_parser("list", help="list inbox messages, newest first")
+    lst.add_argument("--status", choices=["received", "processed", "failed", "duplicate"])
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    show = hl7_commands.add_parser("show", help="one message: raw, status, error, resources")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    replay = hl7_commands.add_parser("replay", help="map a stored message again")
+    replay.add_argument("id", type=int, nargs="?")
+    replay.add_argument("--failed", action="store_true", help="replay every failed message")
+    replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     args = parser.parse_args(argv)
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
+    if args.command == "mllp":
+        return _mllp()
+    if args.command == "hl7":
+        return _hl7_send(args) if args.hl7_command == "send" else _hl7_inbox(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
@@ -75,6 +100,10 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": settings.workers,
         },
     )
+    if settings.mllp_port != 0:
+        from hl7_listener.runner import start_in_thread
+
+        start_in_thread(settings)
     uvicorn.run(
         "interop.app:create_app_without_migrations",
         factory=True,
@@ -105,6 +134,93 @@ def _auth_server():  # type: ignore[no-untyped-def]
     engine = create_db_engine(settings.effective_database_url, 1)
     upgrade(engine)
     return AuthServer(engine, auth_config(settings))
+
+
+def _mllp() -> int:
+    import asyncio
+
+    from hl7_listener.runner import serve
+    from interop.logs import configure
+
+    settings = get_settings()
+    configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _hl7_send(args: argparse.Namespace) -> int:
+    import socket
+    from pathlib import Path
+
+    from hl7_listener.mllp import EB, frame
+    from mappers.hl7v2.parser import split_batch
+
+    settings = get_settings()
+    host, port = args.host or settings.mllp_host, args.port or settings.mllp_port
+    results = []
+    with socket.create_connection((host, port), timeout=30) as sock:
+        for name in args.files:
+            for raw in split_batch(Path(name).read_bytes()):
+                sock.sendall(frame(raw))
+                buf = b""
+                while EB not in buf:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                ack = buf.strip(b"\x0b\x1c\r").decode("utf-8", "replace")
+                msa = next((s for s in ack.split("\r") if s.startswith("MSA")), "MSA||")
+                results.append({"file": name, "ack": ack, "code": msa.split(msa[3:4] or "|")[1]})
+    if args.json:
+        print(json.dumps({"sent": len(results), "results": results}))
+    else:
+        for r in results:
+            print(f"{r['file']}: {r['code']}")
+    return 0 if all(r["code"] in ("AA", "CA") for r in results) else 1
+
+
+def _hl7_inbox(args: argparse.Namespace) -> int:
+    from hl7_listener.runner import build_processor
+
+    proc = build_processor(get_settings())
+    if args.hl7_command == "list":
+        rows = [r.as_dict() for r in proc.inbox.list(status=args.status, limit=args.limit)]
+        if args.json:
+            print(json.dumps({"messages": rows}))
+        for r in [] if args.json else rows:
+            print(f"{r['id']:>8} {r['status']:<10} {r['type']:<10} {r['sender']} {r['controlId']}")
+        return 0
+    if args.hl7_command == "show":
+        row = proc.inbox.get(args.id)
+        if row is None:
+            print(f"no message {args.id}", file=sys.stderr)
+            return 1
+        out = row.as_dict() | {"raw": row.raw.decode("latin-1")}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            for key, value in out.items():
+                print(f"{key}: {value}")
+        return 0
+    if args.failed:
+        ids = [r.pk for r in proc.inbox.list(status="failed", limit=100000)]
+    elif args.id is not None:
+        ids = [args.id]
+    else:
+        print("give a message id or --failed", file=sys.stderr)
+        return 2
+    results = {}
+    for pk in ids:
+        try:
+            results[str(pk)] = proc.replay(pk)
+        except KeyError:
+            results[str(pk)] = "not found"
+    if args.json:
+        print(json.dumps({"replayed": results}))
+    else:
+        for pk_s, status in results.items():
+            print(f"{pk_s}: {status}")
+    return 0 if all(v == "processed" for v in results.values()) else 1
 
 
 def _db_upgrade() -> int:

@@ -70,6 +70,19 @@ class Settings(BaseSettings):
 
     mllp_host: str = Field(default="127.0.0.1", description="MLLP listen address")
     mllp_port: int = Field(default=2575, description="MLLP listen port; 0 disables the listener")
+    mllp_ack_mode: str = Field(
+        default="map", pattern="^(map|store)$",
+        description="map: ACK after mapping; store: ACK after the inbox commit, map in background",
+    )  # fmt: skip
+    mllp_max_frame: int = Field(default=10 * 1024 * 1024, ge=1024, description="MLLP frame limit")
+    mllp_idle_timeout: float = Field(default=300.0, gt=0, description="idle connection seconds")
+    mllp_tls_cert: str = Field(default="", description="PEM server certificate; enables TLS")
+    mllp_tls_key: str = Field(default="", description="PEM private key for mllp_tls_cert")
+    mllp_tls_ca: str = Field(default="", description="PEM CA bundle; requires client certificates")
+    hl7_time_zone: str = Field(default="UTC", description="zone for v2 times without an offset")
+    hl7_authorities: dict[str, str] = Field(
+        default_factory=dict, description="PID-3.4 assigning authority -> identifier system (JSON)"
+    )
     redis_url: str = Field(default="", description="Celery broker; empty means in-process runner")
     dicomweb_url: str = Field(
         default="", description="DICOMweb root of the PACS; empty: imaging off"

@@ -1,0 +1,408 @@
+"""HL7 v2 message -> FHIR transaction Bundle, following the v2-to-FHIR IG.
+
+Every resource is written by conditional PUT on a stable identifier (patient by
+PID-3 system|value, results by filler order number + OBX set id/code) so a re-sent or
+corrected message updates the same resources instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from mappers.hl7v2.datatypes import codeable, dt, identifier_system, observation_value
+from mappers.hl7v2.parser import Message, Segment
+
+Resource = dict[str, Any]
+
+# OBX-11 -> Observation.status. IG maps I/R/S/U/V/O to errors; we keep going (documented).
+OBX_STATUS = {
+    "F": "final", "C": "corrected", "P": "preliminary", "R": "preliminary",
+    "I": "registered", "S": "preliminary", "U": "final", "V": "final", "O": "registered",
+    "D": "entered-in-error", "W": "entered-in-error", "X": "cancelled", "A": "amended",
+    "N": "unknown",
+}  # fmt: skip
+# OBR-25 -> DiagnosticReport.status; missing -> unknown rather than rejecting the message.
+OBR_STATUS = {
+    "O": "registered", "I": "registered", "S": "registered", "A": "partial",
+    "P": "preliminary", "C": "corrected", "R": "partial", "F": "final", "X": "cancelled",
+}  # fmt: skip
+# ORC-1 / ORC-5 -> ServiceRequest.status.
+ORC_STATUS = {
+    "NW": "active", "CA": "revoked", "OC": "revoked", "DC": "revoked", "HD": "on-hold",
+    "SC": "active", "XO": "active", "CM": "completed", "IP": "active", "A": "active",
+    "CM_": "completed",
+}  # fmt: skip
+# PV1-2 patient class -> Encounter.class (v3 ActCode).
+PV1_CLASS = {
+    "I": ("IMP", "inpatient encounter"), "O": ("AMB", "ambulatory"),
+    "E": ("EMER", "emergency"), "P": ("PRENC", "pre-admission"),
+    "R": ("AMB", "ambulatory"), "B": ("AMB", "ambulatory"),
+}  # fmt: skip
+ADT_ENCOUNTER_STATUS = {
+    "A01": "in-progress", "A02": "in-progress", "A03": "finished", "A04": "arrived",
+    "A05": "planned", "A08": None, "A11": "cancelled", "A13": "in-progress",
+}  # fmt: skip
+SUPPORTED = {
+    "ORU^R01", "ORM^O01", "OML^O21",
+    *(f"ADT^{t}" for t in ("A01", "A02", "A03", "A04", "A05", "A08", "A11", "A13", "A28",
+                           "A31", "A40")),
+}  # fmt: skip
+ACT_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+class UnsupportedMessage(ValueError):
+    """The message type is not mapped (ERR code 200/201 in the ACK)."""
+
+
+class MappingError(ValueError):
+    """The content cannot be mapped; the text says what to fix."""
+
+
+class _Builder:
+    def __init__(self, msg: Message, systems: Mapping[str, str], tz: str) -> None:
+        self.msg = msg
+        self.systems = systems
+        self.tz = tz
+        self.entries: list[dict[str, Any]] = []
+
+    def add(self, res: Resource, query: str | None) -> str:
+        full = f"urn:uuid:{uuid.uuid4()}"
+        req = {"method": "PUT", "url": f"{res['resourceType']}?{query}"} if query else {
+            "method": "POST", "url": res["resourceType"]}  # fmt: skip
+        self.entries.append({"fullUrl": full, "resource": res, "request": req})
+        return full
+
+    def system(self, authority: str) -> str:
+        return identifier_system(authority, self.systems)
+
+
+def _ident_query(system: str, value: str) -> str:
+    return f"identifier={system}|{value}" if system else f"identifier={value}"
+
+
+def patient(b: _Builder, pid: Segment) -> tuple[Resource, str]:
+    """PID -> Patient; identity is the first PID-3 repetition (system|value)."""
+    idents = []
+    for rep in pid.reps(3) or pid.reps(2):
+        value = rep[0][0]
+        if not value:
+            continue
+        auth = rep[3] if len(rep) > 3 else [""]
+        authority = auth[1] if len(auth) > 2 and auth[1] else auth[0]
+        ident: Resource = {"value": value}
+        system = b.system(authority) if authority else ""
+        if system:
+            ident["system"] = system
+        idents.append(ident)
+    if not idents:
+        raise MappingError("PID-3 has no patient identifier; PID-3.1 is required")
+    res: Resource = {"resourceType": "Patient", "identifier": idents}
+    names = []
+    for rep in pid.reps(5):
+        comp = [c[0] for c in rep]
+        name: Resource = {}
+        if comp[0]:
+            name["family"] = comp[0]
+        given = [g for g in comp[1:3] if g]
+        if given:
+            name["given"] = given
+        if name:
+            names.append(name)
+    if names:
+        res["name"] = names
+    birth = dt(pid.get(7), b.tz)
+    if birth:
+        res["birthDate"] = birth[:10]
+    gender = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "other"}.get(
+        pid.get(8).upper()
+    )
+    if gender:
+        res["gender"] = gender
+    addrs = []
+    for rep in pid.reps(11):
+        c = [x[0] for x in rep] + [""] * 7
+        addr: Resource = {k: v for k, v in (("city", c[2]), ("state", c[3]), ("postalCode", c[4]),
+                                  ("country", c[5])) if v}  # fmt: skip
+        lines = [x for x in c[:2] if x]
+        if lines:
+            addr["line"] = lines
+        if addr:
+            addrs.append(addr)
+    if addrs:
+        res["address"] = addrs
+    if pid.get(30) == "Y":
+        res["deceasedBoolean"] = True
+    first = idents[0]
+    query = _ident_query(first.get("system", ""), first["value"])
+    return res, b.add(res, query)
+
+
+def encounter(b: _Builder, pv1: Segment, patient_ref: str, trigger: str) -> str | None:
+    """PV1 -> Encounter identified by visit number (PV1-19)."""
+    visit = pv1.get(19)
+    if not visit:
+        return None
+    cls = PV1_CLASS.get(pv1.get(2), ("AMB", "ambulatory"))
+    status = ADT_ENCOUNTER_STATUS.get(trigger) or "unknown"
+    if trigger == "A08" or not trigger:
+        status = "finished" if pv1.get(45) else "in-progress"
+    res: Resource = {
+        "resourceType": "Encounter",
+        "identifier": [{"value": visit, "type": {"coding": [{"code": "VN"}]}}],
+        "status": status,
+        "class": {"system": ACT_CLASS, "code": cls[0], "display": cls[1]},
+        "subject": {"reference": patient_ref},
+    }
+    period = {k: v for k, v in (("start", dt(pv1.get(44), b.tz)),
+                                ("end", dt(pv1.get(45), b.tz))) if v}  # fmt: skip
+    if period:
+        res["period"] = period
+    return b.add(res, f"identifier={visit}")
+
+
+def _notes(segs: list[Segment]) -> list[Resource]:
+    return [{"text": s.text(3)} for s in segs if s.text(3)]
+
+
+def oru(b: _Builder) -> None:
+    """ORU^R01: patient, visit, then per OBR a ServiceRequest, DiagnosticReport, OBXs."""
+    msg = b.msg
+    pid = msg.first("PID")
+    if pid is None:
+        raise MappingError("ORU^R01 without a PID segment; a result needs a patient")
+    _, pref = patient(b, pid)
+    pv1 = msg.first("PV1")
+    eref = encounter(b, pv1, pref, "") if pv1 else None
+    segs = msg.segments
+    i = 0
+    orc: Segment | None = None
+    while i < len(segs):
+        s = segs[i]
+        if s.name == "ORC":
+            orc = s
+        if s.name != "OBR":
+            i += 1
+            continue
+        group = [s]
+        i += 1
+        while i < len(segs) and segs[i].name not in ("OBR", "ORC", "PID"):
+            group.append(segs[i])
+            i += 1
+        _result_group(b, group, orc, pref, eref)
+        orc = None
+
+
+def _order_ids(obr: Segment, orc: Segment | None) -> tuple[str, str]:
+    placer = obr.get(2) or (orc.get(2) if orc else "")
+    filler = obr.get(3) or (orc.get(3) if orc else "")
+    return placer, filler
+
+
+def _service_request(
+    b: _Builder, obr: Segment, orc: Segment | None, pref: str, status: str, notes: list[Resource]
+) -> str:
+    placer, filler = _order_ids(obr, orc)
+    key = placer or filler
+    if not key:
+        raise MappingError("OBR-2/OBR-3 (placer/filler order number) missing")
+    idents = []
+    if placer:
+        idents.append({"type": {"coding": [{"code": "PLAC"}]}, "value": placer})
+    if filler:
+        idents.append({"type": {"coding": [{"code": "FILL"}]}, "value": filler})
+    res: Resource = {
+        "resourceType": "ServiceRequest",
+        "identifier": idents,
+        "status": status,
+        "intent": "order",
+        "subject": {"reference": pref},
+    }
+    code = codeable(obr.reps(4))
+    if code:
+        res["code"] = code
+    if notes:
+        res["note"] = notes
+    return b.add(res, f"identifier={key}")
+
+
+def _result_group(
+    b: _Builder, group: list[Segment], orc: Segment | None, pref: str, eref: str | None
+) -> None:
+    obr = group[0]
+    placer, filler = _order_ids(obr, orc)
+    key = filler or placer
+    sr = _service_request(b, obr, orc, pref, "completed", [])
+    obs_refs: list[Resource] = []
+    report_notes: list[Resource] = []
+    last: Resource | None = None
+    spm_focus: list[Resource] = []
+    for seg in group[1:]:
+        if seg.name == "OBX":
+            last, ref = observation(b, seg, key, pref, eref)
+            obs_refs.append({"reference": ref})
+            spm_focus.append({"reference": ref})
+        elif seg.name == "NTE":
+            if last is None:
+                report_notes.extend(_notes([seg]))
+            else:
+                last.setdefault("note", []).extend(_notes([seg]))
+        elif seg.name == "SPM":
+            specimen(b, seg, pref, key)
+    rep: Resource = {
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"type": {"coding": [{"code": "FILL"}]}, "value": key}],
+        "basedOn": [{"reference": sr}],
+        "status": OBR_STATUS.get(obr.get(25), "unknown"),
+        "code": codeable(obr.reps(4)) or {"text": "unknown"},
+        "subject": {"reference": pref},
+    }
+    if eref:
+        rep["encounter"] = {"reference": eref}
+    if obr.get(24):
+        rep["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                                        "code": obr.get(24)}]}]  # fmt: skip
+    eff = dt(obr.get(7), b.tz)
+    if eff:
+        rep["effectiveDateTime"] = eff
+    issued = dt(obr.get(22), b.tz)
+    if issued and len(issued) > 10:
+        rep["issued"] = issued
+    if obs_refs:
+        rep["result"] = obs_refs
+    b.add(rep, f"identifier={key}")
+
+
+def observation(
+    b: _Builder, obx: Segment, order_key: str, pref: str, eref: str | None
+) -> tuple[Resource, str]:
+    """OBX -> Observation; identity is filler order + OBX-4/set id + OBX-3 code."""
+    # A missing OBX-3 is kept (text "unknown") rather than losing the whole message.
+    code = codeable(obx.reps(3)) or {"text": "unknown"}
+    set_id = obx.get(4) or obx.get(1)
+    obs_id = f"{order_key}-{obx.get(3)}-{set_id}"
+    res: Resource = {
+        "resourceType": "Observation",
+        "identifier": [{"value": obs_id}],
+        "status": OBX_STATUS.get(obx.get(11), "unknown"),
+        "code": code,
+        "subject": {"reference": pref},
+    }
+    if eref:
+        res["encounter"] = {"reference": eref}
+    res.update(observation_value(obx, b.tz))
+    if obx.get(7):
+        res["referenceRange"] = [{"text": obx.text(7)}]
+    interp = [r[0][0] for r in obx.reps(8) if r[0][0]]
+    if interp:
+        sys = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+        res["interpretation"] = [{"coding": [{"system": sys, "code": c}]} for c in interp]
+    eff = dt(obx.get(14), b.tz)
+    if eff:
+        res["effectiveDateTime"] = eff
+    return res, b.add(res, f"identifier={obs_id}")
+
+
+def specimen(b: _Builder, spm: Segment, pref: str, order_key: str) -> str:
+    """SPM -> Specimen identified by SPM-2 (or the order and SPM set id)."""
+    ident = spm.get(2, 1) or spm.get(2, 2) or f"{order_key}-SPM{spm.get(1) or 1}"
+    res: Resource = {
+        "resourceType": "Specimen",
+        "identifier": [{"value": ident}],
+        "subject": {"reference": pref},
+    }
+    typ = codeable(spm.reps(4))
+    if typ:
+        res["type"] = typ
+    collected = dt(spm.get(17), b.tz)
+    if collected:
+        res["collection"] = {"collectedDateTime": collected}
+    return b.add(res, f"identifier={ident}")
+
+
+def adt(b: _Builder, trigger: str) -> None:
+    """ADT events: upsert Patient and Encounter; A40 links the merged patient."""
+    pid = b.msg.first("PID")
+    if pid is None:
+        raise MappingError(f"ADT^{trigger} without a PID segment")
+    pres, pref = patient(b, pid)
+    if trigger == "A40":
+        mrg = b.msg.first("MRG")
+        if mrg is None or not mrg.get(1):
+            raise MappingError("ADT^A40 needs MRG-1 (the prior patient identifier)")
+        auth = mrg.get(1, 4, 2) or mrg.get(1, 4, 1)
+        system = b.system(auth) if auth else ""
+        old: Resource = {
+            "resourceType": "Patient",
+            "identifier": [{"value": mrg.get(1), **({"system": system} if system else {})}],
+            "active": False,
+            "link": [{"other": {"reference": pref}, "type": "replaced-by"}],
+        }
+        oref = b.add(old, _ident_query(system, mrg.get(1)))
+        pres["link"] = [{"other": {"reference": oref}, "type": "replaces"}]
+        return
+    pv1 = b.msg.first("PV1")
+    if pv1 is not None and trigger not in ("A28", "A31"):
+        encounter(b, pv1, pref, trigger)
+
+
+def to_bundle(
+    msg: Message,
+    *,
+    systems: Mapping[str, str] | None = None,
+    tz: str = "UTC",
+    source: str = "",
+) -> Resource:
+    """Map a parsed message to a FHIR transaction Bundle (MessageHeader + Provenance)."""
+    mtype = msg.message_type
+    if mtype not in SUPPORTED:
+        raise UnsupportedMessage(f"message type {mtype or '(empty)'} is not supported")
+    b = _Builder(msg, systems or {}, tz)
+    code, _, trigger = mtype.partition("^")
+    if code == "ORU":
+        oru(b)
+    elif code == "ADT":
+        adt(b, trigger)
+    else:
+        orders(b)
+    targets = [{"reference": e["fullUrl"]} for e in b.entries]
+    header: Resource = {
+        "resourceType": "MessageHeader",
+        "eventCoding": {
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0003",
+            "code": trigger or code,
+        },  # fmt: skip
+        "source": {"name": msg.msh.get(3) or "unknown", "endpoint": source or "mllp:unknown"},
+        "focus": targets,
+    }
+    b.add(header, None)
+    prov: Resource = {
+        "resourceType": "Provenance",
+        "target": targets or [{"display": "none"}],
+        "recorded": dt(msg.msh.get(7), tz) or "1970-01-01T00:00:00Z",
+        "agent": [{"who": {"display": msg.msh.get(4) or msg.msh.get(3) or "unknown"}}],
+        "entity": [{"role": "source", "what": {"identifier": {"value": msg.control_id}}}],
+    }
+    if len(prov["recorded"]) <= 10:
+        prov["recorded"] = prov["recorded"] + "T00:00:00Z"
+    b.add(prov, None)
+    return {"resourceType": "Bundle", "type": "transaction", "entry": b.entries}
+
+
+def orders(b: _Builder) -> None:
+    """ORM^O01 / OML^O21: ServiceRequest per ORC/OBR with status from ORC-1/ORC-5."""
+    pid = b.msg.first("PID")
+    if pid is None:
+        raise MappingError("order message without a PID segment")
+    _, pref = patient(b, pid)
+    orc: Segment | None = None
+    for seg in b.msg.segments:
+        if seg.name == "ORC":
+            orc = seg
+        elif seg.name == "OBR" or (seg.name == "SPM" and orc is not None):
+            if seg.name == "SPM":
+                specimen(b, seg, pref, _order_ids(seg, orc)[0] or "order")
+                continue
+            st = ORC_STATUS.get(orc.get(5) if orc and orc.get(5) else (orc.get(1) if orc else ""))
+            _service_request(b, seg, orc, pref, st or "active", [])

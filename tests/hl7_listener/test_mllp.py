@@ -1,0 +1,206 @@
+"""The listener over real TCP: framing, ACK rules, duplicates, durability."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hl7_listener.inbox import Inbox
+from hl7_listener.mllp import EB, SB, MllpServer, frame
+from hl7_listener.processor import Processor
+from mappers.hl7v2 import parse
+
+ORU = "\r".join(
+    [
+        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20240101120000||ORU^R01|{ctrl}|P|2.5.1{extra}",
+        "PID|1||123^^^HOSP&1.2.3&ISO^MR||Doe^Jane||19800102|F",
+        "OBR|1|PL1|FI1|2345-7^Glucose^LN|||20240101110000||||||||||||||||||F",
+        "OBX|1|NM|2345-7^Glucose^LN||{value}|mg/dL^^UCUM|70-99|H|||F",
+    ]
+)
+
+
+def oru(ctrl: str, value: str = "100", extra: str = "") -> bytes:
+    return ORU.format(ctrl=ctrl, value=value, extra=extra).encode()
+
+
+def make(app: Any, mode: str = "map") -> tuple[Processor, Inbox]:
+    inbox = Inbox(app.state.store.engine)
+    return Processor(inbox, app.state.context, ack_mode=mode), inbox
+
+
+async def exchange(port: int, *payloads: bytes, raw: bytes | None = None) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    acks = []
+    if raw is not None:
+        writer.write(raw)
+    for p in payloads:
+        writer.write(frame(p))
+    await writer.drain()
+    for _ in range(len(payloads) or 1):
+        data = await reader.readuntil(EB + b"\r")
+        acks.append(data[1:-2])
+    writer.close()
+    return acks
+
+
+def msa(ack: bytes) -> list[str]:
+    return next(s for s in ack.decode().split("\r") if s.startswith("MSA")).split("|")
+
+
+def run(app: Any, scenario: Any, mode: str = "map", **kw: Any) -> Any:
+    proc, inbox = make(app, mode)
+
+    async def main() -> Any:
+        server = MllpServer(proc.handle, port=0, **kw)
+        port = await server.start()
+        try:
+            return await scenario(port)
+        finally:
+            await server.stop()
+
+    return asyncio.run(main()), proc, inbox
+
+
+def test_ack_after_map_and_concurrent_senders(app: Any) -> None:
+    async def scenario(port: int) -> list[list[bytes]]:
+        return await asyncio.gather(
+            *(exchange(port, *[oru(f"S{s}M{i}", str(90 + i)) for i in range(3)]) for s in range(4))
+        )
+
+    results, _, inbox = run(app, scenario)
+    acks = [a for r in results for a in r]
+    assert len(acks) == 12
+    assert {msa(a)[1] for a in acks} == {"AA"}
+    assert sorted(msa(a)[2] for a in acks) == sorted(
+        f"S{s}M{i}" for s in range(4) for i in range(3)
+    )
+    ack_msh = acks[0].decode().split("\r")[0].split("|")
+    assert ack_msh[2:6] == ["EHR", "HOSP", "LAB", "HOSP"]
+    assert ack_msh[11] == "2.5.1"
+    rows = inbox.list(limit=100)
+    assert len(rows) == 12 and {r.status for r in rows} == {"processed"}
+    assert any(r.startswith("Observation/") for r in rows[0].resources)
+
+
+def test_garbage_partial_frames_missing_cr_and_duplicates(app: Any) -> None:
+    async def scenario(port: int) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        data = oru("D1")
+        writer.write(b"noise\r\n" + SB + data[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(data[20:] + EB)  # no final CR
+        await writer.drain()
+        first = await reader.readuntil(EB + b"\r")
+        writer.write(frame(oru("D1", "555")))
+        await writer.drain()
+        second = await reader.readuntil(EB + b"\r")
+        writer.close()
+        return [first, second]
+
+    (first, second), _, inbox = run(app, scenario)
+    assert first == second  # the duplicate gets the original ACK
+    assert msa(first[1:-2])[1] == "AA"
+    statuses = sorted(r.status for r in inbox.list())
+    assert statuses == ["duplicate", "processed"]
+
+
+def test_unsupported_type_is_rejected_and_kept(app: Any) -> None:
+    bar = b"MSH|^~\\&|A|B|C|D|20240101||BAR^P01|B1|P|2.5\rPID|1||1"
+
+    async def scenario(port: int) -> list[bytes]:
+        return await exchange(port, bar)
+
+    (ack,), _, inbox = run(app, scenario)
+    lines = ack.decode().split("\r")
+    assert msa(ack)[1:3] == ["AR", "B1"]
+    err = next(s for s in lines if s.startswith("ERR")).split("|")
+    assert err[3].startswith("200^")
+    assert inbox.list()[0].status == "failed"
+    assert inbox.list()[0].raw == bar
+
+
+def test_content_error_is_ae_with_reason(app: Any) -> None:
+    bad = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A04|E1|P|2.5\rPID|1"
+    (ack,), _, inbox = run(app, lambda port: exchange(port, bad))
+    assert msa(ack)[1] == "AE"
+    assert "PID-3" in ack.decode()
+    assert inbox.list()[0].status == "failed"
+
+
+def test_ack_after_store_then_pending_mapped_as_after_restart(app: Any) -> None:
+    (ack,), proc, inbox = run(app, lambda port: exchange(port, oru("K1")), mode="store")
+    assert msa(ack)[1] == "AA"
+    assert inbox.list()[0].status == "received"  # stored, not yet mapped (as after a crash)
+    assert proc.process_pending() == 1
+    assert inbox.list()[0].status == "processed"
+
+
+def test_enhanced_mode_commit_ack(app: Any) -> None:
+    msg = oru("E9", extra="|||AL|NE")
+    (ack,), _, _ = run(app, lambda port: exchange(port, msg))
+    assert msa(ack)[1:3] == ["CA", "E9"]
+
+
+def test_oversize_frame_is_rejected(app: Any) -> None:
+    async def scenario(port: int) -> list[bytes]:
+        return await exchange(port, raw=SB + b"MSH|" + b"x" * 5000)
+
+    (ack,), _, _ = run(app, scenario, max_frame=1000)
+    assert msa(ack)[1] == "AR"
+
+
+@pytest.mark.parametrize("value", ["7"])
+def test_parse_roundtrip_of_ack(value: str) -> None:
+    ack = parse(b"MSH|^~\\&|a|b|c|d|20240101||ACK|1|P|2.5\rMSA|AA|" + value.encode())
+    assert ack.first("MSA").get(2) == value  # type: ignore[union-attr]
+
+
+def test_cli_send_batch_file(app: Any, tmp_path: Any, capsys: Any) -> None:
+    """`interop hl7 send` splits a batch file and prints each ACK."""
+    import json
+
+    from interop.cli import main
+
+    batch = tmp_path / "batch.hl7"
+    batch.write_bytes(
+        b"FHS|^~\\&\rBHS|^~\\&\r" + oru("B1") + b"\r" + oru("B2") + b"\rBTS|2\rFTS|1\r"
+    )
+
+    async def scenario(port: int) -> int:
+        return await asyncio.to_thread(
+            main, ["hl7", "send", str(batch), "--port", str(port), "--json"]
+        )
+
+    rc, _, inbox = run(app, scenario)
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sent"] == 2 and {r["code"] for r in out["results"]} == {"AA"}
+    assert sorted(r.control_id for r in inbox.list()) == ["B1", "B2"]
+
+
+def test_third_party_mllp_send(app: Any, tmp_path: Any) -> None:
+    """python-hl7's `mllp_send` (a client we did not write) gets AA for each message."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "mllp_send"
+    msgs = tmp_path / "msgs.hl7"
+    msgs.write_bytes(oru("T1").replace(b"\r", b"\n") + b"\n" + oru("T2").replace(b"\r", b"\n"))
+
+    async def scenario(port: int) -> str:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(exe), "--loose", "-f", str(msgs), "-p", str(port), "127.0.0.1"],
+            capture_output=True,
+            timeout=30,
+        )
+        return done.stdout.decode()
+
+    out, _, inbox = run(app, scenario)
+    assert out.count("MSA|AA|") == 2, out
+    assert sorted(r.control_id for r in inbox.list()) == ["T1", "T2"]

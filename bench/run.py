@@ -232,6 +232,7 @@ def fhir_server(
         "INTEROP_HOST": HOST,
         "INTEROP_LOG_LEVEL": "warning",
         "INTEROP_WORKERS": "1",
+        "INTEROP_MLLP_PORT": "0",  # FHIR figures only; bench/hl7_bench.py measures MLLP
     }
     argv = [sys.executable, "-m", "interop.cli", "serve"]
     return start_process(name, argv, env, port, workdir)

@@ -86,7 +86,7 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
 
 def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[Any]] | None:
     """The index-row test for one value, as `Compiler` would build it (None: not simple)."""
-    from fhir_server.search.query import _like_prefix, _split_pipe
+    from fhir_server.search.query import _split_pipe, prefix_range
 
     if kind == "token":
         parts = _split_pipe(value)
@@ -114,9 +114,4 @@ def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[An
     norm = normalize_string(value)
     if not norm:
         return None
-    upper = norm[:-1] + chr(ord(norm[-1]) + 1)
-    return "t.value >= ? AND t.value < ? AND t.value LIKE ? ESCAPE '\\'", [
-        norm,
-        upper,
-        _like_prefix(norm),
-    ]
+    return "t.value >= ? AND t.value < ? AND t.value LIKE ? ESCAPE '\\'", [*prefix_range(norm)]

@@ -534,13 +534,21 @@ def _string_condition(table: Any, modifier: str, value: str, code: str) -> Colum
         return table.c.value.like("%" + _like_prefix(norm), escape="\\")
     if modifier:
         raise bad_request(f"Modifier ':{modifier}' is not supported on string parameter '{code}'")
-    like = table.c.value.like(_like_prefix(norm), escape="\\")
     if not norm:
-        return like
-    # LIKE with ESCAPE cannot use a B-tree index (SQLite, and PostgreSQL outside the C
-    # collation); the equivalent range on the folded value can. LIKE stays as the exact test.
-    upper = norm[:-1] + chr(ord(norm[-1]) + 1)
-    return and_(table.c.value >= norm, table.c.value < upper, like)
+        return table.c.value.like(_like_prefix(norm), escape="\\")
+    low, high, pattern = prefix_range(norm)
+    return and_(
+        table.c.value >= low, table.c.value < high, table.c.value.like(pattern, escape="\\")
+    )
+
+
+def prefix_range(norm: str) -> tuple[str, str, str]:
+    """A non-empty folded prefix as [low, high) plus its LIKE pattern (escape `\\`).
+
+    LIKE with ESCAPE cannot use a B-tree index (SQLite, and PostgreSQL outside the C
+    collation); the equivalent range on the folded value can. LIKE stays as the exact test.
+    """
+    return norm, norm[:-1] + chr(ord(norm[-1]) + 1), _like_prefix(norm)
 
 
 def _split_prefix(value: str) -> tuple[str, str]:

@@ -73,7 +73,7 @@ class Statements:
     def __init__(self, dialect_name: str, paramstyle: str) -> None:
         m = "?" if paramstyle == "qmark" else "%s"
 
-        self.copy = dialect_name == "postgresql"
+        self.postgres = dialect_name == "postgresql"
 
         def insert_sql(table: Any) -> tuple[str, str]:
             """(INSERT for executemany, COPY): on PostgreSQL a large batch goes by COPY, since
@@ -147,14 +147,14 @@ class Store:
         dbapi = self.engine.raw_connection()
         driver: Any = dbapi.driver_connection
         try:
-            if self.sql.copy:  # PostgreSQL: no transaction, so no ROLLBACK round trip at return
+            if self.sql.postgres:  # PostgreSQL: no transaction, so no ROLLBACK round trip at return
                 driver.autocommit = True
             cursor = dbapi.cursor()
             cursor.execute(self.sql.read, (res_type, res_id))
             row = cursor.fetchone()
             cursor.close()
         finally:
-            if self.sql.copy:
+            if self.sql.postgres:
                 driver.autocommit = False
             dbapi.close()  # back to the pool
         if row is None:
@@ -170,7 +170,7 @@ class Store:
         """A connection for reads only: no explicit transaction on SQLite, autocommit on
         PostgreSQL (each saves the BEGIN/ROLLBACK round trips of a read transaction)."""
         with self.engine.connect() as conn:
-            if self.sql.copy:
+            if self.sql.postgres:
                 yield conn.execution_options(isolation_level="AUTOCOMMIT")
             else:
                 yield conn.execution_options(interop_read=True)
@@ -273,7 +273,7 @@ class Transaction:
                 self.cursor.execute(*self.sql.current_many(res_type, chunk))
                 found = {row[1]: row for row in self.cursor.fetchall()}
                 absent = sum(1 for res_id in chunk if res_id not in found)
-                if self.sql.copy and absent:
+                if self.sql.postgres and absent:
                     self.cursor.execute(self.sql.allocate_pks, (absent,))
                     self._free_pks.extend(row[0] for row in self.cursor.fetchall())
                 for res_id in chunk:
@@ -453,7 +453,7 @@ class Transaction:
 
     def _pipeline(self) -> AbstractContextManager[Any]:
         """PostgreSQL: send the statements of the block in one round trip."""
-        if self.sql.copy:
+        if self.sql.postgres:
             driver: Any = self.conn.connection.driver_connection
             return driver.pipeline()  # type: ignore[no-any-return]
         return nullcontext()
@@ -484,7 +484,7 @@ class Transaction:
         if not pending:
             return
         try:
-            if not self.sql.copy:
+            if not self.sql.postgres:
                 for (insert, _), rows in batches:
                     if rows:
                         self.cursor.executemany(insert, rows)

@@ -7,10 +7,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import orjson
-
-from fhir_server.api.bundles import process_bundle
-from fhir_server.api.interactions import Context, FhirError, FhirRequest
+from fhir_server.api.bundles import apply_transaction
+from fhir_server.api.interactions import Context, FhirError
 from hl7_listener.ack import build_ack
 from hl7_listener.inbox import Inbox
 from mappers.hl7v2 import ParseError, parse, to_bundle
@@ -91,14 +89,9 @@ class Processor:
         return ack
 
     def apply(self, bundle: dict[str, object]) -> list[str]:
-        """Apply through process_bundle, exactly like a POSTed transaction."""
-        req = FhirRequest("POST", [], [], {"content-type": "application/fhir+json"},
-                          orjson.dumps(bundle))  # fmt: skip
+        """Apply through the one write path, exactly like a POSTed transaction."""
         with self._apply_lock:
-            resp = process_bundle(self.ctx, req, None)
-        out = orjson.loads(resp.body or b"{}")
-        if resp.status >= 400:
-            raise MappingError(str(out)[:500])
+            out = apply_transaction(self.ctx, dict(bundle))
         return [
             "/".join(e["response"]["location"].split("/_history")[0].split("/")[-2:])
             for e in out.get("entry", [])

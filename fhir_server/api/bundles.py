@@ -53,6 +53,16 @@ def process_bundle(
     return FhirResponse(200, body)
 
 
+def apply_transaction(ctx: Context, bundle: dict[str, Any]) -> dict[str, Any]:
+    """Apply a mapped transaction Bundle exactly as a POSTed one: the one write path for
+    every inbound channel (HL7, Orthanc, OpenEMR, AI). Returns the transaction-response;
+    a failing entry raises FhirError and nothing is written."""
+    req = FhirRequest("POST", [], [], {"content-type": "application/fhir+json"}, b"", bundle)
+    resp = process_bundle(ctx, req, None)
+    result: dict[str, Any] = orjson.loads(resp.body or b"{}")
+    return result
+
+
 def _entry_request(index: int, entry: dict[str, Any], lenient: bool) -> FhirRequest | FhirError:
     """Turn Bundle.entry[i].request into a FhirRequest (or the error that entry will report)."""
     where = f"Bundle.entry[{index}]"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -47,9 +46,6 @@ class Processor:
     ack_mode: str = "map"
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
-    # Conditional PUTs on the same patient from concurrent senders would race (two creates
-    # for one identifier); applying one bundle at a time keeps identities unique.
-    _apply_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def handle(self, raw: bytes, peer: str = "") -> Reply:
         """Store, then acknowledge (and map) by the message's rules; never raises for bad input."""
@@ -143,8 +139,8 @@ class Processor:
 
     def apply(self, bundle: dict[str, object]) -> list[str]:
         """Apply through the one write path, exactly like a POSTed transaction."""
-        with self._apply_lock:
-            out = apply_transaction(self.ctx, dict(bundle))
+        # concurrent messages for one patient stay one Patient: the store locks identities
+        out = apply_transaction(self.ctx, dict(bundle))
         return [
             "/".join(e["response"]["location"].split("/_history")[0].split("/")[-2:])
             for e in out.get("entry", [])

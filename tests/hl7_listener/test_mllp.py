@@ -84,6 +84,8 @@ def test_ack_after_map_and_concurrent_senders(app: Any) -> None:
     rows = inbox.list(limit=100)
     assert len(rows) == 12 and {r.status for r in rows} == {"processed"}
     assert any(r.startswith("Observation/") for r in rows[0].resources)
+    patients = {r for row in rows for r in row.resources if r.startswith("Patient/")}
+    assert len(patients) == 1  # four senders, one patient: no duplicate from the race
 
 
 def test_garbage_partial_frames_missing_cr_and_duplicates(app: Any) -> None:

@@ -218,6 +218,7 @@ def auth_config(settings: Settings) -> AuthConfig:
         access_token_seconds=settings.auth_access_token_seconds,
         backend_token_seconds=settings.auth_backend_token_seconds,
         refresh_token_seconds=settings.auth_refresh_token_days * 86400,
+        online_session_seconds=settings.auth_online_session_hours * 3600,
         launch_seconds=settings.auth_launch_seconds,
         registration=settings.auth_registration,
         roles_file=settings.auth_roles_file,

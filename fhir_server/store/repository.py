@@ -245,6 +245,7 @@ class Transaction:
         self._integrity_error = conn.dialect.dbapi.IntegrityError if conn.dialect.dbapi else ()
         self._versions: list[tuple[Any, ...]] = []
         self._outbox: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[str, str, str]] = []  # (type, id, interaction) written here
         self._index: dict[str, list[tuple[Any, ...]]] = {k: [] for k in INDEX_TABLES}
         # current rows fetched ahead by `prefetch` (None: known not to exist), until written
         self._known: dict[tuple[str, str], tuple[int, StoredResource] | None] = {}
@@ -516,6 +517,7 @@ class Transaction:
         return nullcontext()
 
     def _append_outbox(self, stored: StoredResource, interaction: str) -> None:
+        self.changes.append((stored.res_type, stored.res_id, interaction))
         self._outbox.append(
             (
                 stored.res_type,

@@ -38,6 +38,40 @@ def test_reads_writes_and_refusals_are_audited(http: TestClient, smart, auth_app
     assert all(e["agent"][0]["network"]["address"] for e in found)
 
 
+def test_a_change_and_its_event_commit_together(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    admin = {"Authorization": f"Bearer {smart.backend_token('system/*.cruds')}"}
+    post = {"method": "POST", "url": "Patient"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "gender": "female"}, "request": post},
+            {"resource": {"resourceType": "Patient", "gender": "male"}, "request": post},
+        ],
+    }
+    done = http.post("/fhir", json=bundle, headers=admin)
+    assert done.status_code == 200
+    ids = [
+        e["response"]["location"].split("/_history")[0].rsplit("/", 1)[1]
+        for e in done.json()["entry"]
+    ]
+    # no flush: the event was committed with the change, not queued after it
+    (event,) = events(http, admin, "subtype=transaction&outcome=0")
+    assert {e["what"]["reference"] for e in event["entity"]} == {f"Patient/{i}" for i in ids}
+    bundle["entry"].append(
+        {"resource": {"resourceType": "Patient", "birthDate": "not a date"}, "request": post}
+    )
+    failed = http.post("/fhir", json=bundle, headers=admin)
+    assert failed.status_code == 400
+    assert len(events(http, admin, "subtype=transaction&outcome=0")) == 1  # nothing new applied
+    (refusal,) = events(http, admin, "subtype=transaction&outcome=4")
+    assert "entity" not in refusal  # the rolled-back resources never existed
+    single = http.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=admin)
+    pid = single.json()["id"]
+    (created,) = events(http, admin, f"entity=Patient/{pid}&subtype=create")
+    assert created["outcome"] == "0"
+
+
 def test_patient_context_is_recorded(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
     admin = {"Authorization": f"Bearer {smart.backend_token('system/*.cruds')}"}
     pid = http.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=admin).json()["id"]

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from fhir_server.search.extract import extract
 from fhir_server.validation import validate_resource
-from smart_auth.audit import Interaction, audit_event
+from smart_auth.audit import Interaction, audit_event, audit_index
 from smart_auth.policy import Grant
 
 
@@ -113,4 +114,12 @@ def test_every_audit_event_shape_is_a_valid_resource(
     """Audit events are stored without per-event validation (trusted), so every shape the
     builder produces is validated here against the FHIR R4 model instead."""
     event = Interaction(method, interaction, res_type, res_id, status, "127.0.0.1", grant)
-    validate_resource(audit_event(event, "2026-01-01T00:00:00Z"))
+    for touched in ([], ["Patient/a", "Observation/b"]):
+        resource = audit_event(event, "2026-01-01T00:00:00.123456Z", touched)
+        validate_resource(resource)
+        # the ready-made index rows are exactly what the generic extraction finds
+        fast, generic = audit_index(resource), extract(resource, "http://testserver/fhir")
+        for kind in ("strings", "tokens", "dates", "references", "uris", "numbers"):
+            assert sorted(getattr(fast, kind), key=repr) == sorted(
+                getattr(generic, kind), key=repr
+            ), kind

@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from dicomweb_bridge.service import Bridge
 from fhir_server import metrics
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+    imaging = Bridge.build(settings, ctx)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.policy = policy
     app.state.context = ctx
     app.state.audit = audit
+    app.state.access_for = access_for
+    app.state.imaging = imaging
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"

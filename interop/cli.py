@@ -104,16 +104,23 @@ def _serve(args: argparse.Namespace) -> int:
         from hl7_listener.runner import start_in_thread
 
         start_in_thread(settings)
-    uvicorn.run(
-        "interop.app:create_app_without_migrations",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    from dicomweb_bridge.runner import start as start_imaging
+
+    imaging = start_imaging(settings)
+    try:
+        uvicorn.run(
+            "interop.app:create_app_without_migrations",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        if imaging is not None:
+            imaging.stop()
     return 0
 
 

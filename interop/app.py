@@ -160,6 +160,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.hl7 = hl7
     app.router.routes.extend(hl7_routes(hl7, policy))
     app.router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS)
+    if imaging is not None:
+        from dicomweb_bridge.http import routes as imaging_routes
+
+        app.router.routes.extend(imaging_routes(app, imaging))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -15,7 +15,13 @@ from typing import Any
 
 from mappers.dicom import json as dj
 from mappers.dicom.bodypart import body_site, laterality
-from mappers.dicom.patient import DEFAULT_PATIENT_SYSTEM, MappingError, identity, patient
+from mappers.dicom.patient import (
+    DEFAULT_PATIENT_SYSTEM,
+    FHIR_PATIENT_SYSTEM,
+    MappingError,
+    identity,
+    patient,
+)
 from mappers.dicom.values import date_time, display_name
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -229,8 +235,10 @@ def study_bundle(instances: Sequence[dj.DicomJson], options: Options | None = No
         raise MappingError("StudyInstanceUID (0020,000D) is missing")
     entries: list[Resource] = []
     subject = options.patient
+    system, value = identity(first, options.issuers, options.default_system)
+    if subject is None and system == FHIR_PATIENT_SYSTEM:
+        subject = f"Patient/{value}"
     if subject is None:
-        system, value = identity(first, options.issuers, options.default_system)
         subject = _full_url(study_uid, "patient")
         entries.append({
             "fullUrl": subject,

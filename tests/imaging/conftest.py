@@ -110,3 +110,17 @@ def imaging_app(imaging_session_app, orthanc: Orthanc):  # type: ignore[no-untyp
 def imaging_client(imaging_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     with TestClient(imaging_app, base_url="http://testserver") as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def imaging_auth_session_app(database_url: str, orthanc_server: Orthanc):  # type: ignore[no-untyped-def]
+    app = create_app(imaging_settings(database_url, orthanc_server, auth="on", auth_audit=False))
+    yield app
+    app.state.store.engine.dispose()
+
+
+@pytest.fixture
+def imaging_auth_client(imaging_auth_session_app, imaging_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """Auth on, same database and Orthanc as `imaging_app` (which cleared both)."""
+    with TestClient(imaging_auth_session_app, base_url="http://testserver") as client:
+        yield client

@@ -9,6 +9,7 @@ The PACS credentials stay in the upstream client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,10 +24,10 @@ from dicomweb_bridge.pacs import DICOM_JSON, PacsConfig
 
 log = logging.getLogger("interop.imaging")
 QIDO_LEVELS = {"studies", "series", "instances"}
-REQUEST_HEADERS = ("accept", "content-type", "content-length", "range", "if-none-match",
-                   "if-modified-since")  # fmt: skip
-RESPONSE_HEADERS = ("content-type", "content-length", "content-range", "accept-ranges", "etag",
-                    "last-modified", "content-location", "warning")  # fmt: skip
+REQUEST_HEADERS = ("accept", "accept-encoding", "content-type", "content-length", "range",
+                   "if-none-match", "if-modified-since")  # fmt: skip
+RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "content-range",
+                    "accept-ranges", "etag", "last-modified", "content-location")  # fmt: skip
 STUDY_UID = "0020000D"
 
 
@@ -38,19 +39,31 @@ class Upstream:
     """One pooled async client to the PACS's DICOMweb root."""
 
     def __init__(self, config: PacsConfig, public_root: str) -> None:
-        auth = httpx.BasicAuth(config.user, config.password) if config.user else None
+        self.auth = httpx.BasicAuth(config.user, config.password) if config.user else None
         self.root = config.dicomweb_url
         self.public_root = public_root
-        self.client = httpx.AsyncClient(
-            auth=auth, timeout=httpx.Timeout(60.0, read=600.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )  # fmt: skip
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client of the running event loop (pooled connections belong to one)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(
+                auth=self.auth, timeout=httpx.Timeout(60.0, read=600.0),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            )  # fmt: skip
+            self._loop = loop
+        return self._client
 
     def url(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
 
     async def open(self, request: Request, path: str, body: Any = None) -> httpx.Response:
-        headers = {k: v for k, v in request.headers.items() if k in REQUEST_HEADERS}
+        # bodies pass through raw, so the PACS may only compress what our client accepts
+        headers = {"accept-encoding": "identity"}
+        headers.update((k, v) for k, v in request.headers.items() if k in REQUEST_HEADERS)
         if body is None and request.method in ("POST", "PUT"):
             body = request.stream()
         upstream = self.client.build_request(

@@ -20,13 +20,13 @@ def _write(tmp_path: Path, spec: StudySpec) -> tuple[str, list[Path]]:
     return str(datasets[0].StudyInstanceUID), files
 
 
-def _search(client, uid: str) -> dict:  # type: ignore[no-untyped-def]
+def _search(client, uid: str) -> dict:
     resp = client.get("/fhir/ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{uid}"})
     assert resp.status_code == 200
     return resp.json()
 
 
-def test_cstore_to_fhir_search(imaging_app, imaging_client, orthanc, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cstore_to_fhir_search(imaging_app, imaging_client, orthanc, tmp_path) -> None:
     spec = StudySpec(patient_id="CS-1", patient_name="Müller^Jürgen", charset="ISO_IR 100",
                      series=(("CT", 3), ("MR", 2)), accession="ACC-CS-1")  # fmt: skip
     uid, files = _write(tmp_path, spec)
@@ -44,7 +44,7 @@ def test_cstore_to_fhir_search(imaging_app, imaging_client, orthanc, tmp_path) -
     assert by_patient.json()["total"] == 1
 
 
-def test_resync_changes_nothing_and_cursor_survives_restart(imaging_app, imaging_client,  # type: ignore[no-untyped-def]
+def test_resync_changes_nothing_and_cursor_survives_restart(imaging_app, imaging_client,
                                                             orthanc, tmp_path) -> None:  # fmt: skip
     bridge = imaging_app.state.imaging
     uid, files = _write(tmp_path, StudySpec(patient_id="CS-2"))

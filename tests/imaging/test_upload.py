@@ -17,12 +17,12 @@ def _files(spec: StudySpec) -> list[tuple[str, tuple[str, bytes, str]]]:
             for i, ds in enumerate(study(spec))]  # fmt: skip
 
 
-def _pacs_patient_id(orthanc, study_uid: str) -> str:  # type: ignore[no-untyped-def]
+def _pacs_patient_id(orthanc, study_uid: str) -> str:
     meta = httpx.get(f"{orthanc.dicomweb}/studies/{study_uid}/metadata", auth=orthanc.auth).json()
     return str(meta[0]["00100020"]["Value"][0])
 
 
-def test_upload_reports_each_file_and_creates_the_patient(imaging_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_upload_reports_each_file_and_creates_the_patient(imaging_client, orthanc) -> None:
     files = _files(StudySpec(patient_id="UP-1", patient_name="Nakamura^Aiko", sex="F"))
     broken = to_bytes(study(StudySpec())[0])[:300]
     files += [("file", ("notes.txt", b"hello, not DICOM", "text/plain")),
@@ -40,7 +40,7 @@ def test_upload_reports_each_file_and_creates_the_patient(imaging_client, orthan
     assert patient["identifier"][0]["value"] == "UP-1" and patient["gender"] == "female"
 
 
-def test_upload_for_a_known_patient_with_grouping(imaging_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_upload_for_a_known_patient_with_grouping(imaging_client, orthanc) -> None:
     known = imaging_client.post("/fhir/Patient", json={
         "resourceType": "Patient", "identifier": [{"system": "urn:hosp:mrn", "value": "42"}],
         "name": [{"family": "Okafor", "given": ["Chidi"]}]}).json()  # fmt: skip
@@ -64,7 +64,7 @@ def test_upload_for_a_known_patient_with_grouping(imaging_client, orthanc) -> No
     assert imaging_client.get("/fhir/Patient").json()["total"] == 1
 
 
-def test_upload_for_a_patient_without_identifiers(imaging_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_upload_for_a_patient_without_identifiers(imaging_client, orthanc) -> None:
     bare = imaging_client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()
     resp = imaging_client.post("/imaging/upload", files=_files(StudySpec()),
                                data={"patient": f"Patient/{bare['id']}"})  # fmt: skip
@@ -74,7 +74,7 @@ def test_upload_for_a_patient_without_identifiers(imaging_client, orthanc) -> No
     assert imaging_client.get("/fhir/Patient").json()["total"] == 1
 
 
-def test_upload_errors_are_operation_outcomes(imaging_client) -> None:  # type: ignore[no-untyped-def]
+def test_upload_errors_are_operation_outcomes(imaging_client) -> None:
     none = imaging_client.post("/imaging/upload", data={"description": "x"})
     assert none.status_code == 400 and none.json()["resourceType"] == "OperationOutcome"
     bad_patient = imaging_client.post("/imaging/upload", files=_files(StudySpec()),
@@ -86,7 +86,7 @@ def test_upload_errors_are_operation_outcomes(imaging_client) -> None:  # type: 
     assert junk.status_code == 422 and junk.json()["failed"][0]["file"] == "x.bin"
 
 
-def test_stow_rs_streams_through_and_syncs(imaging_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_stow_rs_streams_through_and_syncs(imaging_client, orthanc) -> None:
     datasets = study(StudySpec(patient_id="ST-1", series=(("CT", 2),), frames=3, rle=True))
     parts = [io.BytesIO(to_bytes(ds)) for ds in datasets]
     content_type, body = encode(parts)
@@ -102,7 +102,7 @@ def test_stow_rs_streams_through_and_syncs(imaging_client, orthanc) -> None:  # 
     assert found["total"] == 1 and found["entry"][0]["resource"]["numberOfInstances"] == 2
 
 
-def test_stow_rs_with_a_patient_rewrites_the_files(imaging_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_stow_rs_with_a_patient_rewrites_the_files(imaging_client, orthanc) -> None:
     known = imaging_client.post("/fhir/Patient", json={
         "resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "X9"}]
     }).json()  # fmt: skip
@@ -120,7 +120,7 @@ def test_stow_rs_with_a_patient_rewrites_the_files(imaging_client, orthanc) -> N
     assert studies["total"] == 1
 
 
-def test_stow_rs_rejects_other_bodies(imaging_client) -> None:  # type: ignore[no-untyped-def]
+def test_stow_rs_rejects_other_bodies(imaging_client) -> None:
     resp = imaging_client.post(
         "/dicomweb/studies", content=b"{}", headers={"Content-Type": "application/json"}
     )

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pydicom
 from pydicom.dataset import Dataset
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from dicomweb_bridge.access import Caller, forbidden
 from dicomweb_bridge.multipart import MultipartError, content_type_params, split
 from dicomweb_bridge.pacs import DICOM_JSON, PacsError
 from dicomweb_bridge.proxy import Upstream, forward_read, json_body, passthrough
+from dicomweb_bridge.runner import RECONCILE
 from dicomweb_bridge.service import Bridge, proxy_root
 from fhir_server.errors import FhirError
 from mappers.dicom import MappingError
@@ -157,8 +159,10 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             level, orthanc_id = str(body["ResourceType"]), str(body["ID"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise FhirError(400, 'body must be {"ResourceType": ..., "ID": ...}') from None
-        await run_in_threadpool(_on_deleted, bridge, level, orthanc_id)
-        return Response(status_code=204)
+        # Answer first: Orthanc runs Lua callbacks under its Lua lock, and our sync calls
+        # back into Orthanc, whose request handling may need that same lock.
+        return Response(status_code=204, background=BackgroundTask(_on_deleted, bridge, level,
+                                                                   orthanc_id))  # fmt: skip
 
     return [
         Route("/imaging/upload", guarded(upload_files), methods=["POST"]),
@@ -231,4 +235,4 @@ def _on_deleted(bridge: Bridge, level: str, orthanc_id: str) -> None:
         if known is not None:
             bridge.syncer.sync_study(known.study_uid)
             return
-    bridge.state.set_cursor("reconcile-requested", "1")
+    bridge.state.set_cursor(RECONCILE, "1")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from dicomweb_bridge.pacs import Pacs, PacsError
+from dicomweb_bridge.pacs import Pacs
 from dicomweb_bridge.state import BridgeState
 from dicomweb_bridge.sync import Syncer
 from fhir_server.errors import FhirError
@@ -86,15 +86,17 @@ class Poller:
         return summary
 
     def reconcile(self) -> Summary:
-        """Delete the ImagingStudy of every synced study the PACS no longer has."""
-        present = {dj.text(s, "StudyInstanceUID") for s in self.pacs.iter_studies({})}
+        """Re-sync every synced study the PACS no longer has, or has with another instance
+        count (deleted series or instances); the sync deletes or updates its ImagingStudy."""
+        present: dict[str, int | None] = {}
+        for found in self.pacs.iter_studies({"includefield": "00201208"}):
+            present[dj.text(found, "StudyInstanceUID")] = dj.number(
+                found, "NumberOfStudyRelatedInstances")  # fmt: skip
         summary = Summary()
         for uid in self.state.all_uids():
-            if uid in present:
+            known = self.state.study(uid)
+            if uid in present and (known is None or present[uid] in (None, known.instances)):
                 continue
             summary.seen += 1
-            try:
-                self._sync(uid, summary)
-            except PacsError as exc:
-                summary.failed[uid] = str(exc)
+            self._sync(uid, summary)
         return summary

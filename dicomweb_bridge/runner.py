@@ -19,6 +19,7 @@ from fhir_server.store.repository import Store
 from interop.settings import Settings
 
 log = logging.getLogger("interop.imaging")
+RECONCILE = "reconcile-requested"  # set by the deletion callback for series/instances
 
 
 class BridgeRunner:
@@ -47,8 +48,10 @@ class BridgeRunner:
                     self.bridge.feed.poll()
                 else:
                     self.poller.poll()
-                if reconcile_every and time.monotonic() >= next_reconcile:
-                    next_reconcile = time.monotonic() + reconcile_every
+                asked = self.bridge.state.cursor(RECONCILE) == "1"
+                if asked or (reconcile_every and time.monotonic() >= next_reconcile):
+                    next_reconcile = time.monotonic() + (reconcile_every or 3600.0)
+                    self.bridge.state.set_cursor(RECONCILE, "0")
                     done = self.poller.reconcile()
                     if done.seen:
                         log.info("reconciled deletions", extra={"outcomes": done.outcomes})

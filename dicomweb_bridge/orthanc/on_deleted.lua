@@ -7,6 +7,11 @@
 
 local url = os.getenv('INTEROP_CALLBACK_URL')
 local token = os.getenv('INTEROP_ORTHANC_CALLBACK_TOKEN')
+if url == nil or url == '' then
+  print('interop deletion callback: INTEROP_CALLBACK_URL is not set, callbacks are off')
+else
+  print('interop deletion callback: posting deletions to ' .. url)
+end
 
 local function notify(level, id)
   if url == nil or url == '' then
@@ -15,6 +20,7 @@ local function notify(level, id)
   local body = '{"ResourceType":"' .. level .. '","ID":"' .. id .. '"}'
   local headers = { ['Content-Type'] = 'application/json',
                     ['Authorization'] = 'Bearer ' .. (token or '') }
+  print('interop deletion callback: ' .. level .. ' ' .. id)
   local ok, err = pcall(HttpPost, url, body, headers)
   if not ok then
     print('interop deletion callback failed for ' .. level .. ' ' .. id .. ': ' .. tostring(err))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,10 +32,11 @@ from interop.app import create_app
 
 
 @pytest.fixture(scope="session")
-def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+def orthanc_server() -> Iterator[Orthanc]:
     if not (os.path.exists(ORTHANC) and os.path.exists(PLUGIN)):
         _missing("Orthanc or its DICOMweb plugin is not installed")
-    folder = tmp_path_factory.mktemp("orthanc")
+    # not under pytest's basetemp: other pytest runs on the machine rotate those away
+    folder = Path(tempfile.mkdtemp(prefix="interop-orthanc-"))
     http_port, dicom_port, callback_port = free_port(), free_port(), free_port()
     config = {
         "Name": "interop-test",
@@ -82,6 +86,8 @@ def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if os.environ.get("INTEROP_KEEP_ORTHANC") is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

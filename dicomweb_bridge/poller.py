@@ -71,18 +71,18 @@ class Poller:
         return summary
 
     def backfill(
-        self, since: date | None = None, progress: Callable[[int, str], None] | None = None
+        self, since: date | None = None, progress: Callable[[int, int], None] | None = None
     ) -> Summary:
-        """Sync every study the PACS has (from `since`); already-synced studies are no-ops."""
+        """Sync every study the PACS has (from `since`); already-synced studies are no-ops.
+        The list is read first, so progress knows its total."""
+        uids = [u for u in (dj.text(s, "StudyInstanceUID") for s in
+                            self.pacs.iter_studies(_date_range(since))) if u]  # fmt: skip
         summary = Summary()
-        for found in self.pacs.iter_studies(_date_range(since)):
-            uid = dj.text(found, "StudyInstanceUID")
-            if not uid:
-                continue
+        for uid in dict.fromkeys(uids):
             summary.seen += 1
             self._sync(uid, summary)
             if progress is not None:
-                progress(summary.seen, uid)
+                progress(summary.seen, len(uids))
         return summary
 
     def reconcile(self) -> Summary:

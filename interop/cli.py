@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--failed", action="store_true", help="replay every failed message")
     replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    from interop import imaging_cli
+
+    imaging_cli.add_parsers(commands)
+
     args = parser.parse_args(argv)
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
@@ -59,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mllp()
     if args.command == "hl7":
         return _hl7_send(args) if args.hl7_command == "send" else _hl7_inbox(args)
+    if args.command == "imaging":
+        return imaging_cli.run(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":

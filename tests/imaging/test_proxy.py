@@ -104,6 +104,9 @@ def test_frames_and_transfer_syntax_pass_through(imaging_auth_client, seeded) ->
     assert frames.status_code == 200
     assert "application/octet-stream" in frames.headers["content-type"]
     assert len(frames.content) >= 8 * 8 * 2
+    rendered = imaging_auth_client.get(f"{base}/rendered",
+                                       headers={**headers, "Accept": "image/png"})  # fmt: skip
+    assert rendered.status_code == 200 and rendered.content.startswith(b"\x89PNG")
 
 
 def test_admin_deletion_updates_then_removes_the_study(

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import pydicom
 from pydicom.dataset import Dataset
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -101,17 +100,15 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             return Response(upstream.rewrite(orjson.dumps(data)), resp.status_code,
                             media_type=DICOM_JSON)  # fmt: skip
         items: list[upload.Incoming] = []
-        number = 0
-        async for headers, part in split(request.stream(), params["boundary"]):
-            number += 1
-            name = headers.get("content-location") or f"part {number}"
-            try:
-                ds = pydicom.dcmread(part, defer_size="512 KB")
-            except Exception as exc:  # noqa: BLE001 - reported per part
-                items.append(upload.Incoming(name, data=b"", group=str(exc)))
-                continue
-            items.append(upload.Incoming(name, dataset=ds))
-        result = await run_in_threadpool(upload.store, bridge, ctx, items, patient)
+        try:
+            async for headers, part in split(request.stream(), params["boundary"]):
+                name = headers.get("content-location") or f"part {len(items) + 1}"
+                items.append(upload.Incoming(name, file=part))
+            result = await run_in_threadpool(upload.store, bridge, ctx, items, patient)
+        finally:
+            for item in items:
+                if item.file is not None:
+                    item.file.close()
         return Response(orjson.dumps(_stow_response(result)), 200 if not result.failed else 202,
                         media_type=DICOM_JSON)  # fmt: skip
 
@@ -129,7 +126,7 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
         for index, f in enumerate(files):
             name = f.filename or f"file {index + 1}"
             group = groups[index] if index < len(groups) else posixpath.dirname(name)
-            items.append(upload.Incoming(name, data=await f.read(), group=group))
+            items.append(upload.Incoming(name, file=f.file, group=group))
         result = await run_in_threadpool(
             upload.store, bridge, ctx, items, patient, _field(form.get("description")), grouping
         )

@@ -42,6 +42,7 @@ class BridgeRunner:
         interval = settings.imaging_poll_seconds
         reconcile_every = settings.imaging_reconcile_seconds
         next_reconcile = time.monotonic() + min(reconcile_every, 60.0)
+        wait = interval
         while not self.stop_event.is_set():
             try:
                 if self.bridge.feed is not None:
@@ -55,9 +56,11 @@ class BridgeRunner:
                     done = self.poller.reconcile()
                     if done.seen:
                         log.info("reconciled deletions", extra={"outcomes": done.outcomes})
+                wait = interval
             except Exception:  # noqa: BLE001 - keep running; nothing was skipped
-                log.exception("imaging sync failed; retrying")
-            self.stop_event.wait(interval)
+                log.exception("imaging sync failed; retrying in %.0f s", wait)
+                wait = min(wait * 2, 60.0)  # a PACS that is down is not hammered
+            self.stop_event.wait(wait)
         log.info("imaging sync stopped")
 
 

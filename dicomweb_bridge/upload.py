@@ -8,10 +8,10 @@ with its reason and the rest go on.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pydicom
@@ -26,14 +26,29 @@ from fhir_server.errors import FhirError
 from mappers.dicom.patient import FHIR_PATIENT_SYSTEM, issuer_for, to_pn
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID")
+BATCH_BYTES = 256 * 1024 * 1024
+BATCH_FILES = 500
 
 
 @dataclass
 class Incoming:
+    """One file: its bytes, or a seekable file (read lazily), or a dataset already read."""
+
     name: str
     data: bytes | None = None
     dataset: Dataset | None = None
     group: str | None = None
+    file: IO[bytes] | None = None
+
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        if self.file is not None:
+            here = self.file.tell()
+            end = self.file.seek(0, 2)
+            self.file.seek(here)
+            return end
+        return 0
 
 
 @dataclass
@@ -58,8 +73,10 @@ def read(item: Incoming) -> Dataset:
     """The file as a dataset; ValueError with a reason a user can act on."""
     if item.dataset is not None:
         return item.dataset
+    source = item.file if item.file is not None else io.BytesIO(item.data or b"")
     try:
-        ds = pydicom.dcmread(io.BytesIO(item.data or b""))
+        # large values (pixel data) stay in the file until the STOW-RS request is written
+        ds = pydicom.dcmread(source, defer_size="1 MB")
     except InvalidDicomError:
         raise ValueError("not a DICOM file (no DICM prefix)") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
@@ -153,15 +170,37 @@ def store(
             result.failed.append({"file": item.name, "reason": str(exc)})
     tags = patient_tags(ctx, patient, bridge) if patient else None
     prepare(good, tags, description, group)
-    if not good:
-        return result
+    studies: list[str] = []
+    for batch in _batches(good):
+        _stow_batch(bridge, batch, result, studies)
+    _sync_studies(bridge, studies, result)
+    return result
+
+
+def _batches(good: list[tuple[Incoming, Dataset]]) -> Iterator[list[tuple[Incoming, Dataset]]]:
+    """STOW-RS requests of at most BATCH_BYTES / BATCH_FILES: dicomweb-client builds each
+    request body in memory, so a folder of gigabytes goes in slices."""
+    batch: list[tuple[Incoming, Dataset]] = []
+    size = 0
+    for item, ds in good:
+        if batch and (size + item.size() > BATCH_BYTES or len(batch) >= BATCH_FILES):
+            yield batch
+            batch, size = [], 0
+        batch.append((item, ds))
+        size += item.size()
+    if batch:
+        yield batch
+
+
+def _stow_batch(
+    bridge: Bridge, good: list[tuple[Incoming, Dataset]], result: UploadResult, studies: list[str]
+) -> None:
     try:
         response = bridge.pacs.stow([ds for _, ds in good])
     except PacsError as exc:
         result.failed.extend({"file": i.name, "reason": str(exc)} for i, _ in good)
-        return result
+        return
     stored, refused = _stow_outcome(response)
-    studies: list[str] = []
     for item, ds in good:
         sop = str(ds.SOPInstanceUID)
         if sop in refused or (stored and sop not in stored):
@@ -171,13 +210,12 @@ def store(
                               "studyInstanceUid": str(ds.StudyInstanceUID)})  # fmt: skip
         if str(ds.StudyInstanceUID) not in studies:
             studies.append(str(ds.StudyInstanceUID))
+
+
+def _sync_studies(bridge: Bridge, studies: list[str], result: UploadResult) -> None:
     for uid in studies:
         synced = bridge.syncer.sync_study(uid)
         if synced.resource_id:
-            import orjson
-
-            resp = dispatch(
-                bridge.syncer.ctx, FhirRequest("GET", ["ImagingStudy", synced.resource_id])
-            )
+            read_back = FhirRequest("GET", ["ImagingStudy", synced.resource_id])
+            resp = dispatch(bridge.syncer.ctx, read_back)
             result.studies.append(orjson.loads(resp.body or b"{}"))
-    return result

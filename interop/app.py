@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from dicomweb_bridge.service import Bridge
 from fhir_server import metrics
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.listeners.append(outbox_runner.wake)
+    imaging = Bridge.build(settings, ctx)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +95,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.context = ctx
     app.state.audit = audit
     app.state.outbox_runner = outbox_runner
+    app.state.access_for = access_for
+    app.state.imaging = imaging
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"
@@ -185,6 +189,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.hl7 = hl7
     app.router.routes.extend(hl7_routes(hl7, policy))
     app.router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS)
+    if imaging is not None:
+        from dicomweb_bridge.http import routes as imaging_routes
+
+        app.router.routes.extend(imaging_routes(app, imaging))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

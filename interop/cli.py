@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--failed", action="store_true", help="replay every failed message")
     replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    from interop import imaging_cli
+
+    imaging_cli.add_parsers(commands)
+
     args = parser.parse_args(argv)
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
@@ -65,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mllp()
     if args.command == "hl7":
         return _hl7_send(args) if args.hl7_command == "send" else _hl7_inbox(args)
+    if args.command == "imaging":
+        return imaging_cli.run(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
@@ -120,6 +126,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         listener = ListenerThread(settings)
         listener.start()
+    from dicomweb_bridge.runner import start as start_imaging
+
+    imaging = start_imaging(settings)
     try:
         uvicorn.run(
             "interop.app:create_app_without_migrations",
@@ -132,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
             server_header=False,
         )
     finally:
+        if imaging is not None:
+            imaging.stop()
         if listener is not None:
             listener.stop()
     return 0

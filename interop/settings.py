@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SECRET_FIELDS = frozenset(
     {
         "orthanc_password",
+        "orthanc_callback_token",
         "openemr_client_secret",
         "openemr_password",
     }
@@ -95,6 +96,24 @@ class Settings(BaseSettings):
     orthanc_url: str = Field(default="", description="Orthanc REST root; enables its change feed")
     orthanc_user: str = Field(default="", description="PACS user")
     orthanc_password: SecretStr = Field(default=SecretStr(""), description="PACS password")
+    orthanc_callback_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="bearer token Orthanc's deletion Lua hook sends; empty: callback off",
+    )
+    dicom_issuers: dict[str, str] = Field(
+        default_factory=dict, description="IssuerOfPatientID -> identifier system (JSON)"
+    )
+    dicom_patient_system: str = Field(
+        default="urn:interop:dicom:patient-id",
+        description="identifier system of a PatientID without IssuerOfPatientID",
+    )
+    dicom_time_zone: str = Field(default="UTC", description="zone of DICOM times with no offset")
+    imaging_poll_seconds: float = Field(
+        default=1.0, gt=0, description="change feed / QIDO-RS poll interval"
+    )
+    imaging_reconcile_seconds: float = Field(
+        default=3600.0, ge=0, description="deletion reconciliation interval; 0 disables it"
+    )
     openemr_url: str = Field(default="", description="OpenEMR base URL; empty: bridge off")
     openemr_site: str = Field(default="default", description="OpenEMR site")
     openemr_client_id: str = Field(default="", description="our client id in OpenEMR")

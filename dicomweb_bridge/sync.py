@@ -1,0 +1,107 @@
+"""One study from the PACS -> one FHIR transaction: the rule every sync path shares.
+
+The change feed, the QIDO-RS poller, backfill, uploads and STOW-RS all end in `sync_study`:
+read the study's metadata (WADO-RS), map it (mappers.dicom), and apply the Bundle through the
+one write path, unless it is byte-for-byte the Bundle applied last time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from dicomweb_bridge.pacs import Pacs
+from dicomweb_bridge.state import BridgeState, SyncedStudy
+from fhir_server.api.bundles import apply_transaction
+from fhir_server.api.interactions import Context, FhirRequest, dispatch
+from fhir_server.errors import FhirError
+from mappers.dicom import Options, study_bundle
+from mappers.dicom import json as dj
+from mappers.dicom.study import study_query
+
+log = logging.getLogger("interop.imaging")
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    study_uid: str
+    outcome: str  # created|updated|unchanged|deleted|missing
+    resource_id: str | None = None
+
+
+def search(ctx: Context, res_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Resources matching a FHIR search, through the same dispatch as REST (and its access)."""
+    resp = dispatch(ctx, FhirRequest("GET", [res_type], params))
+    body = orjson.loads(resp.body or b"{}")
+    return [e["resource"] for e in body.get("entry", []) if e.get("search", {}).get(
+        "mode", "match") == "match"]  # fmt: skip
+
+
+def _location_id(entry: dict[str, Any]) -> str:
+    location = entry.get("response", {}).get("location", "")
+    return str(location.split("/_history")[0].rstrip("/").split("/")[-1])
+
+
+class Syncer:
+    def __init__(self, ctx: Context, pacs: Pacs, state: BridgeState, options: Options) -> None:
+        self.ctx = ctx
+        self.pacs = pacs
+        self.state = state
+        self.options = options
+        # Conditional creates of one patient from two threads would both create (see hl7).
+        self.lock = threading.Lock()
+
+    def sync_study(self, study_uid: str, orthanc_id: str | None = None) -> SyncResult:
+        """Bring the ImagingStudy in line with the PACS (PacsError, FhirError, MappingError)."""
+        instances = self.pacs.study_metadata(study_uid)
+        if not instances:
+            return SyncResult(study_uid, "deleted" if self.remove_study(study_uid) else "missing")
+        accession = dj.text(instances[0], "AccessionNumber")
+        options = replace(self.options, service_request=self._order(accession))
+        bundle = study_bundle(instances, options)
+        digest = hashlib.sha256(orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        known = self.state.study(study_uid)
+        if known and known.digest == digest and self._exists(known.resource_id):
+            return SyncResult(study_uid, "unchanged", known.resource_id)
+        with self.lock:
+            out = apply_transaction(self.ctx, bundle)
+        entry = out["entry"][-1]
+        resource_id = _location_id(entry)
+        if orthanc_id is None and self.pacs.is_orthanc:
+            orthanc_id = known.orthanc_id if known and known.orthanc_id else (
+                self.pacs.orthanc_lookup(study_uid))  # fmt: skip
+        count = bundle["entry"][-1]["resource"].get("numberOfInstances", 0)
+        self.state.record(SyncedStudy(study_uid, orthanc_id, resource_id, digest, count))
+        created = entry.get("response", {}).get("status", "").startswith("201")
+        return SyncResult(study_uid, "created" if created else "updated", resource_id)
+
+    def remove_study(self, study_uid: str) -> bool:
+        """Delete the study's ImagingStudy (history kept); True when there was one."""
+        found = search(self.ctx, "ImagingStudy", [("identifier", study_query(study_uid)[11:])])
+        if found:
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "DELETE", "url": f"ImagingStudy/{r['id']}"}}
+                for r in found]}  # fmt: skip
+            with self.lock:
+                apply_transaction(self.ctx, bundle)
+        self.state.forget(study_uid)
+        return bool(found)
+
+    def _order(self, accession: str) -> str | None:
+        """The ServiceRequest this accession number identifies (HL7 orders meet images)."""
+        if not accession:
+            return None
+        found = search(self.ctx, "ServiceRequest", [("identifier", accession)])
+        return f"ServiceRequest/{found[0]['id']}" if len(found) == 1 else None
+
+    def _exists(self, resource_id: str) -> bool:
+        try:
+            dispatch(self.ctx, FhirRequest("GET", ["ImagingStudy", resource_id]))
+        except FhirError:
+            return False
+        return True

@@ -20,7 +20,8 @@ log = logging.getLogger("interop.ai")
 class EmbeddedRunner:
     def __init__(self, service: AiService, threads: int = 1, sweep_seconds: float = 30.0) -> None:
         self.service = service
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="ai-job")
+        self.threads = max(1, threads)
+        self.pool: ThreadPoolExecutor | None = None
         self.sweep_seconds = sweep_seconds
         self._pending: set[str] = set()
         self._attempts: dict[str, int] = {}
@@ -33,8 +34,11 @@ class EmbeddedRunner:
         with self._lock:
             if task_id in self._pending or self._stop.is_set():
                 return
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ai-job")
             self._pending.add(task_id)
-        self.pool.submit(self._run, task_id)
+            pool = self.pool
+        pool.submit(self._run, task_id)
 
     def _run(self, task_id: str) -> None:
         retry_in: float | None = None
@@ -64,6 +68,7 @@ class EmbeddedRunner:
         """Start the sweeper (it also runs once at once: jobs a previous process left)."""
         if self._sweeper is not None:
             return
+        self._stop.clear()
 
         def sweep() -> None:
             while True:
@@ -83,5 +88,14 @@ class EmbeddedRunner:
             return self._idle.wait_for(lambda: not self._pending, timeout)
 
     def stop(self) -> None:
+        """Finish the running job, drop queued ones (their rows wait for the next start)."""
         self._stop.set()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self._sweeper is not None:
+            self._sweeper.join()
+            self._sweeper = None
+        with self._lock:
+            self._pending.clear()

@@ -207,6 +207,16 @@ class AiService:
         elif res_type == "ImagingStudy" and self.rules:
             self.trigger(res_id)
 
+    def models_for(self, study_id: str) -> list[str]:
+        """Models for a study asked for by hand: those the rules pick, else every installed
+        plugin that accepts it."""
+        study = self._read("ImagingStudy", study_id)
+        if study is None:
+            return []
+        info = StudyInfo.from_imaging_study(study)
+        chosen = [m for m in models_for(self.rules, info) if m in self.registry.plugins]
+        return chosen or [p.name for p in self.registry if p.accepts(info)]
+
     def trigger(self, study_id: str) -> list[str]:
         """Run the rules on one ImagingStudy; returns the Task ids queued."""
         study = self._read("ImagingStudy", study_id)

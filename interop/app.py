@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from ai_worker.runtime import AiRuntime
 from fhir_server import metrics
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store = Store(engine, base_url)
     store.statistics.refresh_in_background()
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
+    ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
 
@@ -68,7 +70,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         # As many request threads as pooled connections: more threads only queue for a
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        ai.start()
         yield
+        ai.stop()
         if audit is not None:
             await run_in_threadpool(audit.close)
         engine.dispose()
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
+    app.state.ai = ai
     app.state.audit = audit
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(

@@ -15,7 +15,11 @@ REJECTION_REASON = "urn:interop:ai:rejection-reason"
 
 
 class ReviewError(ValueError):
-    """The report cannot be reviewed (not an AI report, or already reviewed)."""
+    """The report cannot be reviewed: already reviewed (a conflict), or no reason given."""
+
+    def __init__(self, message: str, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
 
 
 def review_bundle(
@@ -29,7 +33,8 @@ def review_bundle(
     if report.get("status") != "preliminary":
         raise ReviewError(
             f"DiagnosticReport/{report.get('id')} is {report.get('status')}: "
-            "only a preliminary report can be approved or rejected"
+            "only a preliminary report can be approved or rejected",
+            conflict=True,
         )
     if not approve and not reason.strip():
         raise ReviewError("a rejection needs a reason")

@@ -121,3 +121,111 @@ def redis_url() -> str:
 def ojph() -> None:
     if shutil.which("ojph_compress") is None:
         missing("ojph_compress (apt-get install openjph-tools)")
+
+
+BASE = "http://testserver/fhir"
+
+
+def ai_settings(database_url: str, orthanc: Orthanc, **extra: object):  # type: ignore[no-untyped-def]
+    from interop.settings import Settings
+
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "auth": "off",
+        "base_url": BASE,
+        "dicomweb_url": orthanc.dicomweb,
+        "orthanc_user": orthanc.user,
+        "orthanc_password": orthanc.password,
+        "ai_rules": [{"model": "ct-classical", "modality": "CT"}],
+        "ai_lease_seconds": 3.0,
+        "ai_retry_backoff": 0.2,
+        "ai_max_retries": 2,
+    }
+    values.update(extra)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def clear_tables(app) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from fhir_server.store.models import metadata
+
+    engine = app.state.store.engine
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+
+
+@pytest.fixture(scope="session")
+def ai_session_app(database_url: str, orthanc: Orthanc):  # type: ignore[no-untyped-def]
+    from interop.app import create_app
+
+    app = create_app(ai_settings(database_url, orthanc))
+    yield app
+    app.state.store.engine.dispose()
+
+
+@pytest.fixture
+def ai_client(ai_session_app):  # type: ignore[no-untyped-def]
+    from starlette.testclient import TestClient
+
+    clear_tables(ai_session_app)
+    with TestClient(ai_session_app, base_url="http://testserver") as client:
+        yield client
+
+
+def post(client, resource: dict) -> dict:  # type: ignore[no-untyped-def]
+    response = client.post(f"/fhir/{resource['resourceType']}", json=resource)
+    assert response.status_code == 201, response.text
+    created: dict = response.json()
+    return created
+
+
+def upload_study(client, orthanc: Orthanc, datasets: list[Dataset], mrn: str = "MRN1"):  # type: ignore[no-untyped-def]
+    """STOW the series to Orthanc and create its Patient and ImagingStudy in our store (the
+    imaging bridge does this in production)."""
+    orthanc.stow(datasets)
+    first = datasets[0]
+    patient = post(
+        client,
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:test:mrn", "value": mrn}],
+            "name": [{"family": "Phantom", "given": ["Test"]}],
+        },
+    )
+    study = post(
+        client,
+        {
+            "resourceType": "ImagingStudy",
+            "status": "available",
+            "identifier": [
+                {"system": "urn:dicom:uid", "value": f"urn:oid:{first.StudyInstanceUID}"}
+            ],
+            "subject": {"reference": f"Patient/{patient['id']}"},
+            "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}],
+            "description": str(first.StudyDescription),
+            "numberOfSeries": 1,
+            "numberOfInstances": len(datasets),
+            "series": [
+                {
+                    "uid": str(first.SeriesInstanceUID),
+                    "modality": {
+                        "system": "http://dicom.nema.org/resources/ontology/DCM",
+                        "code": "CT",
+                    },
+                    "bodySite": {
+                        "system": "http://snomed.info/sct",
+                        "code": "51185008",
+                        "display": "CHEST",
+                    },  # fmt: skip
+                    "numberOfInstances": len(datasets),
+                }
+            ],
+        },
+    )
+    return patient, study

@@ -38,7 +38,12 @@ def make_celery(settings: Any) -> Celery:
         task_ignore_result=True,
         task_default_queue=DECODE_QUEUE,
         task_routes={"ai.decode": {"queue": DECODE_QUEUE}, "ai.infer": {"queue": INFER_QUEUE}},
-        broker_transport_options={"visibility_timeout": settings.ai_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.ai_visibility_timeout,
+            # look for a dead worker's messages every few seconds (kombu: every 100 s)
+            "unacked_restore_interval": max(1, min(10, settings.ai_visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,

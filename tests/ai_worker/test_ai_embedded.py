@@ -167,3 +167,37 @@ def test_pacs_down_is_retried_then_fails(ai_client, orthanc) -> None:  # type: i
     assert job.status == "failed" and job.attempts == 3  # first try + ai_max_retries (2)
     task = ai_client.get(f"/fhir/Task/{task_id}").json()
     assert task["status"] == "failed" and "gave up after 3 attempts" in task["statusReason"]["text"]
+
+
+def test_interop_ai_jobs_lists_progress(
+    ai_client, orthanc, database_url, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from interop.cli import main
+    from interop.settings import get_settings
+
+    _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=2, size=16)))
+    ai_client.app.state.ai.on_change("ImagingStudy", study["id"], "create")
+    wait_for_jobs(ai_client)
+    monkeypatch.setenv("INTEROP_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    try:
+        assert main(["ai", "jobs", "--json"]) == 0
+        jobs = json.loads(capsys.readouterr().out)["jobs"]
+        assert main(["ai", "jobs"]) == 0
+        table = capsys.readouterr().out
+        assert main(["ai", "models", "--json"]) == 0
+        models = json.loads(capsys.readouterr().out)["models"]
+    finally:
+        get_settings.cache_clear()
+    assert len(jobs) == 1
+    assert jobs[0]["study"] == f"ImagingStudy/{study['id']}"
+    assert (jobs[0]["status"], jobs[0]["step"], jobs[0]["model"]) == (
+        "done",
+        "done",
+        "ct-classical",
+    )
+    assert jobs[0]["report"].startswith("DiagnosticReport/")
+    assert jobs[0]["task"] in table and "done" in table
+    assert "ct-classical" in [m["name"] for m in models]

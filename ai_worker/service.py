@@ -402,9 +402,9 @@ class AiService:
 
 def _report_id(response: dict[str, Any]) -> str | None:
     for entry in response.get("entry") or []:
-        location = (entry.get("response") or {}).get("location") or ""
-        if location.startswith("DiagnosticReport/"):
-            return location.split("/")[1]
+        location = str((entry.get("response") or {}).get("location") or "")
+        if "DiagnosticReport/" in location:
+            return location.split("DiagnosticReport/", 1)[1].split("/", 1)[0]
     return None
 
 

@@ -57,9 +57,16 @@ class Phantom:
 
 
 def make_phantom(
-    slices: int = 12, size: int = 64, metal: bool = False, spacing: float = 2.5
+    slices: int = 12,
+    size: int = 64,
+    metal: bool = False,
+    spacing: float = 2.5,
+    noise: float = 0.0,
+    seed: int = 0,
 ) -> Phantom:
-    """A chest-like phantom; the spine's radius grows with z so slice order is checkable."""
+    """A chest-like phantom; the spine's radius grows with z so slice order is checkable.
+    `noise` (HU, Gaussian) makes it compress like a real scan (benchmarks), and blurs the
+    tissue volumes (tests keep it 0)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = (size - 1) / 2
     ry, rx = size * 0.375, size * 0.44
@@ -77,6 +84,10 @@ def make_phantom(
         plane[lungs & inner] = LUNG
         spine_r = 1.5 + 2.5 * z / max(1, slices - 1)
         plane[(yy - c - size * 0.22) ** 2 + (xx - c) ** 2 <= spine_r**2] = BONE
+    if noise:
+        rng = np.random.default_rng(seed)
+        jitter = rng.normal(0.0, noise, hu.shape).round().astype(np.int16)
+        hu = np.clip(hu.astype(np.int32) + jitter, -1024, 3071).astype(np.int16)
     if metal:
         m = size // 2
         hu[slices // 2, m - 1 : m + 1, m - 1 : m + 1] = METAL

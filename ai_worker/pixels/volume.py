@@ -42,7 +42,9 @@ class Volume:
 class _Slice:
     position: float
     origin: tuple[float, float, float]
-    pixels: np.ndarray
+    pixels: np.ndarray  # stored values, as decoded
+    slope: float
+    intercept: float
     sop_uid: str
 
 
@@ -64,21 +66,15 @@ class VolumeBuilder:
 
     def add(self, ds: Dataset) -> None:
         series = str(getattr(ds, "SeriesInstanceUID", ""))
-        frames = decode_frames(ds)
-        self.bytes_decoded += frames.nbytes
+        values = decode_frames(ds)
+        self.bytes_decoded += values.nbytes
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
         intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        values = frames.astype(np.float32)
-        if slope != 1:
-            values *= np.float32(slope)
-        if intercept:
-            values += np.float32(intercept)
-        row_col = _floats(getattr(ds, "ImageOrientationPatient", None), 6, [1, 0, 0, 0, 1, 0])
-        normal = np.cross(row_col[:3], row_col[3:])
-        origin = _floats(getattr(ds, "ImagePositionPatient", None), 3, [])
-        meta = self._meta.setdefault(
-            series,
-            {
+        meta = self._meta.get(series)
+        if meta is None:  # series attributes: read once, from its first instance
+            row_col = _floats(getattr(ds, "ImageOrientationPatient", None), 6, [1, 0, 0, 0, 1, 0])
+            normal = np.cross(row_col[:3], row_col[3:])
+            meta = self._meta[series] = {
                 "normal": tuple(float(v) for v in normal),
                 "pixel_spacing": _floats(getattr(ds, "PixelSpacing", None), 2, [1.0, 1.0]),
                 "thickness": float(getattr(ds, "SliceThickness", 0) or 0),
@@ -91,8 +87,9 @@ class VolumeBuilder:
                     "SeriesDescription": str(getattr(ds, "SeriesDescription", "")),
                     "StudyInstanceUID": str(getattr(ds, "StudyInstanceUID", "")),
                 },
-            },
-        )
+            }
+        normal = np.asarray(meta["normal"])
+        origin = _floats(getattr(ds, "ImagePositionPatient", None), 3, [])
         if values.shape[1:] != meta["shape"]:
             raise BadInput(f"series {series} mixes image sizes {meta['shape']}/{values.shape[1:]}")
         meta["syntaxes"].add(str(transfer_syntax(ds)))
@@ -104,7 +101,8 @@ class VolumeBuilder:
                 pos = float(np.dot(point, normal)) + i * step
             else:  # no geometry: keep the stream order
                 point, pos = (0.0, 0.0, 0.0), float(len(slices))
-            slices.append(_Slice(pos, point, frame, str(getattr(ds, "SOPInstanceUID", ""))))
+            sop = str(getattr(ds, "SOPInstanceUID", ""))
+            slices.append(_Slice(pos, point, frame, slope, intercept, sop))
 
     def series(self) -> list[str]:
         return list(self._series)
@@ -118,8 +116,16 @@ class VolumeBuilder:
         else:
             z = meta["between"] or meta["thickness"] or 1.0
         row, col = meta["pixel_spacing"]
+        # rescale straight into the one float32 array: one pass per slice, no stacked copy
+        voxels = np.empty((len(slices), *meta["shape"]), np.float32)
+        for k, s in enumerate(slices):
+            if s.slope != 1:
+                np.multiply(s.pixels, np.float32(s.slope), out=voxels[k], dtype=np.float32)
+                voxels[k] += np.float32(s.intercept)
+            else:
+                np.add(s.pixels, np.float32(s.intercept), out=voxels[k], dtype=np.float32)
         return Volume(
-            voxels=np.stack([s.pixels for s in slices]),
+            voxels=voxels,
             spacing=(z, float(row), float(col)),
             origin=slices[0].origin,
             normal=meta["normal"],

@@ -4,8 +4,9 @@
    decoded by the worker's code (pydicom parse + ai_worker.pixels: decode, rescale to HU,
    sort, stack into a volume) against pylibjpeg alone (pydicom parse + pylibjpeg's decoder
    for the syntax, from its pixel-data decoder registry: pylibjpeg-openjpeg for JPEG 2000
-   and HTJ2K, pylibjpeg-rle for RLE; numpy.frombuffer for uncompressed). MB/s of decoded pixel data (rows x columns x 2 bytes per slice); best of
-   --repeat runs. Target: worker >= 0.8 x pylibjpeg alone.
+   and HTJ2K, pylibjpeg-rle for RLE; numpy.frombuffer for uncompressed). MB/s of decoded
+   pixel data (rows x columns x 2 bytes per slice); best of --repeat interleaved runs.
+   Target: worker >= 0.8 x pylibjpeg alone.
 2. End to end: --studies CT studies of --slices slices, stored in a real Orthanc (started
    here, on a free port), analysed by ct-classical in the embedded mode (in-process runner,
    one job at a time, SQLite): from $analyze to every Task completed. Prints studies/min

@@ -6,12 +6,17 @@ it (the embedded default) this process runs them on INTEROP_AI_WORKER_THREADS th
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ai_worker.embedded import EmbeddedRunner
+from ai_worker.errors import BadInput
 from ai_worker.operations import register
 from ai_worker.service import AiService
 from fhir_server.api.interactions import Context
+from fhir_server.store.outbox import Change
+
+log = logging.getLogger("interop.ai")
 
 
 class AiRuntime:
@@ -27,9 +32,19 @@ class AiRuntime:
             self.service.submitter = self.runner
         register(ctx.operations, self.service)
 
+    TYPES = frozenset({"ImagingStudy", "Task"})
+
     def on_change(self, res_type: str, res_id: str, interaction: str) -> None:
-        """The outbox consumer's handler (ImagingStudy and Task changes)."""
         self.service.on_change(res_type, res_id, interaction)
+
+    def handle(self, change: Change) -> None:
+        """The outbox consumer `ai-trigger` (ImagingStudy and Task changes): at least once,
+        idempotent. Bad input is logged and done with; transient errors raise, so the
+        runner retries the change with backoff."""
+        try:
+            self.service.on_change(change.res_type, change.res_id, change.interaction)
+        except BadInput as exc:
+            log.warning("AI trigger on %s: %s", change.reference, exc)
 
     def start(self) -> None:
         if self.runner is not None:

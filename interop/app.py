@@ -31,6 +31,7 @@ from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
 from interop.logs import request_id_var
+from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
@@ -64,6 +65,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+    outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
+    store.listeners.append(outbox_runner.wake)
+    outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -71,8 +75,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         ai.start()
+        outbox_runner.start()
         yield
-        ai.stop()
+        await run_in_threadpool(outbox_runner.stop)
+        await run_in_threadpool(ai.stop)
         if audit is not None:
             await run_in_threadpool(audit.close)
         engine.dispose()
@@ -92,6 +98,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.context = ctx
     app.state.ai = ai
     app.state.audit = audit
+    app.state.outbox_runner = outbox_runner
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"
@@ -217,6 +224,7 @@ def auth_config(settings: Settings) -> AuthConfig:
         access_token_seconds=settings.auth_access_token_seconds,
         backend_token_seconds=settings.auth_backend_token_seconds,
         refresh_token_seconds=settings.auth_refresh_token_days * 86400,
+        online_session_seconds=settings.auth_online_session_hours * 3600,
         launch_seconds=settings.auth_launch_seconds,
         registration=settings.auth_registration,
         roles_file=settings.auth_roles_file,

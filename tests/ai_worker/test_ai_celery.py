@@ -64,7 +64,7 @@ def celery_app(database_url: str, orthanc: Orthanc, celery_redis: str, tmp_path_
 
     settings = ai_settings(
         database_url, orthanc, redis_url=celery_redis, ai_extra_plugins=["slow_plugin:provide"],
-        ai_worker_threads=0,
+        ai_worker_threads=0, ai_rules=[],
     )  # fmt: skip
     app = create_app(settings)
     app.state.worker_env = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import upload_study
 
@@ -11,6 +13,28 @@ from ai_worker.phantom import BONE, FAT, LUNG, SOFT, make_phantom, write_series
 def wait_for_jobs(client) -> None:  # type: ignore[no-untyped-def]
     runner = client.app.state.ai.runner
     assert runner is not None and runner.wait_idle(60)
+
+
+def wait_for_tasks(client, study_id: str, count: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Until `count` Tasks on the study have ended (the outbox trigger runs after commit)."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = client.get("/fhir/Task", params={"focus": f"ImagingStudy/{study_id}"}).json()
+        tasks = [e["resource"] for e in found.get("entry", [])]
+        ended = [t for t in tasks if t["status"] in ("completed", "failed", "rejected")]
+        if len(ended) >= count:
+            return tasks
+        assert time.monotonic() < deadline, tasks
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def no_rules(ai_client):  # type: ignore[no-untyped-def]
+    """No trigger rules: the test asks for analyses itself."""
+    service = ai_client.app.state.ai.service
+    rules, service.rules = service.rules, []
+    yield
+    service.rules = rules
 
 
 def observations_by_code(client, report: dict) -> dict[str, dict]:  # type: ignore[no-untyped-def]
@@ -25,12 +49,9 @@ def observations_by_code(client, report: dict) -> dict[str, dict]:  # type: igno
 def test_rule_triggers_analysis_and_report_is_searchable(ai_client, orthanc, ojph, syntax) -> None:  # type: ignore[no-untyped-def]
     phantom = make_phantom(slices=6, size=40)
     patient, study = upload_study(ai_client, orthanc, write_series(phantom, syntax))
-    ai_client.app.state.ai.on_change("ImagingStudy", study["id"], "create")  # the outbox
-    wait_for_jobs(ai_client)
-
-    tasks = ai_client.get("/fhir/Task", params={"focus": f"ImagingStudy/{study['id']}"}).json()
-    assert tasks["total"] == 1
-    task = tasks["entry"][0]["resource"]
+    tasks = wait_for_tasks(ai_client, study["id"])  # triggered by the rule, from the outbox
+    assert len(tasks) == 1
+    task = tasks[0]
     assert task["status"] == "completed", task.get("statusReason")
     assert task["for"] == {"reference": f"Patient/{patient['id']}"}
     assert task["code"]["coding"][0]["code"] == "ct-classical"
@@ -80,7 +101,7 @@ def test_rule_triggers_analysis_and_report_is_searchable(ai_client, orthanc, ojp
     assert prov["entity"][0]["what"] == {"reference": f"ImagingStudy/{study['id']}"}
 
 
-def test_analyze_by_hand_reruns_as_a_new_version(ai_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_analyze_by_hand_reruns_as_a_new_version(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
     phantom = make_phantom(slices=4, size=32, metal=True)
     _, study = upload_study(ai_client, orthanc, write_series(phantom))
     url = f"/fhir/ImagingStudy/{study['id']}/$analyze"
@@ -105,7 +126,7 @@ def test_analyze_by_hand_reruns_as_a_new_version(ai_client, orthanc) -> None:  #
     assert obs["intensity-outlier"]["interpretation"][0]["coding"][0]["code"] == "A"
 
 
-def test_same_study_and_model_never_runs_twice_at_once(ai_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_same_study_and_model_never_runs_twice_at_once(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
     _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=3, size=16)))
     service = ai_client.app.state.ai.service
     submitter, service.submitter = service.submitter, None  # queue, do not run yet
@@ -122,8 +143,12 @@ def test_same_study_and_model_never_runs_twice_at_once(ai_client, orthanc) -> No
             "focus": {"reference": f"ImagingStudy/{study['id']}"},
         }
         created = ai_client.post("/fhir/Task", json=task).json()
-        service.on_change("Task", created["id"], "create")
-        again = ai_client.get(f"/fhir/Task/{created['id']}").json()
+        deadline = time.monotonic() + 30
+        while (again := ai_client.get(f"/fhir/Task/{created['id']}").json())["status"] == (
+            "requested"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         assert again["status"] == "rejected"
         assert first in again["statusReason"]["text"]
     finally:
@@ -137,19 +162,18 @@ def test_bad_input_fails_the_task_without_retry(ai_client, orthanc) -> None:  # 
     from pydicom.uid import generate_uid
 
     patient, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=2, size=16)))
+    wait_for_tasks(ai_client, study["id"])
     study["identifier"][0]["value"] = f"urn:oid:{generate_uid()}"  # not in the PACS
     assert ai_client.put(f"/fhir/ImagingStudy/{study['id']}", json=study).status_code == 200
-    ai_client.app.state.ai.on_change("ImagingStudy", study["id"], "update")
-    wait_for_jobs(ai_client)
-    task = ai_client.get("/fhir/Task", params={"focus": f"ImagingStudy/{study['id']}"}).json()
-    task = task["entry"][0]["resource"]
-    assert task["status"] == "failed"
+    tasks = wait_for_tasks(ai_client, study["id"], 2)  # the update triggers a new analysis
+    assert sorted(t["status"] for t in tasks) == ["completed", "failed"]
+    task = next(t for t in tasks if t["status"] == "failed")
     assert "the PACS has no series" in task["statusReason"]["text"]
     job = ai_client.app.state.ai.service.jobs.get(task["id"])
     assert job.attempts == 1 and job.status == "failed"
 
 
-def test_pacs_down_is_retried_then_fails(ai_client, orthanc) -> None:  # type: ignore[no-untyped-def]
+def test_pacs_down_is_retried_then_fails(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
     _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=2, size=16)))
     service = ai_client.app.state.ai.service
     good = service.settings.dicomweb_url
@@ -178,8 +202,7 @@ def test_interop_ai_jobs_lists_progress(
     from interop.settings import get_settings
 
     _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=2, size=16)))
-    ai_client.app.state.ai.on_change("ImagingStudy", study["id"], "create")
-    wait_for_jobs(ai_client)
+    wait_for_tasks(ai_client, study["id"])
     monkeypatch.setenv("INTEROP_DATABASE_URL", database_url)
     get_settings.cache_clear()
     try:
@@ -201,3 +224,26 @@ def test_interop_ai_jobs_lists_progress(
     assert jobs[0]["report"].startswith("DiagnosticReport/")
     assert jobs[0]["task"] in table and "done" in table
     assert "ct-classical" in [m["name"] for m in models]
+
+
+def test_task_created_through_the_api_is_run(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
+    phantom = make_phantom(slices=3, size=24)
+    _, study = upload_study(ai_client, orthanc, write_series(phantom))
+    task = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "code": {"coding": [{"system": "urn:interop:ai:model", "code": "ct-classical"}]},
+        "focus": {"reference": f"ImagingStudy/{study['id']}"},
+    }
+    assert ai_client.post("/fhir/Task", json=task).status_code == 201
+    tasks = wait_for_tasks(ai_client, study["id"])
+    assert tasks[0]["status"] == "completed", tasks[0].get("statusReason")
+    bad = task | {"code": {"coding": [{"system": "urn:interop:ai:model", "code": "nope"}]}}
+    created = ai_client.post("/fhir/Task", json=bad).json()
+    tasks = wait_for_tasks(ai_client, study["id"], 2)
+    failed = next(t for t in tasks if t["id"] == created["id"])
+    assert (
+        failed["status"] == "failed"
+        and "no model plugin named 'nope'" in (failed["statusReason"]["text"])
+    )

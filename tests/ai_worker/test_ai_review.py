@@ -26,6 +26,7 @@ def make_report(client: TestClient, headers: dict[str, str] | None = None) -> di
     }
     study = client.post("/fhir/ImagingStudy", json=study, headers=headers).json()
     task = task_resource(study, MODEL, "2026-01-01T00:00:00Z")
+    task["status"] = "in-progress"  # already running: the AI trigger leaves it alone
     task = client.post("/fhir/Task", json=task, headers=headers).json()
     findings = Findings(
         measurements=[Measurement(Coding("urn:interop:ai", "fat-volume", "fat"), 12.5, "mL")],

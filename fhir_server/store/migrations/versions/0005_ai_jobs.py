@@ -1,14 +1,14 @@
 """ai jobs: lock, lease and progress of each AI analysis beside its FHIR Task
 
-Revision ID: 0004_ai_jobs
-Revises: 0003_hl7_inbox
+Revision ID: 0005_ai_jobs
+Revises: 0004_outbox_consumers
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_ai_jobs"
-down_revision = "0003_hl7_inbox"
+revision = "0005_ai_jobs"
+down_revision = "0004_outbox_consumers"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """Decoded volumes handed from the decode queue to the inference queue, as .npy files.
 
-A 200-slice CT is ~200 MB of float32: too big for a Redis message, so the decode stage writes
+A 200-slice CT is ~100 MB of int16 voxels: too big for a Redis message, so the decode stage writes
 it under INTEROP_AI_CACHE_DIR (shared storage when decoding and inference run on different
 hosts) and the inference stage reads it and deletes it. A missing file just means the decode
 stage runs again.

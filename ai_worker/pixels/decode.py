@@ -2,7 +2,7 @@
 
 pydicom picks the first decoder plugin that is installed; for RLE that is its own pure-Python
 decoder, ten times slower than pylibjpeg-rle, so the plugin is chosen here explicitly. The
-modality LUT (rescale) is applied by the volume builder, once, in float32.
+modality LUT (rescale) is applied by the volume builder, once per slice.
 """
 
 from __future__ import annotations

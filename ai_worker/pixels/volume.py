@@ -20,7 +20,9 @@ from ai_worker.pixels.decode import decode_frames, transfer_syntax
 
 @dataclass
 class Volume:
-    """One series as a (slices, rows, columns) float32 array in modality units (HU for CT)."""
+    """One series as a (slices, rows, columns) array in modality units (HU for CT): int16 when
+    the rescale keeps integers in range (CT, the usual case: half the memory of float32),
+    float32 otherwise."""
 
     voxels: np.ndarray
     spacing: tuple[float, float, float]  # (slice, row, column) in mm
@@ -46,6 +48,8 @@ class _Slice:
     slope: float
     intercept: float
     sop_uid: str
+    lo: float  # smallest and largest stored value: decides whether int16 can hold the result
+    hi: float
 
 
 def _floats(value: Any, count: int, default: list[float]) -> list[float]:
@@ -54,6 +58,16 @@ def _floats(value: Any, count: int, default: list[float]) -> list[float]:
     except (TypeError, ValueError):
         return default
     return out if len(out) == count else default
+
+
+def _fits_int16(s: _Slice) -> bool:
+    return (
+        s.slope == 1
+        and s.pixels.dtype.kind in "iu"
+        and float(s.intercept).is_integer()
+        and s.lo + s.intercept >= -32768
+        and s.hi + s.intercept <= 32767
+    )
 
 
 class VolumeBuilder:
@@ -102,7 +116,8 @@ class VolumeBuilder:
             else:  # no geometry: keep the stream order
                 point, pos = (0.0, 0.0, 0.0), float(len(slices))
             sop = str(getattr(ds, "SOPInstanceUID", ""))
-            slices.append(_Slice(pos, point, frame, slope, intercept, sop))
+            lo, hi = float(frame.min()), float(frame.max())
+            slices.append(_Slice(pos, point, frame, slope, intercept, sop, lo, hi))
 
     def series(self) -> list[str]:
         return list(self._series)
@@ -116,14 +131,25 @@ class VolumeBuilder:
         else:
             z = meta["between"] or meta["thickness"] or 1.0
         row, col = meta["pixel_spacing"]
-        # rescale straight into the one float32 array: one pass per slice, no stacked copy
-        voxels = np.empty((len(slices), *meta["shape"]), np.float32)
-        for k, s in enumerate(slices):
-            if s.slope != 1:
-                np.multiply(s.pixels, np.float32(s.slope), out=voxels[k], dtype=np.float32)
-                voxels[k] += np.float32(s.intercept)
-            else:
-                np.add(s.pixels, np.float32(s.intercept), out=voxels[k], dtype=np.float32)
+        # rescale straight into one preallocated array: one pass per slice, no stacked copy
+        if all(_fits_int16(s) for s in slices):
+            voxels = np.empty((len(slices), *meta["shape"]), np.int16)
+            for k, s in enumerate(slices):
+                px = s.pixels
+                if px.dtype == np.uint16 and s.hi <= 32767:
+                    px = px.view(np.int16)  # same values: add in a 2-byte loop
+                if px.dtype == np.int16:
+                    np.add(px, np.int16(s.intercept), out=voxels[k])
+                else:
+                    np.add(px, np.int32(s.intercept), out=voxels[k], casting="unsafe")
+        else:
+            voxels = np.empty((len(slices), *meta["shape"]), np.float32)
+            for k, s in enumerate(slices):
+                if s.slope != 1:
+                    np.multiply(s.pixels, np.float32(s.slope), out=voxels[k], dtype=np.float32)
+                    voxels[k] += np.float32(s.intercept)
+                else:
+                    np.add(s.pixels, np.float32(s.intercept), out=voxels[k], dtype=np.float32)
         return Volume(
             voxels=voxels,
             spacing=(z, float(row), float(col)),

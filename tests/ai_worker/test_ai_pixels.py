@@ -23,7 +23,7 @@ def test_decode_and_sort_every_syntax(syntax: str, ojph: None) -> None:
     for ds in datasets:
         builder.add(ds)
     volume = builder.largest({"CT"})
-    assert volume.voxels.dtype == np.float32
+    assert volume.voxels.dtype == np.int16  # CT: integral rescale, kept in 2 bytes
     assert np.array_equal(volume.voxels, phantom.hu)  # rescaled to HU and sorted along z
     assert volume.spacing == (2.5, 0.8, 0.8)
     assert volume.transfer_syntaxes == {str(SYNTAXES[syntax])}
@@ -43,6 +43,20 @@ def test_sorting_follows_the_slice_normal_not_instance_numbers() -> None:
     # projection on a (0,0,-1) normal: highest z first
     assert np.array_equal(volume.voxels, phantom.hu[::-1])
     assert volume.spacing[0] == 2.5
+
+
+def test_fractional_rescale_gives_float32() -> None:
+    phantom = make_phantom(slices=3, size=16)
+    datasets = write_series(phantom)
+    for ds in datasets:
+        ds.RescaleSlope, ds.RescaleIntercept = 0.5, -1024
+    builder = VolumeBuilder()
+    for ds in datasets:
+        builder.add(ds)
+    volume = builder.largest()
+    assert volume.voxels.dtype == np.float32
+    expected = (phantom.hu.astype(np.float32) + 1024) * 0.5 - 1024
+    assert np.allclose(volume.voxels, expected)
 
 
 def test_missing_plugin_names_the_package() -> None:

@@ -1,8 +1,8 @@
 """The in-process runner: without Redis, `interop serve` runs AI jobs on its own threads.
 
 Same stages, same job table and leases as the Celery worker; transient failures are retried
-with the same backoff on a timer, and a sweeper picks up jobs left behind by a process that
-died (their lease runs out) or that were never started (queued in the table only).
+with the same backoff on a timer. Jobs left behind by a process that died are picked up by the
+runtime's sweeper (ai_worker.runtime).
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ log = logging.getLogger("interop.ai")
 
 
 class EmbeddedRunner:
-    def __init__(self, service: AiService, threads: int = 1, sweep_seconds: float = 30.0) -> None:
+    def __init__(self, service: AiService, threads: int = 1) -> None:
         self.service = service
         self.threads = max(1, threads)
         self.pool: ThreadPoolExecutor | None = None
-        self.sweep_seconds = sweep_seconds
         self._pending: set[str] = set()
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
         self._idle = threading.Condition(self._lock)
 
     def submit(self, task_id: str) -> None:
@@ -65,22 +63,7 @@ class EmbeddedRunner:
             timer.start()
 
     def start(self) -> None:
-        """Start the sweeper (it also runs once at once: jobs a previous process left)."""
-        if self._sweeper is not None:
-            return
         self._stop.clear()
-
-        def sweep() -> None:
-            while True:
-                try:
-                    self.service.recover(grace_seconds=self.sweep_seconds)
-                except Exception:  # noqa: BLE001
-                    log.exception("AI sweeper")
-                if self._stop.wait(self.sweep_seconds):
-                    return
-
-        self._sweeper = threading.Thread(target=sweep, name="ai-sweeper", daemon=True)
-        self._sweeper.start()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no job is pending (tests, orderly shutdown)."""
@@ -94,8 +77,5 @@ class EmbeddedRunner:
             pool, self.pool = self.pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        if self._sweeper is not None:
-            self._sweeper.join()
-            self._sweeper = None
         with self._lock:
             self._pending.clear()

@@ -247,3 +247,24 @@ def test_task_created_through_the_api_is_run(ai_client, orthanc, no_rules) -> No
         failed["status"] == "failed"
         and "no model plugin named 'nope'" in (failed["statusReason"]["text"])
     )
+
+
+def test_sweeper_picks_up_a_job_a_dead_process_left(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
+    """Embedded mode: the process died mid-job (lease held, Task in progress); after the lease
+    runs out, the sweeper of the next process runs the job to the end, once."""
+    _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=3, size=24)))
+    service = ai_client.app.state.ai.service
+    submitter, service.submitter = service.submitter, None
+    try:
+        task_id, _ = service.request(study["id"], "ct-classical")
+    finally:
+        service.submitter = submitter
+    assert service.jobs.claim(task_id, "decode", "dead-process", lease=0.5)  # then it died
+    assert service.recover(grace_seconds=0) == []  # the lease still holds: nobody takes it
+    time.sleep(0.6)
+    assert service.recover(grace_seconds=0) == [task_id]
+    wait_for_jobs(ai_client)
+    task = ai_client.get(f"/fhir/Task/{task_id}").json()
+    assert task["status"] == "completed"
+    job = service.jobs.get(task_id)
+    assert job.attempts == 3 and job.worker != "dead-process"  # dead claim, decode, infer

@@ -36,6 +36,7 @@ SYNTAXES = {
     "jpeg2000": JPEG2000Lossless,
     "htj2k": HTJ2K_LOSSLESS,
     "htj2k-rpcl": HTJ2K_RPCL,
+    "htj2k-general": HTJ2K,  # .203 may be lossy; encoded reversibly here all the same
 }
 
 AIR, LUNG, FAT, SOFT, BONE, METAL = -1000, -850, -100, 40, 700, 3500

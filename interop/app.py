@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from ai_worker.runtime import AiRuntime
 from dicomweb_bridge.service import Bridge
 from fhir_server import metrics
 from fhir_server.api.capability import capability_bytes
@@ -62,20 +63,24 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store = Store(engine, base_url)
     store.statistics.refresh_in_background()
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
+    ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.listeners.append(outbox_runner.wake)
     imaging = Bridge.build(settings, ctx)
+    outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # As many request threads as pooled connections: more threads only queue for a
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        ai.start()
         outbox_runner.start()
         yield
         await run_in_threadpool(outbox_runner.stop)
+        await run_in_threadpool(ai.stop)
         if audit is not None:
             await run_in_threadpool(audit.close)
         engine.dispose()
@@ -93,6 +98,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
+    app.state.ai = ai
     app.state.audit = audit
     app.state.outbox_runner = outbox_runner
     app.state.access_for = access_for

@@ -61,8 +61,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interop import imaging_cli
 
     imaging_cli.add_parsers(commands)
+    worker = commands.add_parser("worker", help="run a Celery worker for AI jobs (needs Redis)")
+    worker.add_argument(
+        "--queues", help="comma-separated queues (INTEROP_AI_QUEUES; GPU hosts: ai.infer)"
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="processes (default 1)")
+    ai = commands.add_parser("ai", help="AI analyses")
+    ai_commands = ai.add_subparsers(dest="ai_command", required=True)
+    jobs = ai_commands.add_parser(
+        "jobs", help="list AI jobs (Task, study, model, step), newest first"
+    )
+    jobs.add_argument("--status", choices=["queued", "running", "done", "failed"])
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    models = ai_commands.add_parser("models", help="list the installed model plugins")
+    models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "ai":
+        return _ai(args)
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
     if args.command == "mllp":
@@ -255,6 +274,68 @@ def _hl7_inbox(args: argparse.Namespace) -> int:
         for pk_s, status in results.items():
             print(f"{pk_s}: {status}")
     return 0 if all(v == "processed" for v in results.values()) else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from interop.logs import configure
+
+    settings = get_settings()
+    if not settings.redis_url:
+        print("interop worker needs INTEROP_REDIS_URL (without Redis, interop serve runs AI "
+              "jobs itself)", file=sys.stderr)  # fmt: skip
+        return 2
+    configure(settings.log_level, settings.log_format)
+    from ai_worker.celery_app import celery
+
+    queues = args.queues or settings.ai_queues
+    celery.worker_main(
+        [
+            "worker",
+            "--queues", queues,
+            "--concurrency", str(args.concurrency),
+            "--prefetch-multiplier", "1",
+            "--loglevel", settings.log_level.upper(),
+            "--hostname", "interop@%h",
+            "--without-gossip", "--without-mingle",
+        ]
+    )  # fmt: skip
+    return 0
+
+
+def _ai(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.ai_command == "models":
+        from ai_worker.plugins import Registry
+
+        plugins = [
+            {"name": p.name, "version": p.version, "manufacturer": p.manufacturer,
+             "modalities": sorted(p.modalities), "description": p.description}
+            for p in Registry.load(settings)
+        ]  # fmt: skip
+        if args.json:
+            print(json.dumps({"models": plugins}))
+        for p in [] if args.json else plugins:
+            print(f"{p['name']:<20} {p['version']:<10} {','.join(p['modalities']):<8} "
+                  f"{p['manufacturer']}")  # fmt: skip
+        return 0
+    from ai_worker.jobs import Jobs
+    from fhir_server.store.db import create_db_engine, upgrade
+
+    engine = create_db_engine(settings.effective_database_url, 1)
+    upgrade(engine)
+    rows = [j.as_dict() for j in Jobs(engine).list(args.status, args.limit)]
+    if args.json:
+        print(json.dumps({"jobs": rows}))
+        return 0
+    print(
+        f"{'TASK':<44} {'MODEL':<20} {'STATUS':<8} {'STEP':<10} {'TRIES':>5}  "
+        "STUDY / REPORT / ERROR"
+    )
+    for r in rows:
+        tail = r["report"] or r["error"] or r["study"]
+        print(f"{r['task']:<44} {r['model'] + ' ' + r['version']:<20} {r['status']:<8} "
+              f"{r['step']:<10} {r['attempts']:>5}  {tail}")  # fmt: skip
+    return 0
 
 
 def _db_upgrade() -> int:

@@ -122,6 +122,37 @@ class Settings(BaseSettings):
     openemr_password: SecretStr = Field(default=SecretStr(""), description="its password")
     openemr_private_key: str = Field(default="", description="PEM file for private_key_jwt")
 
+    ai_rules: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="JSON list of AI trigger rules: {model, modality, body_part, description}",
+    )
+    ai_onnx_models: list[dict[str, Any]] = Field(
+        default_factory=list, description="JSON list of ONNX models (path, preprocessing, labels)"
+    )
+    ai_extra_plugins: list[str] = Field(
+        default_factory=list, description="'module:callable' model providers besides entry points"
+    )
+    ai_worker_threads: int = Field(
+        default=1, ge=0, description="in-process AI jobs at once without Redis; 0: none run"
+    )
+    ai_queues: str = Field(
+        default="ai.decode,ai.infer",
+        description="queues `interop worker` consumes (GPU hosts: ai.infer only)",
+    )
+    ai_cache_dir: str = Field(
+        default="", description="decoded volumes between queues; empty: ./var/ai-cache"
+    )
+    ai_lease_seconds: float = Field(
+        default=120.0, gt=0, description="a running job's lease, renewed while it works"
+    )
+    ai_max_retries: int = Field(default=5, ge=0, description="retries of a transient failure")
+    ai_retry_backoff: float = Field(
+        default=10.0, ge=0, description="first retry delay in seconds, doubled each time"
+    )
+    ai_visibility_timeout: int = Field(
+        default=3600, ge=1, description="seconds before Redis re-delivers an unacknowledged job"
+    )
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -132,6 +163,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path('var').resolve() / 'interop.db'}"
+
+    @property
+    def effective_ai_cache_dir(self) -> str:
+        return self.ai_cache_dir or str(Path("var").resolve() / "ai-cache")
 
     @property
     def effective_base_url(self) -> str:

@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import Connection
 
 from fhir_server.api import bundling
+from fhir_server.api.operations import Operations
 from fhir_server.clock import to_http_date
 from fhir_server.errors import FhirError, bad_request, gone, not_found, precondition_failed
 from fhir_server.search.extract import date_range
@@ -86,6 +87,7 @@ class Context:
     # called inside each write transaction just before it commits (the audit trail records
     # the change in the same transaction, so no change is ever without its AuditEvent)
     before_commit: Callable[[Transaction], None] | None = None
+    operations: Operations = field(default_factory=Operations)  # registered $operations
 
     def compiler(self, strict: bool = False) -> Compiler:
         return Compiler(self.base_url, strict, self.default_count, self.max_count)
@@ -618,6 +620,12 @@ def dispatch(
             return _named(history(ctx, req, res_type, res_id), "history-instance", res_type)
         if n == 4:
             return _named(vread(ctx, req, res_type, res_id, path[3]), "vread", res_type)
+    operation = ctx.operations.find(res_type, third) if n == 3 else None
+    if operation is not None:
+        if method not in operation.methods:
+            return _not_allowed(method, ", ".join(sorted(operation.methods)))
+        _allow(ctx, operation.perm, res_type, res_id)
+        return _named(operation.handler(ctx, req, res_id), "operation", res_type)
     if res_type == "Patient" and n == 3:
         if method != "GET":
             return _not_allowed(method, "GET")

@@ -1,0 +1,83 @@
+"""Wiring for `interop serve`: the AI service, where its jobs run, and its FHIR operations.
+
+With INTEROP_REDIS_URL set, jobs are Celery messages for `interop worker` processes; without
+it (the embedded default) this process runs them on INTEROP_AI_WORKER_THREADS threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from ai_worker.embedded import EmbeddedRunner
+from ai_worker.errors import BadInput
+from ai_worker.operations import register
+from ai_worker.service import AiService
+from fhir_server.api.interactions import Context
+from fhir_server.store.outbox import Change
+
+log = logging.getLogger("interop.ai")
+
+
+class AiRuntime:
+    def __init__(self, settings: Any, ctx: Context) -> None:
+        self.service = AiService(settings, ctx)
+        self.runner: EmbeddedRunner | None = None
+        # the sweeper resubmits jobs nobody works on: a dead process's (lease run out), or
+        # never queued (Redis was down); with Celery only after the broker's own redelivery
+        # would have happened
+        self.sweep_seconds, self.grace_seconds = 30.0, 30.0
+        if settings.redis_url:
+            from ai_worker.celery_app import CelerySubmitter, make_celery
+
+            self.service.submitter = CelerySubmitter(make_celery(settings))
+            self.sweep_seconds = 60.0
+            self.grace_seconds = settings.ai_visibility_timeout + settings.ai_lease_seconds
+        elif settings.ai_worker_threads > 0:
+            self.runner = EmbeddedRunner(self.service, settings.ai_worker_threads)
+            self.service.submitter = self.runner
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        register(ctx.operations, self.service)
+
+    TYPES = frozenset({"ImagingStudy", "Task"})
+
+    def on_change(self, res_type: str, res_id: str, interaction: str) -> None:
+        self.service.on_change(res_type, res_id, interaction)
+
+    def handle(self, change: Change) -> None:
+        """The outbox consumer `ai-trigger` (ImagingStudy and Task changes): at least once,
+        idempotent. Bad input is logged and done with; transient errors raise, so the
+        runner retries the change with backoff."""
+        try:
+            self.service.on_change(change.res_type, change.res_id, change.interaction)
+        except BadInput as exc:
+            log.warning("AI trigger on %s: %s", change.reference, exc)
+
+    def _sweep(self) -> None:
+        while True:
+            try:
+                found = self.service.recover(self.grace_seconds)
+                if found:
+                    log.info("AI sweeper resubmitted %d job(s)", len(found))
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("AI sweeper")
+            if self._stop.wait(self.sweep_seconds):
+                return
+
+    def start(self) -> None:
+        if self.runner is not None:
+            self.runner.start()
+        if self.service.submitter is not None and self._sweeper is None:
+            self._stop.clear()
+            self._sweeper = threading.Thread(target=self._sweep, name="ai-sweeper", daemon=True)
+            self._sweeper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+            self._sweeper = None
+        if self.runner is not None:
+            self.runner.stop()

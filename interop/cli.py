@@ -52,7 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--failed", action="store_true", help="replay every failed message")
     replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    from interop import openemr_cli
+
+    openemr_cli.add_parsers(commands)
+
     args = parser.parse_args(argv)
+    if args.command == "openemr":
+        return openemr_cli.run(args, get_settings())
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
     if args.command == "mllp":
@@ -104,6 +110,10 @@ def _serve(args: argparse.Namespace) -> int:
         from hl7_listener.runner import start_in_thread
 
         start_in_thread(settings)
+    if settings.openemr_url and settings.openemr_sync_interval > 0:
+        from openemr_bridge.runner import start_schedule, store_context
+
+        start_schedule(settings, store_context(settings))
     uvicorn.run(
         "interop.app:create_app_without_migrations",
         factory=True,

@@ -156,6 +156,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.hl7 = hl7
     app.router.routes.extend(hl7_routes(hl7, policy))
     app.router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS)
+    from openemr_bridge.routes import build_bridge
+    from openemr_bridge.routes import routes as openemr_routes
+
+    app.state.openemr_launch = build_bridge(settings, ctx, app.state.auth)
+    app.router.routes.extend(openemr_routes(settings, app.state.openemr_launch))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

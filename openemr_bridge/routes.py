@@ -34,14 +34,20 @@ def public_root(fhir_base: str) -> str:
     return fhir_base[: -len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
 
 
-def build_bridge(settings: Settings, ctx: Context, auth: AuthServer) -> LaunchBridge | None:
+def build_syncer(settings: Settings, ctx: Context) -> Syncer | None:
+    """The syncer the app uses for launches and read-through (None: bridge off or no source)."""
     if not settings.openemr_url:
         return None
-    syncer = None
-    if settings.openemr_username or settings.openemr_source == "db":
-        syncer = Syncer(
-            ctx, setup.source(settings), setup.systems(settings), settings.openemr_page_size
-        )
+    if not (settings.openemr_username or settings.openemr_source == "db"):
+        return None
+    return Syncer(ctx, setup.source(settings), setup.systems(settings), settings.openemr_page_size)
+
+
+def build_bridge(
+    settings: Settings, ctx: Context, auth: AuthServer, syncer: Syncer | None
+) -> LaunchBridge | None:
+    if not settings.openemr_url:
+        return None
     config = setup.config(settings)
     launch_settings = LaunchSettings(
         client_id=settings.openemr_client_id,

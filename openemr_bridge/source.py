@@ -6,12 +6,14 @@ Both give the same row shapes (`patient_data`, `form_encounter`, `form_vitals`, 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from mappers.openemr import PatientRecord
 from openemr_bridge.client import OpenEmrClient
 
 Row = dict[str, Any]
+CACHE_SECONDS = 60.0
 
 
 class Source(Protocol):
@@ -31,6 +33,7 @@ class ApiSource:
     def __init__(self, client: OpenEmrClient) -> None:
         self.client = client
         self._prescriptions: dict[str, list[Row]] | None = None
+        self._fetched = 0.0
 
     def patients(self, limit: int, offset: int) -> list[Row]:
         return self.client.patients(limit=limit, offset=offset, _sort="pid")
@@ -60,14 +63,16 @@ class ApiSource:
         )
 
     def _prescriptions_of(self, pid: str, puuid: str) -> list[Row]:
-        """/api/prescription has no patient filter: fetch once per run, group by patient."""
-        if self._prescriptions is None:
+        """/api/prescription has no patient filter: fetch the list once a minute (a run of the
+        sync reads it once, not per patient) and group it by patient."""
+        if self._prescriptions is None or time.monotonic() - self._fetched > CACHE_SECONDS:
             grouped: dict[str, list[Row]] = {}
             for row in self.client.prescriptions():
                 for key in (row.get("patient_id"), row.get("pid"), row.get("puuid")):
                     if key not in (None, ""):
                         grouped.setdefault(str(key), []).append(row)
             self._prescriptions = grouped
+            self._fetched = time.monotonic()
         seen: dict[int, Row] = {}
         for key in (pid, puuid):
             for row in self._prescriptions.get(key, []) if key else []:

@@ -131,6 +131,7 @@ class Syncer:
         digest = _digest(bundle)
         known = self._known(key)
         if known is not None and known["digest"] == digest and not full and existing is not None:
+            self._touch(key)
             return "unchanged", known["patient_id"]
         response = apply_transaction(self.ctx, bundle)
         versions = _versions(bundle, response)
@@ -177,6 +178,22 @@ class Syncer:
                 conn.execute(update(records).where(records.c.source_key == key).values(**values))
             else:
                 conn.execute(insert(records).values(source_key=key, **values))
+
+    def _touch(self, key: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(records).where(records.c.source_key == key).values(synced=int(time.time()))
+            )
+
+    def synced_at(self, patient_id: str) -> tuple[str, int] | None:
+        """(source key, last sync time) of the OpenEMR patient behind a canonical Patient."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(records.c.source_key, records.c.synced).where(
+                    records.c.patient_id == patient_id
+                )
+            ).first()
+        return (row.source_key, row.synced) if row else None
 
     def get_state(self, name: str) -> str | None:
         with self.engine.connect() as conn:

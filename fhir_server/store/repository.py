@@ -8,6 +8,7 @@ Reads return the stored JSON bytes untouched, so serving a resource never re-par
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -17,13 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, false, or_, select
 
 from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import extract
-from fhir_server.store.models import INDEX_TABLES, outbox, resource_versions, resources
+from fhir_server.store.models import (
+    INDEX_TABLES,
+    idx_token,
+    outbox,
+    resource_versions,
+    resources,
+)
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
 
@@ -207,6 +214,13 @@ class Store:
                 listener(tx.outbox_count)
 
 
+def _lock_key(identity: tuple[str, str | None, str]) -> int:
+    """A stable signed 64-bit key for an advisory lock on (type, system, value); a value
+    with and without its system share the key, since both conditions find the same rows."""
+    digest = hashlib.blake2b(f"{identity[0]}|{identity[2]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def _vread(conn: Connection, res_type: str, res_id: str, version_id: int) -> StoredResource | None:
     row = conn.execute(
         select(V.last_updated, V.deleted, V.body, V.method).where(
@@ -286,6 +300,49 @@ class Transaction:
                             StoredResource(res_type, res_id, row[2], row[3], bool(row[4]), row[5]),
                         )
                     )
+
+    def ids_by_identifier(
+        self, wanted: list[tuple[str, str | None, str]]
+    ) -> dict[tuple[str, str | None, str], list[str]]:
+        """Ids for many `Type?identifier=[system|]value` conditions (system None: any) in one
+        query, as every mapped channel sends a Bundle of them; same rows and semantics as
+        the search compiler."""
+        self.flush()
+        found: dict[tuple[str, str | None, str], list[str]] = {w: [] for w in wanted}
+        if not wanted:
+            return found
+        if self.sql.postgres:
+            # Two transactions creating the same identity at once would both find nothing
+            # and both create: hold a lock per identity (in one global order, so no
+            # deadlock) until commit. SQLite writers are serialised already.
+            keys = sorted({_lock_key(w) for w in wanted})
+            self.conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest(%(keys)s::bigint[]) AS k ORDER BY k",
+                {"keys": keys},
+            )
+        token = idx_token.c
+        query = (
+            select(token.res_type, token.system, token.code, R.res_id)
+            .join(resources, R.pk == token.resource_pk)
+            .where(
+                token.param == "identifier",
+                R.deleted == false(),
+                or_(
+                    *(
+                        and_(token.res_type == t, token.code == v)
+                        if s is None
+                        else and_(token.res_type == t, token.system == s, token.code == v)
+                        for t, s, v in set(wanted)
+                    )
+                ),
+            )
+        )
+        for res_type, system, code, res_id in self.conn.execute(query):
+            for key in ((res_type, system, code), (res_type, None, code)):
+                ids = found.get(key)
+                if ids is not None and res_id not in ids:
+                    ids.append(res_id)
+        return found
 
     def search_ids(self, res_type: str, query: list[tuple[str, str]]) -> list[str]:
         """Ids matching a search, for conditional create/update/delete and references."""

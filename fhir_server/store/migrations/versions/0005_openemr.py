@@ -1,14 +1,14 @@
 """OpenEMR bridge tables (openemr_bridge/models.py) and SSO sessions (smart_auth/models.py)
 
-Revision ID: 0004_openemr
-Revises: 0003_hl7_inbox
+Revision ID: 0005_openemr
+Revises: 0004_outbox_consumers
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_openemr"
-down_revision = "0003_hl7_inbox"
+revision = "0005_openemr"
+down_revision = "0004_outbox_consumers"
 branch_labels = None
 depends_on = None
 

@@ -178,6 +178,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     from openemr_bridge.routes import routes as openemr_routes
 
     app.state.openemr_launch = build_bridge(settings, ctx, app.state.auth, syncer)
+    from openemr_bridge.consumer import register as register_openemr_push
+
+    register_openemr_push(outbox_runner, settings, ctx)
     app.router.routes.extend(openemr_routes(settings, app.state.openemr_launch))
 
     @app.get("/healthz", include_in_schema=False)

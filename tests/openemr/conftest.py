@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from joserfc.jwk import RSAKey
 from simulator import OpenEmrSimulator, ServedSimulator
+from sqlalchemy import text
+from starlette.testclient import TestClient
 
+from fhir_server.store.models import metadata
+from interop.app import create_app
+from interop.settings import Settings
 from openemr_bridge.client import OpenEmrClient
 from openemr_bridge.config import OpenEmrConfig
 
@@ -61,3 +67,41 @@ def oe_config(sim: OpenEmrSimulator, key_file: str) -> OpenEmrConfig:
 def oe(oe_config: OpenEmrConfig) -> Iterator[OpenEmrClient]:
     with OpenEmrClient(oe_config) as client:
         yield client
+
+
+@pytest.fixture
+def bridge_http(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
+    """Factory: our app (auth off) wired to the simulator, tables emptied, in a TestClient."""
+    made: list[Any] = []
+
+    def make(**overrides: Any) -> TestClient:
+        settings = Settings(
+            database_url=database_url,
+            auth="off",
+            base_url="http://testserver/fhir",
+            openemr_url=sim.base,
+            openemr_client_id=CLIENT_ID,
+            openemr_client_secret=CLIENT_SECRET,
+            openemr_username=SERVICE_USER,
+            openemr_password=SERVICE_PASSWORD,
+            **overrides,
+        )
+        app = create_app(settings)
+        engine = app.state.store.engine
+        with engine.begin() as conn:
+            tables = [t for t in metadata.sorted_tables if t.name != "auth_signing_keys"]
+            if engine.dialect.name == "postgresql":
+                names = ", ".join(t.name for t in tables)
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            else:
+                for table in reversed(tables):
+                    conn.execute(table.delete())
+        client = TestClient(app, base_url="http://testserver")
+        client.__enter__()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.__exit__(None, None, None)
+        client.app.state.store.engine.dispose()  # type: ignore[attr-defined]

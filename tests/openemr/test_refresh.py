@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator
-from sqlalchemy import text, update
+from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from fhir_server.store.models import metadata
-from interop.app import create_app
-from interop.settings import Settings
 from openemr_bridge.models import records
 from openemr_bridge.routes import build_syncer
 
 
 @pytest.fixture
-def http(database_url: str, sim: OpenEmrSimulator) -> Iterator[TestClient]:
-    settings = Settings(
-        database_url=database_url,
-        auth="off",
-        base_url="http://testserver/fhir",
-        openemr_url=sim.base,
-        openemr_client_id=CLIENT_ID,
-        openemr_client_secret=CLIENT_SECRET,
-        openemr_username=SERVICE_USER,
-        openemr_password=SERVICE_PASSWORD,
-        openemr_refresh_age=60,
-    )
-    app = create_app(settings)
-    engine = app.state.store.engine
-    with engine.begin() as conn:
-        tables = [t for t in metadata.sorted_tables if t.name != "auth_signing_keys"]
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
-    with TestClient(app, base_url="http://testserver") as client:
-        yield client
-    engine.dispose()
+def http(bridge_http: Any) -> TestClient:
+    return bridge_http(openemr_refresh_age=60)  # type: ignore[no-any-return]
 
 
 def age(client: TestClient, seconds: int) -> None:

@@ -202,6 +202,8 @@ class OpenEmrSimulator:
             Route(f"/apis/{s}/api/patient/{{pid}}/encounter/{{eid}}/vital", self.api_vitals),
             Route(f"/apis/{s}/api/patient/{{pid}}/medication", self.api_medications),
             Route(f"/apis/{s}/api/prescription", self.api_prescriptions),
+            Route("/interface/login/login.php", self.ehr_login, methods=["GET", "POST"]),
+            Route("/interface/patient_file/summary/demographics.php", self.dashboard),
         ]
         app = Starlette(routes=routes)
         sim = self
@@ -214,7 +216,7 @@ class OpenEmrSimulator:
                     await Response("upstream trouble", status)(scope, receive, send)
                     return
                 site = scope["path"].split("/")[2] if scope["path"].count("/") > 2 else ""
-                if site != sim.site:
+                if site != sim.site and not scope["path"].startswith("/interface/"):
                     await JSONResponse(ROUTE_NOT_FOUND, 404)(scope, receive, send)
                     return
             await app(scope, receive, send)
@@ -472,6 +474,38 @@ class OpenEmrSimulator:
                 403,
             )  # fmt: skip
         return info
+
+    # -- the EHR itself: login and the patient dashboard with its SMART app card ---------------
+
+    async def ehr_login(self, request: Request) -> Response:
+        """OpenEMR's login page; the session it opens is the one its authorize endpoint sees."""
+        if request.method == "GET":
+            follow = html.escape(request.query_params.get("next", ""))
+            return HTMLResponse(
+                "<!doctype html><title>OpenEMR Login</title><form method=post>"
+                f'<input type=hidden name=next value="{follow}">'
+                "<input name=authUser><input type=password name=clearPass>"
+                "<button type=submit>Login</button></form>"
+            )
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        user = self.users.get(form.get("authUser", ""))
+        if user is None or user["password"] != form.get("clearPass"):
+            return HTMLResponse("<p>Invalid username or password</p>", 401)
+        session = secrets.token_urlsafe(16)
+        self.sessions[session] = form["authUser"]
+        response = RedirectResponse(form.get("next") or "/interface/main/tabs/main.php", 302)
+        response.set_cookie("OpenEMR", session, httponly=True, secure=True, samesite="none")
+        return response
+
+    async def dashboard(self, request: Request) -> Response:
+        """The patient dashboard: the "SMART Enabled Apps" card opens the app in an iframe."""
+        if self.sessions.get(request.cookies.get("OpenEMR", "")) is None:
+            return HTMLResponse("<p>Not logged in</p>", 401)
+        src = self.launch_url(request.query_params["client_id"], request.query_params["puuid"])
+        return HTMLResponse(
+            "<!doctype html><title>Patient dashboard</title><h1>Dashboard</h1>"
+            f'<iframe id=smart-app width=800 height=600 src="{html.escape(src)}"></iframe>'
+        )
 
     # -- Standard REST API ----------------------------------------------------------------------
 

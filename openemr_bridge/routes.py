@@ -86,6 +86,9 @@ def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
             )
         except LaunchError as exc:
             return error(exc)
+        except Exception:
+            log.exception("OpenEMR launch could not start")
+            return error(LaunchError("Internal error while starting the launch.", 500))
         response = RedirectResponse(started.redirect, 302, framing)
         response.set_cookie(LAUNCH_COOKIE, started.browser, max_age=600, path="/openemr",
                             secure=True, httponly=True, samesite="none")  # fmt: skip
@@ -102,6 +105,9 @@ def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
         except LaunchError as exc:
             log.warning("OpenEMR launch failed: %s", exc)
             return error(exc)
+        except Exception:
+            log.exception("OpenEMR launch could not finish")
+            return error(LaunchError("Internal error while finishing the launch.", 500))
         log.info("OpenEMR launch for %s into Patient/%s", done.username, done.patient_id)
         response = RedirectResponse(done.redirect, 302, framing)
         response.delete_cookie(

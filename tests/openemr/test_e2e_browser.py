@@ -124,7 +124,7 @@ class Chromium:
         page = next(t for t in targets if t["type"] == "page")
         from websockets.sync.client import connect
 
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None).__enter__()
         self.next_id = 0
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def test_clinician_signs_in_to_openemr_only_and_the_app_reads_imaging(
             f"document.querySelector('input[name=clearPass]').value = {json.dumps(CLINICIAN_PASSWORD)};"
             "document.querySelector('form').submit(); true"
         )  # the only sign-in: at OpenEMR
-        deadline = time.time() + 45
+        deadline = time.time() + 90
         while not reports and time.time() < deadline:
             time.sleep(0.2)
         assert reports, (

@@ -166,6 +166,7 @@ def test_launch_from_openemr_signs_in_once_and_the_app_reads_our_data(
             },
         ).json()
         patient_id = token["patient"]
+        assert token["access_token"] not in sim.tokens  # OpenEMR's tokens never reach the app
         assert token["encounter"]
         bearer = {"Authorization": f"Bearer {token['access_token']}"}
         read = browser.get(f"/fhir/Patient/{patient_id}", headers=bearer)

@@ -40,7 +40,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from openemr_bridge import setup
     from openemr_bridge.runner import run_sync, store_context
+
+    setup.config(settings)  # a missing setting is reported before the database is touched
 
     show = sys.stderr.isatty() and not args.json
 

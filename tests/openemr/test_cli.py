@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,8 +65,9 @@ def test_sync_pending_push(
 
 
 def test_sync_without_configuration_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("INTEROP_DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
     monkeypatch.setenv("INTEROP_OPENEMR_URL", "")
     get_settings.cache_clear()
     try:
@@ -73,6 +75,7 @@ def test_sync_without_configuration_is_a_clear_error(
     finally:
         get_settings.cache_clear()
     assert "INTEROP_OPENEMR_URL" in capsys.readouterr().err
+    assert not (tmp_path / "unused.db").exists()
 
 
 def test_failure_summary_names_the_patient_never_the_password(

@@ -88,3 +88,52 @@ def test_failure_summary_names_the_patient_never_the_password(
     assert code == 1
     assert "unsupported_grant_type" in captured.err
     assert SERVICE_PASSWORD not in captured.err + captured.out
+
+
+def test_push_command(
+    env: None, sim: OpenEmrSimulator, app: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from starlette.testclient import TestClient
+
+    with TestClient(app, base_url="http://testserver") as http:
+        body = {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:9", "value": "Q1"}],
+            "name": [{"family": "Okafor", "given": ["Ada"]}],
+            "birthDate": "1990-05-06",
+        }
+        patient_id = http.post("/fhir/Patient", json=body).json()["id"]
+    code, result = run(capsys, "openemr", "push", patient_id, "--json")
+    assert (code, result["status"]) == (0, "created")
+    assert sim.patients[result["uuid"]]["pubpid"] == "Q1"
+    code, result = run(capsys, "openemr", "push", patient_id, "--json")
+    assert (code, result["status"]) == (0, "known")
+
+
+def test_scheduled_sync(env: None, sim: OpenEmrSimulator, app: Any) -> None:
+    import threading
+    import time
+
+    from openemr_bridge.runner import start_schedule, store_context
+
+    sim.add_patient(fname="A", lname="Lee", DOB="1980-01-02", sex="Male")
+    settings = get_settings().model_copy(update={"openemr_sync_interval": 1})
+    stop = threading.Event()
+    ctx = store_context(settings)
+    thread = start_schedule(settings, ctx, stop)
+    assert thread is not None
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with app.state.store.engine.connect() as conn:
+                from sqlalchemy import text
+
+                if conn.execute(text("SELECT COUNT(*) FROM openemr_records")).scalar():
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the scheduled sync never ran")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert start_schedule(settings.model_copy(update={"openemr_sync_interval": 0}), ctx) is None

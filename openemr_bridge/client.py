@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -44,11 +43,11 @@ class OpenEmrClient:
     ) -> None:
         self.config = config
         self.sleep = sleep
-        verify: ssl.SSLContext | bool = config.verify_tls
-        if config.ca_bundle:  # a private CA: verification stays on, against that bundle
-            verify = ssl.create_default_context(cafile=config.ca_bundle)
         self.http = httpx.Client(
-            timeout=config.timeout, verify=verify, transport=transport, follow_redirects=False
+            timeout=config.timeout,
+            verify=config.tls_verify(),
+            transport=transport,
+            follow_redirects=False,
         )
         self.tokens = TokenCache(config, self._post_token_form, clock)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from mappers.openemr import Systems
@@ -31,6 +32,12 @@ class OpenEmrConfig:
     retries: int = 3
     backoff: float = 0.5
     systems: Systems = field(default_factory=Systems.for_site)
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """On by default; a configured CA bundle (a private CA) keeps it on, against that CA."""
+        if self.ca_bundle:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        return self.verify_tls
 
     @property
     def root(self) -> str:

@@ -8,6 +8,7 @@ http://localhost as secure too), no frame-blocking header is sent, and a Content
 from __future__ import annotations
 
 import logging
+from html import escape
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
@@ -58,7 +59,7 @@ def build_bridge(
         roles=settings.openemr_roles,
         systems=setup.systems(settings),
         session_seconds=settings.auth_launch_seconds,
-        verify=config.ca_bundle or config.verify_tls,
+        verify=config.tls_verify(),
         timeout=config.timeout,
     )
     return LaunchBridge(launch_settings, auth, ctx, syncer)
@@ -73,7 +74,7 @@ def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
 
     def error(exc: LaunchError) -> Response:
         return HTMLResponse(
-            page("Cannot open the app", f"<p>{_escape(str(exc))}</p>"), exc.status, framing
+            page("Cannot open the app", f"<p>{escape(str(exc))}</p>"), exc.status, framing
         )
 
     async def launch(request: Request) -> Response:
@@ -118,9 +119,3 @@ def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
         return response
 
     return [Route("/openemr/launch", launch), Route("/openemr/callback", callback)]
-
-
-def _escape(text: str) -> str:
-    from html import escape
-
-    return escape(text)

@@ -49,14 +49,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
 
     def progress(summary: Any) -> None:
         if show:
-            print(
-                f"\rsynced {summary.total} patients: {summary.created} created, "
-                f"{summary.updated} updated, {summary.unchanged} unchanged, "
-                f"{summary.failed} failed",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            print("\r" + progress_line(summary), end="", file=sys.stderr, flush=True)
 
     summary = run_sync(settings, store_context(settings), args.full, args.patient, progress)
     if show:
@@ -71,6 +64,20 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         for key, reason in summary.reasons.items():
             print(f"  failed {key}: {reason}")
     return 0 if summary.failed == 0 else 1
+
+
+def progress_line(summary: Any, width: int = 30) -> str:
+    """A bar when the source knows how many patients there are, else a running count."""
+    counts = (
+        f"{summary.created} created, {summary.updated} updated, "
+        f"{summary.unchanged} unchanged, {summary.failed} failed"
+    )
+    if summary.expected:
+        done = min(summary.total, summary.expected)
+        filled = width * done // summary.expected
+        bar = "#" * filled + "." * (width - filled)
+        return f"[{bar}] {done}/{summary.expected} patients ({counts})"
+    return f"{summary.total} patients ({counts})"
 
 
 def _pending(args: argparse.Namespace, settings: Settings) -> int:

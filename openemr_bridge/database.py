@@ -51,6 +51,10 @@ class DbSource:
                 )
             )
 
+    def total(self) -> int | None:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM patient_data")).scalar() or 0)
+
     def patient(self, key: str) -> Row | None:
         params: dict[str, Any]
         if key.startswith("pid:"):

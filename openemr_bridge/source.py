@@ -26,6 +26,9 @@ class Source(Protocol):
     def record(self, patient: Row) -> PatientRecord:
         """The patient and every clinical row the bridge maps."""
 
+    def total(self) -> int | None:
+        """How many patients there are, when the source can tell cheaply (for a progress bar)."""
+
 
 class ApiSource:
     """The Standard REST API, with the service user's token."""
@@ -37,6 +40,9 @@ class ApiSource:
 
     def patients(self, limit: int, offset: int) -> list[Row]:
         return self.client.patients(limit=limit, offset=offset, _sort="pid")
+
+    def total(self) -> int | None:
+        return None  # OpenEMR's patient search gives no total
 
     def patient(self, key: str) -> Row | None:
         if key.startswith("pid:"):

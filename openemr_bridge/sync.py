@@ -41,6 +41,7 @@ class Summary:
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    expected: int | None = None  # patients in OpenEMR, when the source can tell
     reasons: dict[str, str] = field(default_factory=dict)  # patient key -> why it failed
     patients: dict[str, str] = field(default_factory=dict)  # patient key -> canonical id
 
@@ -78,8 +79,9 @@ class Syncer:
 
     def run(self, full: bool = False, progress: Progress | None = None) -> Summary:
         """Every patient, page by page (`_limit`/`_offset`), resuming an interrupted run."""
-        summary = Summary()
         offset = 0 if full else int(self.get_state(OFFSET_KEY) or 0)
+        total = self.source.total()
+        summary = Summary(expected=None if total is None else max(total - offset, 0))
         while True:
             page = self.source.patients(self.page_size, offset)
             for row in page:

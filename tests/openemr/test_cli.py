@@ -137,3 +137,14 @@ def test_scheduled_sync(env: None, sim: OpenEmrSimulator, app: Any) -> None:
         stop.set()
         thread.join(10)
     assert start_schedule(settings.model_copy(update={"openemr_sync_interval": 0}), ctx) is None
+
+
+def test_progress_line() -> None:
+    from interop.openemr_cli import progress_line
+    from openemr_bridge.sync import Summary
+
+    summary = Summary(created=2, unchanged=3, expected=10)
+    assert progress_line(summary, width=10) == (
+        "[#####.....] 5/10 patients (2 created, 0 updated, 3 unchanged, 0 failed)"
+    )
+    assert progress_line(Summary(created=1)).startswith("1 patients (1 created")

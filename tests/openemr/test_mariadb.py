@@ -141,6 +141,7 @@ def test_initial_load_from_the_database(
     ctx = client.app.state.context  # type: ignore[attr-defined]
     summary = Syncer(ctx, DbSource(url), SYSTEMS, page_size=5).run()
     assert (summary.created, summary.failed) == (loaded["count"], 0), summary.reasons
+    assert summary.expected == loaded["count"]  # the database can tell: a real progress bar
     total = client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"]
     assert total == loaded["count"]
     perez = client.get(

@@ -108,6 +108,16 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"
         )
 
+    from openemr_bridge.refresh import ReadThrough
+    from openemr_bridge.routes import build_syncer
+
+    syncer = build_syncer(settings, ctx)
+    read_through = (
+        ReadThrough(syncer, settings.openemr_refresh_age)
+        if syncer is not None and settings.openemr_refresh_age > 0
+        else None
+    )
+
     async def fhir_endpoint(request: Request) -> Response:
         started = time.perf_counter()
         path = request.path_params.get("path", "").split("/")
@@ -125,6 +135,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
+            if read_through is not None and request.method == "GET" and len(path) == 2:
+                await run_in_threadpool(read_through.before_read, path[0], path[1])
             if audit is not None and request.method not in ("GET", "HEAD"):
                 parts = [p for p in path if p]
                 change = Interaction(
@@ -199,6 +211,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         from dicomweb_bridge.http import routes as imaging_routes
 
         app.router.routes.extend(imaging_routes(app, imaging))
+    from openemr_bridge.routes import build_bridge
+    from openemr_bridge.routes import routes as openemr_routes
+
+    app.state.openemr_launch = build_bridge(settings, ctx, app.state.auth, syncer)
+    from openemr_bridge.consumer import register as register_openemr_push
+
+    register_openemr_push(outbox_runner, settings, ctx)
+    app.router.routes.extend(openemr_routes(settings, app.state.openemr_launch))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -77,11 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = ai_commands.add_parser("models", help="list the installed model plugins")
     models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    from interop import openemr_cli
+
+    openemr_cli.add_parsers(commands)
+
     args = parser.parse_args(argv)
     if args.command == "worker":
         return _worker(args)
     if args.command == "ai":
         return _ai(args)
+    if args.command == "openemr":
+        return openemr_cli.run(args, get_settings())
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
     if args.command == "mllp":
@@ -148,6 +154,10 @@ def _serve(args: argparse.Namespace) -> int:
     from dicomweb_bridge.runner import start as start_imaging
 
     imaging = start_imaging(settings)
+    if settings.openemr_url and settings.openemr_sync_interval > 0:
+        from openemr_bridge.runner import start_schedule, store_context
+
+        start_schedule(settings, store_context(settings))
     try:
         uvicorn.run(
             "interop.app:create_app_without_migrations",

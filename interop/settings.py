@@ -121,6 +121,49 @@ class Settings(BaseSettings):
     openemr_username: str = Field(default="", description="OpenEMR service user")
     openemr_password: SecretStr = Field(default=SecretStr(""), description="its password")
     openemr_private_key: str = Field(default="", description="PEM file for private_key_jwt")
+    openemr_ca_bundle: str = Field(default="", description="PEM CA bundle to verify OpenEMR's TLS")
+    openemr_verify_tls: bool = Field(default=True, description="verify OpenEMR's TLS certificate")
+    openemr_timeout: float = Field(default=30.0, gt=0, description="seconds per OpenEMR request")
+    openemr_retries: int = Field(default=3, ge=0, description="retries on 5xx / connection errors")
+    openemr_pid_system: str = Field(
+        default="", description="identifier system of OpenEMR pid; empty: urn:openemr:{site}:pid"
+    )
+    openemr_uuid_system: str = Field(
+        default="", description="identifier system of OpenEMR uuid; empty: urn:openemr:{site}:uuid"
+    )
+    openemr_mrn_system: str = Field(
+        default="", description="identifier system of pubpid (MRN); empty: urn:openemr:{site}:mrn"
+    )
+    openemr_time_zone: str = Field(default="UTC", description="zone of OpenEMR's local times")
+    openemr_source: Literal["api", "db"] = Field(
+        default="api", description="sync from the REST API or read MariaDB directly"
+    )
+    openemr_db_url: str = Field(
+        default="", description="read-only MariaDB URL for source db (mysql+pymysql://...)"
+    )
+    openemr_page_size: int = Field(default=100, ge=1, le=1000, description="patients per page")
+    openemr_sync_interval: int = Field(
+        default=0, ge=0, description="seconds between scheduled syncs in `serve`; 0: off"
+    )
+    openemr_push: bool = Field(
+        default=True, description="create new canonical Patients in OpenEMR (outbox consumer)"
+    )
+    openemr_refresh_age: int = Field(
+        default=0, ge=0, description="re-read an OpenEMR Patient older than this (s); 0: off"
+    )
+    openemr_launch_client: str = Field(
+        default="", description="client_id of the hosted app /openemr/launch starts"
+    )
+    openemr_allowed_iss: list[str] = Field(
+        default_factory=list, description="iss values /openemr/launch accepts (JSON); empty: ours"
+    )
+    openemr_frame_origins: list[str] = Field(
+        default_factory=list, description="origins allowed to frame the launch pages; empty: ours"
+    )
+    openemr_roles: dict[str, str] = Field(
+        default_factory=lambda: {"Practitioner": "physician", "Person": "nurse"},
+        description="OpenEMR user type (fhirUser resource type) -> local role (JSON)",
+    )
 
     ai_rules: list[dict[str, Any]] = Field(
         default_factory=list,

@@ -26,6 +26,7 @@ from smart_auth.server import AuthServer
 
 REQUEST_SECONDS = 600
 CSRF_COOKIE = "interop_auth_csrf"
+SESSION_COOKIE = "interop_sso"  # set by a trusted broker (openemr_bridge), path /auth
 
 
 class AuthorizeFlow:
@@ -36,7 +37,7 @@ class AuthorizeFlow:
 
     # -- GET/POST /auth/authorize -------------------------------------------------------------
 
-    def start(self, params: dict[str, str]) -> Response:
+    def start(self, params: dict[str, str], session: str | None = None) -> Response:
         client = self.server.registry.client(params.get("client_id", ""))
         if client is None:
             return _page_error("Unknown client_id; the app is not registered here.")
@@ -77,6 +78,9 @@ class AuthorizeFlow:
             launch_user = launch.username
         elif params.get("launch"):
             return fail("invalid_scope", "A launch parameter needs the launch scope")
+        sso_user = self.server.session_user(session or "", client.client_id)
+        if sso_user and launch_user == sso_user:
+            return self._signed_on(client, params, scope, context, sso_user)
         request_id = secrets.token_urlsafe(24)
         with self.engine.begin() as conn:
             conn.execute(
@@ -234,6 +238,21 @@ class AuthorizeFlow:
         )
         self._forget(pending["request_id"])
         return _redirect(params["redirect_uri"], {"code": code, "state": params["state"]})
+
+    def _signed_on(
+        self, client: Any, params: dict[str, str], scope: list[str], context: dict[str, Any],
+        username: str,
+    ) -> Response:  # fmt: skip
+        """An EHR launch made by a broker for the user of this browser's session: the user
+        signed in (and chose the app) in the EHR, so neither login nor consent is shown."""
+        user = self.server.registry.user(username)
+        if user is None:
+            return _page_error("The signed-in user no longer exists.", 400)
+        context = dict(context, fhirUser=user.fhir_user, role=user.role)
+        code = self.server.issue_code(
+            client, params["redirect_uri"], scope, params.get("code_challenge"), username, context
+        )
+        return _redirect(params["redirect_uri"], {"code": code, "state": params.get("state")})
 
     # -- helpers ------------------------------------------------------------------------------
 

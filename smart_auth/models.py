@@ -116,3 +116,12 @@ revoked_tokens = Table(
     Column("jti", String(64), primary_key=True),
     Column("expires", BigInteger, nullable=False),
 )
+
+sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("username", String(128), nullable=False),
+    Column("client_id", String(128), nullable=False, doc="the app the session may authorize"),
+    Column("expires", BigInteger, nullable=False),
+)

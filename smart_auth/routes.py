@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from smart_auth import discovery
-from smart_auth.authorize import CSRF_COOKIE, AuthorizeFlow
+from smart_auth.authorize import CSRF_COOKIE, SESSION_COOKIE, AuthorizeFlow
 from smart_auth.errors import NO_STORE, OAuthError, invalid_client, invalid_request
 from smart_auth.pages import page
 from smart_auth.registry import RegistryError
@@ -86,7 +86,7 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
             params = _fields(await _form(request))
         else:
             params = _clean(dict(request.query_params))
-        return await run_in_threadpool(flow.start, params)
+        return await run_in_threadpool(flow.start, params, request.cookies.get(SESSION_COOKIE))
 
     def form_page(
         show: Callable[[str], Response], submit: Callable[[dict[str, str], str | None], Response]

@@ -22,7 +22,7 @@ from smart_auth.config import AuthConfig
 from smart_auth.errors import OAuthError, invalid_client, invalid_grant, invalid_request
 from smart_auth.hashing import new_token, token_hash
 from smart_auth.keys import KeyStore
-from smart_auth.models import authorization_codes, launch_contexts, refresh_tokens
+from smart_auth.models import authorization_codes, launch_contexts, refresh_tokens, sessions
 from smart_auth.registry import Client, Registry
 from smart_auth.tokens import TokenService
 
@@ -139,6 +139,38 @@ class AuthServer:
         if not taken:
             return None
         return Launch(row.patient, row.encounter, row.username, row.intent)
+
+    # -- single sign-on sessions --------------------------------------------------------------
+
+    def open_session(self, username: str, client_id: str, seconds: int) -> str:
+        """A browser session for one user and one app, opened by a trusted broker (the OpenEMR
+        launch bridge) after the user signed in elsewhere: /auth/authorize then asks for no
+        second login. Only the hash is stored; the cookie carries the token."""
+        token = new_token(32)
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            conn.execute(sessions.delete().where(sessions.c.expires < now))
+            conn.execute(
+                insert(sessions).values(
+                    session_hash=token_hash(token),
+                    username=username,
+                    client_id=client_id,
+                    expires=now + seconds,
+                )
+            )
+        return token
+
+    def session_user(self, token: str, client_id: str) -> str | None:
+        """The user of a live session opened for this app, or None."""
+        if not token or len(token) > 128:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(sessions).where(sessions.c.session_hash == token_hash(token))
+            ).first()
+        if row is None or row.expires < time.time() or row.client_id != client_id:
+            return None
+        return str(row.username)
 
     # -- authorization codes ------------------------------------------------------------------
 

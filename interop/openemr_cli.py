@@ -1,0 +1,116 @@
+"""`interop openemr sync|pending|push`: the operator's side of the OpenEMR bridge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from interop.settings import Settings
+
+
+def add_parsers(commands: Any) -> None:
+    oe = commands.add_parser("openemr", help="the OpenEMR bridge")
+    oe_commands = oe.add_subparsers(dest="openemr_command", required=True)
+    sync = oe_commands.add_parser("sync", help="OpenEMR -> this server, through the write path")
+    sync.add_argument("--full", action="store_true", help="re-apply every patient from the start")
+    sync.add_argument("--patient", help="only this OpenEMR patient (uuid, or pid:N)")
+    sync.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    pending = oe_commands.add_parser("pending", help="patients that could not be created there")
+    pending.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    push = oe_commands.add_parser("push", help="create one canonical Patient in OpenEMR now")
+    push.add_argument("patient", help="canonical Patient id")
+    push.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from openemr_bridge.errors import OpenEmrError
+    from openemr_bridge.setup import NotConfigured
+
+    try:
+        if args.openemr_command == "sync":
+            return _sync(args, settings)
+        if args.openemr_command == "pending":
+            return _pending(args, settings)
+        return _push(args, settings)
+    except (NotConfigured, OpenEmrError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from openemr_bridge import setup
+    from openemr_bridge.runner import run_sync, store_context
+
+    setup.config(settings)  # a missing setting is reported before the database is touched
+
+    show = sys.stderr.isatty() and not args.json
+
+    def progress(summary: Any) -> None:
+        if show:
+            print("\r" + progress_line(summary), end="", file=sys.stderr, flush=True)
+
+    summary = run_sync(settings, store_context(settings), args.full, args.patient, progress)
+    if show:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.as_json()))
+    else:
+        print(
+            f"{summary.created} created, {summary.updated} updated, "
+            f"{summary.unchanged} unchanged, {summary.failed} failed"
+        )
+        for key, reason in summary.reasons.items():
+            print(f"  failed {key}: {reason}")
+    return 0 if summary.failed == 0 else 1
+
+
+def progress_line(summary: Any, width: int = 30) -> str:
+    """A bar when the source knows how many patients there are, else a running count."""
+    counts = (
+        f"{summary.created} created, {summary.updated} updated, "
+        f"{summary.unchanged} unchanged, {summary.failed} failed"
+    )
+    if summary.expected:
+        done = min(summary.total, summary.expected)
+        filled = width * done // summary.expected
+        bar = "#" * filled + "." * (width - filled)
+        return f"[{bar}] {done}/{summary.expected} patients ({counts})"
+    return f"{summary.total} patients ({counts})"
+
+
+def _pending(args: argparse.Namespace, settings: Settings) -> int:
+    from openemr_bridge.push import pending
+    from openemr_bridge.runner import store_context
+
+    rows = pending(store_context(settings))
+    if args.json:
+        print(json.dumps({"pending": rows}))
+    else:
+        for row in rows:
+            print(f"Patient/{row['id']}  {row['name']} ({row['birthDate']})  {row['reason']}")
+        print(f"{len(rows)} patient(s) waiting for data before they can be created in OpenEMR")
+    return 0
+
+
+def _push(args: argparse.Namespace, settings: Settings) -> int:
+    from openemr_bridge import setup
+    from openemr_bridge.push import push_patient
+    from openemr_bridge.runner import store_context
+
+    with setup.client(settings) as client:
+        result = push_patient(
+            store_context(settings), client, setup.systems(settings), args.patient
+        )
+    payload = {
+        "status": result.status,
+        "pid": result.pid,
+        "uuid": result.uuid,
+        "reason": result.reason,
+    }
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in payload.items() if v))
+    return 0 if result.status in ("created", "linked", "known") else 1

@@ -1,0 +1,56 @@
+"""The bridge's view of the operator's settings (interop/settings.py holds the names)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+from mappers.openemr import Systems
+
+API_SCOPE = (
+    "openid offline_access api:oemr user/patient.crus user/encounter.rs user/vital.rs "
+    "user/medical_problem.rs user/allergy.rs user/medication.rs user/prescription.rs"
+)
+SYSTEM_SCOPE = "system/Patient.rs system/Encounter.rs system/Observation.rs"
+LAUNCH_SCOPE = "openid fhirUser launch api:fhir user/Patient.rs user/Practitioner.rs"
+
+
+@dataclass
+class OpenEmrConfig:
+    base_url: str
+    site: str = "default"
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    private_key: str = ""  # PEM file for private_key_jwt
+    api_scope: str = API_SCOPE
+    system_scope: str = SYSTEM_SCOPE
+    ca_bundle: str = ""
+    verify_tls: bool = True
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.5
+    systems: Systems = field(default_factory=Systems.for_site)
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """On by default; a configured CA bundle (a private CA) keeps it on, against that CA."""
+        if self.ca_bundle:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        return self.verify_tls
+
+    @property
+    def root(self) -> str:
+        return self.base_url.rstrip("/")
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.root}/oauth2/{self.site}/token"
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.root}/apis/{self.site}/api"
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.root}/apis/{self.site}/fhir"

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -18,11 +19,13 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from fhir_server import metrics
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
+from fhir_server.bulk.config import BulkConfig
+from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store
@@ -59,7 +62,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         upgrade(engine)
     store = Store(engine, base_url)
     store.statistics.refresh_in_background()
-    ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
+    bulk = BulkService.embedded(store, bulk_config(settings), base_url, settings.auth_enabled)
+    ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size, bulk=bulk)
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
 
@@ -68,7 +72,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         # As many request threads as pooled connections: more threads only queue for a
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        bulk.start()
         yield
+        bulk.close()
         if audit is not None:
             await run_in_threadpool(audit.close)
         engine.dispose()
@@ -104,6 +110,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         )
         interaction, res_type = "unknown", ""
         grant = None
+        stream, media_type = None, FHIR_JSON
         try:
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
@@ -113,6 +120,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             )
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
+            stream, media_type = response.stream, response.media_type or FHIR_JSON
         except FhirError as exc:
             status, body, headers = exc.status, orjson.dumps(exc.outcome()), exc.headers
         except Exception:
@@ -146,8 +154,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         metrics.REQUESTS.inc((interaction, res_type, str(status)))
         metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
         if request.method == "HEAD":
-            body = None
-        return Response(body, status, headers, media_type=FHIR_JSON if body is not None else None)
+            body, stream = None, None
+        if stream is not None:
+            return StreamingResponse(stream, status, headers, media_type=media_type)
+        return Response(body, status, headers, media_type=media_type if body is not None else None)
 
     app.router.add_route("/fhir", fhir_endpoint, methods=METHODS)
     hl7 = Processor(
@@ -202,6 +212,17 @@ def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
         tail = location.split(f"/{parts[0]}/", 1)[-1]
         return tail.split("/", 1)[0] or None
     return None
+
+
+def bulk_config(settings: Settings) -> BulkConfig:
+    """The bulk jobs' view of the operator's settings."""
+    return BulkConfig(
+        directory=Path(settings.effective_bulk_dir),
+        max_file_bytes=settings.bulk_max_file_mb * 1024 * 1024,
+        retention_seconds=settings.bulk_retention_seconds,
+        workers=settings.bulk_workers,
+        import_batch=settings.bulk_import_batch,
+    )
 
 
 def auth_config(settings: Settings) -> AuthConfig:

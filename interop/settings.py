@@ -83,6 +83,19 @@ class Settings(BaseSettings):
     hl7_authorities: dict[str, str] = Field(
         default_factory=dict, description="PID-3.4 assigning authority -> identifier system (JSON)"
     )
+    bulk_dir: str = Field(
+        default="", description="folder for bulk export/import files; empty: ./var/bulk"
+    )
+    bulk_max_file_mb: int = Field(
+        default=256, ge=1, description="an export NDJSON file is split at this size (MiB)"
+    )
+    bulk_retention_seconds: int = Field(
+        default=86400, ge=0, description="finished bulk jobs and their files are kept this long"
+    )
+    bulk_workers: int = Field(default=2, ge=1, description="bulk jobs run at once in-process")
+    bulk_import_batch: int = Field(
+        default=500, ge=1, le=10000, description="resources per transaction during $import"
+    )
     redis_url: str = Field(default="", description="Celery broker; empty means in-process runner")
     dicomweb_url: str = Field(
         default="", description="DICOMweb root of the PACS; empty: imaging off"
@@ -108,6 +121,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path('var').resolve() / 'interop.db'}"
+
+    @property
+    def effective_bulk_dir(self) -> str:
+        return self.bulk_dir or str(Path("var").resolve() / "bulk")
 
     @property
     def effective_base_url(self) -> str:

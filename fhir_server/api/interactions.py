@@ -7,7 +7,7 @@ OperationOutcome in one place (the ASGI app, or the Bundle response entry).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from fhir_server.store.repository import Store, StoredResource, Transaction, his
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
+    from fhir_server.bulk.service import BulkService
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -71,6 +72,8 @@ class FhirResponse:
     resource: dict[str, Any] | None = None  # set when a Bundle entry needs the parsed resource
     interaction: str = ""
     res_type: str = ""
+    stream: Iterable[bytes] | None = None  # a large body (bulk files) sent chunk by chunk
+    media_type: str | None = None  # when not application/fhir+json
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Context:
     max_count: int = 1000
     tx: Transaction | None = None
     access: Access | None = None  # the caller's authorization (fhir_server.api.access)
+    bulk: BulkService | None = None  # $export / $import jobs (fhir_server.bulk)
 
     def compiler(self, strict: bool = False) -> Compiler:
         return Compiler(self.base_url, strict, self.default_count, self.max_count)
@@ -525,6 +529,12 @@ def dispatch(
 
             return process_bundle(ctx, req, capability)
         return _not_allowed(method, "POST")
+    if path[0].startswith("$") or path[-1] == "$export":
+        from fhir_server.bulk.operations import route
+
+        routed = route(ctx, req, path)
+        if routed is not None:
+            return routed
     res_type = path[0]
     if res_type == "metadata" and n == 1:
         if method != "GET" or capability is None:

@@ -15,4 +15,3 @@ class BulkConfig:
     import_batch: int = 500  # resources per transaction during $import
     retry_after: int = 2  # seconds a client is asked to wait between status polls
     fetch_timeout: float = 60.0  # seconds per read of an $import source URL
-    allow_private_sources: bool = True  # $import may fetch from private/loopback addresses

@@ -64,3 +64,16 @@ def test_a_patient_confined_token_cannot_export(auth_api: TestClient) -> None:
         "/fhir/$export?_type=Observation", headers={**ASYNC, "Authorization": f"Bearer {token}"}
     )
     assert response.status_code == 403
+
+
+def test_import_needs_backend_write_scopes(auth_api: TestClient) -> None:
+    body = {"input": [{"type": "Patient", "url": "http://127.0.0.1:9/Patient.ndjson"}]}
+    reader = backend_token(auth_api, "system/Patient.rs")
+    headers = {**ASYNC, "Authorization": f"Bearer {reader}"}
+    assert auth_api.post("/fhir/$import", json=body, headers=headers).status_code == 403
+    writer = backend_token(auth_api, "system/Patient.cu")
+    headers = {**ASYNC, "Authorization": f"Bearer {writer}"}
+    kick = auth_api.post("/fhir/$import", json=body, headers=headers)
+    assert kick.status_code == 202, kick.text
+    untyped = {"input": [{"url": "http://127.0.0.1:9/all.ndjson"}]}
+    assert auth_api.post("/fhir/$import", json=untyped, headers=headers).status_code == 403

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -69,6 +70,14 @@ class InboxRow:
         }
 
 
+def parse_time(text: str) -> int:
+    """An ISO date or date-time (no offset = UTC) -> epoch microseconds; ValueError if not."""
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
 def _row(r: Any) -> InboxRow:
     return InboxRow(
         r.pk, r.raw, r.sender, r.control_id, r.message_type, r.version, r.received_at,
@@ -131,9 +140,15 @@ class Inbox:
 
     def list(
         self, status: str | None = None, mtype: str | None = None, sender: str | None = None,
-        limit: int = 50, offset: int = 0,
+        limit: int = 50, offset: int = 0, since: int | None = None, until: int | None = None,
     ) -> list[InboxRow]:  # fmt: skip
+        """Newest first; since/until bound the received time (epoch microseconds, until
+        exclusive)."""
         q = select(hl7_messages).order_by(hl7_messages.c.pk.desc()).limit(limit).offset(offset)
+        if since is not None:
+            q = q.where(hl7_messages.c.received_at >= since)
+        if until is not None:
+            q = q.where(hl7_messages.c.received_at < until)
         if status:
             q = q.where(hl7_messages.c.status == status)
         if mtype:

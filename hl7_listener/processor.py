@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fhir_server.api.bundles import apply_transaction
@@ -16,6 +16,26 @@ from mappers.hl7v2.mapping import SUPPORTED, MappingError, UnsupportedMessage
 from mappers.hl7v2.parser import Message
 
 log = logging.getLogger("interop.hl7")
+
+
+@dataclass
+class Reply:
+    """What to answer a message with.
+
+    `ack` goes back at once (None when MSH-15 asks for no accept ACK); `followup`, in
+    enhanced mode, maps the stored message and returns the application ACK that MSH-16
+    asks for (or None), sent after the accept ACK on the same connection.
+    """
+
+    ack: bytes | None
+    pk: int | None
+    followup: Callable[[], bytes | None] | None = None
+
+
+def wanted(condition: str, positive: bool) -> bool:
+    """MSH-15/16 (HL7 table 0155): AL always, NE never, ER on errors, SU on success.
+    Empty in enhanced mode counts as AL."""
+    return {"NE": False, "ER": not positive, "SU": positive}.get(condition, True)
 
 
 @dataclass
@@ -31,8 +51,8 @@ class Processor:
     # for one identifier); applying one bundle at a time keeps identities unique.
     _apply_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def handle(self, raw: bytes, peer: str = "") -> tuple[bytes, int | None]:
-        """Returns the ACK bytes and the inbox id; never raises for bad input."""
+    def handle(self, raw: bytes, peer: str = "") -> Reply:
+        """Store, then acknowledge (and map) by the message's rules; never raises for bad input."""
         try:
             msg = parse(raw)
         except (ParseError, IndexError) as exc:
@@ -40,36 +60,67 @@ class Processor:
                 pk = self.inbox.store(raw, peer or "unknown", "", "", "")
             except Exception:
                 log.exception("inbox unavailable")
-                return build_ack(None, "AR", "cannot store message now, resend later"), None
+                return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
             ack = build_ack(None, "AR", str(exc), "102")
             self.inbox.finish(pk, "failed", ack, str(exc))
-            return ack, pk
-        enhanced = bool(msg.msh.get(15) or msg.msh.get(16))
+            return Reply(ack, pk)
+        accept, application = msg.msh.get(15).upper(), msg.msh.get(16).upper()
+        enhanced = bool(accept or application)
         ok, err, rej = ("CA", "CE", "CR") if enhanced else ("AA", "AE", "AR")
+
+        def answer(ack: bytes, positive: bool) -> bytes | None:
+            return ack if not enhanced or wanted(accept, positive) else None
+
         sender = f"{msg.msh.get(3)}^{msg.msh.get(4)}"
         try:
             original = self.inbox.find_original(sender, msg.control_id)
             pk = self.inbox.store(raw, sender, msg.control_id, msg.message_type, msg.version)
         except Exception:
             log.exception("inbox unavailable")
-            return build_ack(msg, rej, "cannot store message now, resend later", "207"), None
+            ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
+            return Reply(answer(ack, False), None)
         if original is not None and original.ack is not None:
             self.inbox.finish(pk, "duplicate", original.ack, f"duplicate of {original.pk}")
-            return original.ack, pk
+            return Reply(original.ack, pk)
         if msg.message_type not in SUPPORTED:
             code = "200" if msg.msh.get(9, 1) not in {s.split("^")[0] for s in SUPPORTED} else "201"
             text = f"message type {msg.message_type} is not supported"
             ack = build_ack(msg, rej, text, code)
             self.inbox.finish(pk, "failed", ack, text)
-            return ack, pk
-        if self.ack_mode == "store" or enhanced:
-            ack = build_ack(msg, ok)
-            self.inbox.finish(pk, "received", ack)
-            return ack, pk
-        return self.map_stored(pk, msg, ok, err), pk
+            return Reply(answer(ack, False), pk)
+        if not enhanced:
+            if self.ack_mode == "store":
+                ack = build_ack(msg, ok)
+                self.inbox.finish(pk, "received", ack)
+                return Reply(ack, pk)
+            return Reply(self.map_stored(pk, msg, ok, err), pk)
+        commit = build_ack(msg, ok)
+        self.inbox.finish(pk, "received", commit)  # duplicates get the accept ACK again
+        if self.ack_mode == "store" and application == "NE":
+            return Reply(answer(commit, True), pk)  # mapped in the background
 
-    def map_stored(self, pk: int, msg: Message, ok: str = "AA", err: str = "AE") -> bytes:
-        """Map and apply; records processed/failed with produced resource ids."""
+        def followup() -> bytes | None:
+            app_ack = self.map_stored(pk, msg, keep_ack=True)
+            positive = app_ack.split(b"\r")[1][4:6] == b"AA"
+            return app_ack if wanted(application, positive) else None
+
+        return Reply(answer(commit, True), pk, followup)
+
+    def reject_oversize(self, raw: bytes, peer: str) -> None:
+        """A frame over the size limit: kept for inspection, answered AR by the listener."""
+        text = "message exceeds the size limit"
+        try:
+            pk = self.inbox.store(raw, peer or "unknown", "", "", "")
+        except Exception:
+            log.exception("inbox unavailable")
+            return
+        self.inbox.finish(pk, "failed", build_ack(None, "AR", text), text)
+
+    def map_stored(
+        self, pk: int, msg: Message, ok: str = "AA", err: str = "AE", keep_ack: bool = False
+    ) -> bytes:
+        """Map and apply; records processed/failed with produced resource ids. keep_ack
+        leaves the ACK already sent (and replayed to duplicates) as it was."""
         try:
             bundle = to_bundle(msg, systems=self.systems, tz=self.tz)
             resources = self.apply(bundle)
@@ -77,15 +128,17 @@ class Processor:
             text = exc.outcome()["issue"][0].get("diagnostics", "") if isinstance(
                 exc, FhirError) else str(exc)  # fmt: skip
             ack = build_ack(msg, err, text or "mapping failed", "207")
-            self.inbox.finish(pk, "failed", ack, text)
+            self.inbox.finish(pk, "failed", None if keep_ack else ack, text)
             return ack
         except Exception as exc:
             log.exception("mapping message %s failed", pk)
             ack = build_ack(msg, err, "internal error while mapping", "207")
-            self.inbox.finish(pk, "failed", ack, f"{type(exc).__name__}: {exc}")
+            self.inbox.finish(
+                pk, "failed", None if keep_ack else ack, f"{type(exc).__name__}: {exc}"
+            )
             return ack
         ack = build_ack(msg, ok)
-        self.inbox.finish(pk, "processed", ack, None, resources)
+        self.inbox.finish(pk, "processed", None if keep_ack else ack, None, resources)
         return ack
 
     def apply(self, bundle: dict[str, object]) -> list[str]:
@@ -102,7 +155,7 @@ class Processor:
         """Map messages left 'received' (ack-after-store, or a crash before mapping)."""
         done = 0
         for row in self.inbox.list(status="received", limit=1000):
-            self.map_stored(row.pk, parse(row.raw))
+            self.map_stored(row.pk, parse(row.raw), keep_ack=True)
             done += 1
         return done
 
@@ -110,6 +163,6 @@ class Processor:
         row = self.inbox.get(pk)
         if row is None:
             raise KeyError(pk)
-        self.map_stored(pk, parse(row.raw))
+        self.map_stored(pk, parse(row.raw), keep_ack=True)
         done = self.inbox.get(pk)
         return done.status if done else "unknown"

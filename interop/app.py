@@ -33,6 +33,7 @@ from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
 from interop.logs import request_id_var
+from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
@@ -66,15 +67,19 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size, bulk=bulk)
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+    outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
+    store.listeners.append(outbox_runner.wake)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # As many request threads as pooled connections: more threads only queue for a
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        outbox_runner.start()
         bulk.start()
         yield
         bulk.close()
+        await run_in_threadpool(outbox_runner.stop)
         if audit is not None:
             await run_in_threadpool(audit.close)
         engine.dispose()
@@ -93,6 +98,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.policy = policy
     app.state.context = ctx
     app.state.audit = audit
+    app.state.outbox_runner = outbox_runner
     if not settings.auth_enabled:
         logging.getLogger("interop").warning(
             "INTEROP_AUTH=off: the FHIR API accepts requests without a token (development only)"

@@ -1,14 +1,14 @@
 """bulk data: the $export / $import job table
 
-Revision ID: 0004_bulk_data
-Revises: 0003_hl7_inbox
+Revision ID: 0005_bulk_data
+Revises: 0004_outbox_consumers
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_bulk_data"
-down_revision = "0003_hl7_inbox"
+revision = "0005_bulk_data"
+down_revision = "0004_outbox_consumers"
 branch_labels = None
 depends_on = None
 

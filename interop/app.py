@@ -29,6 +29,9 @@ from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store
+from fhir_server.subscriptions.delivery import Deliverer
+from fhir_server.subscriptions.service import SubscriptionConfig, SubscriptionService
+from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
@@ -37,7 +40,7 @@ from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
-from smart_auth.policy import AccessPolicy
+from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
 
 log = logging.getLogger("interop.http")
@@ -69,6 +72,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.listeners.append(outbox_runner.wake)
+    subscriptions = SubscriptionService(store, base_url, subscription_config(settings))
+    ctx.subscriptions = subscriptions
+    outbox_runner.register("subscriptions", subscriptions.handle)
+    hub = Hub()
+    deliverer = Deliverer(subscriptions, hub)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -77,7 +85,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         outbox_runner.start()
         bulk.start()
+        deliverer.start()
         yield
+        await run_in_threadpool(deliverer.stop)
         bulk.close()
         await run_in_threadpool(outbox_runner.stop)
         if audit is not None:
@@ -92,6 +102,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         lifespan=lifespan,
     )
     _, access_for, security = install(app, engine, auth_config(settings), policy)
+    if settings.auth_enabled:
+        subscriptions.access_from = lambda grant: access_for(grant_from(grant))
+
+    def websocket_requester(authorization: str | None) -> str | None:
+        grant = policy.check(["websocket"], authorization)
+        return None if grant is None else (grant.client_id or grant.subject)
+
+    app.router.routes.insert(0, websocket_route(subscriptions, hub, websocket_requester))
     capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     app.state.settings = settings
     app.state.store = store
@@ -218,6 +236,28 @@ def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
         tail = location.split(f"/{parts[0]}/", 1)[-1]
         return tail.split("/", 1)[0] or None
     return None
+
+
+def subscription_config(settings: Settings) -> SubscriptionConfig:
+    return SubscriptionConfig(
+        max_failures=settings.subscription_max_failures,
+        retry_seconds=settings.subscription_retry_seconds,
+        max_backoff_seconds=settings.subscription_max_backoff_seconds,
+        timeout_seconds=settings.subscription_timeout_seconds,
+    )
+
+
+def grant_from(data: dict[str, Any]) -> Grant:
+    """A grant kept as JSON with a Subscription (`Access.describe`), back as a Grant."""
+    return Grant(
+        subject=data.get("subject", ""),
+        scopes=frozenset(data.get("scopes", ())),
+        client_id=data.get("client_id", ""),
+        patient=data.get("patient"),
+        encounter=data.get("encounter"),
+        fhir_user=data.get("fhir_user"),
+        role=data.get("role"),
+    )
 
 
 def bulk_config(settings: Settings) -> BulkConfig:

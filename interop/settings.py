@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     bulk_import_batch: int = Field(
         default=500, ge=1, le=10000, description="resources per transaction during $import"
     )
+    subscription_max_failures: int = Field(
+        default=5, ge=1, description="failed deliveries in a row before a Subscription is error"
+    )
+    subscription_retry_seconds: float = Field(
+        default=2.0, gt=0, description="first delivery retry delay; doubles per failure"
+    )
+    subscription_max_backoff_seconds: float = Field(
+        default=300.0, gt=0, description="longest delay between delivery retries"
+    )
+    subscription_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="timeout of one rest-hook request"
+    )
     redis_url: str = Field(default="", description="Celery broker; empty means in-process runner")
     dicomweb_url: str = Field(
         default="", description="DICOMweb root of the PACS; empty: imaging off"

@@ -179,6 +179,18 @@ class GrantAccess:
     def requester(self) -> str:
         return self.grant.client_id or self.grant.subject
 
+    def describe(self) -> dict[str, Any]:
+        g = self.grant
+        return {
+            "subject": g.subject,
+            "scopes": sorted(g.scopes),
+            "client_id": g.client_id,
+            "patient": g.patient,
+            "encounter": g.encounter,
+            "fhir_user": g.fhir_user,
+            "role": g.role,
+        }
+
     def filter_rows(self, conn: Connection, rows: Sequence[Row]) -> list[Row]:
         kept: list[Row] = []
         by_type: dict[str, list[Row]] = {}

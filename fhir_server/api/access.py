@@ -42,3 +42,7 @@ class Access(Protocol):
 
     def requester(self) -> str:
         """Who is asking (the OAuth client): bulk jobs and their files are served to it alone."""
+
+    def describe(self) -> dict[str, Any]:
+        """The grant as JSON, kept with a Subscription so that its notifications are later
+        judged with exactly this authority (see interop.app for the way back)."""

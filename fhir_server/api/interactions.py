@@ -36,6 +36,7 @@ from fhir_server.store.repository import Store, StoredResource, Transaction, his
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
     from fhir_server.bulk.service import BulkService
+    from fhir_server.subscriptions.service import SubscriptionService
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -87,6 +88,7 @@ class Context:
     tx: Transaction | None = None
     access: Access | None = None  # the caller's authorization (fhir_server.api.access)
     bulk: BulkService | None = None  # $export / $import jobs (fhir_server.bulk)
+    subscriptions: SubscriptionService | None = None  # checks and owners of Subscriptions
 
     def compiler(self, strict: bool = False) -> Compiler:
         return Compiler(self.base_url, strict, self.default_count, self.max_count)
@@ -520,6 +522,18 @@ def dispatch(
     ctx: Context, req: FhirRequest, capability: Callable[[], bytes] | None = None
 ) -> FhirResponse:
     """Route one request (REST or Bundle entry) to its interaction."""
+    hook = ctx.subscriptions
+    if hook is not None and [p for p in req.path if p][:1] == ["Subscription"]:
+        hook.before_write(ctx, req)
+        response = _dispatch(ctx, req, capability)
+        hook.after_write(ctx, response)
+        return response
+    return _dispatch(ctx, req, capability)
+
+
+def _dispatch(
+    ctx: Context, req: FhirRequest, capability: Callable[[], bytes] | None = None
+) -> FhirResponse:
     path = [p for p in req.path if p]
     method = req.method.upper()
     n = len(path)

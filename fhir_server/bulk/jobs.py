@@ -95,6 +95,16 @@ class JobStore:
             row = conn.execute(select(bulk_jobs).where(J.job_id == job_id)).first()
         return _job(row) if row is not None else None
 
+    def waiting(self) -> list[str]:
+        """Jobs accepted and not yet started, oldest first."""
+        with self.store.connection() as conn:
+            rows = conn.execute(
+                select(J.job_id)
+                .where(J.status == "accepted", J.kind != "upload", J.cancel.is_(False))
+                .order_by(J.pk)
+            )
+            return [r[0] for r in rows]
+
     def claim(self, job_id: str) -> bool:
         """accepted -> running, for exactly one runner."""
         with self.store.write_connection() as conn:

@@ -263,3 +263,27 @@ def test_unknown_status_and_file_urls_are_404(api: TestClient) -> None:
         assert response.status_code == 404
         assert orjson.loads(response.content)["resourceType"] == "OperationOutcome"
     assert api.put("/fhir/$bulk-status/nope").status_code == 405
+
+
+def test_capability_statement_announces_bulk_operations(api: TestClient) -> None:
+    statement = api.get("/fhir/metadata").json()
+    rest = statement["rest"][0]
+    assert {o["name"] for o in rest["operation"]} == {"export", "import"}
+    types = {r["type"]: r for r in rest["resource"]}
+    assert "export" in {o["name"] for o in types["Group"]["operation"]}
+    assert "export" in {o["name"] for o in types["Patient"]["operation"]}
+    assert rest["extension"][0]["valueUrl"] == "ws://testserver/fhir/websocket"
+    get_fhir_model_class("CapabilityStatement").model_validate(statement)
+
+
+def test_jobs_accepted_before_a_restart_are_picked_up(api: TestClient, bulk_app: Any) -> None:
+    seed(api)
+    service = bulk_app.state.context.bulk
+    runner, service.runner = service.runner, None
+    try:
+        status_url = api.get("/fhir/$export", headers=ASYNC).headers["Content-Location"]
+    finally:
+        service.runner = runner
+    assert api.get(status_url).status_code == 202
+    service.start()  # what the app does at start-up
+    assert wait_for(api, status_url).status_code == 200

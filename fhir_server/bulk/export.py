@@ -8,6 +8,8 @@ are (each is one line already), reshaped only when `_elements` asks for it.
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -15,7 +17,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
-from sqlalchemy import ColumnElement, Connection, and_, false, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, false, or_, select
 
 from fhir_server.api.bundling import shape
 from fhir_server.bulk.jobs import Cancelled, Job, JobStore
@@ -52,7 +54,6 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     problems = [f"Ignored: {text}" for text in request.ignored]
     with env.store.engine.connect() as conn:
-        conn = conn.execution_options(stream_results=True, yield_per=BATCH)
         patients = _patients(conn, request, problems)
         types = request.types if request.types is not None else _present_types(conn, request)
         outputs: list[OutputFile] = []
@@ -62,9 +63,11 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
             elements = _elements_for(request.elements, res_type)
             query = select(R.body).where(*_conditions(request, res_type, patients, env.base_url))
             try:
-                for batch in conn.execute(query).partitions(BATCH):
-                    for (body,) in batch:
-                        writer.write(shape(body, None, elements) if elements else body)
+                for batch in _batches(conn, query):
+                    if elements:
+                        writer.write_many([shape(body, None, elements) for body in batch])
+                    else:
+                        writer.write_many(batch)
                     exported += len(batch)
                     if time.monotonic() - last_report >= PROGRESS_SECONDS:
                         last_report = time.monotonic()
@@ -99,6 +102,27 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
         "error": errors,
     }
     jobs.finish(job.job_id, "completed", manifest)
+
+
+def _batches(conn: Connection, query: Select[Any]) -> Iterator[list[bytes]]:
+    """The bodies a query selects, BATCH at a time, from a DBAPI cursor: server-side on
+    PostgreSQL (memory stays flat), and without a result layer per row, which would cost more
+    than the database's own work here."""
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = tuple(params[name] for name in compiled.positiontup)
+    driver: Any = conn.connection.driver_connection
+    postgres = conn.dialect.name == "postgresql"
+    cursor = driver.cursor(name=f"export_{uuid.uuid4().hex}") if postgres else driver.cursor()
+    try:
+        cursor.execute(compiled.string, params)
+        while rows := cursor.fetchmany(BATCH):
+            yield [row[0] for row in rows]
+    finally:
+        cursor.close()
+        if postgres:
+            driver.rollback()  # the named cursor's transaction
 
 
 def _present_types(conn: Connection, request: ExportRequest) -> list[str]:

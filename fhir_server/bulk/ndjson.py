@@ -37,6 +37,20 @@ class SplitWriter:
         current.size += size
         current.count += 1
 
+    def write_many(self, lines: list[bytes]) -> None:
+        """A batch of lines in one write when it fits the current file (the common case)."""
+        current = self._current
+        size = sum(map(len, lines)) + len(lines)
+        if current is None or current.size + size > self.max_bytes:
+            for line in lines:
+                self.write(line)
+            return
+        assert self._handle is not None
+        self._handle.write(b"\n".join(lines))
+        self._handle.write(b"\n")
+        current.size += size
+        current.count += len(lines)
+
     def _rotate(self) -> OutputFile:
         if self._handle is not None:
             self._handle.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirError
 from hl7_listener.ack import build_ack
-from hl7_listener.inbox import Inbox
+from hl7_listener.inbox import Arrival, Inbox
 from mappers.hl7v2 import ParseError, parse, to_bundle
 from mappers.hl7v2.mapping import SUPPORTED, MappingError, UnsupportedMessage
 from mappers.hl7v2.parser import Message
@@ -47,74 +46,69 @@ class Processor:
     ack_mode: str = "map"
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
-    # Conditional PUTs on the same patient from concurrent senders would race (two creates
-    # for one identifier); applying one bundle at a time keeps identities unique.
-    _apply_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def handle(self, raw: bytes, peer: str = "") -> Reply:
         """Store, then acknowledge (and map) by the message's rules; never raises for bad input."""
         try:
             msg = parse(raw)
         except (ParseError, IndexError) as exc:
-            try:
-                pk = self.inbox.store(raw, peer or "unknown", "", "", "")
-            except Exception:
-                log.exception("inbox unavailable")
-                return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
             ack = build_ack(None, "AR", str(exc), "102")
-            self.inbox.finish(pk, "failed", ack, str(exc))
-            return Reply(ack, pk)
+            stored = self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack,
+                                         error=str(exc)))  # fmt: skip
+            if stored is None:
+                return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
+            return Reply(ack, stored.pk)
         accept, application = msg.msh.get(15).upper(), msg.msh.get(16).upper()
         enhanced = bool(accept or application)
         ok, err, rej = ("CA", "CE", "CR") if enhanced else ("AA", "AE", "AR")
 
-        def answer(ack: bytes, positive: bool) -> bytes | None:
+        def answer(ack: bytes | None, positive: bool) -> bytes | None:
             return ack if not enhanced or wanted(accept, positive) else None
 
-        sender = f"{msg.msh.get(3)}^{msg.msh.get(4)}"
-        try:
-            original = self.inbox.find_original(sender, msg.control_id)
-            pk = self.inbox.store(raw, sender, msg.control_id, msg.message_type, msg.version)
-        except Exception:
-            log.exception("inbox unavailable")
-            ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
-            return Reply(answer(ack, False), None)
-        if original is not None and original.ack is not None:
-            self.inbox.finish(pk, "duplicate", original.ack, f"duplicate of {original.pk}")
-            return Reply(original.ack, pk)
+        arrival = Arrival(
+            raw, f"{msg.msh.get(3)}^{msg.msh.get(4)}", msg.control_id, msg.message_type,
+            msg.version,
+        )  # fmt: skip
+        mapped_now = not enhanced and self.ack_mode == "map"
         if msg.message_type not in SUPPORTED:
             code = "200" if msg.msh.get(9, 1) not in {s.split("^")[0] for s in SUPPORTED} else "201"
-            text = f"message type {msg.message_type} is not supported"
-            ack = build_ack(msg, rej, text, code)
-            self.inbox.finish(pk, "failed", ack, text)
-            return Reply(answer(ack, False), pk)
-        if not enhanced:
-            if self.ack_mode == "store":
-                ack = build_ack(msg, ok)
-                self.inbox.finish(pk, "received", ack)
-                return Reply(ack, pk)
+            arrival.error = f"message type {msg.message_type} is not supported"
+            arrival.status, arrival.ack = "failed", build_ack(msg, rej, arrival.error, code)
+        elif not mapped_now:  # the ACK goes out before mapping: store it with the message
+            arrival.ack = build_ack(msg, ok)
+        stored = self._store(arrival)
+        if stored is None:
+            ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
+            return Reply(answer(ack, False), None)
+        pk = stored.pk
+        assert pk is not None
+        if stored.original is not None or stored.status == "failed":
+            return Reply(stored.ack if stored.original else answer(stored.ack, False), pk)
+        if mapped_now:
             return Reply(self.map_stored(pk, msg, ok, err), pk)
-        commit = build_ack(msg, ok)
-        self.inbox.finish(pk, "received", commit)  # duplicates get the accept ACK again
-        if self.ack_mode == "store" and application == "NE":
-            return Reply(answer(commit, True), pk)  # mapped in the background
+        if self.ack_mode == "store" and (not enhanced or application == "NE"):
+            return Reply(answer(stored.ack, True), pk)  # mapped in the background
 
         def followup() -> bytes | None:
             app_ack = self.map_stored(pk, msg, keep_ack=True)
             positive = app_ack.split(b"\r")[1][4:6] == b"AA"
             return app_ack if wanted(application, positive) else None
 
-        return Reply(answer(commit, True), pk, followup)
+        return Reply(answer(stored.ack, True), pk, followup)
+
+    def _store(self, arrival: Arrival) -> Arrival | None:
+        """The inbox commit; None when the database cannot take the message now."""
+        try:
+            return self.inbox.store(arrival)
+        except Exception:
+            log.exception("inbox unavailable")
+            return None
 
     def reject_oversize(self, raw: bytes, peer: str) -> None:
         """A frame over the size limit: kept for inspection, answered AR by the listener."""
         text = "message exceeds the size limit"
-        try:
-            pk = self.inbox.store(raw, peer or "unknown", "", "", "")
-        except Exception:
-            log.exception("inbox unavailable")
-            return
-        self.inbox.finish(pk, "failed", build_ack(None, "AR", text), text)
+        ack = build_ack(None, "AR", text)
+        self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack, error=text))
 
     def map_stored(
         self, pk: int, msg: Message, ok: str = "AA", err: str = "AE", keep_ack: bool = False
@@ -143,8 +137,8 @@ class Processor:
 
     def apply(self, bundle: dict[str, object]) -> list[str]:
         """Apply through the one write path, exactly like a POSTed transaction."""
-        with self._apply_lock:
-            out = apply_transaction(self.ctx, dict(bundle))
+        # concurrent messages for one patient stay one Patient: the store locks identities
+        out = apply_transaction(self.ctx, dict(bundle))
         return [
             "/".join(e["response"]["location"].split("/_history")[0].split("/")[-2:])
             for e in out.get("entry", [])

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -18,16 +19,21 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ai_worker.runtime import AiRuntime
 from dicomweb_bridge.service import Bridge
 from fhir_server import metrics
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
+from fhir_server.bulk.config import BulkConfig
+from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store, Transaction
+from fhir_server.subscriptions.delivery import Deliverer
+from fhir_server.subscriptions.service import SubscriptionConfig, SubscriptionService
+from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
@@ -36,7 +42,7 @@ from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
-from smart_auth.policy import AccessPolicy
+from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
 
 log = logging.getLogger("interop.http")
@@ -62,7 +68,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         upgrade(engine)
     store = Store(engine, base_url)
     store.statistics.refresh_in_background()
-    ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
+    bulk = BulkService.embedded(store, bulk_config(settings), base_url, settings.auth_enabled)
+    ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size, bulk=bulk)
     ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
@@ -70,6 +77,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store.listeners.append(outbox_runner.wake)
     imaging = Bridge.build(settings, ctx)
     outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
+    subscriptions = SubscriptionService(store, base_url, subscription_config(settings))
+    ctx.subscriptions = subscriptions
+    outbox_runner.register("subscriptions", subscriptions.handle)
+    hub = Hub()
+    deliverer = Deliverer(subscriptions, hub)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +90,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         ai.start()
         outbox_runner.start()
+        bulk.start()
+        deliverer.start()
         yield
+        await run_in_threadpool(deliverer.stop)
+        bulk.close()
         await run_in_threadpool(outbox_runner.stop)
         await run_in_threadpool(ai.stop)
         if audit is not None:
@@ -93,6 +109,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         lifespan=lifespan,
     )
     _, access_for, security = install(app, engine, auth_config(settings), policy)
+    if settings.auth_enabled:
+        subscriptions.access_from = lambda grant: access_for(grant_from(grant))
+
+    def websocket_requester(authorization: str | None) -> str | None:
+        grant = policy.check(["websocket"], authorization)
+        return None if grant is None else (grant.client_id or grant.subject)
+
+    app.router.routes.insert(0, websocket_route(subscriptions, hub, websocket_requester))
     capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     app.state.settings = settings
     app.state.store = store
@@ -130,6 +154,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         )
         interaction, res_type = "unknown", ""
         grant = None
+        stream, media_type = None, FHIR_JSON
         audited: list[Interaction] = []  # a change recorded inside its own transaction
         try:
             _negotiate(fhir_req)
@@ -159,6 +184,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             )
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
+            stream, media_type = response.stream, response.media_type or FHIR_JSON
         except FhirError as exc:
             status, body, headers = exc.status, orjson.dumps(exc.outcome()), exc.headers
         except Exception:
@@ -197,8 +223,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         metrics.REQUESTS.inc((interaction, res_type, str(status)))
         metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
         if request.method == "HEAD":
-            body = None
-        return Response(body, status, headers, media_type=FHIR_JSON if body is not None else None)
+            body, stream = None, None
+        if stream is not None:
+            return StreamingResponse(stream, status, headers, media_type=media_type)
+        return Response(body, status, headers, media_type=media_type if body is not None else None)
 
     app.router.add_route("/fhir", fhir_endpoint, methods=METHODS)
     hl7 = Processor(
@@ -265,6 +293,39 @@ def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
         tail = location.split(f"/{parts[0]}/", 1)[-1]
         return tail.split("/", 1)[0] or None
     return None
+
+
+def subscription_config(settings: Settings) -> SubscriptionConfig:
+    return SubscriptionConfig(
+        max_failures=settings.subscription_max_failures,
+        retry_seconds=settings.subscription_retry_seconds,
+        max_backoff_seconds=settings.subscription_max_backoff_seconds,
+        timeout_seconds=settings.subscription_timeout_seconds,
+    )
+
+
+def grant_from(data: dict[str, Any]) -> Grant:
+    """A grant kept as JSON with a Subscription (`Access.describe`), back as a Grant."""
+    return Grant(
+        subject=data.get("subject", ""),
+        scopes=frozenset(data.get("scopes", ())),
+        client_id=data.get("client_id", ""),
+        patient=data.get("patient"),
+        encounter=data.get("encounter"),
+        fhir_user=data.get("fhir_user"),
+        role=data.get("role"),
+    )
+
+
+def bulk_config(settings: Settings) -> BulkConfig:
+    """The bulk jobs' view of the operator's settings."""
+    return BulkConfig(
+        directory=Path(settings.effective_bulk_dir),
+        max_file_bytes=settings.bulk_max_file_mb * 1024 * 1024,
+        retention_seconds=settings.bulk_retention_seconds,
+        workers=settings.bulk_workers,
+        import_batch=settings.bulk_import_batch,
+    )
 
 
 def auth_config(settings: Settings) -> AuthConfig:

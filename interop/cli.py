@@ -80,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interop import openemr_cli
 
     openemr_cli.add_parsers(commands)
+    load = commands.add_parser("import", help="load NDJSON files through the write path")
+    load.add_argument("files", nargs="+", help="NDJSON files, one resource per line")
+    load.add_argument("--batch", type=int, default=500, help="resources per transaction")
+    load.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     args = parser.parse_args(argv)
     if args.command == "worker":
@@ -88,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _ai(args)
     if args.command == "openemr":
         return openemr_cli.run(args, get_settings())
+    if args.command == "import":
+        from interop import import_cli
+
+        return import_cli.run(get_settings(), args.files, max(1, args.batch), args.json)
     if args.command in ("keys", "users", "clients", "token", "launch"):
         return auth_cli.run(args, _auth_server())
     if args.command == "mllp":

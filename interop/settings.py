@@ -89,6 +89,31 @@ class Settings(BaseSettings):
     hl7_authorities: dict[str, str] = Field(
         default_factory=dict, description="PID-3.4 assigning authority -> identifier system (JSON)"
     )
+    bulk_dir: str = Field(
+        default="", description="folder for bulk export/import files; empty: ./var/bulk"
+    )
+    bulk_max_file_mb: int = Field(
+        default=256, ge=1, description="an export NDJSON file is split at this size (MiB)"
+    )
+    bulk_retention_seconds: int = Field(
+        default=86400, ge=0, description="finished bulk jobs and their files are kept this long"
+    )
+    bulk_workers: int = Field(default=2, ge=1, description="bulk jobs run at once in-process")
+    bulk_import_batch: int = Field(
+        default=500, ge=1, le=10000, description="resources per transaction during $import"
+    )
+    subscription_max_failures: int = Field(
+        default=5, ge=1, description="failed deliveries in a row before a Subscription is error"
+    )
+    subscription_retry_seconds: float = Field(
+        default=2.0, gt=0, description="first delivery retry delay; doubles per failure"
+    )
+    subscription_max_backoff_seconds: float = Field(
+        default=300.0, gt=0, description="longest delay between delivery retries"
+    )
+    subscription_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="timeout of one rest-hook request"
+    )
     redis_url: str = Field(default="", description="Celery broker; empty means in-process runner")
     dicomweb_url: str = Field(
         default="", description="DICOMweb root of the PACS; empty: imaging off"
@@ -210,6 +235,10 @@ class Settings(BaseSettings):
     @property
     def effective_ai_cache_dir(self) -> str:
         return self.ai_cache_dir or str(Path("var").resolve() / "ai-cache")
+
+    @property
+    def effective_bulk_dir(self) -> str:
+        return self.bulk_dir or str(Path("var").resolve() / "bulk")
 
     @property
     def effective_base_url(self) -> str:

@@ -155,6 +155,36 @@ class GrantAccess:
             reasons.append(why)
         raise forbidden("; ".join(dict.fromkeys(reasons)))
 
+    def require_system(self, perm: str, res_type: str, why: str) -> None:
+        for scope in self.scopes:
+            if (
+                scope.context == "system"
+                and scope.res_type in ("*", res_type)
+                and perm in scope.perms
+                and not scope.query
+            ):
+                return
+        raise forbidden(
+            f"{why} needs a backend-services scope granting '{perm}' on {res_type}, such as "
+            f"system/{res_type}.{'rs' if perm in 'rs' else 'cud'} "
+            f"(scopes: {' '.join(sorted(self.grant.scopes)) or 'none'})"
+        )
+
+    def requester(self) -> str:
+        return self.grant.client_id or self.grant.subject
+
+    def describe(self) -> dict[str, Any]:
+        g = self.grant
+        return {
+            "subject": g.subject,
+            "scopes": sorted(g.scopes),
+            "client_id": g.client_id,
+            "patient": g.patient,
+            "encounter": g.encounter,
+            "fhir_user": g.fhir_user,
+            "role": g.role,
+        }
+
     def filter_rows(self, conn: Connection, rows: Sequence[Row]) -> list[Row]:
         kept: list[Row] = []
         by_type: dict[str, list[Row]] = {}

@@ -157,13 +157,16 @@ class Registry:
             raise RegistryError("--fhir-user must look like Practitioner/123")
         if role == "patient" and not (fhir_user or "").startswith("Patient/"):
             raise RegistryError("a user with role patient needs --fhir-user Patient/ID")
+        # hashed before the transaction: on SQLite a read transaction that another writer
+        # overtakes while it works (scrypt takes a while) cannot be upgraded to a write
+        password_hash = hash_password(password)
         with self.engine.begin() as conn:
             if conn.execute(select(users.c.username).where(users.c.username == username)).first():
                 raise RegistryError(f"user '{username}' already exists")
             conn.execute(
                 insert(users).values(
                     username=username,
-                    password_hash=hash_password(password),
+                    password_hash=password_hash,
                     role=role,
                     fhir_user=fhir_user or None,
                     created=int(time.time()),

@@ -35,3 +35,14 @@ class Access(Protocol):
 
     def filter_rows(self, conn: Connection, rows: Sequence[Row]) -> list[Row]:
         """The included rows the grant may see."""
+
+    def require_system(self, perm: str, res_type: str, why: str) -> None:
+        """Refuse unless a backend-services (`system/`) scope grants `perm` on `res_type`
+        without query limits: population-level operations (bulk export and import)."""
+
+    def requester(self) -> str:
+        """Who is asking (the OAuth client): bulk jobs and their files are served to it alone."""
+
+    def describe(self) -> dict[str, Any]:
+        """The grant as JSON, kept with a Subscription so that its notifications are later
+        judged with exactly this authority (see interop.app for the way back)."""

@@ -45,6 +45,22 @@ def capability_statement(
             {"name": "_id", "type": "token"},
         ],
         "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+        "operation": [
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+            },
+            {
+                "name": "import",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import",
+            },
+        ],
+        "extension": [
+            {  # R4 Subscriptions, websocket channel (fhir_server.subscriptions.websocket)
+                "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                "valueUrl": _websocket_url(base_url),
+            }
+        ],
     }
     if auth_enabled:
         rest["security"] = {
@@ -80,8 +96,14 @@ def capability_statement(
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "rest": [rest],
     }
+
+
+def _websocket_url(base_url: str) -> str:
+    scheme, _, rest = base_url.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}/websocket"
 
 
 @cache
@@ -120,6 +142,17 @@ def _resource(res_type: str) -> dict[str, Any]:
             {
                 "name": "everything",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            },
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+            },
+        ]
+    if res_type == "Group":
+        entry["operation"] = [
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
             }
         ]
     return entry

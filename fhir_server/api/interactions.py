@@ -7,7 +7,7 @@ OperationOutcome in one place (the ASGI app, or the Bundle response entry).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ from fhir_server.store.repository import Store, StoredResource, Transaction, his
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
+    from fhir_server.bulk.service import BulkService
+    from fhir_server.subscriptions.service import SubscriptionService
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -72,6 +74,8 @@ class FhirResponse:
     resource: dict[str, Any] | None = None  # set when a Bundle entry needs the parsed resource
     interaction: str = ""
     res_type: str = ""
+    stream: Iterable[bytes] | None = None  # a large body (bulk files) sent chunk by chunk
+    media_type: str | None = None  # when not application/fhir+json
 
 
 @dataclass
@@ -84,6 +88,8 @@ class Context:
     max_count: int = 1000
     tx: Transaction | None = None
     access: Access | None = None  # the caller's authorization (fhir_server.api.access)
+    bulk: BulkService | None = None  # $export / $import jobs (fhir_server.bulk)
+    subscriptions: SubscriptionService | None = None  # checks and owners of Subscriptions
     # called inside each write transaction just before it commits (the audit trail records
     # the change in the same transaction, so no change is ever without its AuditEvent)
     before_commit: Callable[[Transaction], None] | None = None
@@ -529,6 +535,18 @@ def dispatch(
     ctx: Context, req: FhirRequest, capability: Callable[[], bytes] | None = None
 ) -> FhirResponse:
     """Route one request (REST or Bundle entry) to its interaction."""
+    hook = ctx.subscriptions
+    if hook is not None and [p for p in req.path if p][:1] == ["Subscription"]:
+        hook.before_write(ctx, req)
+        response = _dispatch(ctx, req, capability)
+        hook.after_write(ctx, response)
+        return response
+    return _dispatch(ctx, req, capability)
+
+
+def _dispatch(
+    ctx: Context, req: FhirRequest, capability: Callable[[], bytes] | None = None
+) -> FhirResponse:
     path = [p for p in req.path if p]
     method = req.method.upper()
     n = len(path)
@@ -538,6 +556,12 @@ def dispatch(
 
             return process_bundle(ctx, req, capability)
         return _not_allowed(method, "POST")
+    if path[0].startswith("$") or path[-1] == "$export":
+        from fhir_server.bulk.operations import route
+
+        routed = route(ctx, req, path)
+        if routed is not None:
+            return routed
     res_type = path[0]
     if res_type == "metadata" and n == 1:
         if method != "GET" or capability is None:

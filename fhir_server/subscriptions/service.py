@@ -1,0 +1,222 @@
+"""The Subscription service: validates Subscription writes, records their owners, consumes
+the outbox (queueing a notification per matching change) and runs the handshakes.
+
+It never sends anything on the write path: the outbox consumer only inserts queue rows, and
+`delivery.Deliverer` (its own thread) does the network work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import delete, false, insert, select
+
+from fhir_server.clock import now_us
+from fhir_server.errors import FhirError
+from fhir_server.store.models import resources
+from fhir_server.store.outbox import Change
+from fhir_server.store.repository import Store
+from fhir_server.subscriptions.channel import Spec, parse
+from fhir_server.subscriptions.matching import matches
+from fhir_server.subscriptions.models import subscription_owners, subscription_queue
+
+if TYPE_CHECKING:
+    from fhir_server.api.access import Access
+    from fhir_server.api.interactions import Context, FhirRequest, FhirResponse
+
+log = logging.getLogger("interop.subscriptions")
+R = resources.c
+O = subscription_owners.c  # noqa: E741
+LIVE = ("requested", "active", "error")
+
+AccessFrom = Callable[[dict[str, Any]], "Access"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionConfig:
+    max_failures: int = 5  # consecutive failed deliveries before status becomes error
+    retry_seconds: float = 2.0  # first retry delay; doubles per failure
+    max_backoff_seconds: float = 300.0
+    timeout_seconds: float = 10.0  # per rest-hook request
+
+
+class SubscriptionService:
+    def __init__(
+        self,
+        store: Store,
+        base_url: str,
+        config: SubscriptionConfig,
+        access_from: AccessFrom | None = None,
+    ) -> None:
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self.config = config
+        self.access_from = access_from  # None: auth off, every subscription sees everything
+        self._specs: dict[str, Spec] | None = None
+        self._lock = threading.Lock()
+        self.handshakes: set[str] = set()
+        self.wake: Callable[[], None] = lambda: None  # set by the deliverer
+
+    # -- the write hook (interactions.dispatch) ------------------------------------------------
+
+    def before_write(self, ctx: Context, req: FhirRequest) -> None:
+        """Refuse a Subscription we could not serve; a client's write always restarts the
+        handshake (status requested), unless it switches the subscription off."""
+        if req.method.upper() not in ("POST", "PUT") or req.parsed is None and not req.body:
+            return
+        from fhir_server.api.interactions import _parse_json
+
+        resource = _parse_json(req)
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
+            return
+        parse(resource, self.base_url)
+        if resource.get("status") != "off":
+            resource["status"] = "requested"
+            resource.pop("error", None)
+        req.parsed = resource
+
+    def after_write(self, ctx: Context, response: FhirResponse) -> None:
+        """Remember who wrote it: notifications are limited to what that client may read."""
+        location = response.headers.get("Content-Location") or response.headers.get("Location")
+        if response.status >= 300 or not location or "/Subscription/" not in location:
+            return
+        sub_id = location.split("/Subscription/", 1)[1].split("/", 1)[0]
+        access = ctx.access
+        grant = access.describe() if access is not None else {}
+        requester = access.requester() if access is not None else ""
+        values = {"sub_id": sub_id, "requester": requester, "grant": orjson.dumps(grant).decode()}
+        if ctx.tx is not None:
+            self._save_owner(ctx.tx.conn, values)
+        else:
+            with self.store.write_connection() as conn:
+                self._save_owner(conn, values)
+
+    @staticmethod
+    def _save_owner(conn: Any, values: dict[str, Any]) -> None:
+        conn.execute(delete(subscription_owners).where(O.sub_id == values["sub_id"]))
+        conn.execute(insert(subscription_owners).values(**values))
+
+    def owner(self, sub_id: str) -> tuple[str, dict[str, Any]] | None:
+        with self.store.connection() as conn:
+            row = conn.execute(select(O.requester, O.grant).where(O.sub_id == sub_id)).first()
+        return (row[0], orjson.loads(row[1])) if row is not None else None
+
+    # -- the cache of live subscriptions --------------------------------------------------------
+
+    def specs(self) -> dict[str, Spec]:
+        with self._lock:
+            if self._specs is None:
+                self._specs = self._load()
+                self.handshakes |= {i for i, s in self._specs.items() if s.status == "requested"}
+            return self._specs
+
+    def _load(self) -> dict[str, Spec]:
+        specs: dict[str, Spec] = {}
+        with self.store.connection() as conn:
+            rows = conn.execute(
+                select(R.body).where(R.res_type == "Subscription", R.deleted == false())
+            )
+            for (body,) in rows:
+                spec = self._spec(orjson.loads(body))
+                if spec is not None:
+                    specs[spec.sub_id] = spec
+        return specs
+
+    def _spec(self, resource: dict[str, Any]) -> Spec | None:
+        if resource.get("status") not in LIVE:
+            return None
+        try:
+            return parse(resource, self.base_url)
+        except FhirError:
+            return None  # written before a rule changed; it simply does not notify
+
+    def _refresh(self, sub_id: str) -> None:
+        stored = self.store.read("Subscription", sub_id)
+        spec = None if stored is None or stored.deleted else self._spec(stored.json())
+        specs = self.specs()
+        with self._lock:
+            if spec is None:
+                specs.pop(sub_id, None)
+                self.handshakes.discard(sub_id)
+            else:
+                specs[sub_id] = spec
+                if spec.status == "requested":
+                    self.handshakes.add(sub_id)
+        if spec is None:
+            with self.store.write_connection() as conn:
+                conn.execute(
+                    delete(subscription_queue).where(subscription_queue.c.sub_id == sub_id)
+                )
+        self.wake()
+
+    # -- the outbox consumer -------------------------------------------------------------------
+
+    def handle(self, change: Change) -> None:
+        """Queue a notification for every live subscription this change matches."""
+        if change.res_type == "Subscription":
+            self._refresh(change.res_id)
+        if change.interaction == "delete":
+            return
+        candidates = [
+            s
+            for s in self.specs().values()
+            if s.res_type == change.res_type and s.status in ("active", "error")
+        ]
+        if not candidates:
+            return
+        queued = []
+        with self.store.connection() as conn:
+            for spec in candidates:
+                allowed, access = self._access(spec.sub_id)
+                if allowed and matches(conn, spec, change.res_id, self.base_url, access):
+                    queued.append(spec.sub_id)
+        if queued:
+            stamp = now_us()
+            rows = [
+                {
+                    "sub_id": sub_id,
+                    "res_type": change.res_type,
+                    "res_id": change.res_id,
+                    "version_id": change.version_id,
+                    "created": stamp,
+                    "attempts": 0,
+                    "next_attempt": stamp,
+                }
+                for sub_id in queued
+            ]
+            with self.store.write_connection() as conn:
+                conn.execute(insert(subscription_queue), rows)
+            self.wake()
+
+    def _access(self, sub_id: str) -> tuple[bool, Access | None]:
+        """(may notify at all, the owner's access or None with auth off); an owner that is
+        not known with auth on never gets anything."""
+        if self.access_from is None:
+            return True, None
+        owner = self.owner(sub_id)
+        if owner is None or not owner[1]:
+            return False, None
+        return True, self.access_from(owner[1])
+
+    # -- status, set by the server through the one write path ---------------------------------
+
+    def set_status(self, sub_id: str, status: str, error: str | None = None) -> None:
+        with self.store.transaction() as tx:
+            found = tx.current("Subscription", sub_id, lock=True)
+            if found is None or found[1].deleted:
+                return
+            resource = found[1].json()
+            if resource.get("status") == "off":
+                return
+            resource["status"] = status
+            if error:
+                resource["error"] = error[:1000]
+            else:
+                resource.pop("error", None)
+            tx.update("Subscription", sub_id, resource)
+        log.info("subscription status", extra={"subscription": sub_id, "status": status})

@@ -1,0 +1,100 @@
+"""`interop import FILE...`: load NDJSON files (Synthea output, an export) through the one
+write path, with a progress bar on stderr and a summary on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from fhir_server.api.interactions import Context
+from fhir_server.bulk.importer import ImportCounts, LineError, file_lines, import_lines
+from fhir_server.store.db import create_db_engine, upgrade
+from fhir_server.store.repository import Store
+from interop.settings import Settings
+
+MAX_SHOWN_ERRORS = 20
+
+
+class ProgressBar:
+    """One redrawn line: bytes read of all files, resources loaded, rate."""
+
+    def __init__(self, total_bytes: int, out: TextIO, enabled: bool) -> None:
+        self.total = max(total_bytes, 1)
+        self.out = out
+        self.enabled = enabled
+        self.started = time.monotonic()
+
+    def show(self, done_bytes: int, counts: ImportCounts) -> None:
+        if not self.enabled:
+            return
+        share = min(done_bytes / self.total, 1.0)
+        bar = "#" * int(share * 30)
+        rate = counts.loaded / max(time.monotonic() - self.started, 1e-6)
+        self.out.write(
+            f"\r[{bar:<30}] {share:6.1%} {counts.loaded} loaded, "
+            f"{counts.failed} failed, {rate:,.0f}/s"
+        )
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            self.out.write("\n")
+
+
+def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
+    paths = [Path(f) for f in files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    engine = create_db_engine(settings.effective_database_url, 2)
+    upgrade(engine)
+    ctx = Context(Store(engine, settings.effective_base_url), settings.effective_base_url)
+    counts = ImportCounts()
+    errors: list[LineError] = []
+    bar = ProgressBar(sum(p.stat().st_size for p in paths), sys.stderr, sys.stderr.isatty())
+    started = time.monotonic()
+    before = 0
+    try:
+        for path in paths:
+            with open(path, "rb") as handle:
+                import_lines(
+                    ctx,
+                    str(path),
+                    file_lines(handle),
+                    batch,
+                    errors.append,
+                    on_batch=lambda c, h=handle, b=before: bar.show(b + h.tell(), c),  # type: ignore[misc]
+                    counts=counts,
+                )
+            before += path.stat().st_size
+            bar.show(before, counts)
+    finally:
+        bar.end()
+        engine.dispose()
+    seconds = time.monotonic() - started
+    for error in errors[:MAX_SHOWN_ERRORS]:
+        print(f"{error.source}:{error.line}: {error.diagnostics}", file=sys.stderr)
+    if len(errors) > MAX_SHOWN_ERRORS:
+        print(f"... and {len(errors) - MAX_SHOWN_ERRORS} more errors", file=sys.stderr)
+    summary = {
+        "loaded": counts.loaded,
+        "failed": counts.failed,
+        "byType": counts.by_type,
+        "seconds": round(seconds, 3),
+        "errors": [
+            {"file": e.source, "line": e.line, "diagnostics": e.diagnostics} for e in errors
+        ][:1000],
+    }
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        types = ", ".join(f"{t} {n}" for t, n in sorted(counts.by_type.items()))
+        print(
+            f"loaded {counts.loaded} resources ({types or 'none'}), {counts.failed} failed, "
+            f"in {seconds:.1f} s"
+        )
+    return 0 if counts.failed == 0 else 1

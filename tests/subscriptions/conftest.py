@@ -1,0 +1,78 @@
+"""Subscription fixtures: an app (auth off) with fast retries, and a real HTTP receiver."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from starlette.testclient import TestClient
+from subscription_helpers import Receiver
+
+from fhir_server.store.models import metadata
+from interop.app import create_app
+from interop.settings import Settings
+
+BASE = "http://testserver/fhir"
+
+
+def clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
+    engine = app.state.store.engine
+    tables = [t for t in metadata.sorted_tables if t.name not in keep]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(tables):
+                conn.execute(table.delete())
+    service = app.state.context.subscriptions
+    service._specs = None
+    service.handshakes.clear()
+    service.config = dataclasses.replace(
+        service.config, retry_seconds=0.05, max_backoff_seconds=0.2, max_failures=3
+    )
+
+
+@pytest.fixture(scope="session")
+def subs_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("subs")
+    settings = Settings(database_url=database_url, auth="off", base_url=BASE, bulk_dir=str(folder))
+    app = create_app(settings)
+    yield app
+    app.state.store.engine.dispose()
+
+
+@pytest.fixture
+def api(subs_session_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    clear(subs_session_app)
+    with TestClient(subs_session_app, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def subs_auth_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("subs-auth")
+    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder))
+    app = create_app(settings)
+    yield app
+    app.state.store.engine.dispose()
+
+
+@pytest.fixture
+def auth_api(subs_auth_session_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    clear(subs_auth_session_app, frozenset({"auth_signing_keys"}))
+    with TestClient(subs_auth_session_app, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    hook = Receiver()
+    hook.start()
+    try:
+        yield hook
+    finally:
+        hook.stop()

@@ -72,7 +72,7 @@ async function visit(spec) {
       } else if (form === "pick") {
         await note("pick");
         await page.check(`input[name="patient"][value="${spec.patient}"]`);
-        await submit('form[action="pick"] button[type="submit"]');
+        await submit('form[action="pick"][method="post"] button[type="submit"]');
       } else if (form === "consent") {
         await note("consent");
         out.offered = await page.$$eval('input[name="scope"]', (xs) => xs.map((x) => x.value));

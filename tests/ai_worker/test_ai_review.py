@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from conftest import ai_settings, clear_tables
 from starlette.testclient import TestClient
 
 from fhir_server.api.bundles import apply_transaction
@@ -94,8 +96,6 @@ def test_get_is_not_allowed_on_review(ai_client) -> None:  # type: ignore[no-unt
 
 @pytest.fixture(scope="session")
 def auth_ai_app(database_url: str, orthanc):  # type: ignore[no-untyped-def]
-    from conftest import ai_settings
-
     from interop.app import create_app
 
     app = create_app(ai_settings(database_url, orthanc, auth="on", auth_audit=False))
@@ -105,8 +105,6 @@ def auth_ai_app(database_url: str, orthanc):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def auth_client(auth_ai_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    from conftest import clear_tables
-
     clear_tables(auth_ai_app)
     with TestClient(auth_ai_app, base_url="http://testserver") as client:
         yield client

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import ai_settings, clear_tables
 from starlette.testclient import TestClient
 

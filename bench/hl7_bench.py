@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from hl7_listener.mllp import EB, MllpServer, frame
-from hl7_listener.processor import Processor
+from hl7_listener.processor import Processor, Reply
 from hl7_listener.runner import build_processor
 from interop.settings import Settings
 
@@ -48,8 +48,8 @@ async def drive(port: int, per_sender: int, tag: str) -> float:
 
 
 async def measure(proc: Processor | None, per_sender: int, tag: str = "") -> float:
-    def echo(raw: bytes, peer: str) -> tuple[bytes, int | None]:
-        return b"MSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|1\r", None
+    def echo(raw: bytes, peer: str) -> Reply:
+        return Reply(b"MSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|1\r", None)
 
     server = MllpServer(proc.handle if proc else echo, port=0)
     port = await server.start()

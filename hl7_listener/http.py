@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fhir_server.api.interactions import FhirError
+from hl7_listener.inbox import parse_time
 from hl7_listener.processor import Processor
 from mappers.hl7v2 import ParseError, parse
 
@@ -39,9 +40,14 @@ def routes(processor: Processor, policy: Any) -> list[Route]:
             offset = max(int(q.get("_offset", "0")), 0)
         except ValueError:
             return js({"error": "_count and _offset must be integers"}, 400)
+        try:
+            since, until = (parse_time(q[k]) if q.get(k) else None for k in ("since", "until"))
+        except ValueError:
+            return js({"error": "since and until take an ISO date or date-time"}, 400)
         rows = await run_in_threadpool(
-            processor.inbox.list, q.get("status"), q.get("type"), q.get("sender"), limit, offset
-        )
+            processor.inbox.list, q.get("status"), q.get("type"), q.get("sender"), limit, offset,
+            since, until,
+        )  # fmt: skip
         return js({"messages": [r.as_dict() for r in rows], "offset": offset, "count": limit})
 
     async def show_message(request: Request) -> Response:
@@ -69,9 +75,12 @@ def routes(processor: Processor, policy: Any) -> list[Route]:
         if denied:
             return denied
         raw = await request.body()
-        ack, pk = await run_in_threadpool(processor.handle, raw, "http")
-        status = 201 if pk is not None else 503
-        return Response(ack, status, {"X-Message-Id": str(pk or "")},
+        reply = await run_in_threadpool(processor.handle, raw, "http")
+        ack = reply.ack
+        if reply.followup is not None:  # enhanced mode: the application ACK, when one is due
+            ack = await run_in_threadpool(reply.followup) or ack
+        status = 201 if reply.pk is not None else 503
+        return Response(ack or b"", status, {"X-Message-Id": str(reply.pk or "")},
                         media_type="x-application/hl7-v2+er7")  # fmt: skip
 
     return [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +19,7 @@ from sqlalchemy import (
     Text,
     insert,
     select,
+    tuple_,
     update,
 )
 
@@ -69,6 +72,14 @@ class InboxRow:
         }
 
 
+def parse_time(text: str) -> int:
+    """An ISO date or date-time (no offset = UTC) -> epoch microseconds; ValueError if not."""
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
 def _row(r: Any) -> InboxRow:
     return InboxRow(
         r.pk, r.raw, r.sender, r.control_id, r.message_type, r.version, r.received_at,
@@ -76,41 +87,101 @@ def _row(r: Any) -> InboxRow:
     )  # fmt: skip
 
 
+@dataclass
+class Arrival:
+    """A message to store, with the status and ACK it gets unless it is a duplicate."""
+
+    raw: bytes
+    sender: str
+    control_id: str
+    message_type: str = ""
+    version: str = ""
+    status: str = "received"
+    ack: bytes | None = None
+    error: str | None = None
+    # set by the store:
+    pk: int | None = None
+    original: InboxRow | None = None  # an earlier message with this sender + control id
+    failure: BaseException | None = None
+
+
 class Inbox:
-    """Small repository over hl7_messages; each call is its own committed transaction."""
+    """Small repository over hl7_messages.
+
+    Storing uses group commit: messages arriving while a commit is in progress are written
+    together in the next transaction, so eight senders cost one commit, not eight, and each
+    message is still committed before its ACK goes out.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[Arrival] = []
+        self._writing = False
 
-    def store(self, raw: bytes, sender: str, control_id: str, mtype: str, version: str) -> int:
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                insert(hl7_messages).values(
-                    raw=raw,
-                    sender=sender[:255],
-                    control_id=control_id[:199],
-                    message_type=mtype[:32],
-                    version=version[:16],
-                    received_at=int(time.time() * 1_000_000),
-                    status="received",
-                )  # fmt: skip
-            )
-            return int(res.inserted_primary_key[0])  # type: ignore[index]
+    def store(self, arrival: Arrival) -> Arrival:
+        """Commit the message (durable when this returns). An earlier original (same
+        MSH-3+MSH-4+MSH-10, with an ACK) makes it a duplicate, stored with that ACK.
+        Raises if the database cannot take it."""
+        with self._cond:
+            self._queue.append(arrival)
+            while arrival.pk is None and arrival.failure is None:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._writing = True
+                batch, self._queue = self._queue, []
+                self._cond.release()
+                try:
+                    self._write(batch)
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+        if arrival.failure is not None:
+            raise arrival.failure
+        return arrival
 
-    def find_original(self, sender: str, control_id: str) -> InboxRow | None:
-        """An earlier message with the same MSH-3+MSH-4+MSH-10 that already has an ACK."""
-        q = (
-            select(hl7_messages)
-            .where(hl7_messages.c.sender == sender[:255])
-            .where(hl7_messages.c.control_id == control_id[:199])
-            .where(hl7_messages.c.status.in_(("received", "processed", "failed")))
-            .where(hl7_messages.c.ack.is_not(None))
-            .order_by(hl7_messages.c.pk)
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            r = conn.execute(q).first()
-        return _row(r) if r else None
+    def _write(self, batch: list[Arrival]) -> None:
+        try:
+            # interop_write: BEGIN IMMEDIATE on SQLite, so the read below cannot deadlock
+            # against a store transaction when it turns into a write
+            with (
+                self.engine.connect() as plain,
+                plain.execution_options(interop_write=True).begin() as tx,
+            ):
+                conn = tx.connection
+                originals = _originals(conn, batch)
+                for a in batch:
+                    key = (a.sender[:255], a.control_id[:199])
+                    if a.control_id and key in originals:
+                        a.original = originals[key]
+                        a.status, a.ack = "duplicate", a.original.ack
+                        a.error = f"duplicate of {a.original.pk}"
+                rows = [
+                    {
+                        "raw": a.raw,
+                        "sender": a.sender[:255],
+                        "control_id": a.control_id[:199],
+                        "message_type": a.message_type[:32],
+                        "version": a.version[:16],
+                        "received_at": int(time.time() * 1_000_000),
+                        "status": a.status,
+                        "ack": a.ack,
+                        "error": a.error,
+                    }
+                    for a in batch
+                ]
+                stmt = insert(hl7_messages).returning(
+                    hl7_messages.c.pk, sort_by_parameter_order=True
+                )
+                pks = [r[0] for r in conn.execute(stmt, rows)]
+        except Exception as exc:  # every waiter learns its message was not stored
+            for a in batch:
+                a.failure = exc
+            return
+        for a, pk in zip(batch, pks, strict=True):
+            a.pk = int(pk)
 
     def finish(
         self, pk: int, status: str, ack: bytes | None, error: str | None = None,
@@ -131,9 +202,15 @@ class Inbox:
 
     def list(
         self, status: str | None = None, mtype: str | None = None, sender: str | None = None,
-        limit: int = 50, offset: int = 0,
+        limit: int = 50, offset: int = 0, since: int | None = None, until: int | None = None,
     ) -> list[InboxRow]:  # fmt: skip
+        """Newest first; since/until bound the received time (epoch microseconds, until
+        exclusive)."""
         q = select(hl7_messages).order_by(hl7_messages.c.pk.desc()).limit(limit).offset(offset)
+        if since is not None:
+            q = q.where(hl7_messages.c.received_at >= since)
+        if until is not None:
+            q = q.where(hl7_messages.c.received_at < until)
         if status:
             q = q.where(hl7_messages.c.status == status)
         if mtype:
@@ -142,3 +219,20 @@ class Inbox:
             q = q.where(hl7_messages.c.sender == sender)
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(q)]
+
+
+def _originals(conn: Any, batch: list[Arrival]) -> dict[tuple[str, str], InboxRow]:
+    """Earlier messages with an ACK for the batch's sender + control id keys."""
+    keys = {(a.sender[:255], a.control_id[:199]) for a in batch if a.control_id}
+    found: dict[tuple[str, str], InboxRow] = {}
+    if keys:
+        q = (
+            select(hl7_messages)
+            .where(tuple_(hl7_messages.c.sender, hl7_messages.c.control_id).in_(keys))
+            .where(hl7_messages.c.status.in_(("received", "processed", "failed")))
+            .where(hl7_messages.c.ack.is_not(None))
+            .order_by(hl7_messages.c.pk.desc())
+        )
+        for r in conn.execute(q):
+            found[(r.sender, r.control_id)] = _row(r)  # descending: the oldest wins
+    return found

@@ -8,12 +8,13 @@ import ssl
 from collections.abc import Callable
 
 from hl7_listener.ack import build_ack
+from hl7_listener.processor import Reply
 
 log = logging.getLogger("interop.hl7.mllp")
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 
-Handler = Callable[[bytes, str], tuple[bytes, int | None]]
+Handler = Callable[[bytes, str], Reply]
 
 
 def frame(payload: bytes) -> bytes:
@@ -93,9 +94,15 @@ class MllpServer:
                 del buf[: end + 1]
                 if buf[:1] == CR:
                     del buf[:1]
-                ack, _ = await asyncio.to_thread(self.handler, payload, peer)
-                writer.write(frame(ack))
-                await writer.drain()
+                reply = await asyncio.to_thread(self.handler, payload, peer)
+                if reply.ack is not None:
+                    writer.write(frame(reply.ack))
+                    await writer.drain()
+                if reply.followup is not None:
+                    application_ack = await asyncio.to_thread(reply.followup)
+                    if application_ack is not None:
+                        writer.write(frame(application_ack))
+                        await writer.drain()
                 continue
             if len(buf) > self.max_frame:
                 if self.oversize is not None:

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirError
 from hl7_listener.ack import build_ack
-from hl7_listener.inbox import Inbox
+from hl7_listener.inbox import Arrival, Inbox
 from mappers.hl7v2 import ParseError, parse, to_bundle
 from mappers.hl7v2.mapping import SUPPORTED, MappingError, UnsupportedMessage
 from mappers.hl7v2.parser import Message
 
 log = logging.getLogger("interop.hl7")
+
+
+@dataclass
+class Reply:
+    """What to answer a message with.
+
+    `ack` goes back at once (None when MSH-15 asks for no accept ACK); `followup`, in
+    enhanced mode, maps the stored message and returns the application ACK that MSH-16
+    asks for (or None), sent after the accept ACK on the same connection.
+    """
+
+    ack: bytes | None
+    pk: int | None
+    followup: Callable[[], bytes | None] | None = None
+
+
+def wanted(condition: str, positive: bool) -> bool:
+    """MSH-15/16 (HL7 table 0155): AL always, NE never, ER on errors, SU on success.
+    Empty in enhanced mode counts as AL."""
+    return {"NE": False, "ER": not positive, "SU": positive}.get(condition, True)
 
 
 @dataclass
@@ -27,49 +46,75 @@ class Processor:
     ack_mode: str = "map"
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
-    # Conditional PUTs on the same patient from concurrent senders would race (two creates
-    # for one identifier); applying one bundle at a time keeps identities unique.
-    _apply_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def handle(self, raw: bytes, peer: str = "") -> tuple[bytes, int | None]:
-        """Returns the ACK bytes and the inbox id; never raises for bad input."""
+    def handle(self, raw: bytes, peer: str = "") -> Reply:
+        """Store, then acknowledge (and map) by the message's rules; never raises for bad input."""
         try:
             msg = parse(raw)
         except (ParseError, IndexError) as exc:
-            try:
-                pk = self.inbox.store(raw, peer or "unknown", "", "", "")
-            except Exception:
-                log.exception("inbox unavailable")
-                return build_ack(None, "AR", "cannot store message now, resend later"), None
             ack = build_ack(None, "AR", str(exc), "102")
-            self.inbox.finish(pk, "failed", ack, str(exc))
-            return ack, pk
-        enhanced = bool(msg.msh.get(15) or msg.msh.get(16))
+            stored = self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack,
+                                         error=str(exc)))  # fmt: skip
+            if stored is None:
+                return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
+            return Reply(ack, stored.pk)
+        accept, application = msg.msh.get(15).upper(), msg.msh.get(16).upper()
+        enhanced = bool(accept or application)
         ok, err, rej = ("CA", "CE", "CR") if enhanced else ("AA", "AE", "AR")
-        sender = f"{msg.msh.get(3)}^{msg.msh.get(4)}"
-        try:
-            original = self.inbox.find_original(sender, msg.control_id)
-            pk = self.inbox.store(raw, sender, msg.control_id, msg.message_type, msg.version)
-        except Exception:
-            log.exception("inbox unavailable")
-            return build_ack(msg, rej, "cannot store message now, resend later", "207"), None
-        if original is not None and original.ack is not None:
-            self.inbox.finish(pk, "duplicate", original.ack, f"duplicate of {original.pk}")
-            return original.ack, pk
+
+        def answer(ack: bytes | None, positive: bool) -> bytes | None:
+            return ack if not enhanced or wanted(accept, positive) else None
+
+        arrival = Arrival(
+            raw, f"{msg.msh.get(3)}^{msg.msh.get(4)}", msg.control_id, msg.message_type,
+            msg.version,
+        )  # fmt: skip
+        mapped_now = not enhanced and self.ack_mode == "map"
         if msg.message_type not in SUPPORTED:
             code = "200" if msg.msh.get(9, 1) not in {s.split("^")[0] for s in SUPPORTED} else "201"
-            text = f"message type {msg.message_type} is not supported"
-            ack = build_ack(msg, rej, text, code)
-            self.inbox.finish(pk, "failed", ack, text)
-            return ack, pk
-        if self.ack_mode == "store" or enhanced:
-            ack = build_ack(msg, ok)
-            self.inbox.finish(pk, "received", ack)
-            return ack, pk
-        return self.map_stored(pk, msg, ok, err), pk
+            arrival.error = f"message type {msg.message_type} is not supported"
+            arrival.status, arrival.ack = "failed", build_ack(msg, rej, arrival.error, code)
+        elif not mapped_now:  # the ACK goes out before mapping: store it with the message
+            arrival.ack = build_ack(msg, ok)
+        stored = self._store(arrival)
+        if stored is None:
+            ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
+            return Reply(answer(ack, False), None)
+        pk = stored.pk
+        assert pk is not None
+        if stored.original is not None or stored.status == "failed":
+            return Reply(stored.ack if stored.original else answer(stored.ack, False), pk)
+        if mapped_now:
+            return Reply(self.map_stored(pk, msg, ok, err), pk)
+        if self.ack_mode == "store" and (not enhanced or application == "NE"):
+            return Reply(answer(stored.ack, True), pk)  # mapped in the background
 
-    def map_stored(self, pk: int, msg: Message, ok: str = "AA", err: str = "AE") -> bytes:
-        """Map and apply; records processed/failed with produced resource ids."""
+        def followup() -> bytes | None:
+            app_ack = self.map_stored(pk, msg, keep_ack=True)
+            positive = app_ack.split(b"\r")[1][4:6] == b"AA"
+            return app_ack if wanted(application, positive) else None
+
+        return Reply(answer(stored.ack, True), pk, followup)
+
+    def _store(self, arrival: Arrival) -> Arrival | None:
+        """The inbox commit; None when the database cannot take the message now."""
+        try:
+            return self.inbox.store(arrival)
+        except Exception:
+            log.exception("inbox unavailable")
+            return None
+
+    def reject_oversize(self, raw: bytes, peer: str) -> None:
+        """A frame over the size limit: kept for inspection, answered AR by the listener."""
+        text = "message exceeds the size limit"
+        ack = build_ack(None, "AR", text)
+        self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack, error=text))
+
+    def map_stored(
+        self, pk: int, msg: Message, ok: str = "AA", err: str = "AE", keep_ack: bool = False
+    ) -> bytes:
+        """Map and apply; records processed/failed with produced resource ids. keep_ack
+        leaves the ACK already sent (and replayed to duplicates) as it was."""
         try:
             bundle = to_bundle(msg, systems=self.systems, tz=self.tz)
             resources = self.apply(bundle)
@@ -77,21 +122,23 @@ class Processor:
             text = exc.outcome()["issue"][0].get("diagnostics", "") if isinstance(
                 exc, FhirError) else str(exc)  # fmt: skip
             ack = build_ack(msg, err, text or "mapping failed", "207")
-            self.inbox.finish(pk, "failed", ack, text)
+            self.inbox.finish(pk, "failed", None if keep_ack else ack, text)
             return ack
         except Exception as exc:
             log.exception("mapping message %s failed", pk)
             ack = build_ack(msg, err, "internal error while mapping", "207")
-            self.inbox.finish(pk, "failed", ack, f"{type(exc).__name__}: {exc}")
+            self.inbox.finish(
+                pk, "failed", None if keep_ack else ack, f"{type(exc).__name__}: {exc}"
+            )
             return ack
         ack = build_ack(msg, ok)
-        self.inbox.finish(pk, "processed", ack, None, resources)
+        self.inbox.finish(pk, "processed", None if keep_ack else ack, None, resources)
         return ack
 
     def apply(self, bundle: dict[str, object]) -> list[str]:
         """Apply through the one write path, exactly like a POSTed transaction."""
-        with self._apply_lock:
-            out = apply_transaction(self.ctx, dict(bundle))
+        # concurrent messages for one patient stay one Patient: the store locks identities
+        out = apply_transaction(self.ctx, dict(bundle))
         return [
             "/".join(e["response"]["location"].split("/_history")[0].split("/")[-2:])
             for e in out.get("entry", [])
@@ -102,7 +149,7 @@ class Processor:
         """Map messages left 'received' (ack-after-store, or a crash before mapping)."""
         done = 0
         for row in self.inbox.list(status="received", limit=1000):
-            self.map_stored(row.pk, parse(row.raw))
+            self.map_stored(row.pk, parse(row.raw), keep_ack=True)
             done += 1
         return done
 
@@ -110,6 +157,6 @@ class Processor:
         row = self.inbox.get(pk)
         if row is None:
             raise KeyError(pk)
-        self.map_stored(pk, parse(row.raw))
+        self.map_stored(pk, parse(row.raw), keep_ack=True)
         done = self.inbox.get(pk)
         return done.status if done else "unknown"

@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 import threading
+from collections.abc import Callable
 
 from fhir_server.api.interactions import Context
 from fhir_server.store.db import create_db_engine, upgrade
@@ -42,19 +43,26 @@ def build_processor(settings: Settings) -> Processor:
     )  # fmt: skip
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; maps leftover 'received' messages first and in background."""
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM in the main thread). Maps messages left
+    'received' by an earlier run first, then keeps mapping ack-after-store ones."""
     proc = build_processor(settings)
     server = MllpServer(
         proc.handle, settings.mllp_host, settings.mllp_port, settings.mllp_max_frame,
-        settings.mllp_idle_timeout, tls_context(settings),
+        settings.mllp_idle_timeout, tls_context(settings), proc.reject_oversize,
     )  # fmt: skip
-    await server.start()
-    stop = asyncio.Event()
+    port = await server.start()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    if started is not None:
+        started(port)
 
     async def background() -> None:
         while not stop.is_set():
@@ -67,13 +75,44 @@ async def serve(settings: Settings) -> None:
     await server.stop()
     await worker
     await asyncio.to_thread(proc.process_pending)
+    proc.ctx.store.engine.dispose()
     log.info("MLLP listener stopped")
 
 
-def start_in_thread(settings: Settings) -> threading.Thread:
-    """For `interop serve`: the listener beside uvicorn. Messages are committed before
-    their ACK, and 'received' ones are mapped on the next start, so exiting with the
-    process loses nothing."""
-    thread = threading.Thread(target=lambda: asyncio.run(serve(settings)), name="mllp", daemon=True)
-    thread.start()
-    return thread
+class ListenerThread:
+    """For `interop serve`: the listener beside uvicorn, in a thread with its own event loop.
+    `stop()` after uvicorn returns stops accepting, lets in-flight messages finish and maps
+    what is pending, so shutting down loses nothing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mllp", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> int | None:
+        self._thread.start()
+        self._ready.wait(timeout)
+        return self.port
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+
+            def started(port: int) -> None:
+                self.port = port
+                self._ready.set()
+
+            await serve(self.settings, self._stop, started)
+
+        try:
+            asyncio.run(main())
+        finally:
+            self._ready.set()

@@ -26,11 +26,12 @@ from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
-from fhir_server.store.repository import Store
+from fhir_server.store.repository import Store, Transaction
 from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
 from interop.logs import request_id_var
+from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size)
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+    outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
+    store.listeners.append(outbox_runner.wake)
     imaging = Bridge.build(settings, ctx)
 
     @asynccontextmanager
@@ -70,7 +73,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         # As many request threads as pooled connections: more threads only queue for a
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        outbox_runner.start()
         yield
+        await run_in_threadpool(outbox_runner.stop)
         if audit is not None:
             await run_in_threadpool(audit.close)
         engine.dispose()
@@ -89,6 +94,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.policy = policy
     app.state.context = ctx
     app.state.audit = audit
+    app.state.outbox_runner = outbox_runner
     app.state.access_for = access_for
     app.state.imaging = imaging
     if not settings.auth_enabled:
@@ -108,10 +114,28 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         )
         interaction, res_type = "unknown", ""
         grant = None
+        audited: list[Interaction] = []  # a change recorded inside its own transaction
         try:
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
+            if audit is not None and request.method not in ("GET", "HEAD"):
+                parts = [p for p in path if p]
+                change = Interaction(
+                    request.method,
+                    guess_interaction(request.method, parts),
+                    parts[0] if parts else "",
+                    parts[1] if len(parts) > 1 and parts[1][:1] not in "_$" else None,
+                    201 if request.method == "POST" and len(parts) == 1 else 200,
+                    request.client.host if request.client else None,
+                    grant,
+                )
+
+                def record_change(tx: Transaction, event: Interaction = change) -> None:
+                    audit.record_in(tx, event)
+                    audited.append(event)
+
+                request_ctx = replace(request_ctx, before_commit=record_change)
             response: FhirResponse = await run_in_threadpool(
                 dispatch, request_ctx, fhir_req, lambda: capability
             )
@@ -127,7 +151,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                 {},
             )
         request.state.interaction = interaction
-        if audit is not None and interaction != "capabilities" and path[:1] != [".well-known"]:
+        if (
+            audit is not None
+            and not (audited and status < 400)
+            and interaction != "capabilities"
+            and path[:1] != [".well-known"]
+        ):
             parts = [p for p in path if p]
             event = Interaction(
                 request.method,
@@ -220,6 +249,7 @@ def auth_config(settings: Settings) -> AuthConfig:
         access_token_seconds=settings.auth_access_token_seconds,
         backend_token_seconds=settings.auth_backend_token_seconds,
         refresh_token_seconds=settings.auth_refresh_token_days * 86400,
+        online_session_seconds=settings.auth_online_session_hours * 3600,
         launch_seconds=settings.auth_launch_seconds,
         registration=settings.auth_registration,
         roles_file=settings.auth_roles_file,

@@ -12,6 +12,8 @@ from interop.settings import get_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hl7_listener.inbox import parse_time
+
     parser = argparse.ArgumentParser(prog="interop", description="HL7/FHIR interoperability server")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -42,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lst = hl7_commands.add_parser("list", help="list inbox messages, newest first")
     lst.add_argument("--status", choices=["received", "processed", "failed", "duplicate"])
+    lst.add_argument("--type", help="message type, e.g. ORU^R01")
+    lst.add_argument("--sender", help="MSH-3^MSH-4")
+    lst.add_argument("--since", type=parse_time, help="received at or after (ISO date/time)")
+    lst.add_argument("--until", type=parse_time, help="received before (ISO date/time)")
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--json", action="store_true", help="one JSON object on stdout")
     show = hl7_commands.add_parser("show", help="one message: raw, status, error, resources")
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import os
+    import signal
 
     import uvicorn
 
@@ -106,10 +113,19 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": settings.workers,
         },
     )
-    if settings.mllp_port != 0:
-        from hl7_listener.runner import start_in_thread
 
-        start_in_thread(settings)
+    def stop_on_sigterm(_sig: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn re-raises the signal it shut down on; as an exception it reaches `finally`
+    # below, so the MLLP listener drains instead of dying with the process
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    listener = None
+    if settings.mllp_port != 0:
+        from hl7_listener.runner import ListenerThread
+
+        listener = ListenerThread(settings)
+        listener.start()
     from dicomweb_bridge.runner import start as start_imaging
 
     imaging = start_imaging(settings)
@@ -125,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
             server_header=False,
         )
     finally:
+        if listener is not None:
+            listener.stop()
         if imaging is not None:
             imaging.stop()
     return 0
@@ -197,7 +215,10 @@ def _hl7_inbox(args: argparse.Namespace) -> int:
 
     proc = build_processor(get_settings())
     if args.hl7_command == "list":
-        rows = [r.as_dict() for r in proc.inbox.list(status=args.status, limit=args.limit)]
+        found = proc.inbox.list(
+            args.status, args.type, args.sender, args.limit, since=args.since, until=args.until
+        )
+        rows = [r.as_dict() for r in found]
         if args.json:
             print(json.dumps({"messages": rows}))
         for r in [] if args.json else rows:

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     auth_refresh_token_days: int = Field(
         default=30, ge=1, description="lifetime of refresh tokens (offline_access)"
     )
+    auth_online_session_hours: int = Field(
+        default=12,
+        ge=1,
+        description="online_access: refresh tokens work this long after the user signed in",
+    )
     auth_launch_seconds: int = Field(
         default=300, ge=10, le=3600, description="how long an EHR launch id stays usable"
     )

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, false, or_, select, true
 
 from fhir_server.errors import FhirError
-from fhir_server.search.extract import extract
+from fhir_server.search.extract import IndexRows, extract
+from fhir_server.search.match import unmatched
 from fhir_server.search.query import Compiler, Row, compartment_condition
 from fhir_server.search.registry import patient_compartment
 from fhir_server.store.models import resources
@@ -37,12 +38,6 @@ class Decision:
     @property
     def limited(self) -> bool:
         return all(patient is not None or query for patient, query in self.alternatives)
-
-    @property
-    def patient(self) -> str | None:
-        """The patient when every alternative confines to one (writes are judged by it)."""
-        patients = {patient for patient, _ in self.alternatives}
-        return patients.pop() if len(patients) == 1 else None
 
 
 @lru_cache(maxsize=4096)
@@ -140,26 +135,25 @@ class GrantAccess:
                 raise forbidden(f"{res_type}/{res_id} lies outside what the access token may reach")
 
     def check_body(self, perm: str, resource: Any) -> None:
+        """New content must fit one of the ways the permission is granted: inside the
+        patient's compartment and matching the scope's query restriction, if any."""
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return  # the interaction itself reports the malformed body
         res_type = resource["resourceType"]
         decision = self.decide(perm, res_type)
-        if not decision.limited or decision.patient is None:
+        if not decision.limited:
             return
-        if not in_compartment_type(res_type):
-            return
-        if res_type == "Patient":
-            if resource.get("id") != decision.patient:
-                raise forbidden("A patient-confined token may only write its own Patient")
-            return
-        params = patient_compartment(res_type)
-        for code, target_type, target_id, _ in extract(resource).references:
-            if code in params and target_type == "Patient" and target_id == decision.patient:
+        rows = extract(resource, self.base_url)
+        reasons = []
+        for patient, query in decision.alternatives:
+            why = None if patient is None else _outside_patient(res_type, resource, rows, patient)
+            if why is None and query:
+                why = unmatched(res_type, rows, query)
+                why = why and f"{why}, which the access token requires for writes"
+            if why is None:
                 return
-        raise forbidden(
-            f"The {res_type} does not belong to Patient/{decision.patient}, "
-            "the only patient this access token may write for"
-        )
+            reasons.append(why)
+        raise forbidden("; ".join(dict.fromkeys(reasons)))
 
     def filter_rows(self, conn: Connection, rows: Sequence[Row]) -> list[Row]:
         kept: list[Row] = []
@@ -184,3 +178,22 @@ class GrantAccess:
             }
             kept.extend(r for r in group if r.res_id in allowed)
         return kept
+
+
+def _outside_patient(res_type: str, resource: Any, rows: IndexRows, patient: str) -> str | None:
+    """Why content lies outside Patient/{patient}'s compartment, or None when it is inside
+    (or of a type that has no compartment membership)."""
+    if not in_compartment_type(res_type):
+        return None
+    if res_type == "Patient":
+        if resource.get("id") == patient:
+            return None
+        return "A patient-confined token may only write its own Patient"
+    params = patient_compartment(res_type)
+    for code, target_type, target_id, _ in rows.references:
+        if code in params and target_type == "Patient" and target_id == patient:
+            return None
+    return (
+        f"The {res_type} does not belong to Patient/{patient}, "
+        "the only patient this access token may write for"
+    )

@@ -17,10 +17,11 @@ from urllib.parse import urlencode
 from sqlalchemy import delete, insert, select, update
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from fhir_server.errors import FhirError
 from smart_auth import pages
 from smart_auth import scopes as sc
 from smart_auth.models import authorization_requests
-from smart_auth.patients import list_patients, patient_exists
+from smart_auth.patients import list_encounters, list_patients, patient_exists
 from smart_auth.server import AuthServer
 
 REQUEST_SECONDS = 600
@@ -138,12 +139,42 @@ class AuthorizeFlow:
             )
         return self._next(pending["request_id"])
 
-    def picker(self, request_id: str) -> Response:
+    def picker(self, request_id: str, search: str = "") -> Response:
         pending = self._pending(request_id)
         if pending is None or not pending["username"]:
             return _page_error("This request expired or you are not signed in.")
-        patients = list_patients(self.engine)
-        return HTMLResponse(pages.picker_page(request_id, pending["csrf"], patients))
+        try:
+            patients = list_patients(self.engine, search[:200])
+        except FhirError:
+            patients = []
+        return HTMLResponse(pages.picker_page(request_id, pending["csrf"], patients, search))
+
+    def encounter_form(self, request_id: str) -> Response:
+        pending = self._pending(request_id)
+        if pending is None or not pending["username"] or not pending["patient"]:
+            return _page_error("This request expired or no patient is chosen yet.")
+        encounters = list_encounters(self.engine, pending["patient"])
+        return HTMLResponse(pages.encounter_page(request_id, pending["csrf"], encounters))
+
+    def choose_encounter(self, form: dict[str, str], cookie: str | None) -> Response:
+        """launch/encounter in a standalone launch: one of the chosen patient's encounters,
+        or none when the patient has none."""
+        pending = self._checked(form, cookie)
+        if isinstance(pending, Response):
+            return pending
+        if not pending["username"] or not pending["patient"]:
+            return _page_error("Sign in and choose a patient first.", 400)
+        chosen = form.get("encounter", "")
+        encounters = [eid for eid, _ in list_encounters(self.engine, pending["patient"])]
+        if (chosen or encounters) and chosen not in encounters:
+            return _page_error("Choose one of the listed encounters.", 400)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(authorization_requests)
+                .where(authorization_requests.c.request_id == pending["request_id"])
+                .values(encounter=chosen)  # "" records "chosen: none"
+            )
+        return self._next(pending["request_id"])
 
     def pick(self, form: dict[str, str], cookie: str | None) -> Response:
         pending = self._checked(form, cookie)
@@ -194,7 +225,7 @@ class AuthorizeFlow:
         context = dict(params["context"])
         context.update(
             patient=pending["patient"],
-            encounter=pending["encounter"],
+            encounter=pending["encounter"] or None,
             fhirUser=user.fhir_user,
             role=user.role,
         )
@@ -209,9 +240,12 @@ class AuthorizeFlow:
     def _next(self, request_id: str) -> Response:
         pending = self._pending(request_id)
         assert pending is not None
-        wants_patient = "launch/patient" in pending["params"]["scope"]
-        if wants_patient and not pending["patient"]:
-            return RedirectResponse(f"pick?{urlencode({'request': request_id})}", 303)
+        scope = pending["params"]["scope"]
+        query = urlencode({"request": request_id})
+        if "launch/patient" in scope and not pending["patient"]:
+            return RedirectResponse(f"pick?{query}", 303)
+        if "launch/encounter" in scope and pending["patient"] and pending["encounter"] is None:
+            return RedirectResponse(f"encounter?{query}", 303)
         return RedirectResponse(f"consent?{urlencode({'request': request_id})}", 303)
 
     def _pending(self, request_id: str) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ class AuthConfig:
     auth_base: str  # where /auth lives, e.g. https://host/auth
     access_token_seconds: int = 3600
     backend_token_seconds: int = 300
-    refresh_token_seconds: int = 30 * 86400
+    refresh_token_seconds: int = 30 * 86400  # offline_access
+    online_session_seconds: int = 12 * 3600  # online_access: from sign-in, not renewed
     code_seconds: int = 60
     launch_seconds: int = 300
     registration: bool = True

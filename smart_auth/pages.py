@@ -50,18 +50,48 @@ def login_page(request_id: str, csrf: str, client_name: str, error: str = "") ->
     )
 
 
-def picker_page(request_id: str, csrf: str, patients: list[tuple[str, str]]) -> str:
-    if not patients:
-        return page("Choose a patient", "<p>There are no patients to choose from.</p>")
-    options = "".join(
-        f'<label><input type="radio" name="patient" value="{escape(pid)}" required> '
-        f"{escape(label)} <small>({escape(pid)})</small></label>"
-        for pid, label in patients
+def picker_page(
+    request_id: str, csrf: str, patients: list[tuple[str, str]], search: str = ""
+) -> str:
+    finder = (
+        '<form method="get" action="pick">'
+        f'<input type="hidden" name="request" value="{escape(request_id)}">'
+        f'<label>Find by name <input type="text" name="q" value="{escape(search)}"></label>'
+        "<button type=submit>Search</button></form>"
     )
+    if not patients:
+        found = "No patient matches." if search else "There are no patients to choose from."
+        return page("Choose a patient", f"{finder}<p>{found}</p>")
     return page(
         "Choose a patient",
-        f'<form method="post" action="pick">{_hidden(request_id, csrf)}{options}'
-        "<button type=submit>Continue</button></form>",
+        finder + _choices("pick", "patient", request_id, csrf, patients, "Continue"),
+    )
+
+
+def encounter_page(request_id: str, csrf: str, encounters: list[tuple[str, str]]) -> str:
+    if not encounters:
+        return page(
+            "Choose an encounter",
+            "<p>This patient has no encounters to choose from.</p>"
+            + _choices("encounter", "encounter", request_id, csrf, [], "Continue without"),
+        )
+    return page(
+        "Choose an encounter",
+        _choices("encounter", "encounter", request_id, csrf, encounters, "Continue"),
+    )
+
+
+def _choices(
+    action: str, name: str, request_id: str, csrf: str, items: list[tuple[str, str]], button: str
+) -> str:
+    options = "".join(
+        f'<label><input type="radio" name="{name}" value="{escape(value)}" required> '
+        f"{escape(label)} <small>({escape(value)})</small></label>"
+        for value, label in items
+    )
+    return (
+        f'<form method="post" action="{action}">{_hidden(request_id, csrf)}{options}'
+        f"<button type=submit>{escape(button)}</button></form>"
     )
 
 

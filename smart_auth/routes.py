@@ -103,7 +103,16 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
         return endpoint
 
     login = form_page(flow.login_form, flow.login)
-    pick = form_page(flow.picker, flow.pick)
+    choose_encounter = form_page(flow.encounter_form, flow.choose_encounter)
+
+    async def pick(request: Request) -> Response:
+        if request.method == "GET":  # the picker, with an optional name search `q`
+            query = _clean(dict(request.query_params))
+            return await run_in_threadpool(
+                flow.picker, query.get("request", ""), query.get("q", "")
+            )
+        form = _fields(await _form(request))
+        return await run_in_threadpool(flow.pick, form, request.cookies.get(CSRF_COOKIE))
 
     async def consent(request: Request) -> Response:
         if request.method == "GET":
@@ -205,6 +214,7 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
         Route("/auth/authorize", _guarded(authorize), methods=both),
         Route("/auth/login", _guarded(login), methods=both),
         Route("/auth/pick", _guarded(pick), methods=both),
+        Route("/auth/encounter", _guarded(choose_encounter), methods=both),
         Route("/auth/consent", _guarded(consent), methods=both),
         Route("/auth/token", _guarded(token), methods=["POST"]),
         Route("/auth/introspect", _guarded(introspect), methods=["POST"]),

@@ -235,6 +235,8 @@ class AuthServer:
             raise invalid_grant("The refresh token was already used; the grant is revoked")
         if row.expires < time.time():
             raise invalid_grant("The refresh token expired")
+        if row.username and self.registry.user(row.username) is None:
+            raise invalid_grant("The user this grant was made for no longer exists")
         granted = row.scope.split()
         scope = granted
         if form.get("scope"):
@@ -315,6 +317,15 @@ class AuthServer:
             body["refresh_token"] = self._new_refresh(client, scope, username, context, family)
         return body
 
+    def _refresh_expiry(self, scope: list[str], context: dict[str, Any]) -> int:
+        """offline_access: the configured lifetime from now. online_access alone: no later
+        than the end of the user's sign-in session (recorded when the grant began), so the
+        app keeps access only while the user is, in effect, still signed in."""
+        expires = int(time.time()) + self.config.refresh_token_seconds
+        if "offline_access" not in scope and context.get("session_ends"):
+            expires = min(expires, int(context["session_ends"]))
+        return expires
+
     def _new_refresh(
         self,
         client: Client,
@@ -324,6 +335,11 @@ class AuthServer:
         family: str | None,
     ) -> str:
         token = new_token(32)
+        if family is None and "offline_access" not in scope and username:
+            context = {
+                **context,
+                "session_ends": int(time.time()) + self.config.online_session_seconds,
+            }
         with self.engine.begin() as conn:
             conn.execute(
                 insert(refresh_tokens).values(
@@ -333,7 +349,7 @@ class AuthServer:
                     scope=" ".join(scope),
                     username=username,
                     context=json.dumps(context),
-                    expires=int(time.time()) + self.config.refresh_token_seconds,
+                    expires=self._refresh_expiry(scope, context),
                     used=False,
                     revoked=False,
                 )

@@ -19,6 +19,7 @@ import orjson
 from fhir_server.api import bundling
 from fhir_server.api.interactions import Context, FhirRequest, FhirResponse, _parse_json, dispatch
 from fhir_server.errors import FhirError, bad_request, precondition_failed
+from fhir_server.search.registry import params_for
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_ENTRIES = 10_000
@@ -126,7 +127,7 @@ def _run_transaction(
     reqs: list[FhirRequest] = [r for r in requests if isinstance(r, FhirRequest)]
     order = sorted(range(len(reqs)), key=lambda i: ORDER[reqs[i].method])
     results: list[dict[str, Any]] = [{} for _ in reqs]
-    with ctx.store.transaction() as tx:
+    with ctx.transaction() as tx:
         inner = dataclasses.replace(ctx, tx=tx)
         for i in order:  # deletes first: they change what conditional creates see
             if reqs[i].method != "DELETE":
@@ -182,6 +183,18 @@ def _assign_ids(ctx: Context, entries: list[dict[str, Any]], reqs: list[FhirRequ
     """Give every created resource its id up front and rewrite references to placeholders."""
     assert ctx.tx is not None
     mapping: dict[str, str] = {}
+    by_identifier = ctx.tx.ids_by_identifier(
+        [key for key in (_identifier_condition(r) for r in reqs) if key is not None]
+    )
+
+    def matches(req: FhirRequest, query: list[tuple[str, str]]) -> list[str]:
+        """Conditional targets: the batched identifier lookup, else the search compiler."""
+        key = _identifier_condition(req)
+        if key is not None:
+            return by_identifier[key]
+        assert ctx.tx is not None
+        return ctx.tx.search_ids(req.path[0], query)
+
     for index, (entry, req) in enumerate(zip(entries, reqs, strict=True)):
         full_url = entry.get("fullUrl")
         resource = req.parsed
@@ -190,9 +203,7 @@ def _assign_ids(ctx: Context, entries: list[dict[str, Any]], reqs: list[FhirRequ
             condition = req.header("if-none-exist")
             new_id = None
             if condition:
-                ids = ctx.tx.search_ids(
-                    res_type, parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
-                )
+                ids = matches(req, parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True))
                 if len(ids) > 1:
                     raise precondition_failed(
                         f"Bundle.entry[{index}]: ifNoneExist matched {len(ids)} resources"
@@ -211,7 +222,7 @@ def _assign_ids(ctx: Context, entries: list[dict[str, Any]], reqs: list[FhirRequ
             if isinstance(full_url, str):
                 mapping[full_url] = f"{res_type}/{new_id}"
         elif req.method in ("PUT", "PATCH") and len(req.path) == 1 and req.query:
-            ids = ctx.tx.search_ids(req.path[0], req.query)
+            ids = matches(req, req.query)
             if len(ids) > 1:
                 raise precondition_failed(
                     f"Bundle.entry[{index}]: conditional {req.method} matched {len(ids)} resources"
@@ -237,6 +248,30 @@ def _assign_ids(ctx: Context, entries: list[dict[str, Any]], reqs: list[FhirRequ
         for req in reqs:
             if isinstance(req.parsed, dict | list):
                 _rewrite(req.parsed, mapping)
+
+
+def _identifier_condition(req: FhirRequest) -> tuple[str, str | None, str] | None:
+    """(type, system or None, value) when a conditional create or update is exactly
+    `identifier=[system|]value`, the form every mapper writes; None for anything else."""
+    condition = req.header("if-none-exist")
+    if req.method == "POST" and condition:
+        query = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+    elif req.method == "PUT" and len(req.path) == 1:
+        query = req.query
+    else:
+        return None
+    if len(query) != 1 or query[0][0] != "identifier":
+        return None
+    value = query[0][1]
+    if not value or "," in value or "\\" in value or value.count("|") > 1:
+        return None
+    system, bar, code = value.partition("|")
+    if bar and (not system or not code):  # `|code` and `system|`: the compiler's rules
+        return None
+    param = params_for(req.path[0]).get("identifier")
+    if param is None or param.type != "token":
+        return None
+    return (req.path[0], system, code) if bar else (req.path[0], None, value)
 
 
 def _reject_overlaps(reqs: list[FhirRequest]) -> None:

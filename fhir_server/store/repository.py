@@ -8,6 +8,7 @@ Reads return the stored JSON bytes untouched, so serving a resource never re-par
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -17,13 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, false, or_, select
 
 from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
-from fhir_server.search.extract import extract
-from fhir_server.store.models import INDEX_TABLES, outbox, resource_versions, resources
+from fhir_server.search.extract import IndexRows, extract
+from fhir_server.store.models import (
+    INDEX_TABLES,
+    idx_token,
+    outbox,
+    resource_versions,
+    resources,
+)
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
 
@@ -207,6 +214,13 @@ class Store:
                 listener(tx.outbox_count)
 
 
+def _lock_key(identity: tuple[str, str | None, str]) -> int:
+    """A stable signed 64-bit key for an advisory lock on (type, system, value); a value
+    with and without its system share the key, since both conditions find the same rows."""
+    digest = hashlib.blake2b(f"{identity[0]}|{identity[2]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def _vread(conn: Connection, res_type: str, res_id: str, version_id: int) -> StoredResource | None:
     row = conn.execute(
         select(V.last_updated, V.deleted, V.body, V.method).where(
@@ -231,6 +245,7 @@ class Transaction:
         self._integrity_error = conn.dialect.dbapi.IntegrityError if conn.dialect.dbapi else ()
         self._versions: list[tuple[Any, ...]] = []
         self._outbox: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[str, str, str]] = []  # (type, id, interaction) written here
         self._index: dict[str, list[tuple[Any, ...]]] = {k: [] for k in INDEX_TABLES}
         # current rows fetched ahead by `prefetch` (None: known not to exist), until written
         self._known: dict[tuple[str, str], tuple[int, StoredResource] | None] = {}
@@ -287,6 +302,49 @@ class Transaction:
                         )
                     )
 
+    def ids_by_identifier(
+        self, wanted: list[tuple[str, str | None, str]]
+    ) -> dict[tuple[str, str | None, str], list[str]]:
+        """Ids for many `Type?identifier=[system|]value` conditions (system None: any) in one
+        query, as every mapped channel sends a Bundle of them; same rows and semantics as
+        the search compiler."""
+        self.flush()
+        found: dict[tuple[str, str | None, str], list[str]] = {w: [] for w in wanted}
+        if not wanted:
+            return found
+        if self.sql.postgres:
+            # Two transactions creating the same identity at once would both find nothing
+            # and both create: hold a lock per identity (in one global order, so no
+            # deadlock) until commit. SQLite writers are serialised already.
+            keys = sorted({_lock_key(w) for w in wanted})
+            self.conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest(%(keys)s::bigint[]) AS k ORDER BY k",
+                {"keys": keys},
+            )
+        token = idx_token.c
+        query = (
+            select(token.res_type, token.system, token.code, R.res_id)
+            .join(resources, R.pk == token.resource_pk)
+            .where(
+                token.param == "identifier",
+                R.deleted == false(),
+                or_(
+                    *(
+                        and_(token.res_type == t, token.code == v)
+                        if s is None
+                        else and_(token.res_type == t, token.system == s, token.code == v)
+                        for t, s, v in set(wanted)
+                    )
+                ),
+            )
+        )
+        for res_type, system, code, res_id in self.conn.execute(query):
+            for key in ((res_type, system, code), (res_type, None, code)):
+                ids = found.get(key)
+                if ids is not None and res_id not in ids:
+                    ids.append(res_id)
+        return found
+
     def search_ids(self, res_type: str, query: list[tuple[str, str]]) -> list[str]:
         """Ids matching a search, for conditional create/update/delete and references."""
         from fhir_server.search.query import matching_ids
@@ -297,18 +355,24 @@ class Transaction:
     # -- writes -----------------------------------------------------------------------------
 
     def create(
-        self, resource: dict[str, Any], res_id: str | None = None, trusted: bool = False
+        self,
+        resource: dict[str, Any],
+        res_id: str | None = None,
+        trusted: bool = False,
+        index: IndexRows | None = None,
     ) -> WriteResult:
         """Store a new resource under a server-assigned id (or `res_id`, for create-on-update).
 
-        `trusted` skips validation for resources this server builds itself from a fixed shape
-        (AuditEvents, one per request): their builders' tests validate that shape instead.
+        `trusted` is for resources this server builds itself from a fixed shape (AuditEvents,
+        one per request), with no conditional references: validation and reference
+        resolution are skipped, and `index` may bring their index rows ready-made. Their
+        builders' tests validate the shape and the rows instead.
         """
         if not trusted:
             resource = validate_resource(resource)
-        self.resolve_conditional_references(resource)
+            self.resolve_conditional_references(resource)
         return self._insert_new(
-            resource, resource["resourceType"], res_id or str(uuid.uuid4()), "POST"
+            resource, resource["resourceType"], res_id or str(uuid.uuid4()), "POST", index
         )
 
     def update(
@@ -394,21 +458,26 @@ class Transaction:
     # -- internals --------------------------------------------------------------------------
 
     def _insert_new(
-        self, resource: dict[str, Any], res_type: str, res_id: str, method: str
+        self,
+        resource: dict[str, Any],
+        res_type: str,
+        res_id: str,
+        method: str,
+        index: IndexRows | None = None,
     ) -> WriteResult:
         stored = self._new_version(resource, res_type, res_id, 1, method)
         row = (res_type, res_id, 1, stored.last_updated, False, stored.body)
         if self._free_pks:
             pk = self._free_pks.pop()
             self._new_resources.append((pk, *row))
-            self._record(pk, stored, resource, "create")
+            self._record(pk, stored, resource, "create", index)
             return WriteResult(stored, created=True)
         try:
             self.cursor.execute(self.sql.insert_resource, row)
             pk = self.cursor.fetchone()[0]  # type: ignore[index]  # RETURNING gives one row
         except self._integrity_error:
             raise conflict(f"{res_type}/{res_id} was created concurrently; retry") from None
-        self._record(pk, stored, resource, "create")
+        self._record(pk, stored, resource, "create", index)
         return WriteResult(stored, created=True)
 
     def _new_version(
@@ -424,10 +493,15 @@ class Transaction:
         return StoredResource(res_type, res_id, version, stamp, False, body, method)
 
     def _record(
-        self, pk: int, stored: StoredResource, resource: dict[str, Any], interaction: str
+        self,
+        pk: int,
+        stored: StoredResource,
+        resource: dict[str, Any],
+        interaction: str,
+        index: IndexRows | None = None,
     ) -> None:
         self._versions.append(_version_row(stored))
-        rows = extract(resource, self.store.base_url)
+        rows = index if index is not None else extract(resource, self.store.base_url)
         res_type = stored.res_type
         for kind, buffer in self._index.items():
             values = getattr(rows, kind)
@@ -459,6 +533,7 @@ class Transaction:
         return nullcontext()
 
     def _append_outbox(self, stored: StoredResource, interaction: str) -> None:
+        self.changes.append((stored.res_type, stored.res_id, interaction))
         self._outbox.append(
             (
                 stored.res_type,

@@ -49,6 +49,17 @@ def identifier_system(authority: str, table: Mapping[str, str]) -> str:
     return f"urn:hl7v2:authority:{authority}" if authority else ""
 
 
+def address(xad: list[list[str]]) -> dict[str, Any]:
+    """XAD (street^other^city^state^zip^country) -> Address; {} when empty."""
+    c = [x[0] for x in xad] + [""] * 6
+    parts = (("city", c[2]), ("state", c[3]), ("postalCode", c[4]), ("country", c[5]))
+    addr: dict[str, Any] = {k: v for k, v in parts if v}
+    lines = [x for x in c[:2] if x]
+    if lines:
+        addr["line"] = lines
+    return addr
+
+
 def codeable(reps: Reps) -> dict[str, Any] | None:
     """CE/CWE/CNE (first repetition) -> CodeableConcept with primary and alternate codings."""
     if not reps:

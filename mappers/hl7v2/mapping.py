@@ -11,7 +11,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from mappers.hl7v2.datatypes import codeable, dt, identifier_system, observation_value
+import orjson
+
+from mappers.hl7v2.datatypes import (
+    address,
+    codeable,
+    dt,
+    identifier_system,
+    observation_value,
+)
 from mappers.hl7v2.parser import Message, Segment
 
 Resource = dict[str, Any]
@@ -66,6 +74,7 @@ class _Builder:
         self.systems = systems
         self.tz = tz
         self.entries: list[dict[str, Any]] = []
+        self._shared: dict[str, str] = {}
 
     def add(self, res: Resource, query: str | None) -> str:
         full = f"urn:uuid:{uuid.uuid4()}"
@@ -73,6 +82,13 @@ class _Builder:
             "method": "POST", "url": res["resourceType"]}  # fmt: skip
         self.entries.append({"fullUrl": full, "resource": res, "request": req})
         return full
+
+    def shared(self, res: Resource, query: str) -> str:
+        """A resource several segments point at (a performer): one entry per identity."""
+        key = f"{res['resourceType']}?{query}"
+        if key not in self._shared:
+            self._shared[key] = self.add(res, query)
+        return self._shared[key]
 
     def system(self, authority: str) -> str:
         return identifier_system(authority, self.systems)
@@ -120,16 +136,7 @@ def patient(b: _Builder, pid: Segment) -> tuple[Resource, str]:
     )
     if gender:
         res["gender"] = gender
-    addrs = []
-    for rep in pid.reps(11):
-        c = [x[0] for x in rep] + [""] * 7
-        addr: Resource = {k: v for k, v in (("city", c[2]), ("state", c[3]), ("postalCode", c[4]),
-                                  ("country", c[5])) if v}  # fmt: skip
-        lines = [x for x in c[:2] if x]
-        if lines:
-            addr["line"] = lines
-        if addr:
-            addrs.append(addr)
+    addrs = [a for a in (address(rep) for rep in pid.reps(11)) if a]
     if addrs:
         res["address"] = addrs
     if pid.get(30) == "Y":
@@ -233,23 +240,32 @@ def _result_group(
     obr = group[0]
     placer, filler = _order_ids(obr, orc)
     key = filler or placer
-    sr = _service_request(b, obr, orc, pref, "completed", [])
+    lead = 1
+    while lead < len(group) and group[lead].name == "NTE":
+        lead += 1
+    # NTEs right after the OBR annotate the order (R4 DiagnosticReport has no note)
+    sr = _service_request(b, obr, orc, pref, "completed", _notes(group[1:lead]))
     obs_refs: list[Resource] = []
-    report_notes: list[Resource] = []
     last: Resource | None = None
-    spm_focus: list[Resource] = []
-    for seg in group[1:]:
+    specimens: list[str] = []
+    results: list[Resource] = []
+    for seg in group[lead:]:
         if seg.name == "OBX":
             last, ref = observation(b, seg, key, pref, eref)
-            obs_refs.append({"reference": ref})
-            spm_focus.append({"reference": ref})
-        elif seg.name == "NTE":
-            if last is None:
-                report_notes.extend(_notes([seg]))
+            if specimens:  # an OBX of the SPECIMEN group describes that specimen
+                last["focus"] = [{"reference": specimens[-1]}]
+                last["specimen"] = {"reference": specimens[-1]}
             else:
-                last.setdefault("note", []).extend(_notes([seg]))
+                obs_refs.append({"reference": ref})
+                results.append(last)
+        elif seg.name == "NTE" and last is not None:
+            last.setdefault("note", []).extend(_notes([seg]))
         elif seg.name == "SPM":
-            specimen(b, seg, pref, key)
+            specimens.append(specimen(b, seg, pref, key))
+            last = None
+    if len(specimens) == 1:
+        for res in results:
+            res["specimen"] = {"reference": specimens[0]}
     rep: Resource = {
         "resourceType": "DiagnosticReport",
         "identifier": [{"type": {"coding": [{"code": "FILL"}]}, "value": key}],
@@ -271,6 +287,8 @@ def _result_group(
         rep["issued"] = issued
     if obs_refs:
         rep["result"] = obs_refs
+    if specimens:
+        rep["specimen"] = [{"reference": r} for r in specimens]
     b.add(rep, f"identifier={key}")
 
 
@@ -301,7 +319,77 @@ def observation(
     eff = dt(obx.get(14), b.tz)
     if eff:
         res["effectiveDateTime"] = eff
+    performers = _performers(b, obx)
+    if performers:
+        res["performer"] = performers
     return res, b.add(res, f"identifier={obs_id}")
+
+
+def _performers(b: _Builder, obx: Segment) -> list[Resource]:
+    """OBX-15 producer and OBX-23/24 performing organization -> Organization; OBX-16
+    responsible observer and OBX-25 medical director -> Practitioner (IG OBX map)."""
+    out: list[Resource] = []
+    for rep in obx.reps(15)[:1]:
+        c = [x[0] for x in rep] + [""] * 3
+        if c[0]:
+            producer: Resource = {"resourceType": "Organization", "identifier": [{"value": c[0]}]}
+            if c[1]:
+                producer["name"] = c[1]
+            out.append({"reference": b.shared(producer, f"identifier={c[0]}")})
+    for rep in obx.reps(23)[:1]:
+        performing = organization(b, rep, obx.reps(24)[:1])
+        if performing:
+            out.append(performing)
+    for field in (16, 25):
+        for rep in obx.reps(field):
+            who = practitioner(b, rep)
+            if who:
+                out.append(who)
+    unique = {orjson.dumps(p): p for p in out}
+    return list(unique.values())
+
+
+def practitioner(b: _Builder, xcn: list[list[str]]) -> Resource | None:
+    """XCN -> a Practitioner identified by XCN-1 (+ XCN-9 authority), else a display only."""
+    c = [x[0] for x in xcn] + [""] * 9
+    name: Resource = {}
+    if c[1]:
+        name["family"] = c[1]
+    given = [g for g in c[2:4] if g]
+    if given:
+        name["given"] = given
+    display = " ".join(g for g in [*given, c[1]] if g)
+    if not c[0]:
+        return {"display": display} if display else None
+    hd = (xcn[8] if len(xcn) > 8 else []) + ["", ""]
+    authority = hd[1] or hd[0]  # XCN-9: namespace id ^ universal id
+    system = b.system(authority) if authority else ""
+    ident: Resource = {"value": c[0], **({"system": system} if system else {})}
+    res: Resource = {"resourceType": "Practitioner", "identifier": [ident]}
+    if name:
+        res["name"] = [name]
+    ref: Resource = {"reference": b.shared(res, _ident_query(system, c[0]))}
+    if display:
+        ref["display"] = display
+    return ref
+
+
+def organization(b: _Builder, xon: list[list[str]], xad: list[list[list[str]]]) -> Resource | None:
+    """XON (name, XON-10 or XON-3 id) -> Organization by identifier, else a display only."""
+    c = [x[0] for x in xon] + [""] * 10
+    ident = c[9] or c[2]
+    if not ident:
+        return {"display": c[0]} if c[0] else None
+    res: Resource = {"resourceType": "Organization", "identifier": [{"value": ident}]}
+    if c[0]:
+        res["name"] = c[0]
+    addrs = [a for a in (address(rep) for rep in xad) if a]
+    if addrs:
+        res["address"] = addrs
+    ref: Resource = {"reference": b.shared(res, f"identifier={ident}")}
+    if c[0]:
+        ref["display"] = c[0]
+    return ref
 
 
 def specimen(b: _Builder, spm: Segment, pref: str, order_key: str) -> str:
@@ -318,7 +406,7 @@ def specimen(b: _Builder, spm: Segment, pref: str, order_key: str) -> str:
     collected = dt(spm.get(17), b.tz)
     if collected:
         res["collection"] = {"collectedDateTime": collected}
-    return b.add(res, f"identifier={ident}")
+    return b.shared(res, f"identifier={ident}")
 
 
 def adt(b: _Builder, trigger: str) -> None:

@@ -62,3 +62,39 @@ def test_cli_list_show_replay(
         assert json.loads(capsys.readouterr().out)["replayed"] == {pk: "failed"}
     finally:
         get_settings.cache_clear()
+
+
+def test_list_filters_by_type_sender_and_date(client: TestClient) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    client.post("/hl7/messages", content=MSG)
+    client.post("/hl7/messages", content=MSG.replace(b"|LAB|", b"|RAD|").replace(b"|H1|", b"|H2|"))
+    today = datetime.now(UTC).date()
+
+    def ids(**params: str) -> list[str]:
+        resp = client.get("/hl7/messages", params=params)
+        assert resp.status_code == 200, resp.text
+        return [m["controlId"] for m in resp.json()["messages"]]
+
+    assert ids(sender="RAD^HOSP") == ["H2"]
+    assert ids(type="ADT^A04") == ["H2", "H1"]
+    assert ids(since=today.isoformat()) == ["H2", "H1"]
+    assert ids(until=today.isoformat()) == []
+    assert ids(since=(today + timedelta(days=1)).isoformat()) == []
+    assert ids(since=f"{today}T00:00:00+14:00", until=f"{today + timedelta(days=2)}") == [
+        "H2",
+        "H1",
+    ]
+    bad = client.get("/hl7/messages", params={"since": "last tuesday"})
+    assert bad.status_code == 400
+
+
+def test_enhanced_mode_over_http_returns_the_application_ack(client: TestClient) -> None:
+    enhanced = MSG.replace(b"|P|2.5.1\r", b"|P|2.5.1|||AL|AL\r")
+    resp = client.post("/hl7/messages", content=enhanced)
+    assert resp.status_code == 201
+    assert b"MSA|AA|H1" in resp.content  # mapped, then the application ACK
+    again = client.post("/hl7/messages", content=enhanced)
+    assert b"MSA|CA|H1" in again.content  # a duplicate gets the accept ACK back, not re-applied
+    count = client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"]
+    assert count == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -83,6 +84,8 @@ def test_ack_after_map_and_concurrent_senders(app: Any) -> None:
     rows = inbox.list(limit=100)
     assert len(rows) == 12 and {r.status for r in rows} == {"processed"}
     assert any(r.startswith("Observation/") for r in rows[0].resources)
+    patients = {r for row in rows for r in row.resources if r.startswith("Patient/")}
+    assert len(patients) == 1  # four senders, one patient: no duplicate from the race
 
 
 def test_garbage_partial_frames_missing_cr_and_duplicates(app: Any) -> None:
@@ -145,12 +148,144 @@ def test_enhanced_mode_commit_ack(app: Any) -> None:
     assert msa(ack)[1:3] == ["CA", "E9"]
 
 
-def test_oversize_frame_is_rejected(app: Any) -> None:
-    async def scenario(port: int) -> list[bytes]:
-        return await exchange(port, raw=SB + b"MSH|" + b"x" * 5000)
+async def frames_within(port: int, payload: bytes, seconds: float = 1.5) -> list[bytes]:
+    """Every frame the listener sends back for one message within `seconds`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frame(payload))
+    await writer.drain()
+    got = []
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.readuntil(EB + b"\r"), seconds)
+            got.append(data[1:-2])
+    except TimeoutError:
+        pass
+    writer.close()
+    return got
 
-    (ack,), _, _ = run(app, scenario, max_frame=1000)
+
+BAD_ADT = "MSH|^~\\&|A|B|C|D|20240101||ADT^A04|{ctrl}|P|2.5|||{accept}|{app}\rPID|1"
+
+
+@pytest.mark.parametrize(
+    ("accept", "application", "good", "expected"),
+    [
+        ("AL", "AL", True, ["CA", "AA"]),
+        ("AL", "AL", False, ["CA", "AE"]),
+        ("NE", "AL", True, ["AA"]),
+        ("AL", "NE", True, ["CA"]),
+        ("ER", "ER", True, []),
+        ("ER", "ER", False, ["AE"]),
+        ("SU", "SU", False, ["CA"]),
+        ("NE", "SU", True, ["AA"]),
+    ],
+)
+def test_enhanced_mode_follows_msh15_and_msh16(
+    app: Any, accept: str, application: str, good: bool, expected: list[str]
+) -> None:
+    ctrl = f"X{accept}{application}{int(good)}"
+    msg = (
+        oru(ctrl, extra=f"|||{accept}|{application}")
+        if good
+        else BAD_ADT.format(ctrl=ctrl, accept=accept, app=application).encode()
+    )
+    acks, _, inbox = run(app, lambda port: frames_within(port, msg))
+    assert [msa(a)[1] for a in acks] == expected
+    assert all(msa(a)[2] == ctrl for a in acks)
+    (row,) = inbox.list()
+    assert row.status == ("processed" if good else "failed")  # mapped either way
+    assert msa(row.ack or b"")[1] == "CA"  # what a duplicate gets back: the accept ACK
+
+
+def test_oversize_frame_is_rejected_and_kept(app: Any) -> None:
+    big = SB + b"MSH|" + b"x" * 5000
+
+    async def scenario(port: int) -> list[bytes]:
+        return await exchange(port, raw=big)
+
+    proc, inbox = make(app)
+
+    async def main() -> list[bytes]:
+        server = MllpServer(proc.handle, port=0, max_frame=1000, oversize=proc.reject_oversize)
+        port = await server.start()
+        try:
+            return await scenario(port)
+        finally:
+            await server.stop()
+
+    (ack,) = asyncio.run(main())
     assert msa(ack)[1] == "AR"
+    (row,) = inbox.list()
+    assert row.status == "failed" and "size limit" in (row.error or "")
+    assert row.raw.startswith(b"MSH|xxxx") and len(row.raw) >= 1000  # kept for inspection
+
+
+def test_tls_with_client_certificates(app: Any, tls_files: tuple[str, ...]) -> None:
+    import ssl
+
+    ca, server_cert, server_key, client_cert, client_key = tls_files
+    from hl7_listener.runner import tls_context
+    from interop.settings import Settings
+
+    server_ctx = tls_context(
+        Settings(mllp_tls_cert=server_cert, mllp_tls_key=server_key, mllp_tls_ca=ca)
+    )
+
+    def client(with_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=ca)
+        if with_cert:
+            ctx.load_cert_chain(client_cert, client_key)
+        return ctx
+
+    async def scenario(port: int) -> tuple[bytes, str]:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client(True), server_hostname="localhost"
+        )
+        writer.write(frame(oru("TLS1")))
+        await writer.drain()
+        ack = (await reader.readuntil(EB + b"\r"))[1:-2]
+        writer.close()
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client(False), server_hostname="localhost"
+            )
+            writer.write(frame(oru("TLS2")))
+            await writer.drain()
+            await asyncio.wait_for(reader.readuntil(EB + b"\r"), 5)
+            refused = "answered"
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            refused = type(exc).__name__
+        return ack, refused
+
+    (ack, refused), _, inbox = run(app, scenario, ssl_context=server_ctx)
+    assert msa(ack)[1:3] == ["AA", "TLS1"]
+    assert refused != "answered"  # no client certificate, no message
+    assert [r.control_id for r in inbox.list()] == ["TLS1"]
+
+
+def test_listener_restart_maps_what_a_crash_left_received(app: Any) -> None:
+    """Acknowledged after store, then the process died before mapping: the next start of
+    the listener (the real entry point) maps it."""
+    from hl7_listener.runner import ListenerThread
+    from interop.settings import Settings
+
+    proc, inbox = make(app, "store")
+    reply = proc.handle(oru("R1"))  # stored and acknowledged, never mapped
+    assert reply.ack is not None and msa(reply.ack)[1] == "AA"
+    assert inbox.list()[0].status == "received"
+    url = app.state.store.engine.url.render_as_string(hide_password=False)
+    listener = ListenerThread(Settings(database_url=url, mllp_port=0, auth="off"))
+    assert listener.start() is not None
+    try:
+        for _ in range(100):
+            if inbox.list()[0].status != "received":
+                break
+            time.sleep(0.05)
+    finally:
+        listener.stop()
+    row = inbox.list()[0]
+    assert row.status == "processed"
+    assert msa(row.ack or b"")[1] == "AA"  # the ACK that was sent is kept
 
 
 @pytest.mark.parametrize("value", ["7"])
@@ -204,3 +339,55 @@ def test_third_party_mllp_send(app: Any, tmp_path: Any) -> None:
     out, _, inbox = run(app, scenario)
     assert out.count("MSA|AA|") == 2, out
     assert sorted(r.control_id for r in inbox.list()) == ["T1", "T2"]
+
+
+def test_interop_serve_drains_the_listener_on_sigterm(tmp_path: Any) -> None:
+    """`interop serve` under a process manager: SIGTERM stops uvicorn, then the MLLP
+    listener stops accepting, finishes and maps what is pending, and the process exits 0."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    http_port, mllp_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "INTEROP_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
+        "INTEROP_PORT": str(http_port),
+        "INTEROP_MLLP_PORT": str(mllp_port),
+        "INTEROP_MLLP_ACK_MODE": "store",
+        "INTEROP_LOG_FORMAT": "json",
+    }
+    exe = Path(sys.executable).parent / "interop"
+    proc = subprocess.Popen([str(exe), "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", mllp_port), timeout=1) as sock:
+                    sock.sendall(frame(oru("G1")))
+                    ack = sock.recv(4096)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the listener did not start"
+                time.sleep(0.3)
+        assert msa(ack[1:-2])[1] == "AA"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"MLLP listener stopped" in out
+    from sqlalchemy import create_engine
+
+    inbox = Inbox(create_engine(env["INTEROP_DATABASE_URL"]))
+    assert [r.status for r in inbox.list()] == ["processed"]  # acknowledged, then mapped

@@ -38,3 +38,20 @@ def test_corrected_result_updates_the_same_resources(client: TestClient) -> None
     assert obs["meta"]["versionId"] == "2"
     pat = client.get("/fhir/Patient").json()["entry"][0]["resource"]
     assert pat["name"][0]["given"] == ["Zoë"]
+
+
+def test_performers_are_stored_once_across_messages(client: TestClient) -> None:
+    fields = ["OBX", "1", "NM", "2345-7^Glucose^LN", "", "{value}", "mg/dL^^UCUM"] + [""] * 19
+    fields[11], fields[16], fields[23] = "F", "77^Smith^Ann", "Central Lab^^^^^^^^^CLIA123"
+    obx = "|".join(fields)
+    for ctrl, value in (("P1", "120"), ("P2", "95")):
+        segments = MSG.format(ctrl=ctrl, st="F", value=value).split("\r")
+        text = "\r".join(obx.format(value=value) if s[:3] == "OBX" else s for s in segments)
+        resp = client.post("/fhir", json=to_bundle(parse(text)))
+        assert resp.status_code == 200, resp.text
+    assert count(client, "Practitioner") == 1
+    assert count(client, "Organization") == 1
+    obs = client.get("/fhir/Observation").json()["entry"][0]["resource"]
+    assert len(obs["performer"]) == 2
+    found = client.get("/fhir/Observation", params={"performer:Practitioner.identifier": "77"})
+    assert found.json()["total"] == 1

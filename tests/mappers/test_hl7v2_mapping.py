@@ -185,3 +185,54 @@ def test_every_supported_reference_sample_maps() -> None:
             assert bundle["type"] == "transaction"
             mapped += 1
     assert mapped >= 30
+
+
+def test_obx_performers_become_organization_and_practitioners() -> None:
+    fields = ["OBX", "1", "NM", "1^A^LN", "", "5", "mg/dL^^UCUM"] + [""] * 19
+    fields[11] = "F"
+    fields[15] = "LABX^Central Lab^L"
+    fields[16] = "77^Smith^Ann^^^^^^NPI&2.16.840.1.113883.4.6&ISO"
+    fields[23] = "Central Lab^^^^^^^^^CLIA123"
+    fields[24] = "1 Lab Rd^^Labtown^ST^99999"
+    fields[25] = "88^House^Greg"
+    obx = "|".join(fields)
+    b = oru(obx, obx.replace("OBX|1|NM|1^A^LN", "OBX|2|NM|2^B^LN"))
+    first, second = of(b, "Observation")
+    refs = {e["fullUrl"]: e for e in b["entry"]}
+    kinds = [refs[p["reference"]]["resource"]["resourceType"] for p in first["performer"]]
+    assert kinds == ["Organization", "Organization", "Practitioner", "Practitioner"]
+    assert first["performer"] == second["performer"]  # one entry per performer, shared
+    orgs = {o["identifier"][0]["value"]: o for o in of(b, "Organization")}
+    assert orgs["CLIA123"]["name"] == "Central Lab"
+    assert orgs["CLIA123"]["address"][0]["city"] == "Labtown"
+    assert orgs["LABX"]["name"] == "Central Lab"
+    smith = refs[first["performer"][2]["reference"]]
+    assert smith["request"]["url"] == "Practitioner?identifier=urn:oid:2.16.840.1.113883.4.6|77"
+    assert smith["resource"]["name"] == [{"family": "Smith", "given": ["Ann"]}]
+    assert first["performer"][3]["display"] == "Greg House"
+    assert len(of(b, "Practitioner")) == 2
+
+
+def test_specimen_group_observations_focus_on_their_specimen() -> None:
+    b = oru(
+        "OBX|1|NM|1^A^LN||5|mg/dL^^UCUM|||||F",
+        "SPM|1|SP1^^^||BLD^Blood^HL70487|||||||||||||20240101100000",
+        "OBX|2|NM|SVOL^Volume^L||3|mL^^UCUM|||||F",
+    )
+    (spec,) = of(b, "Specimen")
+    spec_url = next(e["fullUrl"] for e in b["entry"] if e["resource"] is spec)
+    result, about_specimen = of(b, "Observation")
+    assert about_specimen["focus"] == [{"reference": spec_url}]
+    assert result["specimen"] == {"reference": spec_url}
+    (report,) = of(b, "DiagnosticReport")
+    assert report["specimen"] == [{"reference": spec_url}]
+    result_url = next(e["fullUrl"] for e in b["entry"] if e["resource"] is result)
+    assert report["result"] == [{"reference": result_url}]  # the specimen's own OBX is not a result
+
+
+def test_notes_after_obr_annotate_the_order() -> None:
+    b = oru("NTE|1||fasting sample", "OBX|1|NM|1^A^LN||5|mg/dL^^UCUM|||||F", "NTE|1||recheck")
+    (order,) = of(b, "ServiceRequest")
+    assert order["note"] == [{"text": "fasting sample"}]
+    (obs,) = of(b, "Observation")
+    assert obs["note"] == [{"text": "recheck"}]

@@ -149,6 +149,8 @@ class Smart:
         after_login = self.login(start)
         if after_login.headers["location"].startswith("pick"):
             after_login = self.pick(after_login, overrides.pop("_patient", None))
+        if after_login.headers["location"].startswith("encounter"):
+            after_login = self.choose_encounter(after_login, overrides.pop("_encounter", None))
         done = self.consent(after_login, keep)
         assert done.status_code == 302, done.text
         query = parse_qs(urlsplit(done.headers["location"]).query)
@@ -177,6 +179,20 @@ class Smart:
                 "csrf": csrf_of(page.text),
                 "patient": patient or options[0],
             },
+            follow_redirects=False,
+        )
+
+    def choose_encounter(self, response: Any, encounter: str | None) -> Any:
+        """The encounter picker: the given encounter, else the first listed (or none)."""
+        location = "/auth/" + response.headers["location"]
+        page = self.http.get(location)
+        assert page.status_code == 200, page.text
+        options = re.findall(r'name="encounter" value="([^"]+)"', page.text)
+        request_id = parse_qs(urlsplit(location).query)["request"][0]
+        chosen = encounter if encounter is not None else (options[0] if options else "")
+        return self.http.post(
+            "/auth/encounter",
+            data={"request": request_id, "csrf": csrf_of(page.text), "encounter": chosen},
             follow_redirects=False,
         )
 

@@ -206,6 +206,61 @@ def test_refresh_can_narrow_but_not_widen(http: TestClient, smart) -> None:  # t
     assert narrower.json()["scope"] == "offline_access user/Patient.rs"
 
 
+def _refresh_row(app, token: str):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from smart_auth.hashing import token_hash
+    from smart_auth.models import refresh_tokens
+
+    with app.state.store.engine.connect() as conn:
+        return conn.execute(
+            select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash(token))
+        ).one()
+
+
+def test_online_access_lasts_only_the_sign_in_session(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from sqlalchemy import update
+
+    from smart_auth.models import refresh_tokens
+
+    online = SCOPE.replace("offline_access", "online_access")
+    client_id, _ = smart.client(SCOPE + " online_access")
+    smart.user()
+    started = time.time()
+    offline_token = smart.code_flow(client_id, SCOPE)["refresh_token"]
+    online_token = smart.code_flow(client_id, online)["refresh_token"]
+    session = auth_app.state.settings.auth_online_session_hours * 3600
+    offline_days = auth_app.state.settings.auth_refresh_token_days * 86400
+    assert _refresh_row(auth_app, offline_token).expires >= started + offline_days - 5
+    first_expiry = _refresh_row(auth_app, online_token).expires
+    assert started + session - 5 <= first_expiry <= time.time() + session
+    time.sleep(1.1)
+    rotated = _refresh(http, client_id, online_token)
+    assert rotated.status_code == 200
+    # a refresh does not extend the session: the new token ends when the sign-in did
+    assert _refresh_row(auth_app, rotated.json()["refresh_token"]).expires == first_expiry
+    with auth_app.state.store.engine.begin() as conn:  # the session ended
+        conn.execute(update(refresh_tokens).values(expires=int(time.time()) - 1))
+    late = _refresh(http, client_id, rotated.json()["refresh_token"])
+    assert late.json()["error"] == "invalid_grant"
+
+
+def test_refresh_refused_once_the_user_is_gone(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import delete
+
+    from smart_auth.models import users
+
+    client_id, _ = smart.client(SCOPE)
+    smart.user()
+    token = smart.code_flow(client_id, SCOPE)["refresh_token"]
+    with auth_app.state.store.engine.begin() as conn:
+        conn.execute(delete(users).where(users.c.username == "alice"))
+    refused = _refresh(http, client_id, token)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+
+
 def test_refresh_token_is_bound_to_its_client(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
     client_id, _ = smart.client(SCOPE)
     other_id, _ = smart.client(SCOPE)

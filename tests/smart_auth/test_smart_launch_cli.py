@@ -89,6 +89,56 @@ def test_standalone_patient_picker(http: TestClient, smart) -> None:  # type: ig
     assert body["patient"] == patient
 
 
+def test_patient_picker_searches_by_name(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    auth = {"Authorization": f"Bearer {smart.backend_token('system/Patient.c')}"}
+    for family in ("Zimmermann", "Zhou", "Adams"):
+        http.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]},
+                  headers=auth)  # fmt: skip
+    client_id, _ = smart.client("launch/patient patient/*.rs")
+    smart.user()
+    after_login = smart.login(smart.authorize(client_id, "launch/patient patient/*.rs"))
+    location = "/auth/" + after_login.headers["location"]
+    everyone = http.get(location).text
+    assert all(name in everyone for name in ("Zimmermann", "Zhou", "Adams"))
+    found = http.get(location + "&q=zh").text
+    assert "Zhou" in found and "Zimmermann" not in found and "Adams" not in found
+    assert "No patient matches" in http.get(location + "&q=nobody").text
+
+
+def test_standalone_encounter_picker(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    patient, other = make_patient(http, smart), make_patient(http, smart)
+    auth = {"Authorization": f"Bearer {smart.backend_token('system/Encounter.c')}"}
+
+    def encounter(pid: str, start: str) -> str:
+        body = {
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"code": "AMB", "display": "ambulatory"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "period": {"start": start},
+        }
+        return str(http.post("/fhir/Encounter", json=body, headers=auth).json()["id"])
+
+    first, second = encounter(patient, "2026-01-05T09:00:00Z"), encounter(patient, "2026-02-01")
+    foreign = encounter(other, "2026-03-01")
+    scope = "launch/patient launch/encounter patient/*.rs"
+    client_id, _ = smart.client(scope)
+    smart.user()
+    body = smart.code_flow(client_id, scope, _patient=patient, _encounter=second)
+    assert (body["patient"], body["encounter"]) == (patient, second)
+
+    picked = smart.pick(smart.login(smart.authorize(client_id, scope)), patient)
+    page = http.get("/auth/" + picked.headers["location"]).text
+    assert first in page and second in page and foreign not in page
+    assert "2026-01-05 09:00" in page  # labelled for a person: class, start, status
+    refused = smart.choose_encounter(picked, foreign)
+    assert refused.status_code == 400
+
+    lonely = make_patient(http, smart)
+    body = smart.code_flow(client_id, scope, _patient=lonely)
+    assert body["patient"] == lonely and "encounter" not in body
+
+
 def test_patient_user_is_bound_to_their_own_record(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
     patient = make_patient(http, smart)
     other = make_patient(http, smart)

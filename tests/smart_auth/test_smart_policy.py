@@ -107,6 +107,53 @@ def test_query_restricted_scope(http: TestClient, smart, world) -> None:  # type
     assert http.get(f"/fhir/Patient/{anna['id']}", headers=auth).status_code == 403
 
 
+def test_query_restriction_applies_to_written_content(http: TestClient, smart, world) -> None:  # type: ignore[no-untyped-def]
+    auth = patient_token(smart, world, f"patient/Observation.cruds?category={LAB}")
+    anna = world["anna"]
+    created = http.post("/fhir/Observation", json=observation(anna["id"]), headers=auth)
+    assert created.status_code == 201
+    vital = http.post(
+        "/fhir/Observation", json=observation(anna["id"], "vital-signs"), headers=auth
+    )
+    assert vital.status_code == 403
+    assert "category" in vital.json()["issue"][0]["diagnostics"]
+    # turning one's lab result into a vital sign would move it out of reach: refused too
+    relabelled = observation(anna["id"], "vital-signs") | {"id": created.json()["id"]}
+    put = http.put(f"/fhir/Observation/{created.json()['id']}", json=relabelled, headers=auth)
+    assert put.status_code == 403
+    patch = http.patch(
+        f"/fhir/Observation/{created.json()['id']}",
+        json=[{"op": "replace", "path": "/category/0/coding/0/code", "value": "vital-signs"}],
+        headers={**auth, "Content-Type": "application/json-patch+json"},
+    )
+    assert patch.status_code == 403
+    post = {"method": "POST", "url": "Observation"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": observation(anna["id"]), "request": post},
+            {"resource": observation(anna["id"], "vital-signs"), "request": post},
+        ],
+    }
+    refused = http.post("/fhir", json=bundle, headers=auth)
+    assert refused.status_code == 403 and "entry[1]" in refused.json()["issue"][0]["diagnostics"]
+    admin = world["admin"]
+    count = http.get("/fhir/Observation", params={"subject": anna["id"]}, headers=admin)
+    assert count.json()["total"] == 3  # the two from the world and the one lab created here
+
+
+def test_user_scope_with_query_restriction_checks_content(http: TestClient, smart, world) -> None:  # type: ignore[no-untyped-def]
+    client_id, _ = smart.client(f"user/Observation.cu?category={LAB}")
+    smart.user()
+    token = smart.code_flow(client_id, f"user/Observation.cu?category={LAB}")["access_token"]
+    auth = bearer(token)
+    bert = world["bert"]["id"]
+    assert http.post("/fhir/Observation", json=observation(bert), headers=auth).status_code == 201
+    other = http.post("/fhir/Observation", json=observation(bert, "imaging"), headers=auth)
+    assert other.status_code == 403
+
+
 def test_patient_writes_stay_in_the_compartment(http: TestClient, smart, world) -> None:  # type: ignore[no-untyped-def]
     auth = patient_token(smart, world, "patient/Observation.cruds patient/Patient.r")
     anna, bert = world["anna"], world["bert"]

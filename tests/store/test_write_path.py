@@ -33,6 +33,41 @@ def test_concurrent_writers_all_succeed(client: TestClient) -> None:
     assert all(e["resource"]["meta"]["versionId"] == "2" for e in found["entry"])
 
 
+def test_concurrent_conditional_updates_create_one_resource(app: Any) -> None:
+    """Eight feeds upserting the same patient at once (`PUT Patient?identifier=...` in a
+    transaction, as every mapper writes) end with one Patient, every write applied."""
+    from fhir_server.api.bundles import apply_transaction
+
+    def upsert(i: int) -> str:
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": "urn:uuid:5e1a3c9e-0000-4000-8000-00000000000" + str(i % 10),
+                    "resource": {
+                        "resourceType": "Patient",
+                        "identifier": [{"system": "urn:mrn", "value": str(i // 8)}],
+                        "birthDate": f"19{50 + i % 8}-01-01",
+                    },
+                    "request": {"method": "PUT", "url": f"Patient?identifier=urn:mrn|{i // 8}"},
+                }
+            ],
+        }
+        out = apply_transaction(app.state.context, bundle)
+        return str(out["entry"][0]["response"]["status"])
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(upsert, range(32)))  # 4 identities, 8 writers each
+    assert all(s.startswith(("200", "201")) for s in statuses)
+    assert sum(s.startswith("201") for s in statuses) == 4
+    with TestClient(app) as client:
+        found = client.get("/fhir/Patient", params={"_count": 100}).json()
+    assert found["total"] == 4
+    versions = sorted(int(e["resource"]["meta"]["versionId"]) for e in found["entry"])
+    assert versions == [8, 8, 8, 8]
+
+
 def test_statistics_are_refreshed_once_the_data_has_grown(app: Any, client: TestClient) -> None:
     store = app.state.store
     stats = PlannerStatistics(store.engine, store.write_connection, first_run_after=5)

@@ -1,14 +1,14 @@
 """imaging: change-feed cursors and the studies the DICOMweb bridge has synced
 
-Revision ID: 0004_imaging
-Revises: 0003_hl7_inbox
+Revision ID: 0005_imaging
+Revises: 0004_outbox_consumers
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_imaging"
-down_revision = "0003_hl7_inbox"
+revision = "0005_imaging"
+down_revision = "0004_outbox_consumers"
 branch_labels = None
 depends_on = None
 

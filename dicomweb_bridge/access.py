@@ -28,6 +28,7 @@ class Caller:
 
     ctx: Context
     access: Any = None
+    grant: Any = None
 
     @classmethod
     def of(cls, ctx: Context, policy: Any, access_for: Callable[[Any], Any] | None,
@@ -36,7 +37,7 @@ class Caller:
         if grant is None or access_for is None:
             return cls(ctx)
         access = access_for(grant)
-        return cls(replace(ctx, access=access), access)
+        return cls(replace(ctx, access=access), access, grant)
 
     def limited(self, perm: str) -> bool:
         """Raise 403 without the permission; True when confined to a compartment or query."""

@@ -9,6 +9,7 @@ import posixpath
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import orjson
 from pydicom.dataset import Dataset
 from starlette.background import BackgroundTask
@@ -43,20 +44,48 @@ def FhirErrorResponse(exc: FhirError) -> Response:  # noqa: N802 - reads like a 
                     media_type="application/fhir+json")  # fmt: skip
 
 
-def guarded(handler: Handler) -> Handler:
-    """Every failure a client can cause becomes an OperationOutcome, never a 500."""
+def guarded(handler: Handler, audit: Any = None, bridge: Bridge | None = None) -> Handler:
+    """Every failure a client can cause becomes an OperationOutcome, never a 500; with the
+    audit trail on, every request (refusals too) leaves an AuditEvent like a FHIR one."""
 
     async def run(request: Request) -> Response:
         try:
-            return await handler(request)
+            response = await handler(request)
         except FhirError as exc:
-            return FhirErrorResponse(exc)
-        except PacsError as exc:
-            return outcome(502, f"the PACS failed: {exc}", "transient")
+            response = FhirErrorResponse(exc)
+        except (PacsError, httpx.HTTPError) as exc:
+            response = outcome(502, f"the PACS failed: {type(exc).__name__}: {exc}", "transient")
         except (MultipartError, MappingError) as exc:
-            return outcome(400, str(exc))
+            response = outcome(400, str(exc))
+        if audit is not None and request.url.path != "/imaging/orthanc/deleted":
+            await _audit(audit, bridge, request, response.status_code)
+        return response
 
     return run
+
+
+async def _audit(audit: Any, bridge: Bridge | None, request: Request, status: int) -> None:
+    from smart_auth.audit import Interaction
+
+    parts = [p for p in request.path_params.get("path", "").split("/") if p]
+    kind = {"POST": "create", "DELETE": "delete"}.get(request.method)
+    if kind is None:
+        kind = (
+            "search-type" if parts and parts[-1] in ("studies", "series", "instances") else "read"
+        )
+    study = parts[1] if len(parts) > 1 and parts[0] == "studies" else None
+    known = await run_in_threadpool(bridge.state.study, study) if study and bridge else None
+    res_id = known.resource_id if known else None  # the ImagingStudy, not the DICOM UID
+    event = Interaction(request.method, kind, "ImagingStudy", res_id, status,
+                        request.client.host if request.client else None,
+                        getattr(request.state, "grant", None))  # fmt: skip
+    try:
+        if audit.is_urgent(event):
+            await run_in_threadpool(audit.record, event)
+        else:
+            audit.record(event)
+    except Exception:  # noqa: BLE001 - an audit failure must not fail the request
+        log.exception("could not write the audit event")
 
 
 def routes(app: Any, bridge: Bridge) -> list[Route]:
@@ -65,8 +94,12 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
     upstream = Upstream(bridge.pacs.config, proxy_root(bridge.settings))
     app.state.dicomweb_upstream = upstream
 
+    audit = getattr(app.state, "audit", None)
+
     def caller(request: Request) -> Caller:
-        return Caller.of(ctx, policy, access_for, request.headers.get("authorization"))
+        who = Caller.of(ctx, policy, access_for, request.headers.get("authorization"))
+        request.state.grant = who.grant
+        return who
 
     def write_patient(who: Caller, asked: str | None) -> str | None:
         """The patient an upload lands on: a confined token may only write for its own."""
@@ -162,11 +195,11 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
                                                                    orthanc_id))  # fmt: skip
 
     return [
-        Route("/imaging/upload", guarded(upload_files), methods=["POST"]),
+        Route("/imaging/upload", guarded(upload_files, audit, bridge), methods=["POST"]),
         Route("/imaging/orthanc/deleted", guarded(deleted_callback), methods=["POST"]),
-        Route("/dicomweb/{path:path}", guarded(stow), methods=["POST"]),
-        Route("/dicomweb/{path:path}", guarded(read), methods=["GET", "HEAD"]),
-        Route("/dicomweb/{path:path}", guarded(delete), methods=["DELETE"]),
+        Route("/dicomweb/{path:path}", guarded(stow, audit, bridge), methods=["POST"]),
+        Route("/dicomweb/{path:path}", guarded(read, audit, bridge), methods=["GET", "HEAD"]),
+        Route("/dicomweb/{path:path}", guarded(delete, audit, bridge), methods=["DELETE"]),
     ]
 
 

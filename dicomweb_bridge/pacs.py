@@ -7,6 +7,7 @@ multipart encoding is the reference implementation's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,13 @@ from mappers.dicom import DicomJson
 
 log = logging.getLogger("interop.imaging")
 DICOM_JSON = "application/dicom+json"
+
+
+def orthanc_study_id(patient_id: str, study_uid: str) -> str:
+    """Orthanc's id of a study: SHA-1 of `PatientID|StudyInstanceUID` in groups of 8 (the
+    same on every Orthanc), so a sync needs no lookup request to learn it."""
+    digest = hashlib.sha1(f"{patient_id}|{study_uid}".encode()).hexdigest()  # noqa: S324
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 class PacsError(RuntimeError):

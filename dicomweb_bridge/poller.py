@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from dicomweb_bridge.pacs import Pacs
+from dicomweb_bridge.pacs import Pacs, PacsError
 from dicomweb_bridge.state import BridgeState
 from dicomweb_bridge.sync import Syncer
 from fhir_server.errors import FhirError
@@ -23,6 +24,8 @@ from mappers.dicom import json as dj
 
 log = logging.getLogger("interop.imaging")
 CURSOR = "qido-poll"
+PREFETCH_THREADS = 4
+PREFETCH_BATCH = 32
 
 
 @dataclass
@@ -45,9 +48,11 @@ class Poller:
         self.syncer = syncer
         self.state = state
 
-    def _sync(self, uid: str, summary: Summary) -> None:
+    def _sync(
+        self, uid: str, summary: Summary, instances: list[dj.DicomJson] | None = None
+    ) -> None:
         try:
-            summary.add(self.syncer.sync_study(uid).outcome)
+            summary.add(self.syncer.sync_study(uid, instances=instances).outcome)
         except (MappingError, FhirError) as exc:
             summary.failed[uid] = str(exc)
 
@@ -78,11 +83,23 @@ class Poller:
         uids = [u for u in (dj.text(s, "StudyInstanceUID") for s in
                             self.pacs.iter_studies(_date_range(since))) if u]  # fmt: skip
         summary = Summary()
-        for uid in dict.fromkeys(uids):
-            summary.seen += 1
-            self._sync(uid, summary)
-            if progress is not None:
-                progress(summary.seen, len(uids))
+        unique = list(dict.fromkeys(uids))
+        # Reading metadata from the PACS overlaps with applying the previous studies: the
+        # writes are serial (one transaction at a time), the reads need not be.
+        with ThreadPoolExecutor(PREFETCH_THREADS) as pool:
+            for start in range(0, len(unique), PREFETCH_BATCH):
+                batch = unique[start : start + PREFETCH_BATCH]
+                fetched = [pool.submit(self.pacs.study_metadata, uid) for uid in batch]
+                for uid, future in zip(batch, fetched, strict=True):
+                    summary.seen += 1
+                    try:
+                        instances = future.result()
+                    except PacsError as exc:
+                        summary.failed[uid] = str(exc)
+                        continue
+                    self._sync(uid, summary, instances)
+                    if progress is not None:
+                        progress(summary.seen, len(unique))
         return summary
 
     def reconcile(self) -> Summary:

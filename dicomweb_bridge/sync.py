@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dicomweb_bridge.pacs import Pacs
+from dicomweb_bridge.pacs import Pacs, orthanc_study_id
 from dicomweb_bridge.state import BridgeState, SyncedStudy
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirRequest, dispatch
@@ -56,9 +56,14 @@ class Syncer:
         # Conditional creates of one patient from two threads would both create (see hl7).
         self.lock = threading.Lock()
 
-    def sync_study(self, study_uid: str, orthanc_id: str | None = None) -> SyncResult:
-        """Bring the ImagingStudy in line with the PACS (PacsError, FhirError, MappingError)."""
-        instances = self.pacs.study_metadata(study_uid)
+    def sync_study(
+        self, study_uid: str, orthanc_id: str | None = None,
+        instances: list[dj.DicomJson] | None = None,
+    ) -> SyncResult:  # fmt: skip
+        """Bring the ImagingStudy in line with the PACS (PacsError, FhirError, MappingError).
+        `instances`: the study's metadata when the caller has fetched it already."""
+        if instances is None:
+            instances = self.pacs.study_metadata(study_uid)
         if not instances:
             return SyncResult(study_uid, "deleted" if self.remove_study(study_uid) else "missing")
         accession = dj.text(instances[0], "AccessionNumber")
@@ -73,8 +78,7 @@ class Syncer:
         entry = out["entry"][-1]
         resource_id = _location_id(entry)
         if orthanc_id is None and self.pacs.is_orthanc:
-            orthanc_id = known.orthanc_id if known and known.orthanc_id else (
-                self.pacs.orthanc_lookup(study_uid))  # fmt: skip
+            orthanc_id = orthanc_study_id(dj.text(instances[0], "PatientID"), study_uid)
         count = bundle["entry"][-1]["resource"].get("numberOfInstances", 0)
         self.state.record(SyncedStudy(study_uid, orthanc_id, resource_id, digest, count))
         created = entry.get("response", {}).get("status", "").startswith("201")

@@ -130,3 +130,17 @@ def imaging_auth_client(imaging_auth_session_app, imaging_app) -> Iterator[TestC
     """Auth on, same database and Orthanc as `imaging_app` (which cleared both)."""
     with TestClient(imaging_auth_session_app, base_url="http://testserver") as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def imaging_audited_session_app(database_url: str, orthanc_server: Orthanc):  # type: ignore[no-untyped-def]
+    app = create_app(imaging_settings(database_url, orthanc_server, auth="on", auth_audit=True))
+    yield app
+    app.state.audit.close()
+    app.state.store.engine.dispose()
+
+
+@pytest.fixture
+def imaging_audited_client(imaging_audited_session_app, imaging_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with TestClient(imaging_audited_session_app, base_url="http://testserver") as client:
+        yield client

@@ -78,11 +78,27 @@ def test_serve_sync_thread_follows_the_feed_and_stops(imaging_app, imaging_clien
     runner.bridge.close = lambda: None  # the app keeps using this bridge after the test
     runner.start()
     try:
-        uid = _stow(bridge, StudySpec(patient_id="RUN-1"))
-        query = {"identifier": f"urn:dicom:uid|urn:oid:{uid}"}
-        assert wait_for(
-            lambda: imaging_client.get("/fhir/ImagingStudy", params=query).json()["total"] == 1, 20
+        datasets = study(StudySpec(patient_id="RUN-1", series=(("CT", 1), ("MR", 1))))
+        bridge.pacs.stow(datasets)
+        query = {"identifier": f"urn:dicom:uid|urn:oid:{datasets[0].StudyInstanceUID}"}
+
+        def instances() -> int:
+            found = imaging_client.get("/fhir/ImagingStudy", params=query).json()
+            return found["entry"][0]["resource"]["numberOfInstances"] if found["total"] else 0
+
+        assert wait_for(lambda: instances() == 2, 20)
+        # a series deleted in Orthanc: its Lua hook reports only Orthanc's series id, which
+        # asks the sync thread for a reconciliation
+        series = bridge.pacs.orthanc_lookup(str(datasets[-1].SeriesInstanceUID), "Series")
+        with orthanc.client() as http:
+            assert http.delete(f"/series/{series}").status_code == 200
+        callback = imaging_client.post(
+            "/imaging/orthanc/deleted",
+            json={"ResourceType": "Series", "ID": series},
+            headers={"Authorization": "Bearer callback-token"},
         )
+        assert callback.status_code == 204
+        assert wait_for(lambda: instances() == 1, 20)
     finally:
         runner.stop(10)
     assert not runner.thread.is_alive()

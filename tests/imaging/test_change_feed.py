@@ -64,3 +64,21 @@ def test_resync_changes_nothing_and_cursor_survives_restart(imaging_app, imaging
     history = imaging_client.get(f"/fhir/ImagingStudy/{first['id']}/_history").json()
     assert history["total"] == 1
     assert bridge.syncer.sync_study(uid).outcome == "unchanged"
+
+
+def test_study_is_based_on_the_hl7_order_with_its_accession_number(imaging_app, imaging_client,
+                                                                   orthanc, tmp_path):  # fmt: skip
+    order = imaging_client.post("/fhir/ServiceRequest", json={
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "identifier": [{"type": {"coding": [{"code": "FILL"}]}, "value": "ACC-77"}],
+        "subject": {"display": "someone"}}).json()  # fmt: skip
+    bridge = imaging_app.state.imaging
+    datasets = study(StudySpec(patient_id="ORD-1", accession="ACC-77"))
+    bridge.pacs.stow(datasets)
+    result = bridge.syncer.sync_study(str(datasets[0].StudyInstanceUID))
+    res = imaging_client.get(f"/fhir/ImagingStudy/{result.resource_id}").json()
+    assert res["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+    found = imaging_client.get(
+        "/fhir/ImagingStudy", params={"basedon": f"ServiceRequest/{order['id']}"}
+    )
+    assert found.json()["total"] == 1

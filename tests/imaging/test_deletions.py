@@ -43,7 +43,8 @@ def test_orthanc_lua_callback_deletes_the_imaging_study(served, imaging_client, 
     bridge = served.state.imaging
     datasets, rid = _seed(bridge, StudySpec(patient_id="DEL-1"))
     orthanc_id = bridge.state.study(str(datasets[0].StudyInstanceUID)).orthanc_id
-    assert orthanc_id
+    # computed from PatientID|StudyInstanceUID, it must be the id Orthanc itself uses
+    assert orthanc_id == bridge.pacs.orthanc_lookup(str(datasets[0].StudyInstanceUID))
     with orthanc.client() as http:
         assert http.delete(f"/studies/{orthanc_id}").status_code == 200
     assert wait_for(lambda: _status(imaging_client, rid) == 410, 10)

@@ -1,4 +1,4 @@
-"""Migration 0004 creates exactly the tables dicomweb_bridge/state.py declares."""
+"""Migration 0005 creates exactly the tables dicomweb_bridge/state.py declares."""
 
 from __future__ import annotations
 

@@ -134,3 +134,25 @@ def test_admin_deletion_updates_then_removes_the_study(
     assert history.json()["total"] == 3
     missing = imaging_auth_client.delete(f"/dicomweb/studies/{a['study']}", headers=admin)
     assert missing.status_code == 404
+
+
+def test_dicomweb_access_is_audited(imaging_audited_client, seeded):
+    app = imaging_audited_client.app
+    a, b = seeded["a"], seeded["b"]
+    headers = token(app, "patient/ImagingStudy.rs", a["patient"])
+    assert imaging_audited_client.get(f"/dicomweb/studies/{a['study']}/metadata",
+                                      headers=headers).status_code == 200  # fmt: skip
+    assert imaging_audited_client.get(f"/dicomweb/studies/{b['study']}/metadata",
+                                      headers=headers).status_code == 403  # fmt: skip
+    app.state.audit.flush()
+    admin = token(app, "system/AuditEvent.rs")
+    events = imaging_audited_client.get("/fhir/AuditEvent", params={"_count": "100"},
+                                        headers=admin).json()  # fmt: skip
+
+    def about_images(event: dict) -> bool:
+        return any(x.get("what", {}).get("reference", "").startswith("ImagingStudy/")
+                   for x in event.get("entity", []))  # fmt: skip
+
+    resources = [e["resource"] for e in events.get("entry", [])]
+    assert any(about_images(e) and e.get("outcome") == "0" for e in resources), events
+    assert any(e.get("outcome") not in (None, "0") for e in resources), events

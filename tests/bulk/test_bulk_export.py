@@ -312,3 +312,30 @@ def test_jobs_orphaned_by_a_crash_are_recovered(api: TestClient, bulk_app: Any) 
     failed = wait_for(api, import_url)
     assert failed.status_code == 500
     assert "run the import again" in failed.json()["issue"][0]["diagnostics"]
+
+
+def test_group_export_with_the_patient_parameter(api: TestClient) -> None:
+    seed(api, patients=3)
+    group = {
+        "resourceType": "Group",
+        "id": "g2",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/p{i}"}} for i in range(3)],
+    }
+    api.put("/fhir/Group/g2", json=group)
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": "Patient/p2"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/not-a-member"}},
+        ],
+    }
+    kick = api.post("/fhir/Group/g2/$export", json=body, headers=ASYNC)
+    assert kick.status_code == 202, kick.text
+    manifest = wait_for(api, kick.headers["Content-Location"]).json()
+    data = lines_by_type(api, manifest)
+    assert [r["id"] for r in data["Patient"]] == ["p2"]
+    assert {r["subject"]["reference"] for r in data["Observation"]} == {"Patient/p2"}
+    (error,) = manifest["error"]
+    assert "not-a-member" in ndjson(api, error["url"])[0]["issue"][0]["diagnostics"]

@@ -36,6 +36,7 @@ from fhir_server.store.repository import Store
 R = resources.c
 BATCH = 2000
 READ_AHEAD = 4
+MAX_PROBLEMS = 10_000  # per-resource problems listed in the manifest's error file
 PROGRESS_SECONDS = 1.0
 
 
@@ -56,7 +57,7 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
     request = ExportRequest.from_json(job.params)
     directory = jobs.directory(job.job_id)
     directory.mkdir(parents=True, exist_ok=True)
-    problems = [f"Ignored: {text}" for text in request.ignored]
+    problems = [f"Ignored: {text}" for text in request.ignored]  # the manifest's error file
     with env.store.engine.connect() as conn:
         patients = _patients(conn, request, problems)
         types = request.types if request.types is not None else _present_types(conn, request)
@@ -69,7 +70,7 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
             try:
                 for batch in _batches(conn, query):
                     if elements:
-                        writer.write_many([shape(body, None, elements) for body in batch])
+                        writer.write_many(_shaped(batch, elements, res_type, problems))
                     else:
                         writer.write_many(batch)
                     exported += len(batch)
@@ -150,6 +151,20 @@ def _batches(conn: Connection, query: Select[Any]) -> Iterator[list[bytes]]:
         cursor.close()
         if postgres:
             driver.rollback()  # the named cursor's transaction
+
+
+def _shaped(
+    bodies: list[bytes], elements: list[str], res_type: str, problems: list[str]
+) -> list[bytes]:
+    """`_elements` applied; a body that cannot be reshaped is reported, not exported."""
+    out = []
+    for body in bodies:
+        try:
+            out.append(shape(body, None, elements))
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            if len(problems) < MAX_PROBLEMS:
+                problems.append(f"A stored {res_type} could not be reshaped: {exc}")
+    return out
 
 
 def _present_types(conn: Connection, request: ExportRequest) -> list[str]:

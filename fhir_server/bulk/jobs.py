@@ -1,7 +1,8 @@
 """Bulk jobs: the job table's small repository and the runner that executes jobs.
 
 A job is a plain function of its id (`run_job`), so the same call runs in the in-process
-thread pool here or in a Celery task. A job reports `progress`, and polls `cancelled()`
+thread pool here or in a Celery task. A job reports `progress` (which also beats its
+heartbeat, so a job orphaned by a crash is noticed) and learns there whether it was cancelled
 between chunks of work; the API only ever flips `cancel` and reads the row.
 """
 
@@ -26,6 +27,8 @@ from fhir_server.clock import now_us
 from fhir_server.store.repository import Store
 
 log = logging.getLogger("interop.bulk")
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 120.0  # no heartbeat for this long: the job's process is gone
 J = bulk_jobs.c
 
 
@@ -83,6 +86,7 @@ class JobStore:
             "transaction_time": stamp,
             "progress": "accepted",
             "cancel": False,
+            "heartbeat": stamp,
         }
         with self.store.write_connection() as conn:
             conn.execute(insert(bulk_jobs).values(**values))
@@ -105,20 +109,57 @@ class JobStore:
             )
             return [r[0] for r in rows]
 
+    def beat(self, job_id: str) -> None:
+        with self.store.write_connection() as conn:
+            conn.execute(update(bulk_jobs).where(J.job_id == job_id).values(heartbeat=now_us()))
+
+    def recover(self, stale_seconds: float = STALE_SECONDS) -> list[str]:
+        """Jobs left `running` by a process that died (no heartbeat for `stale_seconds`):
+        exports start again from scratch; imports fail with a note (their lines may be half
+        applied; re-running one is safe for lines with ids, which are PUTs)."""
+        cutoff = now_us() - int(stale_seconds * 1_000_000)
+        with self.store.write_connection() as conn:
+            rows = conn.execute(
+                select(J.job_id, J.kind).where(J.status == "running", J.heartbeat < cutoff)
+            ).all()
+            exports = [job_id for job_id, kind in rows if kind == "export"]
+            imports = [job_id for job_id, kind in rows if kind != "export"]
+            if exports:
+                conn.execute(
+                    update(bulk_jobs)
+                    .where(J.job_id.in_(exports), J.status == "running")
+                    .values(status="accepted", progress="restarted after an interruption")
+                )
+            if imports:
+                note = "interrupted by a server restart; run the import again"
+                expires = now_us() + self.config.retention_seconds * 1_000_000
+                conn.execute(
+                    update(bulk_jobs)
+                    .where(J.job_id.in_(imports), J.status == "running")
+                    .values(status="failed", result=note, progress="failed", expires=expires)
+                )
+        for job_id in exports:
+            shutil.rmtree(self.directory(job_id), ignore_errors=True)
+        return exports
+
     def claim(self, job_id: str) -> bool:
         """accepted -> running, for exactly one runner."""
         with self.store.write_connection() as conn:
             done = conn.execute(
                 update(bulk_jobs)
                 .where(J.job_id == job_id, J.status == "accepted", J.cancel.is_(False))
-                .values(status="running", progress="started")
+                .values(status="running", progress="started", heartbeat=now_us())
             )
         return done.rowcount == 1
 
     def progress(self, job_id: str, text: str) -> bool:
         """Record progress; False when the job was cancelled meanwhile (the job then stops)."""
         with self.store.write_connection() as conn:
-            conn.execute(update(bulk_jobs).where(J.job_id == job_id).values(progress=text[:255]))
+            conn.execute(
+                update(bulk_jobs)
+                .where(J.job_id == job_id)
+                .values(progress=text[:255], heartbeat=now_us())
+            )
             cancel = conn.execute(select(J.cancel).where(J.job_id == job_id)).scalar()
         return cancel is not None and not cancel
 
@@ -179,6 +220,16 @@ def run_job(jobs: JobStore, job_id: str, env: Any) -> None:
     job = jobs.get(job_id)
     if job is None:
         return
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # also while one long query runs
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                jobs.beat(job_id)
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                log.warning("bulk job heartbeat failed", exc_info=True)
+
+    threading.Thread(target=heartbeat, daemon=True, name=f"bulk-beat-{job_id[:8]}").start()
     try:
         functions[job.kind](jobs, job, env)
     except Cancelled:
@@ -186,6 +237,8 @@ def run_job(jobs: JobStore, job_id: str, env: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - a job's failure is reported on its status URL
         log.exception("bulk job failed", extra={"job": job_id, "kind": job.kind})
         jobs.finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+    finally:
+        stop.set()
 
 
 class Cancelled(Exception):

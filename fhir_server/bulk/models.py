@@ -24,6 +24,7 @@ bulk_jobs = Table(
     Column("created", BigInteger, nullable=False, doc="UTC epoch microseconds"),
     Column("transaction_time", BigInteger, nullable=False),
     Column("progress", String(255), nullable=False, default=""),
+    Column("heartbeat", BigInteger, nullable=False, doc="last sign of life of its runner"),
     Column("cancel", Boolean, nullable=False, default=False),
     Column("result", Text, nullable=True, doc="manifest JSON, or the failure text"),
     Column("expires", BigInteger, nullable=True, doc="when files and row are removed"),

@@ -37,9 +37,11 @@ class BulkService:
         run_job(self.jobs, job_id, self.env)
 
     def start(self) -> None:
-        """Start the runner and pick up jobs accepted but never started (a restart)."""
+        """Start the runner and pick up jobs accepted but never started, or orphaned by a
+        crash (a restart)."""
         if self.runner is not None and self.submitter is None:
             self.runner.start()
+            self.jobs.recover()
             for job_id in self.jobs.waiting():
                 self.runner.submit(job_id)
 

@@ -18,6 +18,7 @@ from sqlalchemy import delete, false, insert, select
 
 from fhir_server.clock import now_us
 from fhir_server.errors import FhirError
+from fhir_server.search.extract import date_range
 from fhir_server.store.models import resources
 from fhir_server.store.outbox import Change
 from fhir_server.store.repository import Store
@@ -130,6 +131,13 @@ class SubscriptionService:
     def _spec(self, resource: dict[str, Any]) -> Spec | None:
         if resource.get("status") not in LIVE:
             return None
+        end = resource.get("end")
+        if isinstance(end, str):
+            try:
+                if date_range(end)[1] <= now_us():
+                    return None  # past its end: it no longer notifies
+            except ValueError:
+                pass
         try:
             return parse(resource, self.base_url)
         except FhirError:

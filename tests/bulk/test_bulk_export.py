@@ -287,3 +287,55 @@ def test_jobs_accepted_before_a_restart_are_picked_up(api: TestClient, bulk_app:
     assert api.get(status_url).status_code == 202
     service.start()  # what the app does at start-up
     assert wait_for(api, status_url).status_code == 200
+
+
+def test_jobs_orphaned_by_a_crash_are_recovered(api: TestClient, bulk_app: Any) -> None:
+    from sqlalchemy import update
+
+    from fhir_server.bulk.models import bulk_jobs
+
+    seed(api)
+    service = bulk_app.state.context.bulk
+    runner, service.runner = service.runner, None
+    try:
+        export_url = api.get("/fhir/$export", headers=ASYNC).headers["Content-Location"]
+        body = {"input": [{"type": "Patient", "url": "http://127.0.0.1:9/p.ndjson"}]}
+        import_url = api.post("/fhir/$import", json=body, headers=ASYNC).headers["Content-Location"]
+    finally:
+        service.runner = runner
+    for url in (export_url, import_url):  # claimed by a process that then died
+        assert service.jobs.claim(url.rsplit("/", 1)[-1])
+    with bulk_app.state.store.write_connection() as conn:
+        conn.execute(update(bulk_jobs).values(heartbeat=0))
+    service.start()
+    assert wait_for(api, export_url).status_code == 200
+    failed = wait_for(api, import_url)
+    assert failed.status_code == 500
+    assert "run the import again" in failed.json()["issue"][0]["diagnostics"]
+
+
+def test_group_export_with_the_patient_parameter(api: TestClient) -> None:
+    seed(api, patients=3)
+    group = {
+        "resourceType": "Group",
+        "id": "g2",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/p{i}"}} for i in range(3)],
+    }
+    api.put("/fhir/Group/g2", json=group)
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": "Patient/p2"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/not-a-member"}},
+        ],
+    }
+    kick = api.post("/fhir/Group/g2/$export", json=body, headers=ASYNC)
+    assert kick.status_code == 202, kick.text
+    manifest = wait_for(api, kick.headers["Content-Location"]).json()
+    data = lines_by_type(api, manifest)
+    assert [r["id"] for r in data["Patient"]] == ["p2"]
+    assert {r["subject"]["reference"] for r in data["Observation"]} == {"Patient/p2"}
+    (error,) = manifest["error"]
+    assert "not-a-member" in ndjson(api, error["url"])[0]["issue"][0]["diagnostics"]

@@ -130,3 +130,11 @@ def test_bad_subscriptions_are_400(api: TestClient, change: dict[str, Any], text
     response = api.post("/fhir/Subscription", json=body)
     assert response.status_code == 400, response.text
     assert text in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_subscription_past_its_end_does_not_notify(api: TestClient, receiver: Receiver) -> None:
+    body = subscription("s6", receiver.url) | {"end": "2020-01-01T00:00:00Z"}
+    assert api.put("/fhir/Subscription/s6", json=body).status_code == 201
+    time.sleep(0.8)
+    assert receiver.received == []  # no handshake either
+    assert status_of(api, "s6") == "requested"

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("created", sa.BigInteger(), nullable=False),
         sa.Column("transaction_time", sa.BigInteger(), nullable=False),
         sa.Column("progress", sa.String(length=255), nullable=False),
+        sa.Column("heartbeat", sa.BigInteger(), nullable=False),
         sa.Column("cancel", sa.Boolean(), nullable=False),
         sa.Column("result", sa.Text(), nullable=True),
         sa.Column("expires", sa.BigInteger(), nullable=True),

@@ -1,0 +1,205 @@
+"""SMART App Launch end to end, with third-party clients against the real server.
+
+The app is the npm `fhirclient` package (SMART's own JavaScript client) in two static pages
+on a second origin, run by Debian's headless Chromium. The browser goes through our real
+authorize endpoint, login page, patient picker and consent page; fhirclient exchanges the
+code (PKCE S256) and reads the patient with the token, and the page shows what it read.
+A backend-services client signs its assertion with `jose` (Node.js), with keys made here.
+The operator's side (clients, users, launches) goes through the `interop` command line or the
+launch API, as it would in production. Everything talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+PASSWORD = "correct horse battery staple"
+EHR_SCOPE = "launch openid fhirUser patient/*.rs"
+STANDALONE_SCOPE = "launch/patient openid fhirUser patient/*.rs"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class World:
+    client_id: str
+    username: str
+    practitioner: str
+    patient: str
+    family: str
+
+
+@pytest.fixture
+def http(server) -> Any:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=server.origin, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def world(server, app_site, http: httpx.Client) -> World:  # type: ignore[no-untyped-def]
+    """What an operator sets up: the app (public client), a physician, and one patient."""
+    tag = uuid.uuid4().hex[:8]
+    app = server.interop(
+        "clients", "add", "--name", f"E2E app {tag}", "--type", "public",
+        "--redirect-uri", app_site.redirect_uri, "--launch-url", app_site.launch_url,
+        "--scope", f"{EHR_SCOPE} {STANDALONE_SCOPE}",
+    )  # fmt: skip
+    app_site.config.update(
+        clientId=app["client_id"], ehrScope=EHR_SCOPE, standaloneScope=STANDALONE_SCOPE
+    )
+    username, practitioner = f"dr-{tag}", f"Practitioner/pr-{tag}"
+    server.interop(
+        "users", "add", username, "--role", "physician", "--fhir-user", practitioner,
+        "--password-stdin", stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    loader = server.interop(
+        "clients", "add", "--name", f"loader {tag}", "--type", "confidential-secret",
+        "--scope", "system/Patient.c",
+    )  # fmt: skip
+    token = server.interop("token", "--client", loader["client_id"], "--scope", "system/Patient.c")
+    family = f"Browser{tag}"
+    created = http.post(
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "name": [{"family": family, "given": ["Ada"]}]},
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
+    assert created.status_code == 201, created.text
+    return World(app["client_id"], username, practitioner, created.json()["id"], family)
+
+
+def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> None:
+    """The app page got a token from fhirclient's code exchange and read the patient with it."""
+    assert run["state"] == "done", json.dumps(run, indent=2)
+    result = run["result"]
+    assert result["patientId"] == world.patient
+    assert result["patient"]["resourceType"] == "Patient"
+    assert result["patient"]["id"] == world.patient
+    assert result["byId"]["id"] == world.patient
+    assert f"Ada {world.family}" in run["text"]  # rendered into the page from the FHIR read
+    assert result["fhirUser"] == world.practitioner  # from the id_token fhirclient decoded
+    assert result["hasIdToken"] is True
+    token = result["token"]
+    assert token["token_type"] == "Bearer"
+    assert sorted(token["scope"].split()) == sorted(scope.split())
+    assert token["patient"] == world.patient
+    assert 0 < token["expires_in"] <= 3600
+
+
+def test_standalone_launch(server, app_site, world: World, browser) -> None:  # type: ignore[no-untyped-def]
+    url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
+    run = browser.visit(url, username=world.username, password=PASSWORD, patient=world.patient)
+    assert [step["page"] for step in run["trace"]] == ["login", "pick", "consent", "app"], run
+    assert [step["path"] for step in run["trace"][:3]] == ["/auth/login", "/auth/pick", "/auth/consent"]
+    assert sorted(run["offered"]) == sorted(STANDALONE_SCOPE.split())
+    assert_read_with_token(run, world, STANDALONE_SCOPE)
+    assert urlsplit(run["url"]).path == "/index.html"
+    assert "code" not in parse_qs(urlsplit(run["url"]).query)  # fhirclient cleaned it up
+
+
+def launch_by_api(server, http: httpx.Client, world: World) -> str:  # type: ignore[no-untyped-def]
+    """The EHR (a confidential client allowed to launch) asks for a launch over HTTP."""
+    ehr = server.interop(
+        "clients", "add", "--name", "EHR", "--type", "confidential-secret",
+        "--scope", "launch", "--can-launch",
+    )  # fmt: skip
+    response = http.post(
+        "/auth/launch",
+        data={"app": world.client_id, "patient": world.patient, "encounter": "enc-7"},
+        auth=(ehr["client_id"], ehr["client_secret"]),
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["launch_url"])
+
+
+def launch_by_cli(server, http: httpx.Client, world: World) -> str:  # type: ignore[no-untyped-def]
+    """An operator makes the launch with `interop launch`."""
+    launched = server.interop(
+        "launch", "--client", world.client_id, "--patient", world.patient, "--encounter", "enc-7"
+    )
+    return str(launched["launch_url"])
+
+
+@pytest.mark.parametrize("make_launch", [launch_by_api, launch_by_cli], ids=["api", "cli"])
+def test_ehr_launch(server, app_site, world: World, http, browser, make_launch) -> None:  # type: ignore[no-untyped-def]
+    launch_url = make_launch(server, http, world)
+    query = parse_qs(urlsplit(launch_url).query)
+    assert launch_url.startswith(app_site.launch_url + "?")
+    assert query["iss"] == [server.fhir_base] and query["launch"]
+    run = browser.visit(launch_url, username=world.username, password=PASSWORD)
+    assert [step["page"] for step in run["trace"]] == ["login", "consent", "app"], run
+    assert_read_with_token(run, world, EHR_SCOPE)
+    assert run["result"]["encounterId"] == "enc-7"
+    assert run["result"]["token"]["need_patient_banner"] in (True, False)
+    # the launch id was single-use: opening the same launch URL again ends in an error page
+    again = browser.visit(launch_url, username=world.username, password=PASSWORD)
+    assert again["state"] == "error", again
+    assert "invalid_request" in again["result"]["error"]
+
+
+def test_denied_consent_reaches_the_app_as_an_error(server, app_site, world, browser) -> None:  # type: ignore[no-untyped-def]
+    url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
+    run = browser.visit(
+        url, username=world.username, password=PASSWORD, patient=world.patient, decision="deny"
+    )
+    assert [step["page"] for step in run["trace"]] == ["login", "pick", "consent", "app"], run
+    assert run["state"] == "error"
+    assert "access_denied" in run["result"]["error"]
+
+
+def test_wrong_password_stays_on_the_login_page(server, app_site, world, browser) -> None:  # type: ignore[no-untyped-def]
+    url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
+    run = browser.visit(url, username=world.username, password="not the password", patient=world.patient)
+    assert [step["page"] for step in run["trace"]] == ["login", "login"], run
+    assert "Wrong user name or password" in run["text"]
+
+
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+def test_backend_services(server, world: World, http, run_node, tmp_path: Path, alg: str) -> None:  # type: ignore[no-untyped-def]
+    keys = json.loads(run_node("assertion.mjs", "keygen", alg, f"key-{alg}"))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [keys["public"]]}))
+    client = server.interop(
+        "clients", "add", "--name", f"backend {alg}", "--type", "confidential-jwks",
+        "--jwks", str(jwks), "--scope", "system/*.rs",
+    )  # fmt: skip
+    client_id = client["client_id"]
+
+    def token_request(key: dict[str, Any]) -> httpx.Response:
+        claims = {"alg": alg, "key": key, "clientId": client_id, "tokenUrl": server.token_url}
+        signed = run_node("assertion.mjs", "sign", json.dumps(claims)).strip()
+        return http.post(
+            "/auth/token",
+            data={
+                "grant_type": "client_credentials",
+                "scope": "system/Patient.rs",
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": signed,
+            },
+        )
+
+    response = token_request(keys["private"])
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "Bearer" and body["scope"] == "system/Patient.rs"
+    assert 0 < body["expires_in"] <= 300 and "refresh_token" not in body
+    read = http.get(
+        f"/fhir/Patient/{world.patient}",
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+    )
+    assert read.status_code == 200, read.text
+    assert read.json()["name"][0]["family"] == world.family
+    assert http.get(f"/fhir/Patient/{world.patient}").status_code == 401
+
+    # the same kid, a key the client never registered: refused as invalid_client
+    stranger = json.loads(run_node("assertion.mjs", "keygen", alg, f"key-{alg}"))
+    refused = token_request(stranger["private"])
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"] == "invalid_client"

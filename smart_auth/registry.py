@@ -104,7 +104,7 @@ class Registry:
                 check_jwks(jwks)
         elif jwks_url or jwks:
             raise RegistryError("only confidential-jwks clients have a JWKS")
-        client_id = secrets.token_urlsafe(16)
+        client_id = _new_client_id()
         secret = secrets.token_urlsafe(32) if client_type == "confidential-secret" else None
         with write_transaction(self.engine) as conn:
             conn.execute(
@@ -195,6 +195,14 @@ class Registry:
 
 
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def _new_client_id() -> str:
+    """A random id that never starts with '-', which `interop launch --client ID` (argparse)
+    would take for an option (one id in 64 otherwise)."""
+    while (client_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return client_id
 
 
 def check_jwks(jwks: Any) -> None:

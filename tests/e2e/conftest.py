@@ -35,7 +35,7 @@ from interop.settings import Settings, get_settings
 HERE = Path(__file__).resolve().parent
 APP_DIR = HERE / "app"
 MODULES = HERE / "node_modules"
-FHIR_CLIENT_JS = MODULES / "fhirclient" / "build" / "fhir-client.js"
+FHIR_CLIENT_JS = MODULES / "fhirclient" / "build" / "fhir-client.min.js"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("INTEROP_E2E_CHROMIUM", "/usr/bin/chromium")
 
@@ -95,16 +95,25 @@ class LiveServer:
         return f"{self.origin}/auth/token"
 
     def interop(self, *argv: str, stdin: str = "") -> dict[str, Any]:
-        """`interop ARGV --json` as an operator runs it against this server's database."""
+        """`interop ARGV --json` as an operator runs it against this server's database.
+
+        In this process, so it is quick: only the two variables are set and put back (never
+        the whole environment swapped, which the server's threads read concurrently)."""
         env = {"INTEROP_DATABASE_URL": self.database_url, "INTEROP_BASE_URL": self.fhir_base}
+        saved = {name: os.environ.get(name) for name in env}
         out = io.StringIO()
-        with mock.patch.dict(os.environ, env), mock.patch("sys.stdin", io.StringIO(stdin)):
+        os.environ.update(env)
+        get_settings.cache_clear()
+        try:
+            with mock.patch("sys.stdin", io.StringIO(stdin)), contextlib.redirect_stdout(out):
+                status = interop_main([*argv, "--json"])
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             get_settings.cache_clear()
-            try:
-                with contextlib.redirect_stdout(out):
-                    status = interop_main([*argv, "--json"])
-            finally:
-                get_settings.cache_clear()
         assert status == 0, f"interop {' '.join(argv)} exited {status}"
         return dict(json.loads(out.getvalue()))
 

@@ -74,6 +74,15 @@ def world(server, app_site, http: httpx.Client) -> World:  # type: ignore[no-unt
     return World(app["client_id"], username, practitioner, created.json()["id"], family)
 
 
+def pages(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """The pages the browser went through: (what it was, its path)."""
+    return [(step["page"], step["path"]) for step in run["trace"]]
+
+
+LOGIN, PICK = ("login", "/auth/login"), ("pick", "/auth/pick")
+CONSENT, APP = ("consent", "/auth/consent"), ("app", "/index.html")
+
+
 def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> None:
     """The app page got a token from fhirclient's code exchange and read the patient with it."""
     assert run["state"] == "done", json.dumps(run, indent=2)
@@ -95,8 +104,7 @@ def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> Non
 def test_standalone_launch(server, app_site, world: World, browser) -> None:  # type: ignore[no-untyped-def]
     url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
     run = browser.visit(url, username=world.username, password=PASSWORD, patient=world.patient)
-    assert [step["page"] for step in run["trace"]] == ["login", "pick", "consent", "app"], run
-    assert [step["path"] for step in run["trace"][:3]] == ["/auth/login", "/auth/pick", "/auth/consent"]
+    assert pages(run) == [LOGIN, PICK, CONSENT, APP], run
     assert sorted(run["offered"]) == sorted(STANDALONE_SCOPE.split())
     assert_read_with_token(run, world, STANDALONE_SCOPE)
     assert urlsplit(run["url"]).path == "/index.html"
@@ -133,7 +141,7 @@ def test_ehr_launch(server, app_site, world: World, http, browser, make_launch) 
     assert launch_url.startswith(app_site.launch_url + "?")
     assert query["iss"] == [server.fhir_base] and query["launch"]
     run = browser.visit(launch_url, username=world.username, password=PASSWORD)
-    assert [step["page"] for step in run["trace"]] == ["login", "consent", "app"], run
+    assert pages(run) == [LOGIN, CONSENT, APP], run
     assert_read_with_token(run, world, EHR_SCOPE)
     assert run["result"]["encounterId"] == "enc-7"
     assert run["result"]["token"]["need_patient_banner"] in (True, False)
@@ -148,15 +156,15 @@ def test_denied_consent_reaches_the_app_as_an_error(server, app_site, world, bro
     run = browser.visit(
         url, username=world.username, password=PASSWORD, patient=world.patient, decision="deny"
     )
-    assert [step["page"] for step in run["trace"]] == ["login", "pick", "consent", "app"], run
+    assert pages(run) == [LOGIN, PICK, CONSENT, APP], run
     assert run["state"] == "error"
     assert "access_denied" in run["result"]["error"]
 
 
 def test_wrong_password_stays_on_the_login_page(server, app_site, world, browser) -> None:  # type: ignore[no-untyped-def]
     url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
-    run = browser.visit(url, username=world.username, password="not the password", patient=world.patient)
-    assert [step["page"] for step in run["trace"]] == ["login", "login"], run
+    run = browser.visit(url, username=world.username, password="wrong", patient=world.patient)
+    assert pages(run) == [LOGIN, LOGIN], run
     assert "Wrong user name or password" in run["text"]
 
 

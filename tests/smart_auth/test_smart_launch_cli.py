@@ -235,3 +235,11 @@ def test_cli_clients_users_token_launch(cli, capsys, http: TestClient) -> None: 
     rotated = cli(capsys, "keys", "rotate", "--json")
     assert rotated["kid"]
     assert cli(capsys, "clients", "remove", added["client_id"], "--json") == {"removed": True}
+
+
+def test_client_ids_never_look_like_options(smart, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`interop launch --client ID` must work for every id: argparse takes '-x...' for a flag."""
+    drawn = iter(["-starts-with-a-dash", "fine-id"])
+    monkeypatch.setattr("smart_auth.registry.secrets.token_urlsafe", lambda n=None: next(drawn))
+    client_id, _ = smart.client("launch patient/*.rs")
+    assert client_id == "fine-id"

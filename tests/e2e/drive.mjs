@@ -6,10 +6,10 @@
 // patient picker, our consent page -- until the app's page reports a result or one of our
 // error pages shows:
 //
-//   in:  {"url", "username", "password", "patient", "decision": "allow"|"deny",
+//   in:  {"url", "username", "passwords": [tried in turn], "patient", "decision": "allow"|"deny",
 //         "untick": [scope...], "timeoutMs"}
-//   out: {"trace": [{page, path, title, ms}], "state", "result", "text", "url",
-//         "offered": [scope...], "console": [...], "error"?}
+//   out: {"trace": [{page, path, title, error, ms}], "state", "result", "text", "url",
+//         "offered": [scope...], "console": [...], "requests": [...], "error"?}
 //
 //   node drive.mjs /usr/bin/chromium
 import { createInterface } from "node:readline";
@@ -35,17 +35,22 @@ const FORMS = ["login", "pick", "consent"];
 
 async function visit(spec) {
   const started = Date.now();
-  const out = { trace: [], state: null, result: null, text: "", console: [] };
+  const out = { trace: [], state: null, result: null, text: "", console: [], requests: [] };
   const context = await browser.newContext();
+  context.on("requestfinished", (r) => {
+    const url = new URL(r.url());
+    out.requests.push(`${Date.now() - started}ms ${r.method()} ${url.host}${url.pathname}`);
+  });
   try {
     const page = await context.newPage();
-    page.setDefaultTimeout(spec.timeoutMs ?? 20000);
+    page.setDefaultTimeout(spec.timeoutMs ?? 30000);
     page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => out.console.push(`pageerror: ${e.message}`));
     const note = async (name) => {
       const url = new URL(page.url());
       const title = await page.title();
-      out.trace.push({ page: name, path: url.pathname, title, ms: Date.now() - started });
+      const error = await page.evaluate(() => document.querySelector("p.error")?.textContent);
+      out.trace.push({ page: name, path: url.pathname, title, error, ms: Date.now() - started });
     };
     const submit = async (selector) => {
       const navigated = page.waitForEvent("framenavigated", (f) => f === page.mainFrame());
@@ -65,9 +70,10 @@ async function visit(spec) {
       );
       if (form === "login") {
         await note("login");
-        if (out.trace.filter((t) => t.page === "login").length > 1) break; // refused: stop
+        const tries = out.trace.filter((t) => t.page === "login").length;
+        if (tries > spec.passwords.length) break; // every password refused: stop here
         await page.fill('input[name="username"]', spec.username);
-        await page.fill('input[name="password"]', spec.password);
+        await page.fill('input[name="password"]', spec.passwords[tries - 1]);
         await submit('form[action="login"] button[type="submit"]');
       } else if (form === "pick") {
         await note("pick");

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 PASSWORD = "correct horse battery staple"
-EHR_SCOPE = "launch openid fhirUser patient/*.rs"
-STANDALONE_SCOPE = "launch/patient openid fhirUser patient/*.rs"
+EHR_SCOPE = "launch openid fhirUser online_access patient/*.rs"
+STANDALONE_SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -99,6 +99,13 @@ def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> Non
     assert sorted(token["scope"].split()) == sorted(scope.split())
     assert token["patient"] == world.patient
     assert 0 < token["expires_in"] <= 3600
+    # fhirclient's refresh (a public client: no client_id, the refresh token alone)
+    assert result["refreshed"] == {
+        "newAccessToken": True,
+        "newRefreshToken": True,
+        "scope": token["scope"],
+        "readId": world.patient,
+    }
 
 
 def test_standalone_launch(server, app_site, world: World, browser) -> None:  # type: ignore[no-untyped-def]

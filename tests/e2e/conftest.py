@@ -248,6 +248,10 @@ class Browser:
         assert line, f"the browser driver did not answer:\n{self.stderr_path.read_text()}"
         result = dict(json.loads(line))
         assert "error" not in result, json.dumps(result, indent=2)
+        # the page and everything it loaded stayed on this machine, and nothing failed
+        for request in result["requests"]:
+            _, how, _, url = request.split(" ", 3)
+            assert how == "done" and url.startswith("http://127.0.0.1:"), request
         return result
 
     def close(self) -> None:

@@ -37,10 +37,12 @@ async function visit(spec) {
   const started = Date.now();
   const out = { trace: [], state: null, result: null, text: "", console: [], requests: [] };
   const context = await browser.newContext();
-  context.on("requestfinished", (r) => {
+  const log = (r, how) => {
     const url = new URL(r.url());
-    out.requests.push(`${Date.now() - started}ms ${r.method()} ${url.host}${url.pathname}`);
-  });
+    out.requests.push(`${Date.now() - started}ms ${how} ${r.method()} ${url.origin}${url.pathname}`);
+  };
+  context.on("requestfinished", (r) => log(r, "done"));
+  context.on("requestfailed", (r) => log(r, "failed"));
   try {
     const page = await context.newPage();
     page.setDefaultTimeout(spec.timeoutMs ?? 30000);

@@ -6,10 +6,12 @@
 // patient picker, our consent page -- until the app's page reports a result or one of our
 // error pages shows:
 //
-//   in:  {"url", "username", "passwords": [tried in turn], "patient", "decision": "allow"|"deny",
-//         "untick": [scope...], "timeoutMs"}
+//   in:  {"url", "username", "passwords": [tried in turn], "search": name to find the patient
+//         by in the picker, "patient", "decision": "allow"|"deny", "untick": [scope...],
+//         "timeoutMs"}
 //   out: {"trace": [{page, path, title, error, ms}], "state", "result", "text", "url",
-//         "offered": [scope...], "console": [...], "requests": [...], "error"?}
+//         "choices": [patient...], "offered": [scope...], "console": [...], "requests": [...],
+//         "error"?}
 //
 //   node drive.mjs /usr/bin/chromium
 import { createInterface } from "node:readline";
@@ -63,11 +65,13 @@ async function visit(spec) {
     await page.goto(spec.url);
     for (let step = 0; step < 8; step++) {
       await page.waitForSelector(
-        FORMS.map((f) => `form[action="${f}"]`).join(", ") + ", body[data-state], p.error",
+        FORMS.map((f) => `form[method="post"][action="${f}"]`).join(", ") +
+          ", body[data-state], p.error",
         { state: "attached" },
       );
       const form = await page.evaluate(
-        (names) => names.find((n) => document.querySelector(`form[action="${n}"]`)) ?? null,
+        (names) =>
+          names.find((n) => document.querySelector(`form[method="post"][action="${n}"]`)) ?? null,
         FORMS,
       );
       if (form === "login") {
@@ -79,8 +83,14 @@ async function visit(spec) {
         await submit('form[action="login"] button[type="submit"]');
       } else if (form === "pick") {
         await note("pick");
+        out.choices = await page.$$eval('input[name="patient"]', (xs) => xs.map((x) => x.value));
+        if (spec.search && out.trace.filter((t) => t.page === "pick").length === 1) {
+          await page.fill('form[method="get"][action="pick"] input[name="q"]', spec.search);
+          await submit('form[method="get"][action="pick"] button[type="submit"]');
+          continue;
+        }
         await page.check(`input[name="patient"][value="${spec.patient}"]`);
-        await submit('form[action="pick"] button[type="submit"]');
+        await submit('form[method="post"][action="pick"] button[type="submit"]');
       } else if (form === "consent") {
         await note("consent");
         out.offered = await page.$$eval('input[name="scope"]', (xs) => xs.map((x) => x.value));

@@ -129,9 +129,15 @@ def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> dic
 def test_standalone_launch(server, app_site, world: World, browser) -> None:  # type: ignore[no-untyped-def]
     url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
     run = browser.visit(
-        url, username=world.username, passwords=[PASSWORD], patient=world.patient.id
+        url,
+        username=world.username,
+        passwords=[PASSWORD],
+        search=world.patient.family,
+        patient=world.patient.id,
     )
-    assert pages(run) == [LOGIN, PICK, CONSENT, APP], run
+    # the picker is searched by name first, then the one patient found is chosen
+    assert pages(run) == [LOGIN, PICK, PICK, CONSENT, APP], run
+    assert run["choices"] == [world.patient.id]
     assert sorted(run["offered"]) == sorted(STANDALONE_SCOPE.split())
     assert_read_with_token(run, world, STANDALONE_SCOPE)
     assert urlsplit(run["url"]).path == "/index.html"

@@ -178,14 +178,13 @@ class AppSite:
 
 @pytest.fixture(scope="module")
 def app_site(browser_tools: None) -> Iterator[AppSite]:
-    sock = _listening_socket()
-    site = AppSite(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    site = AppSite("")
 
     class Handler(SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(APP_DIR), **kwargs)
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/config.js":
                 self._send(b"window.E2E = " + json.dumps(site.config).encode() + b";")
@@ -205,12 +204,11 @@ def app_site(browser_tools: None) -> Iterator[AppSite]:
             self.send_header("Cache-Control", "no-store")
             super().end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-    httpd.socket.close()
-    httpd.socket = sock
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    site.origin = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

@@ -211,7 +211,10 @@ class AuthServer:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type '{grant_type}' is not supported"
             )
-        client = self.authenticate(form, authorization)
+        if grant_type == "refresh_token" and not _names_client(form, authorization):
+            client = self._refresh_holder(form.get("refresh_token") or "")
+        else:
+            client = self.authenticate(form, authorization)
         if grant_type == "authorization_code":
             return self._authorization_code(client, form)
         if grant_type == "refresh_token":
@@ -245,6 +248,26 @@ class AuthServer:
                 raise invalid_grant("code_verifier does not match the code_challenge")
         context = json.loads(row.context)
         return self._respond(client, row.scope.split(), row.username, context, family=None)
+
+    def _refresh_holder(self, presented: str) -> Client:
+        """A public client may refresh with the refresh token alone (RFC 6749 §6 asks only
+        confidential clients to authenticate; SMART's refresh request has no client_id, and
+        fhirclient sends none): the client is the one the token was issued to. A confidential
+        client must still authenticate."""
+        if not presented:
+            raise invalid_request("refresh_token is required")
+        with self.engine.connect() as conn:
+            holder = conn.execute(
+                select(refresh_tokens.c.client_id).where(
+                    refresh_tokens.c.token_hash == token_hash(presented)
+                )
+            ).scalar()
+        client = self.registry.client(holder or "")
+        if client is None:
+            raise invalid_grant("The refresh token is not valid")
+        if not client.public:
+            raise invalid_client()
+        return client
 
     def _refresh(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
         presented = form.get("refresh_token") or ""
@@ -450,6 +473,17 @@ class AuthServer:
                     .where(refresh_tokens.c.family == row.family)
                     .values(revoked=True)
                 )
+
+
+def _names_client(form: dict[str, str], authorization: str | None) -> bool:
+    """Whether the request says which client it is (any means of client authentication)."""
+    return bool(
+        form.get("client_id")
+        or form.get("client_secret")
+        or form.get("client_assertion")
+        or form.get("client_assertion_type")
+        or authorization
+    )
 
 
 def claim(conn: Connection, key: Column[Any], value: str) -> bool:

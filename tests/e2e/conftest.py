@@ -40,27 +40,34 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("INTEROP_E2E_CHROMIUM", "/usr/bin/chromium")
 
 
-def _missing_tools() -> list[str]:
+def _require(browser: bool) -> None:
+    """Skips (locally) or fails (CI) when what setup-env installs for these tests is missing."""
     missing = []
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+    if browser and not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
     if shutil.which("node") is None:
         missing.append("node (Node.js 18 or newer)")
-    for package in ("fhirclient", "playwright-core", "jose"):
+    for package in ("fhirclient", "playwright-core") if browser else ("jose",):
         if not (MODULES / package / "package.json").is_file():
-            missing.append(f"npm package {package} (npm ci in tests/e2e)")
-    return missing
+            missing.append(f"the npm package {package} (npm ci in tests/e2e)")
+    if not missing:
+        return
+    reason = "these e2e tests need " + "; ".join(missing) + " -- scripts/setup-env installs them"
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def tools() -> None:
-    missing = _missing_tools()
-    if not missing:
-        return
-    reason = "browser e2e tests need " + "; ".join(missing) + " -- scripts/setup-env installs them"
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
+    """Node.js and `jose`, for the backend-services client."""
+    _require(browser=False)
+
+
+@pytest.fixture(scope="session")
+def browser_tools() -> None:
+    """Debian's Chromium, playwright-core and fhirclient, for the SMART app in a browser."""
+    _require(browser=True)
 
 
 def node(script: str, *args: str, timeout: float = 60) -> str:
@@ -127,7 +134,7 @@ def _listening_socket() -> socket.socket:
 
 
 @pytest.fixture(scope="module")
-def server(tools: None, database_url: str) -> Iterator[LiveServer]:
+def server(database_url: str) -> Iterator[LiveServer]:
     """The whole ASGI app, auth on, served by uvicorn on a real 127.0.0.1 socket."""
     sock = _listening_socket()
     origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -170,15 +177,14 @@ class AppSite:
 
 
 @pytest.fixture(scope="module")
-def app_site(tools: None) -> Iterator[AppSite]:
-    sock = _listening_socket()
-    site = AppSite(f"http://127.0.0.1:{sock.getsockname()[1]}")
+def app_site(browser_tools: None) -> Iterator[AppSite]:
+    site = AppSite("")
 
     class Handler(SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(APP_DIR), **kwargs)
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/config.js":
                 self._send(b"window.E2E = " + json.dumps(site.config).encode() + b";")
@@ -198,12 +204,11 @@ def app_site(tools: None) -> Iterator[AppSite]:
             self.send_header("Cache-Control", "no-store")
             super().end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-    httpd.socket.close()
-    httpd.socket = sock
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    site.origin = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -241,6 +246,10 @@ class Browser:
         assert line, f"the browser driver did not answer:\n{self.stderr_path.read_text()}"
         result = dict(json.loads(line))
         assert "error" not in result, json.dumps(result, indent=2)
+        # the page and everything it loaded stayed on this machine, and nothing failed
+        for request in result["requests"]:
+            _, how, _, url = request.split(" ", 3)
+            assert how == "done" and url.startswith("http://127.0.0.1:"), request
         return result
 
     def close(self) -> None:
@@ -255,7 +264,7 @@ class Browser:
 
 
 @pytest.fixture(scope="session")
-def browser(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+def browser(browser_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     driver = Browser(tmp_path_factory.mktemp("browser") / "drive.stderr")
     try:
         yield driver

@@ -6,10 +6,12 @@
 // patient picker, our consent page -- until the app's page reports a result or one of our
 // error pages shows:
 //
-//   in:  {"url", "username", "password", "patient", "decision": "allow"|"deny",
-//         "untick": [scope...], "timeoutMs"}
-//   out: {"trace": [{page, path, title, ms}], "state", "result", "text", "url",
-//         "offered": [scope...], "console": [...], "error"?}
+//   in:  {"url", "username", "passwords": [tried in turn], "search": name to find the patient
+//         by in the picker, "patient", "decision": "allow"|"deny", "untick": [scope...],
+//         "timeoutMs"}
+//   out: {"trace": [{page, path, title, error, ms}], "state", "result", "text", "url",
+//         "choices": [patient...], "offered": [scope...], "console": [...], "requests": [...],
+//         "error"?}
 //
 //   node drive.mjs /usr/bin/chromium
 import { createInterface } from "node:readline";
@@ -35,17 +37,24 @@ const FORMS = ["login", "pick", "consent"];
 
 async function visit(spec) {
   const started = Date.now();
-  const out = { trace: [], state: null, result: null, text: "", console: [] };
+  const out = { trace: [], state: null, result: null, text: "", console: [], requests: [] };
   const context = await browser.newContext();
+  const log = (r, how) => {
+    const url = new URL(r.url());
+    out.requests.push(`${Date.now() - started}ms ${how} ${r.method()} ${url.origin}${url.pathname}`);
+  };
+  context.on("requestfinished", (r) => log(r, "done"));
+  context.on("requestfailed", (r) => log(r, "failed"));
   try {
     const page = await context.newPage();
-    page.setDefaultTimeout(spec.timeoutMs ?? 20000);
+    page.setDefaultTimeout(spec.timeoutMs ?? 30000);
     page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => out.console.push(`pageerror: ${e.message}`));
     const note = async (name) => {
       const url = new URL(page.url());
       const title = await page.title();
-      out.trace.push({ page: name, path: url.pathname, title, ms: Date.now() - started });
+      const error = await page.evaluate(() => document.querySelector("p.error")?.textContent);
+      out.trace.push({ page: name, path: url.pathname, title, error, ms: Date.now() - started });
     };
     const submit = async (selector) => {
       const navigated = page.waitForEvent("framenavigated", (f) => f === page.mainFrame());
@@ -56,23 +65,32 @@ async function visit(spec) {
     await page.goto(spec.url);
     for (let step = 0; step < 8; step++) {
       await page.waitForSelector(
-        FORMS.map((f) => `form[action="${f}"]`).join(", ") + ", body[data-state], p.error",
+        FORMS.map((f) => `form[method="post"][action="${f}"]`).join(", ") +
+          ", body[data-state], p.error",
         { state: "attached" },
       );
       const form = await page.evaluate(
-        (names) => names.find((n) => document.querySelector(`form[action="${n}"]`)) ?? null,
+        (names) =>
+          names.find((n) => document.querySelector(`form[method="post"][action="${n}"]`)) ?? null,
         FORMS,
       );
       if (form === "login") {
         await note("login");
-        if (out.trace.filter((t) => t.page === "login").length > 1) break; // refused: stop
+        const tries = out.trace.filter((t) => t.page === "login").length;
+        if (tries > spec.passwords.length) break; // every password refused: stop here
         await page.fill('input[name="username"]', spec.username);
-        await page.fill('input[name="password"]', spec.password);
+        await page.fill('input[name="password"]', spec.passwords[tries - 1]);
         await submit('form[action="login"] button[type="submit"]');
       } else if (form === "pick") {
         await note("pick");
+        out.choices = await page.$$eval('input[name="patient"]', (xs) => xs.map((x) => x.value));
+        if (spec.search && out.trace.filter((t) => t.page === "pick").length === 1) {
+          await page.fill('form[method="get"][action="pick"] input[name="q"]', spec.search);
+          await submit('form[method="get"][action="pick"] button[type="submit"]');
+          continue;
+        }
         await page.check(`input[name="patient"][value="${spec.patient}"]`);
-        await submit('form[action="pick"][method="post"] button[type="submit"]');
+        await submit('form[method="post"][action="pick"] button[type="submit"]');
       } else if (form === "consent") {
         await note("consent");
         out.offered = await page.$$eval('input[name="scope"]', (xs) => xs.map((x) => x.value));

@@ -3,10 +3,10 @@
 The app is the npm `fhirclient` package (SMART's own JavaScript client) in two static pages
 on a second origin, run by Debian's headless Chromium. The browser goes through our real
 authorize endpoint, login page, patient picker and consent page; fhirclient exchanges the
-code (PKCE S256) and reads the patient with the token, and the page shows what it read.
-A backend-services client signs its assertion with `jose` (Node.js), with keys made here.
-The operator's side (clients, users, launches) goes through the `interop` command line or the
-launch API, as it would in production. Everything talks to 127.0.0.1 only.
+code (PKCE S256), reads the patient with the token, refreshes it, reads again, and the page
+shows what it got. A backend-services client signs its assertion with `jose` (Node.js), with
+keys made here. The operator's side (clients, users, launches) goes through the `interop`
+command line or the launch API, as in production. Everything talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -22,18 +22,28 @@ import httpx
 import pytest
 
 PASSWORD = "correct horse battery staple"
-EHR_SCOPE = "launch openid fhirUser patient/*.rs"
-STANDALONE_SCOPE = "launch/patient openid fhirUser patient/*.rs"
+EHR_SCOPE = "launch openid fhirUser online_access patient/*.rs"
+STANDALONE_SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+LOGIN, PICK = ("login", "/auth/login"), ("pick", "/auth/pick")
+CONSENT, APP = ("consent", "/auth/consent"), ("app", "/index.html")
+
+
+@dataclass
+class Patient:
+    id: str
+    family: str
 
 
 @dataclass
 class World:
+    """What an operator set up for a test: the app, a physician, a patient."""
+
     client_id: str
     username: str
     practitioner: str
-    patient: str
-    family: str
+    patient: Patient
 
 
 @pytest.fixture
@@ -43,8 +53,28 @@ def http(server) -> Any:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def world(server, app_site, http: httpx.Client) -> World:  # type: ignore[no-untyped-def]
-    """What an operator sets up: the app (public client), a physician, and one patient."""
+def patient(server, http: httpx.Client) -> Patient:  # type: ignore[no-untyped-def]
+    """A Patient written over the FHIR API with an operator's token (`interop token`)."""
+    tag = uuid.uuid4().hex[:8]
+    loader = server.interop(
+        "clients", "add", "--name", f"loader {tag}", "--type", "confidential-secret",
+        "--scope", "system/Patient.c",
+    )  # fmt: skip
+    token = server.interop("token", "--client", loader["client_id"], "--scope", "system/Patient.c")
+    family = f"Browser{tag}"
+    created = http.post(
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "name": [{"family": family, "given": ["Ada"]}]},
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
+    assert created.status_code == 201, created.text
+    return Patient(created.json()["id"], family)
+
+
+@pytest.fixture
+def world(server, app_site, patient: Patient) -> World:  # type: ignore[no-untyped-def]
+    """The app registered as a public client (`interop clients add`), and a physician
+    (`interop users add`)."""
     tag = uuid.uuid4().hex[:8]
     app = server.interop(
         "clients", "add", "--name", f"E2E app {tag}", "--type", "public",
@@ -59,19 +89,7 @@ def world(server, app_site, http: httpx.Client) -> World:  # type: ignore[no-unt
         "users", "add", username, "--role", "physician", "--fhir-user", practitioner,
         "--password-stdin", stdin=PASSWORD + "\n",
     )  # fmt: skip
-    loader = server.interop(
-        "clients", "add", "--name", f"loader {tag}", "--type", "confidential-secret",
-        "--scope", "system/Patient.c",
-    )  # fmt: skip
-    token = server.interop("token", "--client", loader["client_id"], "--scope", "system/Patient.c")
-    family = f"Browser{tag}"
-    created = http.post(
-        "/fhir/Patient",
-        json={"resourceType": "Patient", "name": [{"family": family, "given": ["Ada"]}]},
-        headers={"Authorization": f"Bearer {token['access_token']}"},
-    )
-    assert created.status_code == 201, created.text
-    return World(app["client_id"], username, practitioner, created.json()["id"], family)
+    return World(app["client_id"], username, practitioner, patient)
 
 
 def pages(run: dict[str, Any]) -> list[tuple[str, str]]:
@@ -79,32 +97,47 @@ def pages(run: dict[str, Any]) -> list[tuple[str, str]]:
     return [(step["page"], step["path"]) for step in run["trace"]]
 
 
-LOGIN, PICK = ("login", "/auth/login"), ("pick", "/auth/pick")
-CONSENT, APP = ("consent", "/auth/consent"), ("app", "/index.html")
-
-
-def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> None:
+def assert_read_with_token(run: dict[str, Any], world: World, scope: str) -> dict[str, Any]:
     """The app page got a token from fhirclient's code exchange and read the patient with it."""
     assert run["state"] == "done", json.dumps(run, indent=2)
     result = run["result"]
-    assert result["patientId"] == world.patient
+    patient = world.patient
+    assert result["patientId"] == patient.id
     assert result["patient"]["resourceType"] == "Patient"
-    assert result["patient"]["id"] == world.patient
-    assert result["byId"]["id"] == world.patient
-    assert f"Ada {world.family}" in run["text"]  # rendered into the page from the FHIR read
+    assert result["patient"]["id"] == result["byId"]["id"] == patient.id
+    assert f"Ada {patient.family}" in run["text"]  # rendered into the page from the FHIR read
     assert result["fhirUser"] == world.practitioner  # from the id_token fhirclient decoded
     assert result["hasIdToken"] is True
     token = result["token"]
     assert token["token_type"] == "Bearer"
     assert sorted(token["scope"].split()) == sorted(scope.split())
-    assert token["patient"] == world.patient
+    assert token["patient"] == patient.id
     assert 0 < token["expires_in"] <= 3600
+    if "offline_access" in scope or "online_access" in scope:
+        # fhirclient's refresh (a public client: the refresh token alone, no client_id)
+        assert result["refreshed"] == {
+            "newAccessToken": True,
+            "newRefreshToken": True,
+            "scope": token["scope"],
+            "readId": patient.id,
+        }
+    else:
+        assert result["refreshed"] is None and "refresh_token" not in token
+    return dict(result)
 
 
 def test_standalone_launch(server, app_site, world: World, browser) -> None:  # type: ignore[no-untyped-def]
     url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
-    run = browser.visit(url, username=world.username, password=PASSWORD, patient=world.patient)
-    assert pages(run) == [LOGIN, PICK, CONSENT, APP], run
+    run = browser.visit(
+        url,
+        username=world.username,
+        passwords=[PASSWORD],
+        search=world.patient.family,
+        patient=world.patient.id,
+    )
+    # the picker is searched by name first, then the one patient found is chosen
+    assert pages(run) == [LOGIN, PICK, PICK, CONSENT, APP], run
+    assert run["choices"] == [world.patient.id]
     assert sorted(run["offered"]) == sorted(STANDALONE_SCOPE.split())
     assert_read_with_token(run, world, STANDALONE_SCOPE)
     assert urlsplit(run["url"]).path == "/index.html"
@@ -119,7 +152,7 @@ def launch_by_api(server, http: httpx.Client, world: World) -> str:  # type: ign
     )  # fmt: skip
     response = http.post(
         "/auth/launch",
-        data={"app": world.client_id, "patient": world.patient, "encounter": "enc-7"},
+        data={"app": world.client_id, "patient": world.patient.id, "encounter": "enc-7"},
         auth=(ehr["client_id"], ehr["client_secret"]),
     )
     assert response.status_code == 200, response.text
@@ -129,7 +162,7 @@ def launch_by_api(server, http: httpx.Client, world: World) -> str:  # type: ign
 def launch_by_cli(server, http: httpx.Client, world: World) -> str:  # type: ignore[no-untyped-def]
     """An operator makes the launch with `interop launch`."""
     launched = server.interop(
-        "launch", "--client", world.client_id, "--patient", world.patient, "--encounter", "enc-7"
+        "launch", "--client", world.client_id, "--patient", world.patient.id, "--encounter", "enc-7"
     )
     return str(launched["launch_url"])
 
@@ -140,36 +173,43 @@ def test_ehr_launch(server, app_site, world: World, http, browser, make_launch) 
     query = parse_qs(urlsplit(launch_url).query)
     assert launch_url.startswith(app_site.launch_url + "?")
     assert query["iss"] == [server.fhir_base] and query["launch"]
-    run = browser.visit(launch_url, username=world.username, password=PASSWORD)
+    # through the CLI's launch the user unticks online_access on the consent page
+    untick = ["online_access"] if make_launch is launch_by_cli else []
+    run = browser.visit(launch_url, username=world.username, passwords=[PASSWORD], untick=untick)
     assert pages(run) == [LOGIN, CONSENT, APP], run
-    assert_read_with_token(run, world, EHR_SCOPE)
-    assert run["result"]["encounterId"] == "enc-7"
-    assert run["result"]["token"]["need_patient_banner"] in (True, False)
-    # the launch id was single-use: opening the same launch URL again ends in an error page
-    again = browser.visit(launch_url, username=world.username, password=PASSWORD)
-    assert again["state"] == "error", again
-    assert "invalid_request" in again["result"]["error"]
+    assert sorted(run["offered"]) == sorted(EHR_SCOPE.split())
+    kept = " ".join(s for s in EHR_SCOPE.split() if s not in untick)
+    result = assert_read_with_token(run, world, kept)
+    assert result["encounterId"] == "enc-7"
+    assert result["token"]["need_patient_banner"] in (True, False)
+    if make_launch is launch_by_api:
+        # the launch id was single-use: the same launch URL again reaches the app as an error
+        again = browser.visit(launch_url, username=world.username, passwords=[PASSWORD])
+        assert pages(again) == [APP] and again["state"] == "error", again
+        assert "invalid_request" in again["result"]["error"]
 
 
-def test_denied_consent_reaches_the_app_as_an_error(server, app_site, world, browser) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_password_then_denied_consent(server, app_site, world, browser) -> None:  # type: ignore[no-untyped-def]
+    """A wrong password keeps the user on our login page; a denial reaches the app, whose
+    fhirclient reports the server's access_denied."""
     url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
     run = browser.visit(
-        url, username=world.username, password=PASSWORD, patient=world.patient, decision="deny"
+        url,
+        username=world.username,
+        passwords=["not the password", PASSWORD],
+        patient=world.patient.id,
+        decision="deny",
     )
-    assert pages(run) == [LOGIN, PICK, CONSENT, APP], run
+    assert pages(run) == [LOGIN, LOGIN, PICK, CONSENT, APP], run
+    assert run["trace"][1]["error"] == "Wrong user name or password."
     assert run["state"] == "error"
     assert "access_denied" in run["result"]["error"]
 
 
-def test_wrong_password_stays_on_the_login_page(server, app_site, world, browser) -> None:  # type: ignore[no-untyped-def]
-    url = f"{app_site.launch_url}?{urlencode({'iss': server.fhir_base})}"
-    run = browser.visit(url, username=world.username, password="wrong", patient=world.patient)
-    assert pages(run) == [LOGIN, LOGIN], run
-    assert "Wrong user name or password" in run["text"]
-
-
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
-def test_backend_services(server, world: World, http, run_node, tmp_path: Path, alg: str) -> None:  # type: ignore[no-untyped-def]
+def test_backend_services(server, patient: Patient, http, run_node, tmp_path: Path, alg) -> None:  # type: ignore[no-untyped-def]
+    """client_credentials with private_key_jwt: the key pair is made here, the JWKS registered
+    with `interop clients add --jwks`, the assertion signed by `jose`."""
     keys = json.loads(run_node("assertion.mjs", "keygen", alg, f"key-{alg}"))
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [keys["public"]]}))
@@ -177,10 +217,14 @@ def test_backend_services(server, world: World, http, run_node, tmp_path: Path, 
         "clients", "add", "--name", f"backend {alg}", "--type", "confidential-jwks",
         "--jwks", str(jwks), "--scope", "system/*.rs",
     )  # fmt: skip
-    client_id = client["client_id"]
 
     def token_request(key: dict[str, Any]) -> httpx.Response:
-        claims = {"alg": alg, "key": key, "clientId": client_id, "tokenUrl": server.token_url}
+        claims = {
+            "alg": alg,
+            "key": key,
+            "clientId": client["client_id"],
+            "tokenUrl": server.token_url,
+        }
         signed = run_node("assertion.mjs", "sign", json.dumps(claims)).strip()
         return http.post(
             "/auth/token",
@@ -198,15 +242,13 @@ def test_backend_services(server, world: World, http, run_node, tmp_path: Path, 
     body = response.json()
     assert body["token_type"] == "Bearer" and body["scope"] == "system/Patient.rs"
     assert 0 < body["expires_in"] <= 300 and "refresh_token" not in body
-    read = http.get(
-        f"/fhir/Patient/{world.patient}",
-        headers={"Authorization": f"Bearer {body['access_token']}"},
-    )
+    auth = {"Authorization": f"Bearer {body['access_token']}"}
+    read = http.get(f"/fhir/Patient/{patient.id}", headers=auth)
     assert read.status_code == 200, read.text
-    assert read.json()["name"][0]["family"] == world.family
-    assert http.get(f"/fhir/Patient/{world.patient}").status_code == 401
+    assert read.json()["name"][0]["family"] == patient.family
+    assert http.get(f"/fhir/Patient/{patient.id}").status_code == 401
 
-    # the same kid, a key the client never registered: refused as invalid_client
+    # the same kid, but a key the client never registered: refused as invalid_client
     stranger = json.loads(run_node("assertion.mjs", "keygen", alg, f"key-{alg}"))
     refused = token_request(stranger["private"])
     assert refused.status_code == 401, refused.text

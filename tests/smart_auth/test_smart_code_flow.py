@@ -269,6 +269,31 @@ def test_refresh_token_is_bound_to_its_client(http: TestClient, smart) -> None: 
     assert _refresh(http, other_id, token).json()["error"] == "invalid_grant"
 
 
+def test_public_client_refreshes_with_the_refresh_token_alone(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
+    """SMART's refresh request carries no client_id, and fhirclient sends none: a public
+    client is known by its refresh token. A confidential client must still authenticate."""
+    client_id, _ = smart.client(SCOPE)
+    smart.user()
+    token = smart.code_flow(client_id, SCOPE)["refresh_token"]
+    alone = http.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": token})
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["refresh_token"] != token
+    reused = http.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": token})
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    unknown = http.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": "x"})
+    assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_grant"
+    secret_id, secret = smart.client(SCOPE, "confidential-secret")
+    held = smart.code_flow(secret_id, SCOPE, secret=secret)["refresh_token"]
+    bare = http.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": held})
+    assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+    signed = http.post(
+        "/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": held},
+        auth=(secret_id, secret),
+    )
+    assert signed.status_code == 200, signed.text
+
+
 def test_confidential_client_errors_never_say_which_part_was_wrong(http: TestClient, smart) -> None:  # type: ignore[no-untyped-def]
     client_id, secret = smart.client("user/*.rs", "confidential-secret")
     smart.user()

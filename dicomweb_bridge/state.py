@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 
+from fhir_server.store.db import write_transaction
 from fhir_server.store.models import metadata
 
 imaging_cursors = Table(
@@ -69,7 +70,7 @@ class BridgeState:
 
     def set_cursor(self, name: str, value: str) -> None:
         now = int(time.time())
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             done = conn.execute(
                 update(imaging_cursors)
                 .where(imaging_cursors.c.name == name)
@@ -99,7 +100,7 @@ class BridgeState:
     def record(self, s: SyncedStudy) -> None:
         values = {"orthanc_id": s.orthanc_id, "resource_id": s.resource_id, "digest": s.digest,
                   "instances": s.instances, "synced_at": int(time.time())}  # fmt: skip
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             done = conn.execute(
                 update(imaging_studies)
                 .where(imaging_studies.c.study_uid == s.study_uid)
@@ -109,5 +110,5 @@ class BridgeState:
                 conn.execute(insert(imaging_studies).values(study_uid=s.study_uid, **values))
 
     def forget(self, study_uid: str) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(imaging_studies).where(imaging_studies.c.study_uid == study_uid))

@@ -149,7 +149,7 @@ class AuthServer:
         second login. Only the hash is stored; the cookie carries the token."""
         token = new_token(32)
         now = int(time.time())
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(sessions.delete().where(sessions.c.expires < now))
             conn.execute(
                 insert(sessions).values(

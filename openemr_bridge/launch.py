@@ -182,10 +182,12 @@ class LaunchBridge:
 
     def _take(self, state: str, browser: str | None) -> dict[str, Any]:
         """The launch this callback belongs to, once, and only in the browser that started it."""
-        with self.engine.begin() as conn:
+        with self.engine.connect() as plain, plain.execution_options(interop_write=True) as conn:
+            conn.begin()  # read-then-delete: BEGIN IMMEDIATE on SQLite (see fhir_server.store.db)
             row = conn.execute(select(launches).where(launches.c.state == state[:64])).first()
             if row is not None:
                 conn.execute(delete(launches).where(launches.c.state == row.state))
+            conn.commit()
         if row is None or row.expires < time.time():
             raise LaunchError("This launch expired or was already used; open the app again.")
         if not browser or token_hash(browser) != row.browser:

@@ -157,18 +157,24 @@ class Registry:
             raise RegistryError("--fhir-user must look like Practitioner/123")
         if role == "patient" and not (fhir_user or "").startswith("Patient/"):
             raise RegistryError("a user with role patient needs --fhir-user Patient/ID")
-        with self.engine.begin() as conn:
+        password_hash = hash_password(password)  # slow: never inside the transaction
+        # read-then-write: take SQLite's write lock up front (BEGIN IMMEDIATE), or a commit by
+        # another connection between the SELECT and the INSERT fails the upgrade at once
+        with self.engine.connect() as plain, plain.execution_options(interop_write=True) as conn:
+            conn.begin()
             if conn.execute(select(users.c.username).where(users.c.username == username)).first():
+                conn.rollback()
                 raise RegistryError(f"user '{username}' already exists")
             conn.execute(
                 insert(users).values(
                     username=username,
-                    password_hash=hash_password(password),
+                    password_hash=password_hash,
                     role=role,
                     fhir_user=fhir_user or None,
                     created=int(time.time()),
                 )
             )
+            conn.commit()
         return User(username, role, fhir_user or None)
 
     def user(self, username: str) -> User | None:

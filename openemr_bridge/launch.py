@@ -32,6 +32,7 @@ from openemr_bridge.errors import OpenEmrError
 from openemr_bridge.models import launches
 from openemr_bridge.sync import Syncer
 from smart_auth.hashing import token_hash
+from smart_auth.registry import RegistryError
 from smart_auth.server import AuthServer
 
 STATE_SECONDS = 600
@@ -256,7 +257,11 @@ class LaunchBridge:
             raise LaunchError(f"OpenEMR users of type {user_type} may not launch apps here.", 403)
         username = f"openemr:{user_type}/{user_id}"[:128]
         if self.auth.registry.user(username) is None:
-            self.auth.registry.add_user(username, secrets.token_urlsafe(32), role, None)
+            try:
+                self.auth.registry.add_user(username, secrets.token_urlsafe(32), role, None)
+            except RegistryError as exc:
+                if self.auth.registry.user(username) is None:  # not a concurrent first launch
+                    raise LaunchError(f"INTEROP_OPENEMR_ROLES: {exc}", 500) from exc
         return username
 
     def _patient(self, patient_uuid: str) -> str:

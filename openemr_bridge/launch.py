@@ -25,6 +25,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import delete, insert, select
 
 from fhir_server.api.interactions import Context
+from fhir_server.store.db import write_transaction
 from mappers.openemr import Systems
 from openemr_bridge import canonical
 from openemr_bridge.config import LAUNCH_SCOPE
@@ -183,12 +184,10 @@ class LaunchBridge:
 
     def _take(self, state: str, browser: str | None) -> dict[str, Any]:
         """The launch this callback belongs to, once, and only in the browser that started it."""
-        with self.engine.connect() as plain, plain.execution_options(interop_write=True) as conn:
-            conn.begin()  # read-then-delete: BEGIN IMMEDIATE on SQLite (see fhir_server.store.db)
+        with write_transaction(self.engine) as conn:  # read, then delete: one writer at a time
             row = conn.execute(select(launches).where(launches.c.state == state[:64])).first()
             if row is not None:
                 conn.execute(delete(launches).where(launches.c.state == row.state))
-            conn.commit()
         if row is None or row.expires < time.time():
             raise LaunchError("This launch expired or was already used; open the app again.")
         if not browser or token_hash(browser) != row.browser:

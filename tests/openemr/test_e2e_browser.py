@@ -175,8 +175,7 @@ def test_clinician_signs_in_to_openemr_only_and_the_app_reads_imaging(
         Settings(database_url=database_url, auth="on", base_url=f"{ours}/fhir",
                  openemr_url=sim.base, openemr_client_id=CLIENT_ID,
                  openemr_client_secret=CLIENT_SECRET, openemr_username=SERVICE_USER,
-                 openemr_password=SERVICE_PASSWORD, mllp_port=0,
-                 openemr_push=False)
+                 openemr_password=SERVICE_PASSWORD, mllp_port=0)
     )  # fmt: skip
     with app.state.store.engine.begin() as conn:
         for table in reversed([t for t in metadata.sorted_tables if t.name != "auth_signing_keys"]):

@@ -44,9 +44,6 @@ def ours(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
         openemr_client_secret=CLIENT_SECRET,
         openemr_username=SERVICE_USER,
         openemr_password=SERVICE_PASSWORD,
-        # no push consumer here: the outbox runner's idle lease writes make SQLite's deferred
-        # read-then-write transactions in smart_auth fail ("database is locked"; see report)
-        openemr_push=False,
     )
     app = create_app(settings)
     engine = app.state.store.engine

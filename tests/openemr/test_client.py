@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CLIENT_SECRET, SERVICE_PASSWORD
+from oe_accounts import CLIENT_SECRET, SERVICE_PASSWORD
 from simulator import OpenEmrSimulator
 
 from openemr_bridge.client import OpenEmrClient

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import uvicorn
-from conftest import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator
 from starlette.applications import Starlette
 from starlette.requests import Request

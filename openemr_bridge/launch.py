@@ -25,6 +25,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import delete, insert, select
 
 from fhir_server.api.interactions import Context
+from fhir_server.store.db import write_transaction
 from mappers.openemr import Systems
 from openemr_bridge import canonical
 from openemr_bridge.config import LAUNCH_SCOPE
@@ -32,6 +33,7 @@ from openemr_bridge.errors import OpenEmrError
 from openemr_bridge.models import launches
 from openemr_bridge.sync import Syncer
 from smart_auth.hashing import token_hash
+from smart_auth.registry import RegistryError
 from smart_auth.server import AuthServer
 
 STATE_SECONDS = 600
@@ -182,7 +184,7 @@ class LaunchBridge:
 
     def _take(self, state: str, browser: str | None) -> dict[str, Any]:
         """The launch this callback belongs to, once, and only in the browser that started it."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:  # read, then delete: one writer at a time
             row = conn.execute(select(launches).where(launches.c.state == state[:64])).first()
             if row is not None:
                 conn.execute(delete(launches).where(launches.c.state == row.state))
@@ -254,7 +256,11 @@ class LaunchBridge:
             raise LaunchError(f"OpenEMR users of type {user_type} may not launch apps here.", 403)
         username = f"openemr:{user_type}/{user_id}"[:128]
         if self.auth.registry.user(username) is None:
-            self.auth.registry.add_user(username, secrets.token_urlsafe(32), role, None)
+            try:
+                self.auth.registry.add_user(username, secrets.token_urlsafe(32), role, None)
+            except RegistryError as exc:
+                if self.auth.registry.user(username) is None:  # not a concurrent first launch
+                    raise LaunchError(f"INTEROP_OPENEMR_ROLES: {exc}", 500) from exc
         return username
 
     def _patient(self, patient_uuid: str) -> str:

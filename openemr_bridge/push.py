@@ -14,8 +14,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from fhir_server.api.bundles import apply_transaction
-from fhir_server.api.interactions import Context
+from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
 from mappers.openemr import Refusal, Systems, patient_to_openemr
 from openemr_bridge import canonical
@@ -145,14 +147,10 @@ def _link(ctx: Context, patient: dict[str, Any], systems: Systems, pid: str, uui
 
 
 def pending(ctx: Context, limit: int = 1000) -> list[dict[str, str]]:
-    """Patients that could not be created in OpenEMR, with the reason (for the CLI)."""
-    from fhir_server.api.interactions import FhirRequest, dispatch
-
-    req = FhirRequest(
-        "GET", ["Patient"], [("_tag", f"{PENDING_TAG}|"), ("_count", str(limit))], {}, b""
-    )
-    import orjson
-
+    """Patients that could not be created in OpenEMR, with the reason (for the CLI): the
+    same search a client would make, `Patient?_tag=urn:interop:openemr-pending|`."""
+    query = [("_tag", f"{PENDING_TAG}|"), ("_count", str(limit))]
+    req = FhirRequest("GET", ["Patient"], query, {}, b"")
     body = orjson.loads(dispatch(ctx, req, None).body or b"{}")
     out = []
     for entry in body.get("entry") or []:

@@ -19,13 +19,14 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context
 from fhir_server.errors import FhirError
 from mappers.openemr import Systems, patient_to_fhir, to_bundle
 from openemr_bridge import canonical
-from openemr_bridge.errors import OpenEmrError
+from openemr_bridge.errors import OpenEmrAuthError, OpenEmrError, OpenEmrUnavailable
 from openemr_bridge.models import records, state
 from openemr_bridge.source import Row, Source
 
@@ -113,9 +114,14 @@ class Syncer:
         key = source_key(row)
         try:
             outcome, patient_id = self._sync(row, key, full)
-        except (OpenEmrError, FhirError, ValueError, KeyError) as exc:
+        except (OpenEmrUnavailable, OpenEmrAuthError):
+            raise  # OpenEMR is down or refuses us: stop; the remembered offset resumes the run
+        except Exception as exc:  # one patient's failure is counted; the run goes on
             reason = _reason(exc)
-            log.warning("OpenEMR patient %s not synced: %s", key, reason)
+            if isinstance(exc, OpenEmrError | FhirError | ValueError | KeyError):
+                log.warning("OpenEMR patient %s not synced: %s", key, reason)
+            else:
+                log.exception("OpenEMR patient %s not synced", key)
             summary.add("failed")
             summary.reasons[key] = reason
             return "failed"
@@ -175,11 +181,15 @@ class Syncer:
             "versions": json.dumps(versions),
             "synced": int(time.time()),
         }
+        if not known:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(records).values(source_key=key, **values))
+                return
+            except IntegrityError:  # a concurrent sync of the same patient got there first
+                pass
         with self.engine.begin() as conn:
-            if known:
-                conn.execute(update(records).where(records.c.source_key == key).values(**values))
-            else:
-                conn.execute(insert(records).values(source_key=key, **values))
+            conn.execute(update(records).where(records.c.source_key == key).values(**values))
 
     def _touch(self, key: str) -> None:
         with self.engine.begin() as conn:

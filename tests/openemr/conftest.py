@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import RSAKey
+from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator, ServedSimulator
 from sqlalchemy import text
 from starlette.testclient import TestClient
@@ -17,11 +18,6 @@ from interop.app import create_app
 from interop.settings import Settings
 from openemr_bridge.client import OpenEmrClient
 from openemr_bridge.config import OpenEmrConfig
-
-CLIENT_ID = "interop-bridge"
-CLIENT_SECRET = "s3cret-client-value"
-SERVICE_USER = "svc-interop"
-SERVICE_PASSWORD = "pa55word-value"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ launch with an opaque launch token through its own authorize/token endpoints.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -102,6 +103,7 @@ class OpenEmrSimulator:
         self.sessions: dict[str, str] = {}
         self.used_jti: set[str] = set()
         self.fail_next: list[int] = []  # statuses to answer before serving normally
+        self.delay_next: list[float] = []  # seconds to stall before answering (timeouts)
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
         self.token_requests: list[dict[str, str]] = []
         self.key = _signing_key()
@@ -211,6 +213,8 @@ class OpenEmrSimulator:
         async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "http":
                 sim.log.append((scope["method"], scope["path"]))
+                if sim.delay_next:
+                    await asyncio.sleep(sim.delay_next.pop(0))
                 if sim.fail_next:
                     status = sim.fail_next.pop(0)
                     await Response("upstream trouble", status)(scope, receive, send)
@@ -658,9 +662,12 @@ class OpenEmrSimulator:
 
 
 class ServedSimulator:
-    """The simulator on a real loopback port (uvicorn in a thread), for browser-like flows."""
+    """The simulator on a real loopback port (uvicorn in a thread), for browser-like flows;
+    with a certificate and key it serves HTTPS."""
 
-    def __init__(self, sim: OpenEmrSimulator, port: int = 0) -> None:
+    def __init__(
+        self, sim: OpenEmrSimulator, port: int = 0, tls: tuple[str, str] | None = None
+    ) -> None:
         import socket
 
         self.sim = sim
@@ -669,9 +676,10 @@ class ServedSimulator:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
         self.port = port
-        sim.base = f"http://127.0.0.1:{port}"
+        sim.base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         config = uvicorn.Config(sim.app(), host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="off")  # fmt: skip
+                                lifespan="off", ssl_certfile=tls[0] if tls else None,
+                                ssl_keyfile=tls[1] if tls else None)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator
 
 from interop.cli import main

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
-from conftest import CLIENT_SECRET, SERVICE_PASSWORD
+from oe_accounts import CLIENT_SECRET, SERVICE_PASSWORD
 from simulator import OpenEmrSimulator
 
 from openemr_bridge.client import OpenEmrClient
@@ -207,15 +206,3 @@ def test_wrong_site_is_route_not_found(sim: OpenEmrSimulator, oe_config: OpenEmr
         pytest.raises(OpenEmrAuthError, match="Route not found"),
     ):
         client.patients()
-
-
-def test_tls_verification_on_by_default(oe_config: OpenEmrConfig, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    client = OpenEmrClient(oe_config)
-    ssl_context = client.http._transport._pool._ssl_context  # type: ignore[attr-defined]
-    import ssl
-
-    assert ssl_context.verify_mode == ssl.CERT_REQUIRED
-    client.close()
-    oe_config.ca_bundle = str(tmp_path / "missing-ca.pem")
-    with pytest.raises((OSError, httpx.HTTPError)):
-        OpenEmrClient(oe_config)  # a configured CA bundle is really loaded

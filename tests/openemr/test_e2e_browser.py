@@ -3,7 +3,7 @@
 patient dashboard, and the hosted app inside its iframe (a page using the JavaScript
 `fhirclient` library) reads the patient's ImagingStudy from our FHIR API with the token it got.
 
-Needs Debian's `chromium` and `npm install` in tests/openemr/e2e; in CI (CI=true) their absence
+Needs Debian's `chromium` and the npm packages of tests/e2e (scripts/setup-env); in CI (CI=true) their absence
 fails the run instead of skipping. The browser is driven over the DevTools protocol.
 """
 
@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import uvicorn
-from conftest import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,7 +39,8 @@ from interop.settings import Settings
 from openemr_bridge.routes import build_syncer
 
 HERE = Path(__file__).parent / "e2e"
-FHIRCLIENT = HERE / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
+# the pinned fhirclient that scripts/setup-env installs for the browser tests (tests/e2e)
+FHIRCLIENT = HERE.parents[1] / "e2e" / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CLINICIAN, CLINICIAN_PASSWORD = "drjones", "clinician-pass-2"
 
@@ -158,7 +159,7 @@ class Chromium:
 @pytest.fixture
 def browser() -> Iterator[Chromium]:
     _require(shutil.which("chromium") is not None, "Debian's chromium")
-    _require(FHIRCLIENT.exists(), "fhirclient (npm install in tests/openemr/e2e)")
+    _require(FHIRCLIENT.exists(), "fhirclient (npm ci in tests/e2e, done by scripts/setup-env)")
     chromium = Chromium()
     yield chromium
     chromium.close()

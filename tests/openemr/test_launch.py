@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator
 from sqlalchemy import text
 from starlette.testclient import TestClient

@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from fhir_server.api.bundles import apply_transaction
 from mappers.openemr import Systems
 from openemr_bridge.client import OpenEmrClient
+from openemr_bridge.errors import OpenEmrUnavailable
 from openemr_bridge.source import ApiSource
 from openemr_bridge.sync import Syncer
 
@@ -156,3 +157,27 @@ def test_identifiers_from_other_sources_are_kept(
     assert {"urn:oid:1.2.3", SYSTEMS.uuid, SYSTEMS.pid, SYSTEMS.mrn} <= systems
     assert patient["link"][0]["type"] == "replaces"
     assert patient["name"][0]["family"] == "Lee0"
+
+
+def test_openemr_down_stops_the_run_and_the_next_run_resumes(
+    client: TestClient, sim: OpenEmrSimulator, oe_config: Any
+) -> None:
+    populate(sim, 4)
+    oe_config.retries = 0
+    with OpenEmrClient(oe_config) as flaky:
+        calls = {"n": 0}
+        real = flaky.encounters
+
+        def failing_on_third(puuid: str) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                sim.fail_next = [503]
+            return real(puuid)
+
+        flaky.encounters = failing_on_third  # type: ignore[method-assign]
+        with pytest.raises(OpenEmrUnavailable):
+            syncer(client, flaky).run()
+        assert count(client, "Patient") == 2
+        resumed = syncer(client, flaky).run()
+    assert (resumed.created, resumed.total) == (2, 2)  # from the page where it stopped
+    assert count(client, "Patient") == 4

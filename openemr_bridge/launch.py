@@ -106,7 +106,7 @@ class LaunchBridge:
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
         now = int(time.time())
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(launches).where(launches.c.expires < now))
             conn.execute(
                 insert(launches).values(

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context
 from fhir_server.errors import FhirError
+from fhir_server.store.db import write_transaction
 from mappers.openemr import Systems, patient_to_fhir, to_bundle
 from openemr_bridge import canonical
 from openemr_bridge.errors import OpenEmrAuthError, OpenEmrError, OpenEmrUnavailable
@@ -183,16 +184,16 @@ class Syncer:
         }
         if not known:
             try:
-                with self.engine.begin() as conn:
+                with write_transaction(self.engine) as conn:
                     conn.execute(insert(records).values(source_key=key, **values))
                 return
             except IntegrityError:  # a concurrent sync of the same patient got there first
                 pass
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(update(records).where(records.c.source_key == key).values(**values))
 
     def _touch(self, key: str) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(records).where(records.c.source_key == key).values(synced=int(time.time()))
             )
@@ -212,7 +213,7 @@ class Syncer:
             return conn.execute(select(state.c.value).where(state.c.name == name)).scalar()
 
     def set_state(self, name: str, value: str) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(state).where(state.c.name == name))
             conn.execute(insert(state).values(name=name, value=value))
 

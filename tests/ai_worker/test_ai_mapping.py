@@ -111,8 +111,8 @@ def test_result_bundle() -> None:
     observations = entries(bundle, "Observation")
     assert [e["fullUrl"] for e in observations] == [x["reference"] for x in r["result"]]
     fat, outlier, region = (e["resource"] for e in observations)
-    assert fat["valueQuantity"] == {"value": 123.5, "unit": "mL",
-                                    "system": "http://unitsofmeasure.org", "code": "mL"}  # fmt: skip
+    ucum = "http://unitsofmeasure.org"
+    assert fat["valueQuantity"] == {"value": 123.5, "unit": "mL", "system": ucum, "code": "mL"}
     assert "interpretation" not in fat
     assert outlier["interpretation"][0]["coding"][0]["code"] == "H"
     assert region["valueCodeableConcept"]["coding"][0]["code"] == "51185008"

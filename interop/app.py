@@ -91,7 +91,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         lifespan=lifespan,
     )
     _, access_for, security = install(app, engine, auth_config(settings), policy)
-    capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
+    capability = ctx.operations.advertise(
+        capability_bytes(base_url, software_version(), settings.auth_enabled, security)
+    )
     app.state.settings = settings
     app.state.store = store
     app.state.policy = policy

@@ -139,3 +139,14 @@ def test_only_physicians_and_radiologists_review(auth_client) -> None:  # type: 
         headers=admin,
     ).json()
     assert prov["total"] == 1
+
+
+def test_capability_statement_lists_the_ai_operations(ai_client) -> None:  # type: ignore[no-untyped-def]
+    statement = ai_client.get("/fhir/metadata").json()
+    ops = {
+        r["type"]: [o["name"] for o in r.get("operation", [])]
+        for r in statement["rest"][0]["resource"]
+    }
+    assert ops["ImagingStudy"] == ["analyze"]
+    assert ops["DiagnosticReport"] == ["approve", "reject"]
+    assert ops["Patient"] == ["everything"]

@@ -204,8 +204,8 @@ class AiService:
             return
         if res_type == "Task" and interaction == "create":
             self.adopt(res_id)
-        elif res_type == "ImagingStudy" and self.rules:
-            self.trigger(res_id)
+        elif res_type == "ImagingStudy" and self.rules and self.settings.dicomweb_url:
+            self.trigger(res_id)  # (imaging off: no pixels to fetch, so no Task either)
 
     def models_for(self, study_id: str) -> list[str]:
         """Models for a study asked for by hand: those the rules pick, else every installed

@@ -26,7 +26,7 @@ from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
-from fhir_server.store.repository import Store
+from fhir_server.store.repository import Store, Transaction
 from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
@@ -118,10 +118,28 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         )
         interaction, res_type = "unknown", ""
         grant = None
+        audited: list[Interaction] = []  # a change recorded inside its own transaction
         try:
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
+            if audit is not None and request.method not in ("GET", "HEAD"):
+                parts = [p for p in path if p]
+                change = Interaction(
+                    request.method,
+                    guess_interaction(request.method, parts),
+                    parts[0] if parts else "",
+                    parts[1] if len(parts) > 1 and parts[1][:1] not in "_$" else None,
+                    201 if request.method == "POST" and len(parts) == 1 else 200,
+                    request.client.host if request.client else None,
+                    grant,
+                )
+
+                def record_change(tx: Transaction, event: Interaction = change) -> None:
+                    audit.record_in(tx, event)
+                    audited.append(event)
+
+                request_ctx = replace(request_ctx, before_commit=record_change)
             response: FhirResponse = await run_in_threadpool(
                 dispatch, request_ctx, fhir_req, lambda: capability
             )
@@ -137,7 +155,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                 {},
             )
         request.state.interaction = interaction
-        if audit is not None and interaction != "capabilities" and path[:1] != [".well-known"]:
+        if (
+            audit is not None
+            and not (audited and status < 400)
+            and interaction != "capabilities"
+            and path[:1] != [".well-known"]
+        ):
             parts = [p for p in path if p]
             event = Interaction(
                 request.method,

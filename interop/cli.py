@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import os
+    import signal
 
     import uvicorn
 
@@ -126,6 +127,13 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": settings.workers,
         },
     )
+
+    def stop_on_sigterm(_sig: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn re-raises the signal it shut down on; as an exception it reaches `finally`
+    # below, so the MLLP listener drains instead of dying with the process
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     listener = None
     if settings.mllp_port != 0:
         from hl7_listener.runner import ListenerThread

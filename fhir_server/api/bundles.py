@@ -127,7 +127,7 @@ def _run_transaction(
     reqs: list[FhirRequest] = [r for r in requests if isinstance(r, FhirRequest)]
     order = sorted(range(len(reqs)), key=lambda i: ORDER[reqs[i].method])
     results: list[dict[str, Any]] = [{} for _ in reqs]
-    with ctx.store.transaction() as tx:
+    with ctx.transaction() as tx:
         inner = dataclasses.replace(ctx, tx=tx)
         for i in order:  # deletes first: they change what conditional creates see
             if reqs[i].method != "DELETE":

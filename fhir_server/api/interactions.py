@@ -85,6 +85,9 @@ class Context:
     tx: Transaction | None = None
     access: Access | None = None  # the caller's authorization (fhir_server.api.access)
     operations: Operations = field(default_factory=Operations)  # registered $operations
+    # called inside each write transaction just before it commits (the audit trail records
+    # the change in the same transaction, so no change is ever without its AuditEvent)
+    before_commit: Callable[[Transaction], None] | None = None
 
     def compiler(self, strict: bool = False) -> Compiler:
         return Compiler(self.base_url, strict, self.default_count, self.max_count)
@@ -95,8 +98,16 @@ class Context:
         if self.tx is not None:
             yield self.tx
         else:
-            with self.store.transaction() as tx:
+            with self.transaction() as tx:
                 yield tx
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A new store transaction that runs `before_commit` when its block succeeds."""
+        with self.store.transaction() as tx:
+            yield tx
+            if self.before_commit is not None and tx.changes:
+                self.before_commit(tx)
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:

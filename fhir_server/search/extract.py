@@ -330,6 +330,24 @@ def extract(resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
                 builder(code, values, rows, base_url)
         except Exception:  # noqa: BLE001 - one odd element must not block the write
             continue
+    return _deduplicated(rows)
+
+
+def rows_from_values(
+    res_type: str, values: dict[str, list[Any]], base_url: str | None = None
+) -> IndexRows:
+    """Index rows from parameter values a caller already picked out of a resource it built
+    itself (a fixed shape, written very often: AuditEvents), skipping expression evaluation.
+    Its tests must show the result equals `extract` of the same resource."""
+    rows = IndexRows()
+    params = params_for(res_type)
+    for code, found in values.items():
+        if found:
+            _BUILDERS[params[code].type](code, found, rows, base_url)
+    return _deduplicated(rows)
+
+
+def _deduplicated(rows: IndexRows) -> IndexRows:
     for name in _KINDS:
         lst = getattr(rows, name)
         if len(lst) > 1:

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, and_, false, or_, select
 from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
-from fhir_server.search.extract import extract
+from fhir_server.search.extract import IndexRows, extract
 from fhir_server.store.models import (
     INDEX_TABLES,
     idx_token,
@@ -245,6 +245,7 @@ class Transaction:
         self._integrity_error = conn.dialect.dbapi.IntegrityError if conn.dialect.dbapi else ()
         self._versions: list[tuple[Any, ...]] = []
         self._outbox: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[str, str, str]] = []  # (type, id, interaction) written here
         self._index: dict[str, list[tuple[Any, ...]]] = {k: [] for k in INDEX_TABLES}
         # current rows fetched ahead by `prefetch` (None: known not to exist), until written
         self._known: dict[tuple[str, str], tuple[int, StoredResource] | None] = {}
@@ -354,18 +355,24 @@ class Transaction:
     # -- writes -----------------------------------------------------------------------------
 
     def create(
-        self, resource: dict[str, Any], res_id: str | None = None, trusted: bool = False
+        self,
+        resource: dict[str, Any],
+        res_id: str | None = None,
+        trusted: bool = False,
+        index: IndexRows | None = None,
     ) -> WriteResult:
         """Store a new resource under a server-assigned id (or `res_id`, for create-on-update).
 
-        `trusted` skips validation for resources this server builds itself from a fixed shape
-        (AuditEvents, one per request): their builders' tests validate that shape instead.
+        `trusted` is for resources this server builds itself from a fixed shape (AuditEvents,
+        one per request), with no conditional references: validation and reference
+        resolution are skipped, and `index` may bring their index rows ready-made. Their
+        builders' tests validate the shape and the rows instead.
         """
         if not trusted:
             resource = validate_resource(resource)
-        self.resolve_conditional_references(resource)
+            self.resolve_conditional_references(resource)
         return self._insert_new(
-            resource, resource["resourceType"], res_id or str(uuid.uuid4()), "POST"
+            resource, resource["resourceType"], res_id or str(uuid.uuid4()), "POST", index
         )
 
     def update(
@@ -451,21 +458,26 @@ class Transaction:
     # -- internals --------------------------------------------------------------------------
 
     def _insert_new(
-        self, resource: dict[str, Any], res_type: str, res_id: str, method: str
+        self,
+        resource: dict[str, Any],
+        res_type: str,
+        res_id: str,
+        method: str,
+        index: IndexRows | None = None,
     ) -> WriteResult:
         stored = self._new_version(resource, res_type, res_id, 1, method)
         row = (res_type, res_id, 1, stored.last_updated, False, stored.body)
         if self._free_pks:
             pk = self._free_pks.pop()
             self._new_resources.append((pk, *row))
-            self._record(pk, stored, resource, "create")
+            self._record(pk, stored, resource, "create", index)
             return WriteResult(stored, created=True)
         try:
             self.cursor.execute(self.sql.insert_resource, row)
             pk = self.cursor.fetchone()[0]  # type: ignore[index]  # RETURNING gives one row
         except self._integrity_error:
             raise conflict(f"{res_type}/{res_id} was created concurrently; retry") from None
-        self._record(pk, stored, resource, "create")
+        self._record(pk, stored, resource, "create", index)
         return WriteResult(stored, created=True)
 
     def _new_version(
@@ -481,10 +493,15 @@ class Transaction:
         return StoredResource(res_type, res_id, version, stamp, False, body, method)
 
     def _record(
-        self, pk: int, stored: StoredResource, resource: dict[str, Any], interaction: str
+        self,
+        pk: int,
+        stored: StoredResource,
+        resource: dict[str, Any],
+        interaction: str,
+        index: IndexRows | None = None,
     ) -> None:
         self._versions.append(_version_row(stored))
-        rows = extract(resource, self.store.base_url)
+        rows = index if index is not None else extract(resource, self.store.base_url)
         res_type = stored.res_type
         for kind, buffer in self._index.items():
             values = getattr(rows, kind)
@@ -516,6 +533,7 @@ class Transaction:
         return nullcontext()
 
     def _append_outbox(self, stored: StoredResource, interaction: str) -> None:
+        self.changes.append((stored.res_type, stored.res_id, interaction))
         self._outbox.append(
             (
                 stored.res_type,

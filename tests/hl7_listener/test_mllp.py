@@ -339,3 +339,55 @@ def test_third_party_mllp_send(app: Any, tmp_path: Any) -> None:
     out, _, inbox = run(app, scenario)
     assert out.count("MSA|AA|") == 2, out
     assert sorted(r.control_id for r in inbox.list()) == ["T1", "T2"]
+
+
+def test_interop_serve_drains_the_listener_on_sigterm(tmp_path: Any) -> None:
+    """`interop serve` under a process manager: SIGTERM stops uvicorn, then the MLLP
+    listener stops accepting, finishes and maps what is pending, and the process exits 0."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    http_port, mllp_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "INTEROP_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
+        "INTEROP_PORT": str(http_port),
+        "INTEROP_MLLP_PORT": str(mllp_port),
+        "INTEROP_MLLP_ACK_MODE": "store",
+        "INTEROP_LOG_FORMAT": "json",
+    }
+    exe = Path(sys.executable).parent / "interop"
+    proc = subprocess.Popen([str(exe), "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", mllp_port), timeout=1) as sock:
+                    sock.sendall(frame(oru("G1")))
+                    ack = sock.recv(4096)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the listener did not start"
+                time.sleep(0.3)
+        assert msa(ack[1:-2])[1] == "AA"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"MLLP listener stopped" in out
+    from sqlalchemy import create_engine
+
+    inbox = Inbox(create_engine(env["INTEROP_DATABASE_URL"]))
+    assert [r.status for r in inbox.list()] == ["processed"]  # acknowledged, then mapped

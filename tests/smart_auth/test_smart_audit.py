@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from fhir_server.search.extract import extract
 from fhir_server.validation import validate_resource
-from smart_auth.audit import Interaction, audit_event
+from smart_auth.audit import Interaction, audit_event, audit_index
 from smart_auth.policy import Grant
 
 
@@ -36,6 +37,40 @@ def test_reads_writes_and_refusals_are_audited(http: TestClient, smart, auth_app
     with_client = [e for e in found if len(e["agent"]) > 1]
     assert with_client[0]["agent"][1]["who"]["identifier"]["value"]
     assert all(e["agent"][0]["network"]["address"] for e in found)
+
+
+def test_a_change_and_its_event_commit_together(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
+    admin = {"Authorization": f"Bearer {smart.backend_token('system/*.cruds')}"}
+    post = {"method": "POST", "url": "Patient"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "gender": "female"}, "request": post},
+            {"resource": {"resourceType": "Patient", "gender": "male"}, "request": post},
+        ],
+    }
+    done = http.post("/fhir", json=bundle, headers=admin)
+    assert done.status_code == 200
+    ids = [
+        e["response"]["location"].split("/_history")[0].rsplit("/", 1)[1]
+        for e in done.json()["entry"]
+    ]
+    # no flush: the event was committed with the change, not queued after it
+    (event,) = events(http, admin, "subtype=transaction&outcome=0")
+    assert {e["what"]["reference"] for e in event["entity"]} == {f"Patient/{i}" for i in ids}
+    bundle["entry"].append(
+        {"resource": {"resourceType": "Patient", "birthDate": "not a date"}, "request": post}
+    )
+    failed = http.post("/fhir", json=bundle, headers=admin)
+    assert failed.status_code == 400
+    assert len(events(http, admin, "subtype=transaction&outcome=0")) == 1  # nothing new applied
+    (refusal,) = events(http, admin, "subtype=transaction&outcome=4")
+    assert "entity" not in refusal  # the rolled-back resources never existed
+    single = http.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=admin)
+    pid = single.json()["id"]
+    (created,) = events(http, admin, f"entity=Patient/{pid}&subtype=create")
+    assert created["outcome"] == "0"
 
 
 def test_patient_context_is_recorded(http: TestClient, smart, auth_app) -> None:  # type: ignore[no-untyped-def]
@@ -79,4 +114,12 @@ def test_every_audit_event_shape_is_a_valid_resource(
     """Audit events are stored without per-event validation (trusted), so every shape the
     builder produces is validated here against the FHIR R4 model instead."""
     event = Interaction(method, interaction, res_type, res_id, status, "127.0.0.1", grant)
-    validate_resource(audit_event(event, "2026-01-01T00:00:00Z"))
+    for touched in ([], ["Patient/a", "Observation/b"]):
+        resource = audit_event(event, "2026-01-01T00:00:00.123456Z", touched)
+        validate_resource(resource)
+        # the ready-made index rows are exactly what the generic extraction finds
+        fast, generic = audit_index(resource), extract(resource, "http://testserver/fhir")
+        for kind in ("strings", "tokens", "dates", "references", "uris", "numbers"):
+            assert sorted(getattr(fast, kind), key=repr) == sorted(
+                getattr(generic, kind), key=repr
+            ), kind

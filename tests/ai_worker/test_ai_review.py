@@ -98,7 +98,7 @@ def auth_ai_app(database_url: str, orthanc):  # type: ignore[no-untyped-def]
 
     from interop.app import create_app
 
-    app = create_app(ai_settings(database_url, orthanc, auth="on", auth_audit=False))
+    app = create_app(ai_settings(database_url, orthanc, auth="on"))  # audit trail on
     yield app
     app.state.store.engine.dispose()
 
@@ -139,6 +139,10 @@ def test_only_physicians_and_radiologists_review(auth_client) -> None:  # type: 
         headers=admin,
     ).json()
     assert prov["total"] == 1
+    audit = auth_client.get(
+        "/fhir/AuditEvent", params={"entity": f"DiagnosticReport/{report['id']}"}, headers=admin
+    ).json()
+    assert audit["total"] >= 1  # the review is in the audit trail too
 
 
 def test_capability_statement_lists_the_ai_operations(ai_client) -> None:  # type: ignore[no-untyped-def]

@@ -262,12 +262,15 @@ def main() -> int:
     parser.add_argument("--syntax", default="htj2k", choices=list(SYNTAXES))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--output", default="bench/ai_results.json")
     args = parser.parse_args()
     if args.quick:
         args.decode_slices, args.studies, args.slices, args.repeat = 20, 1, 50, 2
     results: dict[str, Any] = {"cpus": os.cpu_count()}
-    if Path(ORTHANC).exists():
+    if args.skip_decode:
+        pass
+    elif Path(ORTHANC).exists():
         with tempfile.TemporaryDirectory() as tmpdir:
             orthanc, url = start_orthanc(Path(tmpdir))
             try:

@@ -114,8 +114,9 @@ class Jobs:
         self.engine = engine
 
     def open(self, task_id: str, study_id: str, model: str, version: str) -> tuple[str, bool]:
-        """Register a job for a Task. Returns (task id that runs, whether it is this one):
-        when the same study and model version is already queued or running, that job's Task."""
+        """Register a job for a Task. Returns (the Task whose job runs, whether this call
+        created it): when the same study and model version is already queued or running,
+        that job's Task; when this Task already has its job, (this Task, False)."""
         stamp = now_us()
         try:
             with self.engine.begin() as conn:
@@ -137,9 +138,8 @@ class Jobs:
             return task_id, True
         except exc.IntegrityError:
             pass
-        existing = self.get(task_id)
-        if existing is not None:
-            return task_id, existing.status in ACTIVE
+        if self.get(task_id) is not None:
+            return task_id, False
         running = self.active_for(study_id, model, version)
         return (running.task_id, False) if running else (task_id, False)
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 
+from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
 
 hl7_messages = Table(
@@ -144,13 +145,7 @@ class Inbox:
 
     def _write(self, batch: list[Arrival]) -> None:
         try:
-            # interop_write: BEGIN IMMEDIATE on SQLite, so the read below cannot deadlock
-            # against a store transaction when it turns into a write
-            with (
-                self.engine.connect() as plain,
-                plain.execution_options(interop_write=True).begin() as tx,
-            ):
-                conn = tx.connection
+            with write_transaction(self.engine) as conn:  # reads, then writes
                 originals = _originals(conn, batch)
                 for a in batch:
                     key = (a.sender[:255], a.control_id[:199])
@@ -192,7 +187,7 @@ class Inbox:
             values["ack"] = ack
         if resources is not None:
             values["resources"] = " ".join(resources)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(update(hl7_messages).where(hl7_messages.c.pk == pk).values(**values))
 
     def get(self, pk: int) -> InboxRow | None:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -36,67 +36,89 @@ class Consumer:
     failures: int = 0
     retry_at: float = 0.0
     settled_at: float = 0.0
+    wake: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
 
 
 class OutboxRunner:
-    """A thread that drains the outbox for its consumers; `wake()` after each commit."""
+    """One thread per consumer drains the outbox (a slow consumer, such as one waiting on
+    OpenEMR, never delays another); `wake()` after each commit. An idle consumer only
+    reads: it writes (lease, progress) when there is something to hand over."""
 
     def __init__(self, engine: Engine) -> None:
         self.outbox = Outbox(engine)
         self.consumers: dict[str, Consumer] = {}
-        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._running = False
 
     def register(
         self, name: str, handle: Handler, types: Collection[str] | None = None, batch: int = 100
     ) -> None:
         """Add a consumer; its name keys its progress in the database, so keep it stable."""
-        self.consumers[name] = Consumer(name, handle, frozenset(types) if types else None, batch)
+        consumer = Consumer(name, handle, frozenset(types) if types else None, batch)
+        self.consumers[name] = consumer
+        if self._running:
+            self._start(consumer)
 
     def wake(self, _count: int = 0) -> None:
         """A Store listener: new changes were committed."""
-        self._wake.set()
+        for consumer in list(self.consumers.values()):
+            consumer.wake.set()
 
     def start(self) -> None:
-        if self._thread is None and self.consumers:
+        if not self._running:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="outbox-runner", daemon=True)
-            self._thread.start()
+            self._running = True
+            for consumer in list(self.consumers.values()):
+                self._start(consumer)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the change in hand, then stop; unfinished changes stay pending."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        for consumer in self.consumers.values():
+        self._running = False
+        consumers = list(self.consumers.values())
+        for consumer in consumers:
+            consumer.wake.set()
+        for consumer in consumers:
+            if consumer.thread is not None:
+                consumer.thread.join(timeout)
+                consumer.thread = None
             try:
                 self.outbox.release(consumer.name)
             except Exception:  # noqa: BLE001 - the lease simply expires
                 log.warning("could not release the outbox lease of %s", consumer.name)
 
     def drain(self) -> int:
-        """One pass over every consumer; returns how many changes were handled."""
-        handled = 0
-        for consumer in self.consumers.values():
-            if self._stop.is_set():
-                break
-            if time.monotonic() < consumer.retry_at:
-                continue
-            try:
-                handled += self._drain_one(consumer)
-            except Exception:
-                log.exception("outbox consumer %s could not read the outbox", consumer.name)
-        return handled
+        """One pass over every consumer in this thread; returns the changes handled."""
+        return sum(self._drain_safely(c) for c in list(self.consumers.values()))
+
+    def _start(self, consumer: Consumer) -> None:
+        consumer.thread = threading.Thread(
+            target=self._loop, args=(consumer,), name=f"outbox-{consumer.name}", daemon=True
+        )
+        consumer.thread.start()
+
+    def _loop(self, consumer: Consumer) -> None:
+        while not self._stop.is_set():
+            self._drain_safely(consumer)
+            consumer.wake.wait(POLL_SECONDS)
+            consumer.wake.clear()
+
+    def _drain_safely(self, consumer: Consumer) -> int:
+        if self._stop.is_set() or time.monotonic() < consumer.retry_at:
+            return 0
+        try:
+            return self._drain_one(consumer)
+        except Exception:
+            log.exception("outbox consumer %s could not read the outbox", consumer.name)
+            return 0
 
     def _drain_one(self, consumer: Consumer) -> int:
-        if not self.outbox.claim(consumer.name):
-            return 0
         handled = 0
         while not self._stop.is_set():
             changes = self.outbox.pending(consumer.name, consumer.batch, consumer.types)
+            if not changes or not self.outbox.claim(consumer.name):
+                break  # nothing to do, or another process is handing these over
             finished: list[Change] = []
             try:
                 for change in changes:
@@ -120,14 +142,7 @@ class OutboxRunner:
             consumer.failures = 0
             if len(changes) < consumer.batch:
                 break
-            self.outbox.claim(consumer.name)  # renew the lease on long drains
-        if time.monotonic() - consumer.settled_at > SETTLE_EVERY_SECONDS:
+        if handled and time.monotonic() - consumer.settled_at > SETTLE_EVERY_SECONDS:
             self.outbox.settle(consumer.name, consumer.types)
             consumer.settled_at = time.monotonic()
         return handled
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(POLL_SECONDS)
-            self._wake.clear()
-            self.drain()

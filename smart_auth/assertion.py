@@ -22,6 +22,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from fhir_server.store.db import write_transaction
 from smart_auth.errors import OAuthError, invalid_client
 from smart_auth.models import used_jti
 from smart_auth.registry import Client, Registry, RegistryError, check_jwks
@@ -126,7 +127,7 @@ class AssertionVerifier:
             raise invalid_client() from None
 
     def _remember_jti(self, client_id: str, jti: str, expires: int) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(used_jti).where(used_jti.c.expires < time.time() - LEEWAY))
             seen = conn.execute(
                 select(used_jti.c.jti).where(

@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, select, update
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from fhir_server.errors import FhirError
+from fhir_server.store.db import write_transaction
 from smart_auth import pages
 from smart_auth import scopes as sc
 from smart_auth.models import authorization_requests
@@ -78,7 +79,7 @@ class AuthorizeFlow:
         elif params.get("launch"):
             return fail("invalid_scope", "A launch parameter needs the launch scope")
         request_id = secrets.token_urlsafe(24)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 delete(authorization_requests).where(authorization_requests.c.expires < time.time())
             )
@@ -131,7 +132,7 @@ class AuthorizeFlow:
         patient = pending["patient"]
         if user.role == "patient" and user.fhir_user:
             patient = user.fhir_user.split("/", 1)[1]
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(authorization_requests)
                 .where(authorization_requests.c.request_id == pending["request_id"])
@@ -168,7 +169,7 @@ class AuthorizeFlow:
         encounters = [eid for eid, _ in list_encounters(self.engine, pending["patient"])]
         if (chosen or encounters) and chosen not in encounters:
             return _page_error("Choose one of the listed encounters.", 400)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(authorization_requests)
                 .where(authorization_requests.c.request_id == pending["request_id"])
@@ -183,7 +184,7 @@ class AuthorizeFlow:
         patient = form.get("patient", "")
         if not pending["username"] or not patient_exists(self.engine, patient):
             return _page_error("Choose one of the listed patients.", 400)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(authorization_requests)
                 .where(authorization_requests.c.request_id == pending["request_id"])
@@ -284,7 +285,7 @@ class AuthorizeFlow:
         )
 
     def _forget(self, request_id: str) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 delete(authorization_requests).where(
                     authorization_requests.c.request_id == request_id

@@ -16,6 +16,7 @@ from typing import Any
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import Engine, insert, select, update
 
+from fhir_server.store.db import write_transaction
 from smart_auth.models import signing_keys
 
 ALG = "RS256"
@@ -56,7 +57,7 @@ class KeyStore:
         kid = secrets.token_hex(8)
         key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": ALG, "use": "sig"})
         now = int(time.time())
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(signing_keys).where(signing_keys.c.retired.is_(None)).values(retired=now)
             )

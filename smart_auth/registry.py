@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
 
+from fhir_server.store.db import write_transaction
 from smart_auth.hashing import hash_password, token_hash, verify_password
 from smart_auth.models import clients, users
 
@@ -105,7 +106,7 @@ class Registry:
             raise RegistryError("only confidential-jwks clients have a JWKS")
         client_id = secrets.token_urlsafe(16)
         secret = secrets.token_urlsafe(32) if client_type == "confidential-secret" else None
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(clients).values(
                     client_id=client_id,
@@ -139,7 +140,7 @@ class Registry:
         return [_client(r._mapping) for r in rows]
 
     def remove_client(self, client_id: str) -> bool:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             return (
                 conn.execute(delete(clients).where(clients.c.client_id == client_id)).rowcount > 0
             )
@@ -157,7 +158,7 @@ class Registry:
             raise RegistryError("--fhir-user must look like Practitioner/123")
         if role == "patient" and not (fhir_user or "").startswith("Patient/"):
             raise RegistryError("a user with role patient needs --fhir-user Patient/ID")
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             if conn.execute(select(users.c.username).where(users.c.username == username)).first():
                 raise RegistryError(f"user '{username}' already exists")
             conn.execute(

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from sqlalchemy import Column, Connection, Engine, insert, select, update
 
+from fhir_server.store.db import write_transaction
 from smart_auth import scopes as sc
 from smart_auth.assertion import ASSERTION_TYPE, AssertionVerifier
 from smart_auth.config import AuthConfig
@@ -102,7 +103,7 @@ class AuthServer:
         if username and self.registry.user(username) is None:
             raise invalid_request(f"unknown user '{username}'")
         launch_id = new_token(24)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(launch_contexts).values(
                     launch_id=launch_id,
@@ -129,7 +130,7 @@ class AuthServer:
 
     def consume_launch(self, launch_id: str, client_id: str) -> Launch | None:
         """The launch context, once: a used, expired or foreign launch id gives None."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             row = conn.execute(
                 select(launch_contexts).where(launch_contexts.c.launch_id == launch_id[:64])
             ).first()
@@ -152,7 +153,7 @@ class AuthServer:
         context: dict[str, Any],
     ) -> str:
         code = new_token(32)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(authorization_codes).values(
                     code_hash=token_hash(code),
@@ -189,7 +190,7 @@ class AuthServer:
         code = form.get("code") or ""
         if not code:
             raise invalid_request("code is required")
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             row = conn.execute(
                 select(authorization_codes).where(
                     authorization_codes.c.code_hash == token_hash(code)
@@ -217,7 +218,7 @@ class AuthServer:
         presented = form.get("refresh_token") or ""
         if not presented:
             raise invalid_request("refresh_token is required")
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             row = conn.execute(
                 select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash(presented))
             ).first()
@@ -340,7 +341,7 @@ class AuthServer:
                 **context,
                 "session_ends": int(time.time()) + self.config.online_session_seconds,
             }
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(refresh_tokens).values(
                     token_hash=token_hash(token),
@@ -405,7 +406,7 @@ class AuthServer:
             if claims.get("client_id") == client.client_id:
                 self.tokens.revoke(str(claims.get("jti")), int(claims["exp"]))
             return
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             row = conn.execute(
                 select(refresh_tokens.c.family, refresh_tokens.c.client_id).where(
                     refresh_tokens.c.token_hash == token_hash(token)

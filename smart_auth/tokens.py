@@ -18,6 +18,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import Engine, delete, insert, select
 
+from fhir_server.store.db import write_transaction
 from smart_auth.config import AuthConfig
 from smart_auth.keys import ALG, KeyStore
 from smart_auth.models import revoked_tokens
@@ -138,7 +139,7 @@ class TokenService:
     # -- revocation ---------------------------------------------------------------------------
 
     def revoke(self, jti: str, expires: int) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(revoked_tokens).where(revoked_tokens.c.expires < time.time()))
             exists = conn.execute(
                 select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == jti)

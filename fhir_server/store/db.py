@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -67,6 +69,17 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif not options.get("interop_read"):
         conn.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock up front (BEGIN
+    IMMEDIATE), so reading first and writing later cannot fail with "database is locked"
+    when another writer got in between; a busy lock is waited for instead."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(interop_write=True)
+        with conn.begin():
+            yield conn
 
 
 def alembic_config(url: str) -> Config:

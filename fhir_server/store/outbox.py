@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Exists
 
 from fhir_server.clock import now_us
+from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata, outbox
 
 SETTLE_US = 300 * 1_000_000  # no write transaction stays open this long (5 minutes)
@@ -83,7 +84,7 @@ class Outbox:
     def claim(self, consumer: str) -> bool:
         """Take (or renew) the consumer's lease; False while another process holds it."""
         now = now_us()
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             taken = conn.execute(
                 update(outbox_consumers)
                 .where(
@@ -100,7 +101,7 @@ class Outbox:
             ).first():
                 return False
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 conn.execute(
                     insert(outbox_consumers).values(
                         name=consumer,
@@ -114,7 +115,7 @@ class Outbox:
         return True
 
     def release(self, consumer: str) -> None:
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(outbox_consumers)
                 .where(
@@ -154,12 +155,12 @@ class Outbox:
     def done(self, consumer: str, changes: Iterable[Change]) -> None:
         rows = [{"consumer": consumer, "outbox_pk": c.pk} for c in changes]
         if rows:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 conn.execute(insert(outbox_done), rows)
 
     def settle(self, consumer: str, types: Collection[str] | None = None) -> int:
         """Move the floor past settled, finished changes and forget their done-marks."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             floor = conn.execute(
                 select(outbox_consumers.c.floor).where(outbox_consumers.c.name == consumer)
             ).scalar_one_or_none()

@@ -24,6 +24,7 @@ from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
+from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
     idx_token,
@@ -190,10 +191,8 @@ class Store:
         on SQLite's busy handler, which sleeps in growing steps (up to 100 ms) while it waits:
         under concurrent writes that sleeping, not the work, would set the latency.
         """
-        with self._sqlite_writer or nullcontext(), self.engine.connect() as conn:
-            conn = conn.execution_options(interop_write=True)
-            with conn.begin():
-                yield conn
+        with self._sqlite_writer or nullcontext(), write_transaction(self.engine) as conn:
+            yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

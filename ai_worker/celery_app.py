@@ -43,6 +43,9 @@ def make_celery(settings: Any) -> Celery:
             # look for a dead worker's messages every few seconds (kombu: every 100 s)
             "unacked_restore_interval": max(1, min(10, settings.ai_visibility_timeout // 4)),
             "unacked_restore_throttle": 1,
+            # a worker killed while it held the restore lock must not block restores for
+            # kombu's default 300 s
+            "unacked_mutex_expire": max(2, min(300, settings.ai_visibility_timeout // 2)),
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

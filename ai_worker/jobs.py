@@ -32,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 
+from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
 
 ai_jobs = Table(
@@ -114,11 +115,12 @@ class Jobs:
         self.engine = engine
 
     def open(self, task_id: str, study_id: str, model: str, version: str) -> tuple[str, bool]:
-        """Register a job for a Task. Returns (task id that runs, whether it is this one):
-        when the same study and model version is already queued or running, that job's Task."""
+        """Register a job for a Task. Returns (the Task whose job runs, whether this call
+        created it): when the same study and model version is already queued or running,
+        that job's Task; when this Task already has its job, (this Task, False)."""
         stamp = now_us()
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 conn.execute(
                     insert(ai_jobs).values(
                         task_id=task_id,
@@ -137,9 +139,8 @@ class Jobs:
             return task_id, True
         except exc.IntegrityError:
             pass
-        existing = self.get(task_id)
-        if existing is not None:
-            return task_id, existing.status in ACTIVE
+        if self.get(task_id) is not None:
+            return task_id, False
         running = self.active_for(study_id, model, version)
         return (running.task_id, False) if running else (task_id, False)
 
@@ -167,7 +168,7 @@ class Jobs:
     def claim(self, task_id: str, stage: str, worker: str, lease: float) -> bool:
         """Take a stage of a job: queued, or running under a lease that has expired."""
         stamp = now_us()
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             result = conn.execute(
                 update(ai_jobs)
                 .where(
@@ -190,7 +191,7 @@ class Jobs:
 
     def renew(self, task_id: str, worker: str, lease: float) -> bool:
         stamp = now_us()
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             result = conn.execute(
                 update(ai_jobs)
                 .where(J.task_id == task_id, J.worker == worker, J.status == "running")
@@ -202,7 +203,7 @@ class Jobs:
         conditions = [J.task_id == task_id]
         if worker is not None:  # only the lease holder may move its job on
             conditions += [J.worker == worker, J.status == "running"]
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             result = conn.execute(
                 update(ai_jobs).where(*conditions).values(updated=now_us(), **values)
             )

@@ -136,6 +136,12 @@ def register(operations: Operations, service: AiService) -> None:
 
         return handler
 
-    operations.register(Operation("ImagingStudy", "$analyze", analyze, perm="r"))
-    operations.register(Operation("DiagnosticReport", "$approve", review(True), perm="u"))
-    operations.register(Operation("DiagnosticReport", "$reject", review(False), perm="u"))
+    defs = "urn:interop:ai:operation:"
+    operations.register(
+        Operation("ImagingStudy", "$analyze", analyze, perm="r", definition=defs + "analyze")
+    )
+    for name, approve in (("$approve", True), ("$reject", False)):
+        operations.register(
+            Operation("DiagnosticReport", name, review(approve), perm="u",
+                      definition=defs + name[1:])
+        )  # fmt: skip

@@ -162,7 +162,7 @@ class AiService:
         return self._open(task_id, study_id, plugin)
 
     def _open(self, task_id: str, study_id: str, plugin: ModelPlugin) -> tuple[str, bool]:
-        runs, mine = self.jobs.open(task_id, study_id, plugin.name, plugin.version)
+        runs, created = self.jobs.open(task_id, study_id, plugin.name, plugin.version)
         if runs != task_id:  # lost a race against another request for the same analysis
             task = self._read("Task", task_id)
             if task is not None and task.get("status") == "requested":
@@ -170,9 +170,11 @@ class AiService:
                 task["status"] = "rejected"
                 self._put_task(task)
             return runs, False
-        if mine and self.submitter is not None:
+        # only the call that created the job submits it: the outbox consumer adopting the
+        # same new Task may get there first, and a second submission would run it early
+        if created and self.submitter is not None:
             self.submitter.submit(task_id)
-        return task_id, mine
+        return task_id, True
 
     def adopt(self, task_id: str) -> None:
         """A Task created through the API that names a model: give it a job."""
@@ -204,8 +206,8 @@ class AiService:
             return
         if res_type == "Task" and interaction == "create":
             self.adopt(res_id)
-        elif res_type == "ImagingStudy" and self.rules:
-            self.trigger(res_id)
+        elif res_type == "ImagingStudy" and self.rules and self.settings.dicomweb_url:
+            self.trigger(res_id)  # (imaging off: no pixels to fetch, so no Task either)
 
     def models_for(self, study_id: str) -> list[str]:
         """Models for a study asked for by hand: those the rules pick, else every installed

@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         return None if grant is None else (grant.client_id or grant.subject)
 
     app.router.routes.insert(0, websocket_route(subscriptions, hub, websocket_requester))
-    capability = capability_bytes(base_url, software_version(), settings.auth_enabled, security)
+    capability = ctx.operations.advertise(
+        capability_bytes(base_url, software_version(), settings.auth_enabled, security)
+    )
     app.state.settings = settings
     app.state.store = store
     app.state.policy = policy

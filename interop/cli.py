@@ -295,6 +295,8 @@ def _hl7_inbox(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import os
+
     from interop.logs import configure
 
     settings = get_settings()
@@ -313,7 +315,7 @@ def _worker(args: argparse.Namespace) -> int:
             "--concurrency", str(args.concurrency),
             "--prefetch-multiplier", "1",
             "--loglevel", settings.log_level.upper(),
-            "--hostname", "interop@%h",
+            "--hostname", f"interop-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle",
         ]
     )  # fmt: skip

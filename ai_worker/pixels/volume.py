@@ -116,7 +116,8 @@ class VolumeBuilder:
             else:  # no geometry: keep the stream order
                 point, pos = (0.0, 0.0, 0.0), float(len(slices))
             sop = str(getattr(ds, "SOPInstanceUID", ""))
-            lo, hi = float(frame.min()), float(frame.max())
+            hi = float(frame.max())
+            lo = 0.0 if frame.dtype.kind == "u" else float(frame.min())
             slices.append(_Slice(pos, point, frame, slope, intercept, sop, lo, hi))
 
     def series(self) -> list[str]:

@@ -33,6 +33,21 @@ RANGES = {  # HU ranges, inclusive
     "bone": (300.0, 3000.0),
 }
 OUTLIER_HU = 3000.0  # metal and streaks; beyond dense cortical bone
+# every body voxel gets a class by a lookup table over integer HU; "other" is the gaps
+# between the ranges (e.g. -499..-191, 151..299) and above the bone range
+CLASSES = ("other", *RANGES)
+LUT_LOW, LUT_HIGH = -1024, 4095
+
+
+def _label_table() -> np.ndarray:
+    table = np.zeros(LUT_HIGH - LUT_LOW + 1, np.uint8)
+    values = np.arange(LUT_LOW, LUT_HIGH + 1)
+    for index, (lo, hi) in enumerate(RANGES.values(), start=1):
+        table[(values >= lo) & (values <= hi)] = index
+    return table
+
+
+_LABELS = _label_table()
 HU = "[hnsf'U]"
 REGIONS = {
     "chest": Coding(SNOMED, "51185008", "Thoracic structure"),
@@ -43,13 +58,19 @@ REGIONS = {
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """Voxels inside the body outline, slice by slice: the span between the first and last
-    dense voxel of every row AND of every column (so the lungs are inside, the room is not)."""
+    dense voxel of every row AND of every column (so the lungs are inside, the room is not).
+    First/last by argmax, not by accumulating along the axis: several times faster."""
     dense = hu > BODY_THRESHOLD
 
     def span(axis: int) -> np.ndarray:
-        forward = np.maximum.accumulate(dense, axis=axis)
-        backward = np.flip(np.maximum.accumulate(np.flip(dense, axis), axis=axis), axis)
-        return forward & backward
+        n = dense.shape[axis]  # int32 indices: comparisons on 4 bytes, not numpy's 8
+        first = np.expand_dims(np.argmax(dense, axis=axis).astype(np.int32), axis)
+        flipped = np.argmax(np.flip(dense, axis), axis=axis).astype(np.int32)
+        last = np.int32(n - 1) - np.expand_dims(flipped, axis)
+        any_dense = np.expand_dims(dense.any(axis=axis), axis)
+        shape = [n if a == axis else 1 for a in range(dense.ndim)]
+        index = np.arange(n, dtype=np.int32).reshape(shape)
+        return (index >= first) & (index <= last) & any_dense
 
     return span(2) & span(1)
 
@@ -84,33 +105,40 @@ class CtClassicalPlugin:
         if volume.modality != "CT":
             raise BadInput(f"{self.name} analyses CT, not {volume.modality or 'unknown'}")
         hu = volume.voxels
-        body = body_mask(hu)
         ml = volume.voxel_ml
-        masks = {k: body & (hu >= lo) & (hu <= hi) for k, (lo, hi) in RANGES.items()}
-        outliers = hu > OUTLIER_HU
-        per_slice = [
-            region_of(float(b.sum()), float(a.sum()), float(o.sum()))
-            for b, a, o in zip(body, masks["air"], masks["bone"], strict=True)
-        ]
+        # slice by slice, so every temporary stays in cache: a 200-slice CT is 50 M voxels
+        counts = np.zeros((hu.shape[0], len(CLASSES)), np.int64)
+        soft_sum = 0.0
+        outliers = np.zeros(hu.shape[0], np.int64)
+        for z, plane in enumerate(hu):
+            body = body_mask(plane[np.newaxis])[0]
+            labels = _LABELS[np.clip(plane, LUT_LOW, LUT_HIGH).astype(np.int32) - LUT_LOW]
+            inside = labels[body]
+            counts[z] = np.bincount(inside, minlength=len(CLASSES))
+            soft_sum += float(plane[body][inside == CLASSES.index("soft-tissue")].sum())
+            outliers[z] = np.count_nonzero(plane > OUTLIER_HU)
+        air, bone = CLASSES.index("air"), CLASSES.index("bone")
+        per_slice = [region_of(float(c.sum()), float(c[air]), float(c[bone])) for c in counts]
         regions = [r for r in per_slice if r]
         if not regions:
             raise BadInput("no body found in the volume (every voxel is air)")
         region = max(REGIONS, key=regions.count)
-        soft = hu[masks["soft-tissue"]]
+        totals = counts.sum(axis=0)
+        n_soft = int(totals[CLASSES.index("soft-tissue")])
         n_out = int(outliers.sum())
         measurements = [
             Measurement(Coding(INTEROP_AI, f"{k}-volume", f"{k.replace('-', ' ')} volume"),
-                        round(float(m.sum()) * ml, 6), "mL")
-            for k, m in masks.items()
+                        round(float(totals[CLASSES.index(k)]) * ml, 6), "mL")
+            for k in RANGES
         ]  # fmt: skip
         measurements.append(
             Measurement(Coding(INTEROP_AI, "body-volume", "body volume"),
-                        round(float(body.sum()) * ml, 6), "mL")
+                        round(float(totals.sum()) * ml, 6), "mL")
         )  # fmt: skip
-        if soft.size:
+        if n_soft:
             measurements.append(
                 Measurement(Coding(INTEROP_AI, "soft-tissue-mean", "soft tissue mean density"),
-                            round(float(soft.mean()), 2), HU)
+                            round(soft_sum / n_soft, 2), HU)
             )  # fmt: skip
         measurements.append(
             Measurement(
@@ -133,7 +161,7 @@ class CtClassicalPlugin:
                     note=f"{n_out} voxels above {OUTLIER_HU:.0f} HU (metal or artefact)",
                 )
             )
-        key = int(np.argmax(outliers.sum(axis=(1, 2)))) if n_out else hu.shape[0] // 2
+        key = int(np.argmax(outliers)) if n_out else hu.shape[0] // 2
         volumes = ", ".join(f"{m.code.display} {m.value:g} mL" for m in measurements[:4])
         impression = f"Non-diagnostic classical analysis. Body region: {region}. {volumes}. " + (
             f"Intensity outlier: {n_out} voxels above {OUTLIER_HU:.0f} HU (slice {key + 1})."

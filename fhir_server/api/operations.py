@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import orjson
+
 if TYPE_CHECKING:
     from fhir_server.api.interactions import Context, FhirRequest, FhirResponse
 
@@ -20,6 +22,7 @@ class Operation:
     handler: InstanceHandler  # (ctx, request, resource id) -> response
     methods: frozenset[str] = frozenset({"POST"})
     perm: str = "r"  # what the caller needs on the target resource before the handler runs
+    definition: str = ""  # canonical URL of its OperationDefinition, for the CapabilityStatement
 
 
 @dataclass
@@ -35,3 +38,16 @@ class Operations:
 
     def find(self, res_type: str, name: str) -> Operation | None:
         return self.table.get((res_type, name))
+
+    def advertise(self, capability: bytes) -> bytes:
+        """The CapabilityStatement with the registered operations listed on their types."""
+        if not self.table:
+            return capability
+        statement = orjson.loads(capability)
+        by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
+        for (res_type, name), op in sorted(self.table.items()):
+            entry = by_type.get(res_type)
+            if entry is not None:
+                item = {"name": name[1:], "definition": op.definition or f"urn:interop:{name[1:]}"}
+                entry.setdefault("operation", []).append(item)
+        return orjson.dumps(statement)

@@ -55,7 +55,11 @@ class Worker:
 
 @pytest.fixture(scope="session")
 def celery_redis(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/13"  # a database of its own
+    """A Redis database of its own per xdist process: the queue names are fixed, and a worker
+    of a parallel test session must not take this session's messages."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = 12 + (int(worker) if worker.isdigit() else 0) % 4
+    return redis_url.rsplit("/", 1)[0] + f"/{index}"
 
 
 @pytest.fixture(scope="session")

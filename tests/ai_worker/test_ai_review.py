@@ -97,7 +97,7 @@ def test_get_is_not_allowed_on_review(ai_client) -> None:  # type: ignore[no-unt
 def auth_ai_app(database_url: str, orthanc):  # type: ignore[no-untyped-def]
     from interop.app import create_app
 
-    app = create_app(ai_settings(database_url, orthanc, auth="on", auth_audit=False))
+    app = create_app(ai_settings(database_url, orthanc, auth="on"))  # audit trail on
     yield app
     app.state.store.engine.dispose()
 
@@ -136,3 +136,18 @@ def test_only_physicians_and_radiologists_review(auth_client) -> None:  # type: 
         headers=admin,
     ).json()
     assert prov["total"] == 1
+    audit = auth_client.get(
+        "/fhir/AuditEvent", params={"entity": f"DiagnosticReport/{report['id']}"}, headers=admin
+    ).json()
+    assert audit["total"] >= 1  # the review is in the audit trail too
+
+
+def test_capability_statement_lists_the_ai_operations(ai_client) -> None:  # type: ignore[no-untyped-def]
+    statement = ai_client.get("/fhir/metadata").json()
+    ops = {
+        r["type"]: [o["name"] for o in r.get("operation", [])]
+        for r in statement["rest"][0]["resource"]
+    }
+    assert ops["ImagingStudy"] == ["analyze"]
+    assert ops["DiagnosticReport"] == ["approve", "reject"]
+    assert ops["Patient"] == ["everything"]

@@ -7,52 +7,24 @@ fail in CI (CI=true). Orthanc listens on a free port, HTTP only (no DICOM port),
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-from dicomweb_client import DICOMwebClient
-from pydicom import Dataset
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-ORTHANC = "/usr/sbin/Orthanc"
-DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-REDIS_URL = os.environ.get("INTEROP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is required in CI")
-    pytest.skip(f"{what} not available; set CI=true to make this a failure")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Orthanc:
-    url: str
-    user: str
-    password: str
-
-    @property
-    def dicomweb(self) -> str:
-        return f"{self.url}/dicom-web"
-
-    def stow(self, datasets: list[Dataset]) -> None:
-        session = requests.Session()
-        session.auth = (self.user, self.password)
-        DICOMwebClient(self.dicomweb, session=session).store_instances(datasets)
+from ai_support import (
+    DICOMWEB_PLUGIN,
+    ORTHANC,
+    REDIS_URL,
+    Orthanc,
+    ai_settings,
+    clear_tables,
+    free_port,
+    missing,
+)
 
 
 @pytest.fixture(scope="session")
@@ -123,43 +95,6 @@ def ojph() -> None:
         missing("ojph_compress (apt-get install openjph-tools)")
 
 
-BASE = "http://testserver/fhir"
-
-
-def ai_settings(database_url: str, orthanc: Orthanc, **extra: object):  # type: ignore[no-untyped-def]
-    from interop.settings import Settings
-
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "auth": "off",
-        "base_url": BASE,
-        "dicomweb_url": orthanc.dicomweb,
-        "orthanc_user": orthanc.user,
-        "orthanc_password": orthanc.password,
-        "ai_rules": [{"model": "ct-classical", "modality": "CT"}],
-        "ai_lease_seconds": 3.0,
-        "ai_retry_backoff": 0.2,
-        "ai_max_retries": 2,
-    }
-    values.update(extra)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-def clear_tables(app) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import text
-
-    from fhir_server.store.models import metadata
-
-    engine = app.state.store.engine
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(metadata.sorted_tables):
-                conn.execute(table.delete())
-
-
 @pytest.fixture(scope="session")
 def ai_session_app(database_url: str, orthanc: Orthanc):  # type: ignore[no-untyped-def]
     from interop.app import create_app
@@ -176,56 +111,3 @@ def ai_client(ai_session_app):  # type: ignore[no-untyped-def]
     clear_tables(ai_session_app)
     with TestClient(ai_session_app, base_url="http://testserver") as client:
         yield client
-
-
-def post(client, resource: dict) -> dict:  # type: ignore[no-untyped-def]
-    response = client.post(f"/fhir/{resource['resourceType']}", json=resource)
-    assert response.status_code == 201, response.text
-    created: dict = response.json()
-    return created
-
-
-def upload_study(client, orthanc: Orthanc, datasets: list[Dataset], mrn: str = "MRN1"):  # type: ignore[no-untyped-def]
-    """STOW the series to Orthanc and create its Patient and ImagingStudy in our store (the
-    imaging bridge does this in production)."""
-    orthanc.stow(datasets)
-    first = datasets[0]
-    patient = post(
-        client,
-        {
-            "resourceType": "Patient",
-            "identifier": [{"system": "urn:test:mrn", "value": mrn}],
-            "name": [{"family": "Phantom", "given": ["Test"]}],
-        },
-    )
-    study = post(
-        client,
-        {
-            "resourceType": "ImagingStudy",
-            "status": "available",
-            "identifier": [
-                {"system": "urn:dicom:uid", "value": f"urn:oid:{first.StudyInstanceUID}"}
-            ],
-            "subject": {"reference": f"Patient/{patient['id']}"},
-            "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}],
-            "description": str(first.StudyDescription),
-            "numberOfSeries": 1,
-            "numberOfInstances": len(datasets),
-            "series": [
-                {
-                    "uid": str(first.SeriesInstanceUID),
-                    "modality": {
-                        "system": "http://dicom.nema.org/resources/ontology/DCM",
-                        "code": "CT",
-                    },
-                    "bodySite": {
-                        "system": "http://snomed.info/sct",
-                        "code": "51185008",
-                        "display": "CHEST",
-                    },  # fmt: skip
-                    "numberOfInstances": len(datasets),
-                }
-            ],
-        },
-    )
-    return patient, study

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BASE, Orthanc, ai_settings, clear_tables, upload_study
+from ai_support import BASE, Orthanc, ai_settings, clear_tables, upload_study
 
 from ai_worker.phantom import FAT, make_phantom, write_series
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import upload_study
+from ai_support import upload_study
 
 from ai_worker.phantom import BONE, FAT, LUNG, SOFT, make_phantom, write_series
 

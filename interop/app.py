@@ -69,6 +69,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     store = Store(engine, base_url)
     store.statistics.refresh_in_background()
     bulk = BulkService.embedded(store, bulk_config(settings), base_url, settings.auth_enabled)
+    if settings.redis_url:  # jobs go to `interop worker`; this process only sweeps
+        from interop import bulk_worker
+
+        bulk.submitter = bulk_worker.Submitter(settings)
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size, bulk=bulk)
     ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
     policy = AccessPolicy(settings.auth_enabled)

@@ -306,6 +306,7 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     configure(settings.log_level, settings.log_format)
     from ai_worker.celery_app import celery
+    from interop import bulk_worker  # noqa: F401 - registers the bulk.run task
 
     queues = args.queues or settings.ai_queues
     celery.worker_main(

@@ -204,8 +204,9 @@ class Settings(BaseSettings):
         default=1, ge=0, description="in-process AI jobs at once without Redis; 0: none run"
     )
     ai_queues: str = Field(
-        default="ai.decode,ai.infer",
-        description="queues `interop worker` consumes (GPU hosts: ai.infer only)",
+        default="ai.decode,ai.infer,bulk",
+        description="queues `interop worker` consumes (GPU hosts: ai.infer only; bulk: "
+        "Bulk Data jobs)",
     )
     ai_cache_dir: str = Field(
         default="", description="decoded volumes between queues; empty: ./var/ai-cache"

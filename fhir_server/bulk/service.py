@@ -37,13 +37,13 @@ class BulkService:
         run_job(self.jobs, job_id, self.env)
 
     def start(self) -> None:
-        """Start the runner and pick up jobs accepted but never started, or orphaned by a
-        crash (a restart)."""
-        if self.runner is not None and self.submitter is None:
+        """Start the runner (its sweeper removes expired exports even when a worker runs the
+        jobs) and hand on jobs accepted but never started, or orphaned by a crash."""
+        if self.runner is not None:
             self.runner.start()
             self.jobs.recover()
             for job_id in self.jobs.waiting():
-                self.runner.submit(job_id)
+                self.submit(job_id)
 
     def close(self) -> None:
         if self.runner is not None:

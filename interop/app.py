@@ -78,12 +78,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
-    store.listeners.append(outbox_runner.wake)
+    store.change_listeners.append(outbox_runner.wake)
     imaging = Bridge.build(settings, ctx)
     outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
     subscriptions = SubscriptionService(store, base_url, subscription_config(settings))
     ctx.subscriptions = subscriptions
-    outbox_runner.register("subscriptions", subscriptions.handle)
+    outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
     hub = Hub()
     deliverer = Deliverer(subscriptions, hub)
 

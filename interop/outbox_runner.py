@@ -22,7 +22,13 @@ from fhir_server.store.outbox import Change, Outbox
 log = logging.getLogger("interop.outbox")
 
 Handler = Callable[[Change], None]
+# the resource types a consumer wants: fixed, or asked each time (e.g. the types that live
+# Subscriptions watch); None for every type
+Types = Collection[str] | Callable[[], Collection[str]] | None
 POLL_SECONDS = 1.0
+# after a wake-up, let the commits of the next moment gather: under write load a consumer
+# then reads, claims and marks a batch per drain instead of one change per write
+GATHER_SECONDS = 0.05
 SETTLE_EVERY_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -31,7 +37,7 @@ MAX_BACKOFF_SECONDS = 60.0
 class Consumer:
     name: str
     handle: Handler
-    types: frozenset[str] | None = None
+    types: Types = None
     batch: int = 100
     failures: int = 0
     retry_at: float = 0.0
@@ -51,19 +57,21 @@ class OutboxRunner:
         self._stop = threading.Event()
         self._running = False
 
-    def register(
-        self, name: str, handle: Handler, types: Collection[str] | None = None, batch: int = 100
-    ) -> None:
-        """Add a consumer; its name keys its progress in the database, so keep it stable."""
-        consumer = Consumer(name, handle, frozenset(types) if types else None, batch)
+    def register(self, name: str, handle: Handler, types: Types = None, batch: int = 100) -> None:
+        """Add a consumer; its name keys its progress in the database, so keep it stable.
+        Changes of types it does not want are skipped for good, and do not wake it."""
+        fixed = types if callable(types) or types is None else frozenset(types)
+        consumer = Consumer(name, handle, fixed, batch)
         self.consumers[name] = consumer
         if self._running:
             self._start(consumer)
 
-    def wake(self, _count: int = 0) -> None:
-        """A Store listener: new changes were committed."""
+    def wake(self, changed: Collection[str] | None = None) -> None:
+        """A Store change listener: changes of these types were committed (None: any)."""
         for consumer in list(self.consumers.values()):
-            consumer.wake.set()
+            wanted = _wanted(consumer)
+            if changed is None or wanted is None or not wanted.isdisjoint(changed):
+                consumer.wake.set()
 
     def start(self) -> None:
         if not self._running:
@@ -101,7 +109,8 @@ class OutboxRunner:
     def _loop(self, consumer: Consumer) -> None:
         while not self._stop.is_set():
             self._drain_safely(consumer)
-            consumer.wake.wait(POLL_SECONDS)
+            if consumer.wake.wait(POLL_SECONDS):
+                self._stop.wait(GATHER_SECONDS)
             consumer.wake.clear()
 
     def _drain_safely(self, consumer: Consumer) -> int:
@@ -116,7 +125,10 @@ class OutboxRunner:
     def _drain_one(self, consumer: Consumer) -> int:
         handled = 0
         while not self._stop.is_set():
-            changes = self.outbox.pending(consumer.name, consumer.batch, consumer.types)
+            wanted = _wanted(consumer)
+            if wanted is not None and not wanted:
+                break  # no type wanted now (no live Subscription, say)
+            changes = self.outbox.pending(consumer.name, consumer.batch, wanted)
             if not changes or not self.outbox.claim(consumer.name):
                 break  # nothing to do, or another process is handing these over
             finished: list[Change] = []
@@ -143,6 +155,13 @@ class OutboxRunner:
             if len(changes) < consumer.batch:
                 break
         if handled and time.monotonic() - consumer.settled_at > SETTLE_EVERY_SECONDS:
-            self.outbox.settle(consumer.name, consumer.types)
+            self.outbox.settle(consumer.name, _wanted(consumer))
             consumer.settled_at = time.monotonic()
         return handled
+
+
+def _wanted(consumer: Consumer) -> frozenset[str] | None:
+    types = consumer.types
+    if types is None:
+        return None
+    return frozenset(types() if callable(types) else types)

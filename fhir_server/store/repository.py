@@ -144,6 +144,8 @@ class Store:
         self._sqlite_writer = threading.Lock() if engine.dialect.name == "sqlite" else None
         self.statistics = PlannerStatistics(engine, self.write_connection)
         self.listeners: list[Callable[[int], None]] = [self.statistics.record_writes]
+        # after each commit that changed something: the resource types it changed
+        self.change_listeners: list[Callable[[set[str]], None]] = []
         self.sql = Statements(engine.dialect.name, engine.dialect.paramstyle or "qmark")
 
     def read(self, res_type: str, res_id: str) -> StoredResource | None:
@@ -211,6 +213,10 @@ class Store:
         if tx.outbox_count:
             for listener in self.listeners:
                 listener(tx.outbox_count)
+            if self.change_listeners:
+                changed = {res_type for res_type, _, _ in tx.changes}
+                for change_listener in self.change_listeners:
+                    change_listener(changed)
 
 
 def _lock_key(identity: tuple[str, str | None, str]) -> int:

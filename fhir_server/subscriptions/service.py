@@ -109,6 +109,12 @@ class SubscriptionService:
 
     # -- the cache of live subscriptions --------------------------------------------------------
 
+    def watched_types(self) -> frozenset[str]:
+        """What the outbox consumer needs to see: Subscriptions themselves, and the types
+        that live subscriptions watch (nothing else can match)."""
+        live = {s.res_type for s in self.specs().values() if s.status in ("active", "error")}
+        return frozenset({"Subscription", *live})
+
     def specs(self) -> dict[str, Spec]:
         with self._lock:
             if self._specs is None:

@@ -25,6 +25,7 @@ class Spec:
     endpoint: str
     payload: str
     headers: tuple[tuple[str, str], ...]
+    since: int = 0  # UTC epoch microseconds: only changes committed from then on notify
 
 
 def parse(resource: dict[str, Any], base_url: str) -> Spec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -145,9 +145,17 @@ class SubscriptionService:
             except ValueError:
                 pass
         try:
-            return parse(resource, self.base_url)
+            spec = parse(resource, self.base_url)
         except FhirError:
             return None  # written before a rule changed; it simply does not notify
+        written = (resource.get("meta") or {}).get("lastUpdated")
+        try:
+            since = date_range(written)[0] if isinstance(written, str) else 0
+        except ValueError:
+            since = 0
+        # a subscription is about what happens from now on: changes committed before it was
+        # written (a backlog the outbox consumer has not reached yet) never notify it
+        return replace(spec, since=since)
 
     def _refresh(self, sub_id: str) -> None:
         stored = self.store.read("Subscription", sub_id)
@@ -179,7 +187,9 @@ class SubscriptionService:
         candidates = [
             s
             for s in self.specs().values()
-            if s.res_type == change.res_type and s.status in ("active", "error")
+            if s.res_type == change.res_type
+            and s.status in ("active", "error")
+            and change.created >= s.since
         ]
         if not candidates:
             return

@@ -138,3 +138,22 @@ def test_a_subscription_past_its_end_does_not_notify(api: TestClient, receiver: 
     time.sleep(0.8)
     assert receiver.received == []  # no handshake either
     assert status_of(api, "s6") == "requested"
+
+
+def test_changes_from_before_the_subscription_do_not_notify(
+    api: TestClient, receiver: Receiver
+) -> None:
+    """Observations written before anyone subscribed to them (the consumer skipped them
+    then) are not notified once a subscription for them goes live; later ones are."""
+    for i in range(3):
+        api.put(f"/fhir/Observation/old{i}", json=observation(f"old{i}", "4548-4"))
+    time.sleep(0.2)
+    api.put(
+        "/fhir/Subscription/s9",
+        json=subscription("s9", receiver.url, payload="application/fhir+json"),
+    )
+    eventually(lambda: status_of(api, "s9") == "active", what="handshake")
+    api.put("/fhir/Observation/new", json=observation("new", "4548-4"))
+    eventually(lambda: len(receiver.notifications()) >= 1, what="the new Observation")
+    time.sleep(0.5)  # nothing else may arrive
+    assert [r.resource()["id"] for r in receiver.notifications()] == ["new"]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
+from store_support import clear_tables
 
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 
@@ -68,14 +68,7 @@ def session_app(database_url: str):  # type: ignore[no-untyped-def]
 
 
 def _clear(app) -> None:  # type: ignore[no-untyped-def]
-    engine = app.state.store.engine
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(metadata.sorted_tables):
-                conn.execute(table.delete())
+    clear_tables(app.state.store.engine)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+import store_support
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 
@@ -71,18 +72,7 @@ def ai_settings(database_url: str, orthanc: Orthanc, **extra: object):  # type: 
 
 
 def clear_tables(app) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import text
-
-    from fhir_server.store.models import metadata
-
-    engine = app.state.store.engine
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(metadata.sorted_tables):
-                conn.execute(table.delete())
+    store_support.clear_tables(app.state.store.engine)
 
 
 def post(client, resource: dict) -> dict:  # type: ignore[no-untyped-def]

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from starlette.testclient import TestClient
+from store_support import clear_tables
 
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 
@@ -20,15 +19,7 @@ BASE = "http://testserver/fhir"
 
 
 def _clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
-    engine = app.state.store.engine
-    tables = [t for t in metadata.sorted_tables if t.name not in keep]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
+    clear_tables(app.state.store.engine, keep)
 
 
 def _configure(app: Any, directory: Path, **changes: Any) -> None:

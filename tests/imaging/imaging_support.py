@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from store_support import clear_tables
 
-from fhir_server.store.models import metadata
 from interop.settings import Settings
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -78,17 +77,7 @@ def imaging_settings(database_url: str, server: Orthanc, **extra: object) -> Set
 
 
 def clear_database(app) -> None:  # type: ignore[no-untyped-def]
-    engine = app.state.store.engine
-    keep = {"auth_signing_keys"}
-    tables = [t for t in metadata.sorted_tables if t.name not in keep]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(
-                text(f"TRUNCATE {', '.join(t.name for t in tables)} RESTART IDENTITY CASCADE")
-            )
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
+    clear_tables(app.state.store.engine, keep={"auth_signing_keys"})
 
 
 def storescu(server: Orthanc, files: list[Path]) -> None:

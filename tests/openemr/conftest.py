@@ -10,10 +10,9 @@ import pytest
 from joserfc.jwk import RSAKey
 from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator, ServedSimulator
-from sqlalchemy import text
 from starlette.testclient import TestClient
+from store_support import clear_tables
 
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 from openemr_bridge.client import OpenEmrClient
@@ -83,15 +82,7 @@ def bridge_http(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
             **overrides,
         )
         app = create_app(settings)
-        engine = app.state.store.engine
-        with engine.begin() as conn:
-            tables = [t for t in metadata.sorted_tables if t.name != "auth_signing_keys"]
-            if engine.dialect.name == "postgresql":
-                names = ", ".join(t.name for t in tables)
-                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-            else:
-                for table in reversed(tables):
-                    conn.execute(table.delete())
+        clear_tables(app.state.store.engine, keep={"auth_signing_keys"})
         client = TestClient(app, base_url="http://testserver")
         client.__enter__()
         made.append(client)

@@ -19,11 +19,10 @@ import httpx
 import pytest
 from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
 from simulator import OpenEmrSimulator
-from sqlalchemy import text
 from starlette.testclient import TestClient
+from store_support import clear_tables
 
 from fhir_server.api.bundles import apply_transaction
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 
@@ -46,16 +45,7 @@ def ours(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
         openemr_password=SERVICE_PASSWORD,
     )
     app = create_app(settings)
-    engine = app.state.store.engine
-    with engine.begin() as conn:
-        tables = [t for t in metadata.sorted_tables if t.name != "auth_signing_keys"]
-        if engine.dialect.name == "postgresql":
-            conn.execute(
-                text(f"TRUNCATE {', '.join(t.name for t in tables)} RESTART IDENTITY CASCADE")
-            )
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
+    clear_tables(app.state.store.engine, keep={"auth_signing_keys"})
     hosted, _ = app.state.auth.registry.add_client(
         name="Imaging viewer",
         client_type="public",
@@ -70,7 +60,7 @@ def ours(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
     oe_client.initiate_login_uri = "http://testserver/openemr/launch"
     sim.add_user(CLINICIAN, CLINICIAN_PASSWORD)
     yield app
-    engine.dispose()
+    app.state.store.engine.dispose()
 
 
 def cookie(response: Any, name: str) -> SimpleCookie:

@@ -13,10 +13,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from sqlalchemy import text
 from starlette.testclient import TestClient
+from store_support import clear_tables
 
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 
@@ -35,16 +34,7 @@ def auth_session_app(database_url: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def auth_app(auth_session_app):  # type: ignore[no-untyped-def]
-    engine = auth_session_app.state.store.engine
-    keep = {"auth_signing_keys"}
-    tables = [t for t in metadata.sorted_tables if t.name not in keep]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
+    clear_tables(auth_session_app.state.store.engine, keep={"auth_signing_keys"})
     return auth_session_app
 
 

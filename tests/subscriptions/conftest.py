@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from starlette.testclient import TestClient
+from store_support import clear_tables
 from subscription_helpers import Receiver
 
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 
@@ -19,15 +18,7 @@ BASE = "http://testserver/fhir"
 
 
 def clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
-    engine = app.state.store.engine
-    tables = [t for t in metadata.sorted_tables if t.name not in keep]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
+    clear_tables(app.state.store.engine, keep)
     service = app.state.context.subscriptions
     service._specs = None
     service.handshakes.clear()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import RSAKey
-from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER, bridge_settings
 from simulator import OpenEmrSimulator, ServedSimulator
 from starlette.testclient import TestClient
 from store_support import clear_tables
@@ -74,11 +74,7 @@ def bridge_http(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
             database_url=database_url,
             auth="off",
             base_url="http://testserver/fhir",
-            openemr_url=sim.base,
-            openemr_client_id=CLIENT_ID,
-            openemr_client_secret=CLIENT_SECRET,
-            openemr_username=SERVICE_USER,
-            openemr_password=SERVICE_PASSWORD,
+            **bridge_settings(sim.base),
             **overrides,
         )
         app = create_app(settings)

@@ -25,15 +25,15 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import uvicorn
-from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, bridge_settings
 from simulator import OpenEmrSimulator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
+from store_support import clear_tables
 
 from fhir_server.api.bundles import apply_transaction
-from fhir_server.store.models import metadata
 from interop.app import create_app
 from interop.settings import Settings
 from openemr_bridge.routes import build_syncer
@@ -174,13 +174,9 @@ def test_clinician_signs_in_to_openemr_only_and_the_app_reads_imaging(
     hosted = f"http://127.0.0.1:{app_port}"
     app = create_app(
         Settings(database_url=database_url, auth="on", base_url=f"{ours}/fhir",
-                 openemr_url=sim.base, openemr_client_id=CLIENT_ID,
-                 openemr_client_secret=CLIENT_SECRET, openemr_username=SERVICE_USER,
-                 openemr_password=SERVICE_PASSWORD, mllp_port=0)
+                 mllp_port=0, **bridge_settings(sim.base))
     )  # fmt: skip
-    with app.state.store.engine.begin() as conn:
-        for table in reversed([t for t in metadata.sorted_tables if t.name != "auth_signing_keys"]):
-            conn.execute(table.delete())
+    clear_tables(app.state.store.engine, keep={"auth_signing_keys"})
     client, _ = app.state.auth.registry.add_client(
         name="Imaging viewer", client_type="public", redirect_uris=[f"{hosted}/index.html"],
         scope="launch openid fhirUser patient/*.rs", launch_url=f"{hosted}/launch.html",

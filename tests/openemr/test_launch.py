@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from oe_accounts import CLIENT_ID, CLIENT_SECRET, SERVICE_PASSWORD, SERVICE_USER
+from oe_accounts import CLIENT_ID, bridge_settings
 from simulator import OpenEmrSimulator
 from starlette.testclient import TestClient
 from store_support import clear_tables
@@ -38,11 +38,7 @@ def ours(database_url: str, sim: OpenEmrSimulator) -> Iterator[Any]:
         database_url=database_url,
         auth="on",
         base_url=BASE,
-        openemr_url=sim.base,
-        openemr_client_id=CLIENT_ID,
-        openemr_client_secret=CLIENT_SECRET,
-        openemr_username=SERVICE_USER,
-        openemr_password=SERVICE_PASSWORD,
+        **bridge_settings(sim.base),
     )
     app = create_app(settings)
     clear_tables(app.state.store.engine, keep={"auth_signing_keys"})

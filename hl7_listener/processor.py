@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirError
@@ -15,6 +16,13 @@ from mappers.hl7v2.mapping import SUPPORTED, MappingError, UnsupportedMessage
 from mappers.hl7v2.parser import Message
 
 log = logging.getLogger("interop.hl7")
+
+
+class Mapped(NamedTuple):
+    """The outcome of mapping a stored message: its ACK, and whether it was applied."""
+
+    ack: bytes
+    ok: bool
 
 
 @dataclass
@@ -85,14 +93,13 @@ class Processor:
         if stored.original is not None or stored.status == "failed":
             return Reply(stored.ack if stored.original else answer(stored.ack, False), pk)
         if mapped_now:
-            return Reply(self.map_stored(pk, msg, ok, err), pk)
+            return Reply(self.map_stored(pk, msg, ok, err).ack, pk)
         if self.ack_mode == "store" and (not enhanced or application == "NE"):
             return Reply(answer(stored.ack, True), pk)  # mapped in the background
 
         def followup() -> bytes | None:
-            app_ack = self.map_stored(pk, msg, keep_ack=True)
-            positive = app_ack.split(b"\r")[1][4:6] == b"AA"
-            return app_ack if wanted(application, positive) else None
+            mapped = self.map_stored(pk, msg, keep_ack=True)
+            return mapped.ack if wanted(application, mapped.ok) else None
 
         return Reply(answer(stored.ack, True), pk, followup)
 
@@ -112,7 +119,7 @@ class Processor:
 
     def map_stored(
         self, pk: int, msg: Message, ok: str = "AA", err: str = "AE", keep_ack: bool = False
-    ) -> bytes:
+    ) -> Mapped:
         """Map and apply; records processed/failed with produced resource ids. keep_ack
         leaves the ACK already sent (and replayed to duplicates) as it was."""
         try:
@@ -123,17 +130,17 @@ class Processor:
                 exc, FhirError) else str(exc)  # fmt: skip
             ack = build_ack(msg, err, text or "mapping failed", "207")
             self.inbox.finish(pk, "failed", None if keep_ack else ack, text)
-            return ack
+            return Mapped(ack, False)
         except Exception as exc:
             log.exception("mapping message %s failed", pk)
             ack = build_ack(msg, err, "internal error while mapping", "207")
             self.inbox.finish(
                 pk, "failed", None if keep_ack else ack, f"{type(exc).__name__}: {exc}"
             )
-            return ack
+            return Mapped(ack, False)
         ack = build_ack(msg, ok)
         self.inbox.finish(pk, "processed", None if keep_ack else ack, None, resources)
-        return ack
+        return Mapped(ack, True)
 
     def apply(self, bundle: dict[str, object]) -> list[str]:
         """Apply through the one write path, exactly like a POSTed transaction."""

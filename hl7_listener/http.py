@@ -1,4 +1,9 @@
-"""Operator endpoints under /hl7: list, inspect and submit messages (same rules as MLLP)."""
+"""Operator endpoints under /hl7: list, inspect and submit messages (same rules as MLLP).
+
+Raw messages are PHI of every patient they name, so these are operator surfaces: reading needs
+a user with role admin or operator (through a `user/` scope with `r`) or the operator-granted
+scope `system/hl7.read`; submitting (which creates resources) needs `c` or `system/hl7.write`.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +19,20 @@ from fhir_server.api.interactions import FhirError
 from hl7_listener.inbox import parse_time
 from hl7_listener.processor import Processor
 from mappers.hl7v2 import ParseError, parse
+from smart_auth.policy import Surface
+
+HL7_READ_SCOPE = "system/hl7.read"
+HL7_WRITE_SCOPE = "system/hl7.write"
+INBOX = Surface("The HL7 inbox", "r", HL7_READ_SCOPE)
+SUBMISSION = Surface("HL7 message submission (and replay)", "c", HL7_WRITE_SCOPE)
 
 
 def routes(processor: Processor, policy: Any) -> list[Route]:
     """Routes guarded by the same AccessPolicy as /fhir, so they are not open by default."""
 
-    def guard(request: Request) -> Response | None:
+    def guard(request: Request, surface: Surface = INBOX) -> Response | None:
         try:
-            policy.check(["hl7"], request.headers.get("authorization"))
+            policy.require(surface, request.headers.get("authorization"))
         except FhirError as exc:
             return Response(orjson.dumps(exc.outcome()), exc.status, exc.headers,
                             media_type="application/fhir+json")  # fmt: skip
@@ -71,7 +82,7 @@ def routes(processor: Processor, policy: Any) -> list[Route]:
         return js(out)
 
     async def submit(request: Request) -> Response:
-        denied = guard(request)
+        denied = guard(request, SUBMISSION)
         if denied:
             return denied
         raw = await request.body()

@@ -136,7 +136,7 @@ def _clients(args: argparse.Namespace, server: AuthServer) -> int:
             for c in found:
                 print(f"{c.client_id}  {c.client_type:<20} {c.name}  [{' '.join(c.scope)}]")
         return 0
-    removed = server.registry.remove_client(args.client_id)
+    removed = server.remove_client(args.client_id)
     _emit(args.json, {"removed": removed}, "removed" if removed else "no such client")
     return 0 if removed else 1
 

@@ -3,7 +3,8 @@
 A permission on a type is granted by the resource scopes naming that type (or `*`) with that
 letter. `user/` scopes are capped by the user's role; `patient/` scopes (and every scope of a
 user whose role is `patient`) confine access to the launch patient's compartment; scopes with a
-query (`patient/Observation.rs?category=...`) only reach resources matching it.
+query (`patient/Observation.rs?category=...`) only reach resources matching it. A client's
+Subscriptions are its own (`fhir_server.subscriptions.ownership`): another's is not found.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, false, or_, select, true
 
-from fhir_server.errors import FhirError
+from fhir_server.errors import FhirError, not_found
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.search.match import unmatched
 from fhir_server.search.query import Compiler, Row, compartment_condition
 from fhir_server.search.registry import patient_compartment
-from fhir_server.store.models import resources
+from fhir_server.store.models import resource_versions, resources
+from fhir_server.subscriptions.ownership import OWNED_TYPES, owned_ids, owned_only
 from smart_auth.policy import Grant
 from smart_auth.roles import RoleTable, role_cap
 from smart_auth.scopes import ResourceScope, parse_resource_scope
@@ -101,7 +103,13 @@ class GrantAccess:
             raise forbidden(f"{why} is not available to a patient-confined or restricted scope")
 
     def search_conditions(self, res_type: str) -> list[ColumnElement[bool]]:
-        return self._conditions(self.decide("s", res_type), res_type)
+        return self._conditions(self.decide("s", res_type), res_type) + owned_only(
+            self.requester(), res_type, R.res_type, R.res_id
+        )
+
+    def history_conditions(self, res_type: str | None) -> list[ColumnElement[bool]]:
+        V = resource_versions.c  # noqa: N806
+        return owned_only(self.requester(), res_type, V.res_type, V.res_id)
 
     def _conditions(self, decision: Decision, res_type: str) -> list[ColumnElement[bool]]:
         """A restriction's unknown parameter is an error (strict), never a silent widening."""
@@ -121,6 +129,12 @@ class GrantAccess:
 
     def check_stored(self, conn: Connection, perm: str, res_type: str, res_id: str) -> None:
         decision = self.decide(perm, res_type)
+        if res_type in OWNED_TYPES and not owned_ids(conn, self.requester(), [res_id]):
+            exists = conn.execute(
+                select(R.pk).where(R.res_type == res_type, R.res_id == res_id)
+            ).first()
+            if exists is not None:
+                raise not_found(f"{res_type}/{res_id} is not known")
         if not decision.limited:
             return
         conditions = self._conditions(decision, res_type)
@@ -195,6 +209,9 @@ class GrantAccess:
                 decision = self.decide("r", res_type)
             except FhirError:
                 continue
+            if res_type in OWNED_TYPES:
+                mine = owned_ids(conn, self.requester(), (r.res_id for r in group))
+                group = [r for r in group if r.res_id in mine]
             if not decision.limited:
                 kept.extend(group)
                 continue

@@ -117,6 +117,13 @@ revoked_tokens = Table(
     Column("expires", BigInteger, nullable=False),
 )
 
+removed_clients = Table(
+    "auth_removed_clients",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("removed", BigInteger, nullable=False, doc="its tokens stopped working then"),
+)
+
 sessions = Table(
     "auth_sessions",
     metadata,

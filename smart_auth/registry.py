@@ -12,10 +12,18 @@ from sqlalchemy import Engine, delete, insert, select
 
 from fhir_server.store.db import write_transaction
 from smart_auth.hashing import hash_password, token_hash, verify_password
-from smart_auth.models import clients, users
+from smart_auth.models import (
+    authorization_codes,
+    clients,
+    launch_contexts,
+    refresh_tokens,
+    removed_clients,
+    sessions,
+    users,
+)
 
 CLIENT_TYPES = ("public", "confidential-secret", "confidential-jwks")
-ROLES = ("admin", "physician", "radiologist", "lab", "nurse", "patient", "external")
+ROLES = ("admin", "operator", "physician", "radiologist", "lab", "nurse", "patient", "external")
 
 
 class RegistryError(ValueError):
@@ -140,10 +148,20 @@ class Registry:
         return [_client(r._mapping) for r in rows]
 
     def remove_client(self, client_id: str) -> bool:
+        """Remove a client and, in the same transaction, everything it holds: its refresh
+        tokens, codes, launches and sessions go, and a removal marker makes every token
+        verifier refuse its access tokens (`TokenService`, within its refresh interval)."""
+        now = int(time.time())
         with write_transaction(self.engine) as conn:
-            return (
-                conn.execute(delete(clients).where(clients.c.client_id == client_id)).rowcount > 0
-            )
+            if not conn.execute(delete(clients).where(clients.c.client_id == client_id)).rowcount:
+                return False
+            for table in (refresh_tokens, authorization_codes, launch_contexts, sessions):
+                conn.execute(delete(table).where(table.c.client_id == client_id))
+            # no access token outlives a day; older markers only name tokens long expired
+            conn.execute(delete(removed_clients).where(removed_clients.c.removed < now - 86400))
+            conn.execute(delete(removed_clients).where(removed_clients.c.client_id == client_id))
+            conn.execute(insert(removed_clients).values(client_id=client_id, removed=now))
+        return True
 
     # -- users --------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     "admin": ["*.cruds"],
+    "operator": ["*.rs"],  # runs the interfaces: reads everything, replays messages
     "physician": ["*.cruds"],
     "radiologist": ["*.rs", "ImagingStudy.cruds", "DiagnosticReport.cruds", "Observation.cruds"],
     "lab": ["*.rs", "Observation.cruds", "DiagnosticReport.cruds", "Specimen.cruds"],

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from smart_auth import discovery
 from smart_auth.authorize import CSRF_COOKIE, SESSION_COOKIE, AuthorizeFlow
-from smart_auth.errors import NO_STORE, OAuthError, invalid_client, invalid_request
+from smart_auth.errors import NO_STORE, OAuthError, invalid_request
 from smart_auth.pages import page
 from smart_auth.registry import RegistryError
 from smart_auth.server import AuthServer
@@ -130,18 +130,16 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
         return JSONResponse(body, headers=NO_STORE)
 
     async def introspect(request: Request) -> Response:
+        """RFC 7662 §2.1: only an authenticated confidential client (secret or private_key_jwt)
+        may ask, never a bearer token; it learns about its own tokens only (see introspect)."""
         form = _fields(await _form(request))
-        authorization = request.headers.get("authorization")
-        scheme, _, bearer = (authorization or "").partition(" ")
-        if scheme.lower() == "bearer":
-            if await run_in_threadpool(server.tokens.verify, bearer.strip()) is None:
-                raise invalid_client()
-        else:
-            await run_in_threadpool(server.authenticate, form, authorization, False)
+        caller = await run_in_threadpool(
+            server.authenticate, form, request.headers.get("authorization"), False
+        )
         if not form.get("token"):
             raise invalid_request("token is required")
         return JSONResponse(
-            await run_in_threadpool(server.introspect, form["token"]), headers=NO_STORE
+            await run_in_threadpool(server.introspect, form["token"], caller), headers=NO_STORE
         )
 
     async def revoke(request: Request) -> Response:

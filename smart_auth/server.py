@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,10 @@ from smart_auth.registry import Client, Registry
 from smart_auth.tokens import TokenService
 
 REFRESH_SCOPES = ("offline_access", "online_access")
+# Registered (by an operator: self-registration never gets system/ scopes) on a client that is
+# a resource server: it may introspect every token, not only those issued to itself.
+INTROSPECT_ANY = "system/token.introspect"
+MAX_ACCESS_SECONDS = 3600  # no access token lives longer
 _VERIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -234,8 +237,11 @@ class AuthServer:
             if row is None or row.client_id != client.client_id:
                 raise invalid_grant("The authorization code is not valid")
             taken = claim(conn, authorization_codes.c.code_hash, row.code_hash)
+        family = code_family(row.code_hash)
         if not taken:
-            raise invalid_grant("The authorization code was already used")
+            # RFC 6749 §4.1.2: a code used twice was intercepted; end what it was traded for
+            self.revoke_family(family)
+            raise invalid_grant("The authorization code was already used; its tokens are revoked")
         if row.expires < time.time():
             raise invalid_grant("The authorization code expired")
         if form.get("redirect_uri") != row.redirect_uri:
@@ -247,7 +253,7 @@ class AuthServer:
             if not hmac.compare_digest(s256(verifier), row.code_challenge):
                 raise invalid_grant("code_verifier does not match the code_challenge")
         context = json.loads(row.context)
-        return self._respond(client, row.scope.split(), row.username, context, family=None)
+        return self._respond(client, row.scope.split(), row.username, context, family)
 
     def _refresh_holder(self, presented: str) -> Client:
         """A public client may refresh with the refresh token alone (RFC 6749 §6 asks only
@@ -288,6 +294,7 @@ class AuthServer:
                     .values(revoked=True)
                 )
         if not taken:
+            self.tokens.revoke(row.family, int(time.time()) + MAX_ACCESS_SECONDS)
             raise invalid_grant("The refresh token was already used; the grant is revoked")
         if row.expires < time.time():
             raise invalid_grant("The refresh token expired")
@@ -338,11 +345,14 @@ class AuthServer:
         scope: list[str],
         username: str | None,
         context: dict[str, Any],
-        family: str | None,
+        family: str,
     ) -> dict[str, Any]:
-        lifetime = min(self.config.access_token_seconds, 3600)
+        """Tokens for a grant; `family` names the grant (every access and refresh token of one
+        authorization code carries it) so that the whole grant can be revoked at once."""
+        lifetime = min(self.config.access_token_seconds, MAX_ACCESS_SECONDS)
         subject = username or client.client_id
         token_context = {k: context.get(k) for k in ("patient", "encounter", "fhirUser", "role")}
+        token_context["family"] = family
         body: dict[str, Any] = {
             "access_token": self.tokens.access_token(
                 client_id=client.client_id,
@@ -388,10 +398,10 @@ class AuthServer:
         scope: list[str],
         username: str | None,
         context: dict[str, Any],
-        family: str | None,
+        family: str,
     ) -> str:
         token = new_token(32)
-        if family is None and "offline_access" not in scope and username:
+        if not context.get("session_ends") and "offline_access" not in scope and username:
             context = {
                 **context,
                 "session_ends": int(time.time()) + self.config.online_session_seconds,
@@ -400,7 +410,7 @@ class AuthServer:
             conn.execute(
                 insert(refresh_tokens).values(
                     token_hash=token_hash(token),
-                    family=family or secrets.token_hex(16),
+                    family=family,
                     client_id=client.client_id,
                     scope=" ".join(scope),
                     username=username,
@@ -414,7 +424,16 @@ class AuthServer:
 
     # -- introspection and revocation ---------------------------------------------------------
 
-    def introspect(self, token: str) -> dict[str, Any]:
+    def introspect(self, token: str, caller: Client) -> dict[str, Any]:
+        """RFC 7662 for an authenticated client: about its own tokens only, unless it is a
+        resource server (INTROSPECT_ANY); anything else is just inactive (§2.2)."""
+        out = self._introspect(token)
+        foreign = out.get("client_id") != caller.client_id
+        if out.get("active") and foreign and INTROSPECT_ANY not in caller.scope:
+            return {"active": False}
+        return out
+
+    def _introspect(self, token: str) -> dict[str, Any]:
         claims = self.tokens.decode(token)
         if claims is not None:
             out = {"active": True, "token_type": "Bearer"}
@@ -439,6 +458,8 @@ class AuthServer:
             ).first()
         if row is None or row.used or row.revoked or row.expires < time.time():
             return {"active": False}
+        if self.tokens.client_removed(row.client_id):
+            return {"active": False}
         context = json.loads(row.context)
         out = {
             "active": True,
@@ -461,18 +482,31 @@ class AuthServer:
             if claims.get("client_id") == client.client_id:
                 self.tokens.revoke(str(claims.get("jti")), int(claims["exp"]))
             return
-        with write_transaction(self.engine) as conn:
+        with self.engine.connect() as conn:
             row = conn.execute(
                 select(refresh_tokens.c.family, refresh_tokens.c.client_id).where(
                     refresh_tokens.c.token_hash == token_hash(token)
                 )
             ).first()
-            if row and row.client_id == client.client_id:
-                conn.execute(
-                    update(refresh_tokens)
-                    .where(refresh_tokens.c.family == row.family)
-                    .values(revoked=True)
-                )
+        if row and row.client_id == client.client_id:
+            # RFC 7009 §2.1: revoking a refresh token ends the access tokens of its grant too
+            self.revoke_family(row.family)
+
+    def revoke_family(self, family: str) -> None:
+        """End a grant: its refresh tokens, and every access token that carries its family."""
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(refresh_tokens).where(refresh_tokens.c.family == family).values(revoked=True)
+            )
+        self.tokens.revoke(family, int(time.time()) + MAX_ACCESS_SECONDS)
+
+    def remove_client(self, client_id: str) -> bool:
+        """Remove a client and end every token it holds: at once in this process, within
+        `tokens.REVOCATION_REFRESH` seconds in every other (see `Registry.remove_client`)."""
+        removed = self.registry.remove_client(client_id)
+        if removed:
+            self.tokens.client_gone(client_id)
+        return removed
 
 
 def _names_client(form: dict[str, str], authorization: str | None) -> bool:
@@ -484,6 +518,11 @@ def _names_client(form: dict[str, str], authorization: str | None) -> bool:
         or form.get("client_assertion_type")
         or authorization
     )
+
+
+def code_family(code_hash: str) -> str:
+    """The grant family of an authorization code: derived, so a replay finds it again."""
+    return hashlib.sha256(b"family:" + code_hash.encode()).hexdigest()[:32]
 
 
 def claim(conn: Connection, key: Column[Any], value: str) -> bool:

@@ -2,7 +2,8 @@
 
 A valid access token is verified without the database: the signature is checked against the
 cached keys and the decoded grant is cached until it expires. Revocation is the only shared
-state; the revoked-jti list is re-read at most every `REVOCATION_REFRESH` seconds.
+state, re-read at most every `REVOCATION_REFRESH` seconds: revoked ids (a token's `jti`, or a
+whole grant's `family`) and removed clients, whose tokens all stop working.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy import Engine, delete, insert, select
 from fhir_server.store.db import write_transaction
 from smart_auth.config import AuthConfig
 from smart_auth.keys import ALG, KeyStore
-from smart_auth.models import revoked_tokens
+from smart_auth.models import removed_clients, revoked_tokens
 from smart_auth.policy import Grant
 
 REVOCATION_REFRESH = 2.0
@@ -35,6 +36,7 @@ class TokenService:
         self.config = config
         self._cache: dict[str, Grant] = {}
         self._revoked: set[str] = set()
+        self._removed: set[str] = set()
         self._revoked_at = 0.0
         self._lock = threading.Lock()
 
@@ -64,7 +66,7 @@ class TokenService:
             "exp": now + lifetime,
             "jti": uuid.uuid4().hex,
         }
-        for name in ("patient", "encounter", "fhirUser", "role"):
+        for name in ("patient", "encounter", "fhirUser", "role", "family"):
             if context and context.get(name):
                 claims[name] = context[name]
         return self._sign(claims)
@@ -103,7 +105,8 @@ class TokenService:
             return None
         if claims.get("iss") != self.config.issuer or claims.get("aud") != self.config.fhir_base:
             return None
-        if self.is_revoked(str(claims.get("jti", ""))):
+        if self._ended(str(claims.get("jti", "")), str(claims.get("family", "")),
+                       str(claims.get("client_id", ""))):  # fmt: skip
             return None
         return claims
 
@@ -112,7 +115,7 @@ class TokenService:
         grant = self._cache.get(token)
         now = time.time()
         if grant is not None:
-            if grant.expires > now and not self.is_revoked(grant.jti):
+            if grant.expires > now and not self._ended(grant.jti, grant.family, grant.client_id):
                 return grant
             self._cache.pop(token, None)
             return None
@@ -130,6 +133,7 @@ class TokenService:
             role=claims.get("role"),
             jti=str(claims.get("jti", "")),
             expires=int(claims["exp"]),
+            family=str(claims.get("family", "")),
         )
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()
@@ -149,12 +153,30 @@ class TokenService:
         with self._lock:
             self._revoked.add(jti)
 
+    def client_gone(self, client_id: str) -> None:
+        """This process learns of a removal at once (`Registry.remove_client` recorded it)."""
+        with self._lock:
+            self._removed.add(client_id)
+
+    def client_removed(self, client_id: str) -> bool:
+        self._refresh()
+        return client_id in self._removed
+
     def is_revoked(self, jti: str) -> bool:
+        self._refresh()
+        return jti in self._revoked
+
+    def _ended(self, jti: str, family: str, client_id: str) -> bool:
+        self._refresh()
+        revoked = self._revoked
+        return jti in revoked or (family != "" and family in revoked) or client_id in self._removed
+
+    def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._revoked_at > REVOCATION_REFRESH:
             with self.engine.connect() as conn:
                 fresh = {r[0] for r in conn.execute(select(revoked_tokens.c.jti))}
+                gone = {r[0] for r in conn.execute(select(removed_clients.c.client_id))}
             with self._lock:
-                self._revoked = fresh
+                self._revoked, self._removed = fresh, gone
                 self._revoked_at = now
-        return jti in self._revoked

@@ -27,6 +27,10 @@ class Access(Protocol):
     def search_conditions(self, res_type: str) -> list[ColumnElement[bool]]:
         """Extra WHERE conditions that keep a search inside what the grant may see."""
 
+    def history_conditions(self, res_type: str | None) -> list[ColumnElement[bool]]:
+        """Extra WHERE conditions on `resource_versions` for type (or, with None, system)
+        history: versions the grant may never see stay out (other clients' Subscriptions)."""
+
     def check_stored(self, conn: Connection, perm: str, res_type: str, res_id: str) -> None:
         """Refuse when an existing resource lies outside what the grant may see or change."""
 

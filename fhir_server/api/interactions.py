@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import ColumnElement, Connection
 
 from fhir_server.api import bundling
 from fhir_server.api.operations import Operations
@@ -32,13 +32,16 @@ from fhir_server.search.query import (
     matching_ids,
 )
 from fhir_server.search.registry import patient_compartment, resource_types
+from fhir_server.store.models import resources
 from fhir_server.store.repository import Store, StoredResource, Transaction, history_rows
+from fhir_server.subscriptions.ownership import owned_only
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
     from fhir_server.bulk.service import BulkService
     from fhir_server.subscriptions.service import SubscriptionService
 
+R = resources.c
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json")
@@ -224,6 +227,14 @@ def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) ->
             ctx.access.check_stored(conn, perm, res_type, res_id)
 
 
+def conditional_where(ctx: Context, res_type: str) -> list[ColumnElement[bool]]:
+    """Extra conditions on the search behind a conditional operation: a caller never
+    matches (or learns of) another client's Subscription."""
+    if ctx.access is None:
+        return []
+    return owned_only(ctx.access.requester(), res_type, R.res_type, R.res_id)
+
+
 def _allow_body(ctx: Context, perm: str, resource: Any) -> None:
     if ctx.access is not None:
         ctx.access.check_body(perm, resource)
@@ -375,7 +386,9 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     with ctx.write() as tx:
         if condition:
             ids = tx.search_ids(
-                res_type, parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+                res_type,
+                parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True),
+                conditional_where(ctx, res_type),
             )
             if len(ids) > 1:
                 raise precondition_failed(
@@ -393,7 +406,7 @@ def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
     resource = _parse_json(req)
     _allow_body(ctx, "u", resource)
     with ctx.write() as tx:
-        ids = tx.search_ids(res_type, _filters(req.query))
+        ids = tx.search_ids(res_type, _filters(req.query), conditional_where(ctx, res_type))
         if len(ids) > 1:
             raise precondition_failed(f"The conditional update matched {len(ids)} resources")
         body_id = resource.get("id") if isinstance(resource, dict) else None
@@ -406,6 +419,7 @@ def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
             resource["id"] = ids[0]
             result = tx.update(res_type, ids[0], resource, _if_match(req))
         elif body_id:
+            _allow(ctx, "u", res_type, body_id)  # the id the body names is judged as stored
             result = tx.update(res_type, body_id, resource)
         else:
             result = tx.create(resource)
@@ -416,7 +430,7 @@ def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
 
 def conditional_delete(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     with ctx.write() as tx:
-        ids = tx.search_ids(res_type, _filters(req.query))
+        ids = tx.search_ids(res_type, _filters(req.query), conditional_where(ctx, res_type))
         if len(ids) > 1 and req.prefer("handling") != "lenient-multiple":
             raise precondition_failed(f"The conditional delete matched {len(ids)} resources")
         for res_id in ids:
@@ -426,7 +440,9 @@ def conditional_delete(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
 
 def conditional_patch(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     with ctx.read_connection() as conn:
-        ids = matching_ids(conn, res_type, _filters(req.query), ctx.base_url)
+        ids = matching_ids(
+            conn, res_type, _filters(req.query), ctx.base_url, conditional_where(ctx, res_type)
+        )
     if len(ids) != 1:
         raise FhirError(
             412 if ids else 404,
@@ -504,8 +520,9 @@ def history(
         offset = max(0, int(params.get("_offset", 0)))
     except ValueError:
         raise bad_request("_count and _offset must be integers") from None
+    where = ctx.access.history_conditions(res_type) if ctx.access and res_id is None else []
     with ctx.read_connection() as conn:
-        total, versions = history_rows(conn, res_type, res_id, since, at, count, offset)
+        total, versions = history_rows(conn, res_type, res_id, since, at, count, offset, where)
     if res_id and total == 0:
         raise not_found(f"{res_type}/{res_id} is not known")
     path = "/".join(p for p in (res_type, res_id, "_history") if p)

@@ -32,6 +32,7 @@ from fhir_server.search.query import Compiler
 from fhir_server.search.registry import patient_compartment, resource_types
 from fhir_server.store.models import idx_reference, resources
 from fhir_server.store.repository import Store
+from fhir_server.subscriptions.ownership import owned_only
 
 R = resources.c
 BATCH = 2000
@@ -67,6 +68,8 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
             writer = SplitWriter(directory, res_type, jobs.config.max_file_bytes)
             elements = _elements_for(request.elements, res_type)
             query = select(R.body).where(*_conditions(request, res_type, patients, env.base_url))
+            if job.owner:  # a client exports its own Subscriptions, not other clients'
+                query = query.where(*owned_only(job.owner, res_type, R.res_type, R.res_id))
             try:
                 for batch in _batches(conn, query):
                     if elements:

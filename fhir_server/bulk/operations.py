@@ -238,6 +238,22 @@ def kick_off_import(ctx: Context, service: BulkService, req: FhirRequest) -> Fhi
     return _accepted(ctx, service, job)
 
 
+def require_import(ctx: Context, why: str) -> None:
+    """Files to import are for clients that may import: a `system/` scope granting create and
+    update, without query limits, on at least one type (`$import` then checks each type)."""
+    if ctx.access is None:
+        return
+    for res_type in ("*", *sorted(resource_types())):
+        try:
+            ctx.access.require_system("c", res_type, why)
+            ctx.access.require_system("u", res_type, why)
+            return
+        except FhirError:
+            continue
+    ctx.access.require_system("c", "*", why)  # raises the 403 naming the caller's scopes
+    ctx.access.require_system("u", "*", why)
+
+
 def import_inputs(body: Any) -> list[dict[str, str | None]]:
     """The inputs of a Bulk Data import request: a Parameters resource (`inputFormat`,
     `inputSource`, `input` parts `type` and `url`) or a JSON manifest with `input` (or an
@@ -284,6 +300,7 @@ def upload(ctx: Context, service: BulkService, req: FhirRequest) -> FhirResponse
     from fhir_server.api.interactions import FhirResponse
     from fhir_server.errors import outcome_bytes
 
+    require_import(ctx, "Bulk upload")
     content_type = (req.header("content-type") or "").split(";")[0].strip().lower()
     if content_type not in NDJSON_FORMATS:
         raise FhirError(415, f"Upload NDJSON as {NDJSON}, not '{content_type}'", "not-supported")

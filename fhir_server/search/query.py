@@ -752,14 +752,20 @@ def _includes(conn: Connection, plan: SearchPlan, pks: list[int], ids: list[str]
 
 
 def matching_ids(
-    conn: Connection, res_type: str, items: Sequence[tuple[str, str]], base_url: str
+    conn: Connection,
+    res_type: str,
+    items: Sequence[tuple[str, str]],
+    base_url: str,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> list[str]:
-    """Ids (up to 100) a conditional create, update, delete or reference search matches."""
+    """Ids (up to 100) a conditional create, update, delete or reference search matches,
+    within the extra conditions `where` (what the caller may see)."""
     filters = [(n, v) for n, v in items if n not in RESULT_PARAMS]
     if not filters:
         raise bad_request("A conditional operation needs at least one search parameter")
     plan = Compiler(base_url, strict=True).compile(res_type, filters)
-    q = select(R.res_id).where(R.res_type == res_type, R.deleted == false(), *plan.where).limit(100)
+    q = select(R.res_id).where(R.res_type == res_type, R.deleted == false(), *plan.where, *where)
+    q = q.limit(100)
     return [r[0] for r in conn.execute(q)]
 
 

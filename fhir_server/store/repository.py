@@ -12,13 +12,13 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, false, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select
 
 from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
@@ -146,6 +146,9 @@ class Store:
         self.listeners: list[Callable[[int], None]] = [self.statistics.record_writes]
         # after each commit that changed something: the resource types it changed
         self.change_listeners: list[Callable[[set[str]], None]] = []
+        # per type: sees (and may rewrite) each new version's content before it is stored,
+        # whichever path wrote it (REST, Bundle, PATCH, import)
+        self.content_hooks: dict[str, Callable[[Transaction, str, dict[str, Any]], None]] = {}
         self.sql = Statements(engine.dialect.name, engine.dialect.paramstyle or "qmark")
 
     def read(self, res_type: str, res_id: str) -> StoredResource | None:
@@ -350,12 +353,17 @@ class Transaction:
                     ids.append(res_id)
         return found
 
-    def search_ids(self, res_type: str, query: list[tuple[str, str]]) -> list[str]:
-        """Ids matching a search, for conditional create/update/delete and references."""
+    def search_ids(
+        self,
+        res_type: str,
+        query: list[tuple[str, str]],
+        where: Sequence[ColumnElement[bool]] = (),
+    ) -> list[str]:
+        """Ids matching a search (within `where`), for conditional writes and references."""
         from fhir_server.search.query import matching_ids
 
         self.flush()
-        return matching_ids(self.conn, res_type, query, self.store.base_url)
+        return matching_ids(self.conn, res_type, query, self.store.base_url, where)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -373,12 +381,12 @@ class Transaction:
         resolution are skipped, and `index` may bring their index rows ready-made. Their
         builders' tests validate the shape and the rows instead.
         """
+        res_id = res_id or str(uuid.uuid4())
         if not trusted:
             resource = validate_resource(resource)
             self.resolve_conditional_references(resource)
-        return self._insert_new(
-            resource, resource["resourceType"], res_id or str(uuid.uuid4()), "POST", index
-        )
+            self._content_hook(resource["resourceType"], res_id, resource)
+        return self._insert_new(resource, resource["resourceType"], res_id, "POST", index)
 
     def update(
         self,
@@ -395,6 +403,7 @@ class Transaction:
                 f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
                 ["id"],
             )
+        self._content_hook(res_type, res_id, resource)
         found = self.current(res_type, res_id, lock=True)
         if found is None:
             if if_match is not None:
@@ -461,6 +470,11 @@ class Transaction:
             ref["reference"] = f"{res_type}/{ids[0]}"
 
     # -- internals --------------------------------------------------------------------------
+
+    def _content_hook(self, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
+        hook = self.store.content_hooks.get(res_type)
+        if hook is not None:
+            hook(self, res_id, resource)
 
     def _insert_new(
         self,
@@ -637,11 +651,12 @@ def history_rows(
     at_or_before: int | None,
     limit: int,
     offset: int,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[int, list[StoredResource]]:
-    """Versions newest first, for instance, type and system history."""
+    """Versions newest first, for instance, type and system history (within `where`)."""
     from sqlalchemy import func
 
-    conds = []
+    conds = list(where)
     if res_type:
         conds.append(V.res_type == res_type)
     if res_id:

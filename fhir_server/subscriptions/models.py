@@ -2,7 +2,8 @@
 
 The owner row keeps the authority the subscription was created with, so a notification is
 only ever sent about what that client could read itself. The queue holds a notification until
-its endpoint has taken it: a receiver that is down gets it later.
+its endpoint has taken it: a receiver that is down gets it later. The secrets table keeps the
+`channel.header` values (credentials for the endpoint), which the stored resource only names.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ subscription_owners = Table(
     Column("sub_id", String(64), primary_key=True),
     Column("requester", String(255), nullable=False, doc="client id (websocket binds)"),
     Column("grant", Text, nullable=False, doc="the creator's grant as JSON"),
+)
+
+subscription_secrets = Table(
+    "subscription_secrets",
+    metadata,
+    Column("sub_id", String(64), primary_key=True),
+    Column("headers", Text, nullable=False, doc="channel.header as written (JSON list)"),
 )
 
 subscription_queue = Table(

@@ -1,5 +1,6 @@
-"""The Subscription service: validates Subscription writes, records their owners, consumes
-the outbox (queueing a notification per matching change) and runs the handshakes.
+"""The Subscription service: validates Subscription writes, records their owners, keeps their
+header secrets out of the stored resource, consumes the outbox (queueing a notification per
+matching change) and runs the handshakes.
 
 It never sends anything on the write path: the outbox consumer only inserts queue rows, and
 `delivery.Deliverer` (its own thread) does the network work.
@@ -21,10 +22,14 @@ from fhir_server.errors import FhirError
 from fhir_server.search.extract import date_range
 from fhir_server.store.models import resources
 from fhir_server.store.outbox import Change
-from fhir_server.store.repository import Store
+from fhir_server.store.repository import Store, Transaction
 from fhir_server.subscriptions.channel import Spec, parse
 from fhir_server.subscriptions.matching import matches
-from fhir_server.subscriptions.models import subscription_owners, subscription_queue
+from fhir_server.subscriptions.models import (
+    subscription_owners,
+    subscription_queue,
+    subscription_secrets,
+)
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
@@ -33,7 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("interop.subscriptions")
 R = resources.c
 O = subscription_owners.c  # noqa: E741
+S = subscription_secrets.c
 LIVE = ("requested", "active", "error")
+REDACTED = "[redacted]"  # what a stored Subscription shows for each channel.header value
 
 AccessFrom = Callable[[dict[str, Any]], "Access"]
 
@@ -62,6 +69,7 @@ class SubscriptionService:
         self._lock = threading.Lock()
         self.handshakes: set[str] = set()
         self.wake: Callable[[], None] = lambda: None  # set by the deliverer
+        store.content_hooks["Subscription"] = keep_secrets
 
     # -- the write hook (interactions.dispatch) ------------------------------------------------
 
@@ -125,16 +133,19 @@ class SubscriptionService:
     def _load(self) -> dict[str, Spec]:
         specs: dict[str, Spec] = {}
         with self.store.connection() as conn:
+            secrets = dict(conn.execute(select(S.sub_id, S.headers)).all())
             rows = conn.execute(
                 select(R.body).where(R.res_type == "Subscription", R.deleted == false())
             )
             for (body,) in rows:
-                spec = self._spec(orjson.loads(body))
+                resource = orjson.loads(body)
+                spec = self._spec(resource, secrets.get(str(resource.get("id"))))
                 if spec is not None:
                     specs[spec.sub_id] = spec
         return specs
 
-    def _spec(self, resource: dict[str, Any]) -> Spec | None:
+    def _spec(self, resource: dict[str, Any], secret: str | None) -> Spec | None:
+        """What delivery needs: the stored resource, with the header values put back."""
         if resource.get("status") not in LIVE:
             return None
         end = resource.get("end")
@@ -144,6 +155,11 @@ class SubscriptionService:
                     return None  # past its end: it no longer notifies
             except ValueError:
                 pass
+        if secret is not None:
+            resource = {
+                **resource,
+                "channel": {**resource["channel"], "header": orjson.loads(secret)},
+            }
         try:
             spec = parse(resource, self.base_url)
         except FhirError:
@@ -159,7 +175,11 @@ class SubscriptionService:
 
     def _refresh(self, sub_id: str) -> None:
         stored = self.store.read("Subscription", sub_id)
-        spec = None if stored is None or stored.deleted else self._spec(stored.json())
+        spec = None
+        if stored is not None and not stored.deleted:
+            with self.store.connection() as conn:
+                secret = conn.execute(select(S.headers).where(S.sub_id == sub_id)).scalar()
+            spec = self._spec(stored.json(), secret)
         specs = self.specs()
         with self._lock:
             if spec is None:
@@ -174,6 +194,8 @@ class SubscriptionService:
                 conn.execute(
                     delete(subscription_queue).where(subscription_queue.c.sub_id == sub_id)
                 )
+                if stored is None or stored.deleted:
+                    conn.execute(delete(subscription_secrets).where(S.sub_id == sub_id))
         self.wake()
 
     # -- the outbox consumer -------------------------------------------------------------------
@@ -244,3 +266,33 @@ class SubscriptionService:
                 resource.pop("error", None)
             tx.update("Subscription", sub_id, resource)
         log.info("subscription status", extra={"subscription": sub_id, "status": status})
+
+
+def keep_secrets(tx: Transaction, sub_id: str, resource: dict[str, Any]) -> None:
+    """The store's content hook for Subscriptions, on every write path: `channel.header`
+    values (the endpoint's credentials) go to `subscription_secrets`, and the resource keeps
+    only the header names, so no read, search, history, export or notification shows them.
+    A value written as REDACTED keeps the stored one (a client may PUT back what it read)."""
+    channel = resource.get("channel")
+    headers = channel.get("header") if isinstance(channel, dict) else None
+    conn = tx.conn
+    before = conn.execute(select(S.headers).where(S.sub_id == sub_id)).scalar()
+    conn.execute(delete(subscription_secrets).where(S.sub_id == sub_id))
+    if not isinstance(channel, dict) or not isinstance(headers, list) or not headers:
+        return
+    old: dict[str, str] = {}
+    for header in orjson.loads(before) if before else []:
+        name, _, value = str(header).partition(":")
+        old.setdefault(name.strip().lower(), value.strip())
+    kept, shown = [], []
+    for header in headers:
+        name, sep, value = str(header).partition(":")
+        name, value = name.strip(), value.strip()
+        if value == REDACTED:
+            value = old.get(name.lower(), REDACTED)
+        kept.append(f"{name}: {value}" if sep else str(header))
+        shown.append(f"{name}: {REDACTED}" if sep else REDACTED)
+    conn.execute(
+        insert(subscription_secrets).values(sub_id=sub_id, headers=orjson.dumps(kept).decode())
+    )
+    channel["header"] = shown

@@ -78,6 +78,9 @@ class SubscriptionService:
         handshake (status requested), unless it switches the subscription off."""
         if req.method.upper() not in ("POST", "PUT") or req.parsed is None and not req.body:
             return
+        path = [p for p in req.path if p]
+        if len(path) > 2 or path[1:2] and path[1].startswith(("_", "$")):
+            return  # a search (POST _search) or an operation, not a Subscription write
         from fhir_server.api.interactions import _parse_json
 
         resource = _parse_json(req)

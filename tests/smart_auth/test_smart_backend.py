@@ -156,7 +156,8 @@ def test_jwks_url_is_fetched_and_cached(http: TestClient, smart, jwks_server) ->
 def test_introspection(http: TestClient, smart, ec_client) -> None:  # type: ignore[no-untyped-def]
     client_id, key = ec_client
     token = token_request(http, assertion(client_id, key)).json()["access_token"]
-    caller_id, secret = smart.client("system/*.rs", "confidential-secret")
+    # a resource server (designated by the operator) may introspect any client's token
+    caller_id, secret = smart.client("system/token.introspect", "confidential-secret")
     active = http.post("/auth/introspect", data={"token": token}, auth=(caller_id, secret)).json()
     assert active["active"] is True and active["client_id"] == client_id
     assert active["scope"] == "system/*.rs" and active["exp"] > time.time()

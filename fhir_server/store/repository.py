@@ -665,14 +665,14 @@ def history_rows(
         conds.append(V.last_updated >= since)
     if at_or_before is not None:
         conds.append(V.last_updated <= at_or_before)
-    where = and_(*conds) if conds else None
+    condition = and_(*conds) if conds else None
     count_q = select(func.count()).select_from(resource_versions)
     rows_q = select(
         V.res_type, V.res_id, V.version_id, V.last_updated, V.deleted, V.body, V.method
     ).order_by(V.last_updated.desc(), V.pk.desc())
-    if where is not None:
-        count_q = count_q.where(where)
-        rows_q = rows_q.where(where)
+    if condition is not None:
+        count_q = count_q.where(condition)
+        rows_q = rows_q.where(condition)
     total = conn.execute(count_q).scalar_one()
     rows = conn.execute(rows_q.limit(limit).offset(offset)).all()
     return total, [StoredResource(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]

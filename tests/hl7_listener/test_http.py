@@ -33,10 +33,30 @@ def test_submit_list_show(client: TestClient) -> None:
 
 
 def test_operator_endpoints_need_auth(app: Any, database_url: str) -> None:
+    """No token: 401; a token without the operator role or scope: 403; an operator backend
+    (system/hl7.write, system/hl7.read, granted by the operator) submits and reads."""
     secured = create_app(Settings(database_url=database_url, auth="on"), migrate=False)
+
+    def token(scope: str) -> dict[str, str]:
+        client, secret = secured.state.auth.registry.add_client(
+            name="hl7 operator", client_type="confidential-secret", redirect_uris=[], scope=scope
+        )
+        response = c.post(
+            "/auth/token",
+            data={"grant_type": "client_credentials", "scope": scope},
+            auth=(client.client_id, secret or ""),
+        )
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
     with TestClient(secured) as c:
         assert c.get("/hl7/messages").status_code == 401
         assert c.post("/hl7/messages", content=MSG).status_code == 401
+        assert c.get("/hl7/messages", headers=token("system/*.rs")).status_code == 403
+        operator = token("system/hl7.read system/hl7.write")
+        created = c.post("/hl7/messages", content=MSG, headers=operator)
+        assert created.status_code == 201 and b"MSA|AA|H1" in created.content
+        pk = created.headers["X-Message-Id"]
+        assert c.get(f"/hl7/messages/{pk}", headers=operator).json()["controlId"] == "H1"
     secured.state.store.engine.dispose()
 
 

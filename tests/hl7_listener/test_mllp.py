@@ -98,7 +98,8 @@ def test_garbage_partial_frames_missing_cr_and_duplicates(app: Any) -> None:
         writer.write(data[20:] + EB)  # no final CR
         await writer.drain()
         first = await reader.readuntil(EB + b"\r")
-        writer.write(frame(oru("D1", "555")))
+        resend = oru("D1").replace(b"20240101120000", b"20240101120500")  # MSH-7 refreshed
+        writer.write(frame(resend))
         await writer.drain()
         second = await reader.readuntil(EB + b"\r")
         writer.close()

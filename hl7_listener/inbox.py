@@ -20,9 +20,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
+    bindparam,
     insert,
+    or_,
     select,
-    tuple_,
     update,
 )
 
@@ -275,20 +277,41 @@ class Inbox:
             return [_row(r) for r in conn.execute(q)]
 
 
+_EARLIER = (
+    select(*(c for c in hl7_messages.c if c.name != "raw"))
+    .where(
+        or_(
+            and_(
+                hl7_messages.c.sender.in_(bindparam("senders", expanding=True)),
+                hl7_messages.c.control_id.in_(bindparam("control_ids", expanding=True)),
+            ),
+            hl7_messages.c.content_hash.in_(bindparam("hashes", expanding=True)),
+        ),
+        hl7_messages.c.status.in_(("received", "processed", "failed")),
+    )
+    .order_by(hl7_messages.c.pk)
+)  # built once: compiled once, whatever the batch
+
+
 def _earlier(conn: Any, batch: list[Arrival]) -> list[InboxRow]:
-    """Stored messages (duplicates excluded) sharing a batch message's sender and control id,
-    or, for messages without a control id, its content hash; oldest first."""
-    keys = {(a.sender[:255], a.control_id[:199]) for a in batch if a.control_id}
-    hashes = {a.content_hash for a in batch if not a.control_id and a.content_hash}
-    found: list[InboxRow] = []
-    live = hl7_messages.c.status.in_(("received", "processed", "failed"))
-    if keys:
-        where = tuple_(hl7_messages.c.sender, hl7_messages.c.control_id).in_(keys)
-        found += [_row(r) for r in conn.execute(select(hl7_messages).where(where, live))]
-    if hashes:
-        where = hl7_messages.c.content_hash.in_(hashes)
-        found += [_row(r) for r in conn.execute(select(hl7_messages).where(where, live))]
-    return sorted(found, key=lambda r: r.pk)
+    """Stored messages (duplicates excluded) that share a batch message's sender and control
+    id, or, for messages without a control id, its content hash; oldest first."""
+    keyed = [a for a in batch if a.control_id]
+    hashes = [a.content_hash for a in batch if not a.control_id and a.content_hash]
+    params = {
+        "senders": sorted({a.sender[:255] for a in keyed}) or ["\x00"],
+        "control_ids": sorted({a.control_id[:199] for a in keyed}) or ["\x00"],
+        "hashes": hashes or ["\x00"],
+    }
+    found = []
+    for r in conn.execute(_EARLIER, params):
+        row = InboxRow(r.pk, b"", r.sender, r.control_id, r.message_type, r.version,
+                       r.received_at, r.status, r.error, r.ack, [], r.content_hash)  # fmt: skip
+        if row.content_hash is None:  # stored before hashes were kept
+            raw = conn.execute(select(hl7_messages.c.raw).where(hl7_messages.c.pk == r.pk))
+            row.content_hash = content_hash(raw.scalar_one())
+        found.append(row)
+    return found
 
 
 def _classify(a: Arrival, earlier: list[InboxRow]) -> None:
@@ -297,8 +320,6 @@ def _classify(a: Arrival, earlier: list[InboxRow]) -> None:
     sender, control_id = a.sender[:255], a.control_id[:199]
     same_key = [r for r in earlier if r.sender == sender and r.control_id == control_id]
     for r in same_key:
-        if r.content_hash is None:  # stored before hashes were kept
-            r.content_hash = content_hash(r.raw)
         if r.content_hash == a.content_hash and r.ack is not None:
             a.original = r
             a.status, a.ack = "duplicate", r.ack

@@ -64,10 +64,11 @@ def content_hash(msg: Message | bytes) -> str:
     resend may refresh); segment separators (CR, LF, CRLF) do not count. Bytes that do not
     parse hash as they are."""
     if isinstance(msg, bytes):
+        raw = msg
         try:
-            msg = parse(msg)
+            msg = parse(raw)
         except (ParseError, IndexError):
-            return hashlib.sha256(msg).hexdigest()
+            return hashlib.sha256(raw).hexdigest()
     fs = msg.delims.field
     lines = []
     for seg in msg.segments:

@@ -93,8 +93,9 @@ class Processor:
             msg = parse(raw)
         except (ParseError, IndexError) as exc:
             ack = build_ack(None, "AR", str(exc), "102", where="MSH")
-            stored = self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack,
-                                         error=str(exc), content_hash=content_hash(raw)))  # fmt: skip
+            failed = Arrival(raw, peer or "unknown", "", status="failed", ack=ack, error=str(exc),
+                             content_hash=content_hash(raw))  # fmt: skip
+            stored = self._store(failed)
             if stored is None:
                 return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
             return Reply(ack, stored.pk)
@@ -208,8 +209,9 @@ class Processor:
                 recorded: list[bool] = []
 
                 def record(
-                    tx: Transaction, warning: str = warning, bundle: dict[str, Any] = bundle
-                ) -> None:
+                    tx: Transaction, warning: str = warning, bundle: dict[str, Any] = bundle,
+                    recorded: list[bool] = recorded,
+                ) -> None:  # fmt: skip
                     found = regressions(tx)
                     if found:
                         raise StaleResults(found)

@@ -254,7 +254,12 @@ def _hl7_inbox(args: argparse.Namespace) -> int:
     proc = build_processor(get_settings())
     if args.hl7_command == "list":
         found = proc.inbox.list(
-            args.status, args.type, args.sender, args.limit, since=args.since, until=args.until,
+            args.status,
+            args.type,
+            args.sender,
+            args.limit,
+            since=args.since,
+            until=args.until,
             flag=args.flag,
         )
         rows = [r.as_dict() for r in found]

@@ -86,7 +86,10 @@ class Settings(BaseSettings):
         default=64, ge=1, description="open MLLP connections at once; more are closed at accept"
     )
     hl7_mapping_workers: int = Field(
-        default=4, ge=1, le=64, description="threads mapping HL7 messages (one patient at a time each)"
+        default=4,
+        ge=1,
+        le=64,
+        description="HL7 mapping threads (one patient each at a time)",
     )
     mllp_tls_cert: str = Field(default="", description="PEM server certificate; enables TLS")
     mllp_tls_key: str = Field(default="", description="PEM private key for mllp_tls_cert")

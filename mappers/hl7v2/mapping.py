@@ -407,8 +407,8 @@ def _result_group(
     earlier = b.written("DiagnosticReport", key.query)  # the same order in an earlier group
     if earlier is not None:
         obs_refs = _union(earlier.get("result", []), obs_refs)
-        specimens = [r["reference"] for r in _union(earlier.get("specimen", []),
-                                                    [{"reference": r} for r in specimens])]  # fmt: skip
+        mine = [{"reference": r} for r in specimens]
+        specimens = [r["reference"] for r in _union(earlier.get("specimen", []), mine)]
     if obs_refs:
         rep["result"] = obs_refs
     if specimens:

@@ -19,8 +19,9 @@ HEAD = "MSH|^~\\&|LAB|HOSP|EHR|HOSP|{time}||ORU^R01|{ctrl}|P|2.5.1{modes}"
 PID = "PID|1||{mrn}^^^HOSP^MR||Doe^Jane||19800102|F"
 
 
-def oru(ctrl: str, st: str = "F", value: int = 100, *, mrn: str = "123", time_: str = "20240101120000",
-        modes: str = "", obx: int = 10, orc: bool = True, order: str = "FI1") -> bytes:  # fmt: skip
+def oru(ctrl: str, st: str = "F", value: int = 100, *, mrn: str = "123",
+        time_: str = "20240101120000", modes: str = "", obx: int = 10, orc: bool = True,
+        order: str = "FI1") -> bytes:  # fmt: skip
     lines = [HEAD.format(time=time_, ctrl=ctrl, modes=modes), PID.format(mrn=mrn)]
     if orc:
         lines.append(f"ORC|RE|PL1|{order}")
@@ -82,9 +83,7 @@ def test_resend_with_a_new_timestamp_is_a_duplicate(app: Any, client: TestClient
     ("modes", "acks"),
     [("|||NE|NE", 0), ("|||AL|NE", 1), ("|||ER|ER", 0), ("|||SU|NE", 1)],
 )
-def test_a_duplicate_gets_no_ack_the_original_did_not_get(
-    app: Any, modes: str, acks: int
-) -> None:
+def test_a_duplicate_gets_no_ack_the_original_did_not_get(app: Any, modes: str, acks: int) -> None:
     proc = make(app)
     first = proc.handle(oru("N1", modes=modes))
     sent = [a for a in (first.ack, first.followup() if first.followup else None) if a]
@@ -178,8 +177,10 @@ def test_cancelled_and_corrections_after_final(app: Any, client: TestClient) -> 
 
 def test_oru_without_orc_has_a_report_per_obr(app: Any, client: TestClient) -> None:
     proc = make(app)
-    two = oru("O1", orc=False, obx=2) + b"\r" + b"\r".join(
-        oru("x", orc=False, order="FI2", obx=3).split(b"\r")[2:]
+    two = (
+        oru("O1", orc=False, obx=2)
+        + b"\r"
+        + b"\r".join(oru("x", orc=False, order="FI2", obx=3).split(b"\r")[2:])
     )
     assert msa(proc.handle(two).ack)[1] == "AA"
     assert total(client, "DiagnosticReport") == 2

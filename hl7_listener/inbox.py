@@ -299,10 +299,10 @@ def _earlier(conn: Any, batch: list[Arrival]) -> list[InboxRow]:
     id, or, for messages without a control id, its content hash; oldest first."""
     keyed = [a for a in batch if a.control_id]
     hashes = [a.content_hash for a in batch if not a.control_id and a.content_hash]
-    params = {
-        "senders": sorted({a.sender[:255] for a in keyed}) or ["\x00"],
-        "control_ids": sorted({a.control_id[:199] for a in keyed}) or ["\x00"],
-        "hashes": hashes or ["\x00"],
+    params = {  # "" matches nothing a message is stored with (_classify checks anyway)
+        "senders": sorted({a.sender[:255] for a in keyed}) or [""],
+        "control_ids": sorted({a.control_id[:199] for a in keyed}) or [""],
+        "hashes": hashes or [""],
     }
     found = []
     for r in conn.execute(_EARLIER, params):

@@ -8,6 +8,7 @@ from mappers.hl7v2.parser import Message
 
 # HL7 table 0357 codes used in ERR-3.
 ERR_CODES = {
+    "100": "Segment sequence error",
     "101": "Required field missing",
     "102": "Data type error",
     "200": "Unsupported message type",
@@ -29,9 +30,12 @@ def _escape(text: str, msg: Message | None) -> str:
 
 
 def build_ack(
-    msg: Message | None, code: str, text: str = "", err: str = "", control_id: str = ""
-) -> bytes:
-    """An ACK for msg with MSA-1 code; ERR (location, 0357 code, text) only for v2.5+."""
+    msg: Message | None, code: str, text: str = "", err: str = "", control_id: str = "",
+    where: str = "",
+) -> bytes:  # fmt: skip
+    """An ACK for msg with MSA-1 code; ERR (location, 0357 code, text) only for v2.5+.
+    `where` is the ERR-2 location, ``SEG^1^field`` with ^ as written (e.g. ``PID^1^3``);
+    before v2.5, MSA-3 carries the text with the location in front."""
     now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     version = msg.version if msg else "2.5.1"
     if msg is not None:
@@ -55,24 +59,19 @@ def build_ack(
         major = tuple(int(x) for x in version.split(".")[:2])
     except ValueError:
         major = (2, 5)
-    if err and code not in ("AA", "CA") and major >= (2, 5):
+    if err and code not in ("AA", "CA"):
         cs = msg.delims.component if msg else "^"
-        sev = "E"
-        segs.append(
-            fs.join(
-                [
-                    "ERR",
-                    "",
-                    "MSH" + cs + "1" + cs + "9" if err in ("200", "201") else "",
-                    f"{err}{cs}{ERR_CODES.get(err, '')}{cs}HL70357",
-                    sev,
-                    "",
-                    "",
-                    "",
-                    _escape(text, msg),
-                ]
-            )  # fmt: skip
-        )
+        ss = msg.delims.subcomponent if msg else "&"
+        location = (where or ("MSH^1^9" if err in ("200", "201") else "")).replace("^", cs)
+        if major >= (2, 5):  # ERR-2 location, ERR-3 code, ERR-4 severity, ERR-8 text
+            fields = ["ERR", "", location, f"{err}{cs}{ERR_CODES.get(err, '')}{cs}HL70357",
+                      "E", "", "", "", _escape(text, msg)]  # fmt: skip
+        else:  # ERR-1 (ELD): segment ^ sequence ^ field ^ code & text & table
+            parts = location.split(cs) if location else []
+            parts = (parts + ["", "", ""])[:3]
+            code_ce = ss.join([err, ERR_CODES.get(err, ""), "HL70357"])
+            fields = ["ERR", cs.join([*parts, code_ce])]
+        segs.append(fs.join(fields))
     return ("\r".join(segs) + "\r").encode(_codec(msg), "replace")
 
 

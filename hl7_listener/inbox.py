@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,14 +20,19 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
+    bindparam,
     insert,
+    or_,
     select,
-    tuple_,
     update,
 )
 
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
+from mappers.hl7v2.parser import Message, ParseError, parse
+
+log = logging.getLogger("interop.hl7")
 
 hl7_messages = Table(
     "hl7_messages",
@@ -40,9 +48,35 @@ hl7_messages = Table(
     Column("error", Text, nullable=True),
     Column("ack", LargeBinary, nullable=True, doc="the ACK sent, replayed for duplicates"),
     Column("resources", Text, nullable=True, doc="space-separated Type/id produced"),
+    Column("content_hash", String(64), nullable=True, doc="sha256 of the message but MSH-7"),
+    Column("flags", String(255), nullable=True, doc="space-separated: control-id-reuse, ..."),
+    Column("warning", Text, nullable=True, doc="applied, but something was left out: why"),
     Index("ix_hl7_messages_sender_control", "sender", "control_id"),
     Index("ix_hl7_messages_status_received", "status", "received_at"),
+    Index("ix_hl7_messages_content_hash", "content_hash"),
 )
+
+CONTROL_ID_REUSE = "control-id-reuse"
+
+
+def content_hash(msg: Message | bytes) -> str:
+    """What makes two messages the same message: every segment, except MSH-7 (the time a
+    resend may refresh); segment separators (CR, LF, CRLF) do not count. Bytes that do not
+    parse hash as they are."""
+    if isinstance(msg, bytes):
+        raw = msg
+        try:
+            msg = parse(raw)
+        except (ParseError, IndexError):
+            return hashlib.sha256(raw).hexdigest()
+    fs = msg.delims.field
+    lines = []
+    for seg in msg.segments:
+        fields = seg.fields
+        if seg.name == "MSH" and len(fields) > 7:
+            fields = [*fields[:7], "", *fields[8:]]
+        lines.append(fs.join(fields))
+    return hashlib.sha256("\r".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
@@ -58,6 +92,9 @@ class InboxRow:
     error: str | None
     ack: bytes | None
     resources: list[str]
+    content_hash: str | None = None
+    flags: list[str] = field(default_factory=list)
+    warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +107,8 @@ class InboxRow:
             "status": self.status,
             "error": self.error,
             "resources": self.resources,
+            "flags": self.flags,
+            "warning": self.warning,
         }
 
 
@@ -84,7 +123,8 @@ def parse_time(text: str) -> int:
 def _row(r: Any) -> InboxRow:
     return InboxRow(
         r.pk, r.raw, r.sender, r.control_id, r.message_type, r.version, r.received_at,
-        r.status, r.error, r.ack, (r.resources or "").split(),
+        r.status, r.error, r.ack, (r.resources or "").split(), r.content_hash,
+        (r.flags or "").split(), r.warning,
     )  # fmt: skip
 
 
@@ -100,9 +140,16 @@ class Arrival:
     status: str = "received"
     ack: bytes | None = None
     error: str | None = None
+    content_hash: str = ""
+    # called right after the commit, in arrival (pk) order, for a message that is no
+    # duplicate: where mapping is scheduled, so one patient's messages keep their order
+    on_stored: Callable[[Arrival], None] | None = None
+    mapping: Any = None  # what on_stored scheduled (the processor's Future)
     # set by the store:
     pk: int | None = None
-    original: InboxRow | None = None  # an earlier message with this sender + control id
+    original: InboxRow | None = None  # the same message (sender, control id, content) before
+    flags: list[str] = field(default_factory=list)
+    warning: str | None = None
     failure: BaseException | None = None
 
 
@@ -122,8 +169,9 @@ class Inbox:
 
     def store(self, arrival: Arrival) -> Arrival:
         """Commit the message (durable when this returns). An earlier original (same
-        MSH-3+MSH-4+MSH-10, with an ACK) makes it a duplicate, stored with that ACK.
-        Raises if the database cannot take it."""
+        MSH-3+MSH-4, MSH-10 and content but MSH-7, with an ACK) makes it a duplicate, stored
+        with that ACK; the same MSH-10 with other content is a new message, flagged
+        control-id-reuse. Raises if the database cannot take it."""
         with self._cond:
             self._queue.append(arrival)
             while arrival.pk is None and arrival.failure is None:
@@ -146,13 +194,9 @@ class Inbox:
     def _write(self, batch: list[Arrival]) -> None:
         try:
             with write_transaction(self.engine) as conn:  # reads, then writes
-                originals = _originals(conn, batch)
+                earlier = _earlier(conn, batch)
                 for a in batch:
-                    key = (a.sender[:255], a.control_id[:199])
-                    if a.control_id and key in originals:
-                        a.original = originals[key]
-                        a.status, a.ack = "duplicate", a.original.ack
-                        a.error = f"duplicate of {a.original.pk}"
+                    _classify(a, earlier)
                 rows = [
                     {
                         "raw": a.raw,
@@ -164,6 +208,9 @@ class Inbox:
                         "status": a.status,
                         "ack": a.ack,
                         "error": a.error,
+                        "content_hash": a.content_hash or None,
+                        "flags": " ".join(a.flags) or None,
+                        "warning": a.warning,
                     }
                     for a in batch
                 ]
@@ -177,18 +224,29 @@ class Inbox:
             return
         for a, pk in zip(batch, pks, strict=True):
             a.pk = int(pk)
+        for a in batch:  # in pk order: the order messages are mapped in, per patient
+            if a.on_stored is not None and a.original is None:
+                try:
+                    a.on_stored(a)
+                except Exception:  # noqa: BLE001 - left 'received': mapped by the next drain
+                    log.exception("scheduling message %s failed", a.pk)
 
     def finish(
         self, pk: int, status: str, ack: bytes | None, error: str | None = None,
-        resources: list[str] | None = None,
+        resources: list[str] | None = None, warning: str | None = None, conn: Any = None,
     ) -> None:  # fmt: skip
-        values: dict[str, Any] = {"status": status, "error": error}
+        """Record the mapping outcome; with `conn`, inside that (the apply's) transaction."""
+        values: dict[str, Any] = {"status": status, "error": error, "warning": warning}
         if ack is not None:
             values["ack"] = ack
         if resources is not None:
             values["resources"] = " ".join(resources)
-        with write_transaction(self.engine) as conn:
-            conn.execute(update(hl7_messages).where(hl7_messages.c.pk == pk).values(**values))
+        stmt = update(hl7_messages).where(hl7_messages.c.pk == pk).values(**values)
+        if conn is not None:
+            conn.execute(stmt)
+            return
+        with write_transaction(self.engine) as own:
+            own.execute(stmt)
 
     def get(self, pk: int) -> InboxRow | None:
         with self.engine.connect() as conn:
@@ -198,10 +256,14 @@ class Inbox:
     def list(
         self, status: str | None = None, mtype: str | None = None, sender: str | None = None,
         limit: int = 50, offset: int = 0, since: int | None = None, until: int | None = None,
+        oldest_first: bool = False, flag: str | None = None,
     ) -> list[InboxRow]:  # fmt: skip
-        """Newest first; since/until bound the received time (epoch microseconds, until
-        exclusive)."""
-        q = select(hl7_messages).order_by(hl7_messages.c.pk.desc()).limit(limit).offset(offset)
+        """Newest first (or oldest first, the order to map them in); since/until bound the
+        received time (epoch microseconds, until exclusive); flag picks flagged messages."""
+        order = hl7_messages.c.pk.asc() if oldest_first else hl7_messages.c.pk.desc()
+        q = select(hl7_messages).order_by(order).limit(limit).offset(offset)
+        if flag:
+            q = q.where(hl7_messages.c.flags.contains(flag))
         if since is not None:
             q = q.where(hl7_messages.c.received_at >= since)
         if until is not None:
@@ -216,18 +278,58 @@ class Inbox:
             return [_row(r) for r in conn.execute(q)]
 
 
-def _originals(conn: Any, batch: list[Arrival]) -> dict[tuple[str, str], InboxRow]:
-    """Earlier messages with an ACK for the batch's sender + control id keys."""
-    keys = {(a.sender[:255], a.control_id[:199]) for a in batch if a.control_id}
-    found: dict[tuple[str, str], InboxRow] = {}
-    if keys:
-        q = (
-            select(hl7_messages)
-            .where(tuple_(hl7_messages.c.sender, hl7_messages.c.control_id).in_(keys))
-            .where(hl7_messages.c.status.in_(("received", "processed", "failed")))
-            .where(hl7_messages.c.ack.is_not(None))
-            .order_by(hl7_messages.c.pk.desc())
-        )
-        for r in conn.execute(q):
-            found[(r.sender, r.control_id)] = _row(r)  # descending: the oldest wins
+_EARLIER = (
+    select(*(c for c in hl7_messages.c if c.name != "raw"))
+    .where(
+        or_(
+            and_(
+                hl7_messages.c.sender.in_(bindparam("senders", expanding=True)),
+                hl7_messages.c.control_id.in_(bindparam("control_ids", expanding=True)),
+            ),
+            hl7_messages.c.content_hash.in_(bindparam("hashes", expanding=True)),
+        ),
+        hl7_messages.c.status.in_(("received", "processed", "failed")),
+    )
+    .order_by(hl7_messages.c.pk)
+)  # built once: compiled once, whatever the batch
+
+
+def _earlier(conn: Any, batch: list[Arrival]) -> list[InboxRow]:
+    """Stored messages (duplicates excluded) that share a batch message's sender and control
+    id, or, for messages without a control id, its content hash; oldest first."""
+    keyed = [a for a in batch if a.control_id]
+    hashes = [a.content_hash for a in batch if not a.control_id and a.content_hash]
+    params = {  # "" matches nothing a message is stored with (_classify checks anyway)
+        "senders": sorted({a.sender[:255] for a in keyed}) or [""],
+        "control_ids": sorted({a.control_id[:199] for a in keyed}) or [""],
+        "hashes": hashes or [""],
+    }
+    found = []
+    for r in conn.execute(_EARLIER, params):
+        row = InboxRow(r.pk, b"", r.sender, r.control_id, r.message_type, r.version,
+                       r.received_at, r.status, r.error, r.ack, [], r.content_hash)  # fmt: skip
+        if row.content_hash is None:  # stored before hashes were kept
+            raw = conn.execute(select(hl7_messages.c.raw).where(hl7_messages.c.pk == r.pk))
+            row.content_hash = content_hash(raw.scalar_one())
+        found.append(row)
     return found
+
+
+def _classify(a: Arrival, earlier: list[InboxRow]) -> None:
+    """Duplicate (same sender, control id and content: gets the original's ACK back), or a
+    new message, flagged when it reuses another message's control id."""
+    sender, control_id = a.sender[:255], a.control_id[:199]
+    same_key = [r for r in earlier if r.sender == sender and r.control_id == control_id]
+    for r in same_key:
+        if r.content_hash == a.content_hash and r.ack is not None:
+            a.original = r
+            a.status, a.ack = "duplicate", r.ack
+            a.error = f"duplicate of {r.pk}"
+            return
+    reused = [r.pk for r in same_key if r.content_hash != a.content_hash]
+    if control_id and reused:
+        a.flags.append(CONTROL_ID_REUSE)
+        a.warning = (
+            f"control id {control_id} reused: message {reused[0]} from this sender had "
+            "other content; this one is processed as a new message"
+        )

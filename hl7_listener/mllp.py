@@ -33,6 +33,7 @@ class MllpServer:
         idle_timeout: float = 300.0,
         ssl_context: ssl.SSLContext | None = None,
         oversize: Callable[[bytes, str], None] | None = None,
+        max_connections: int = 64,
     ) -> None:
         self.handler = handler
         self.host, self.port = host, port
@@ -40,6 +41,8 @@ class MllpServer:
         self.idle_timeout = idle_timeout
         self.ssl_context = ssl_context
         self.oversize = oversize
+        self.max_connections = max_connections
+        self._open = 0
         self._server: asyncio.Server | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -62,15 +65,26 @@ class MllpServer:
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
+        """One sender. Over `max_connections` open at once, a new connection is closed at
+        accept (nothing was sent on it, so nothing is lost); a connection idle for
+        `idle_timeout` between or inside frames is closed, so idle peers cannot pile up."""
         peer = str(writer.get_extra_info("peername"))
+        if self._open >= self.max_connections:
+            log.warning("MLLP connection from %s refused: %d open", peer, self._open)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        self._open += 1
         if task is not None:
             self._inflight.add(task)  # type: ignore[arg-type]
         try:
             await self._serve(reader, writer, peer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except TimeoutError:
+            log.info("MLLP connection from %s closed after %.0f s idle", peer, self.idle_timeout)
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._open -= 1
             if task is not None:
                 self._inflight.discard(task)  # type: ignore[arg-type]
             writer.close()

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirError
+from fhir_server.store.repository import Transaction
 from hl7_listener.ack import build_ack
-from hl7_listener.inbox import Arrival, Inbox
+from hl7_listener.inbox import CONTROL_ID_REUSE, Arrival, Inbox, content_hash
+from hl7_listener.lanes import Lanes
+from hl7_listener.result_order import Stale, StaleResults, regressions, without
 from mappers.hl7v2 import ParseError, parse, to_bundle
-from mappers.hl7v2.mapping import SUPPORTED, MappingError, UnsupportedMessage
+from mappers.hl7v2.mapping import (
+    SUPPORTED,
+    MappingError,
+    UnsupportedMessage,
+    ident_query,
+    patient_key,
+)
 from mappers.hl7v2.parser import Message
 
 log = logging.getLogger("interop.hl7")
@@ -45,24 +58,44 @@ def wanted(condition: str, positive: bool) -> bool:
     return {"NE": False, "ER": not positive, "SU": positive}.get(condition, True)
 
 
+def _positive(ack: bytes | None) -> bool:
+    """Whether a stored ACK says AA/CA (so MSH-15 ER/SU can tell if it was sent)."""
+    try:
+        msa = parse(ack).first("MSA") if ack else None
+    except (ParseError, IndexError):
+        return False
+    return msa is not None and msa.get(1) in ("AA", "CA")
+
+
 @dataclass
 class Processor:
-    """ack_mode 'map' acknowledges after mapping; 'store' right after the inbox commit."""
+    """ack_mode 'map' acknowledges after mapping; 'store' right after the inbox commit.
+
+    Mapping runs in per-patient lanes (`workers` threads): one patient's messages are
+    applied in arrival (inbox) order, different patients' in parallel."""
 
     inbox: Inbox
     ctx: Context
     ack_mode: str = "map"
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
+    workers: int = 4
+    lanes: Lanes = field(init=False)
+    _pending: set[int] = field(init=False, default_factory=set)
+    _pending_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.lanes = Lanes(self.workers)
 
     def handle(self, raw: bytes, peer: str = "") -> Reply:
         """Store, then acknowledge (and map) by the message's rules; never raises for bad input."""
         try:
             msg = parse(raw)
         except (ParseError, IndexError) as exc:
-            ack = build_ack(None, "AR", str(exc), "102")
-            stored = self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack,
-                                         error=str(exc)))  # fmt: skip
+            ack = build_ack(None, "AR", str(exc), "102", where="MSH")
+            failed = Arrival(raw, peer or "unknown", "", status="failed", ack=ack, error=str(exc),
+                             content_hash=content_hash(raw))  # fmt: skip
+            stored = self._store(failed)
             if stored is None:
                 return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
             return Reply(ack, stored.pk)
@@ -75,33 +108,72 @@ class Processor:
 
         arrival = Arrival(
             raw, f"{msg.msh.get(3)}^{msg.msh.get(4)}", msg.control_id, msg.message_type,
-            msg.version,
+            msg.version, content_hash=content_hash(msg),
         )  # fmt: skip
         mapped_now = not enhanced and self.ack_mode == "map"
+        followup_due = enhanced and not (self.ack_mode == "store" and application == "NE")
         if msg.message_type not in SUPPORTED:
             code = "200" if msg.msh.get(9, 1) not in {s.split("^")[0] for s in SUPPORTED} else "201"
             arrival.error = f"message type {msg.message_type} is not supported"
-            arrival.status, arrival.ack = "failed", build_ack(msg, rej, arrival.error, code)
-        elif not mapped_now:  # the ACK goes out before mapping: store it with the message
-            arrival.ack = build_ack(msg, ok)
+            arrival.status = "failed"
+            arrival.ack = build_ack(msg, rej, arrival.error, code, where="MSH^1^9")
+        else:
+            if not mapped_now:  # the ACK goes out before mapping: store it with the message
+                arrival.ack = build_ack(msg, ok)
+            if mapped_now or followup_due:  # scheduled at commit, in arrival order
+                arrival.on_stored = lambda a: self._schedule(a, msg, keep_ack=not mapped_now)
         stored = self._store(arrival)
         if stored is None:
             ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
             return Reply(answer(ack, False), None)
         pk = stored.pk
         assert pk is not None
-        if stored.original is not None or stored.status == "failed":
-            return Reply(stored.ack if stored.original else answer(stored.ack, False), pk)
+        if stored.original is not None:  # the original's ACK, only if it would have had one
+            return Reply(answer(stored.ack, _positive(stored.ack)), pk)
+        if stored.status == "failed":
+            return Reply(answer(stored.ack, False), pk)
+        mapping: Future[Mapped] | None = stored.mapping
         if mapped_now:
-            return Reply(self.map_stored(pk, msg, ok, err).ack, pk)
-        if self.ack_mode == "store" and (not enhanced or application == "NE"):
+            return Reply(self._result(pk, msg, mapping, ok, err).ack, pk)
+        if not followup_due:
             return Reply(answer(stored.ack, True), pk)  # mapped in the background
 
         def followup() -> bytes | None:
-            mapped = self.map_stored(pk, msg, keep_ack=True)
+            mapped = self._result(pk, msg, mapping, keep_ack=True)
             return mapped.ack if wanted(application, mapped.ok) else None
 
         return Reply(answer(stored.ack, True), pk, followup)
+
+    def _schedule(self, arrival: Arrival, msg: Message, keep_ack: bool) -> None:
+        pk = arrival.pk
+        assert pk is not None
+        warning = arrival.warning
+        arrival.mapping = self.submit(
+            pk, msg, lambda: self.map_stored(pk, msg, keep_ack=keep_ack, note=warning)
+        )
+
+    def submit(self, pk: int, msg: Message, job: Callable[[], Mapped]) -> Future[Mapped]:
+        """Queue a mapping in its patient's lane (messages without a patient: their own)."""
+        with self._pending_lock:
+            self._pending.add(pk)
+
+        def run() -> Mapped:
+            try:
+                return job()
+            finally:
+                with self._pending_lock:
+                    self._pending.discard(pk)
+
+        return self.lanes.submit(patient_key(msg, self.systems) or f"message:{pk}", run)
+
+    def _result(
+        self, pk: int, msg: Message, mapping: Future[Mapped] | None, ok: str = "AA",
+        err: str = "AE", keep_ack: bool = False,
+    ) -> Mapped:  # fmt: skip
+        """The scheduled mapping's outcome (mapped here if scheduling failed)."""
+        if mapping is None:
+            return self.map_stored(pk, msg, ok, err, keep_ack)
+        return mapping.result()
 
     def _store(self, arrival: Arrival) -> Arrival | None:
         """The inbox commit; None when the database cannot take the message now."""
@@ -118,52 +190,119 @@ class Processor:
         self._store(Arrival(raw, peer or "unknown", "", status="failed", ack=ack, error=text))
 
     def map_stored(
-        self, pk: int, msg: Message, ok: str = "AA", err: str = "AE", keep_ack: bool = False
-    ) -> Mapped:
-        """Map and apply; records processed/failed with produced resource ids. keep_ack
-        leaves the ACK already sent (and replayed to duplicates) as it was."""
+        self, pk: int, msg: Message, ok: str = "AA", err: str = "AE", keep_ack: bool = False,
+        note: str | None = None,
+    ) -> Mapped:  # fmt: skip
+        """Map and apply; records processed/failed with produced resource ids in the same
+        transaction as the resources. keep_ack leaves the ACK already sent (and replayed to
+        duplicates) as it was. A result that would move backwards is left out (warning)."""
+        ack = build_ack(msg, ok)
+        stale: list[Stale] = []
+        received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            bundle = to_bundle(msg, systems=self.systems, tz=self.tz)
-            resources = self.apply(bundle)
+            while True:
+                bundle = to_bundle(msg, systems=self.systems, tz=self.tz, received=received)
+                if stale:
+                    bundle = without(bundle, stale, ident_query)
+                warning = "; ".join([*([note] if note else []), *(s.describe() for s in stale)])
+
+                recorded: list[bool] = []
+
+                def record(
+                    tx: Transaction, warning: str = warning, bundle: dict[str, Any] = bundle,
+                    recorded: list[bool] = recorded,
+                ) -> None:  # fmt: skip
+                    found = regressions(tx)
+                    if found:
+                        raise StaleResults(found)
+                    made = _produced(bundle) or [f"{t}/{i}" for t, i, _ in tx.changes]
+                    self.inbox.finish(pk, "processed", None if keep_ack else ack, None, made,
+                                      warning or None, conn=tx.conn)  # fmt: skip
+                    recorded.append(True)
+
+                try:
+                    self._apply(bundle, record)
+                    if not recorded:  # nothing changed: no hook ran
+                        self.inbox.finish(pk, "processed", None if keep_ack else ack, None, [],
+                                          warning or None)  # fmt: skip
+                    return Mapped(ack, True)
+                except StaleResults as exc:
+                    stale += exc.stale
         except (MappingError, UnsupportedMessage, FhirError) as exc:
             text = exc.outcome()["issue"][0].get("diagnostics", "") if isinstance(
                 exc, FhirError) else str(exc)  # fmt: skip
-            ack = build_ack(msg, err, text or "mapping failed", "207")
-            self.inbox.finish(pk, "failed", None if keep_ack else ack, text)
+            where, code = (exc.where, exc.code) if isinstance(exc, MappingError) else ("", "207")
+            ack = build_ack(msg, err, text or "mapping failed", code, where=where)
+            self.inbox.finish(pk, "failed", None if keep_ack else ack, text, warning=note)
             return Mapped(ack, False)
         except Exception as exc:
             log.exception("mapping message %s failed", pk)
             ack = build_ack(msg, err, "internal error while mapping", "207")
             self.inbox.finish(
-                pk, "failed", None if keep_ack else ack, f"{type(exc).__name__}: {exc}"
-            )
+                pk, "failed", None if keep_ack else ack, f"{type(exc).__name__}: {exc}",
+                warning=note,
+            )  # fmt: skip
             return Mapped(ack, False)
-        ack = build_ack(msg, ok)
-        self.inbox.finish(pk, "processed", None if keep_ack else ack, None, resources)
-        return Mapped(ack, True)
 
-    def apply(self, bundle: dict[str, object]) -> list[str]:
-        """Apply through the one write path, exactly like a POSTed transaction."""
+    def _apply(self, bundle: dict[str, Any], record: Callable[[Transaction], None]) -> None:
+        """Apply through the one write path, exactly like a POSTed transaction; `record`
+        runs inside its transaction, before the audit trail's hook."""
+        audit = self.ctx.before_commit
+
+        def before_commit(tx: Transaction) -> None:
+            record(tx)
+            if audit is not None:
+                audit(tx)
+
         # concurrent messages for one patient stay one Patient: the store locks identities
-        out = apply_transaction(self.ctx, dict(bundle))
-        return [
-            "/".join(e["response"]["location"].split("/_history")[0].split("/")[-2:])
-            for e in out.get("entry", [])
-            if e.get("response", {}).get("location")
-        ]
+        apply_transaction(dataclasses.replace(self.ctx, before_commit=before_commit), bundle)
 
     def process_pending(self) -> int:
-        """Map messages left 'received' (ack-after-store, or a crash before mapping)."""
-        done = 0
-        for row in self.inbox.list(status="received", limit=1000):
-            self.map_stored(row.pk, parse(row.raw), keep_ack=True)
-            done += 1
-        return done
+        """Map messages left 'received' (ack-after-store, or a crash before mapping), oldest
+        first through the patient lanes; waits until they are done."""
+        rows = self.inbox.list(status="received", limit=1000, oldest_first=True)
+        with self._pending_lock:
+            rows = [r for r in rows if r.pk not in self._pending]
+        futures = []
+        for row in rows:
+            try:
+                msg = parse(row.raw)
+            except (ParseError, IndexError):
+                self.inbox.finish(row.pk, "failed", None, "unreadable message")
+                continue
+            note = _reuse_note(row.control_id) if CONTROL_ID_REUSE in row.flags else None
+            futures.append(self.submit(row.pk, msg, _job(self, row.pk, msg, note)))
+        for f in futures:
+            f.result()
+        return len(futures)
 
     def replay(self, pk: int) -> str:
         row = self.inbox.get(pk)
         if row is None:
             raise KeyError(pk)
-        self.map_stored(pk, parse(row.raw), keep_ack=True)
+        msg = parse(row.raw)
+        note = _reuse_note(row.control_id) if CONTROL_ID_REUSE in row.flags else None
+        self.submit(pk, msg, _job(self, pk, msg, note)).result()
         done = self.inbox.get(pk)
         return done.status if done else "unknown"
+
+    def close(self) -> None:
+        self.lanes.shutdown()
+
+
+def _produced(bundle: dict[str, Any]) -> list[str]:
+    """Type/id of every entry (changed or not): the store gave each its id before writing."""
+    out = []
+    for entry in bundle.get("entry", []):
+        res = entry.get("resource") or {}
+        if res.get("id"):
+            out.append(f"{res['resourceType']}/{res['id']}")
+    return out
+
+
+def _job(proc: Processor, pk: int, msg: Message, note: str | None) -> Callable[[], Mapped]:
+    return lambda: proc.map_stored(pk, msg, keep_ack=True, note=note)
+
+
+def _reuse_note(control_id: str) -> str:
+    return f"control id {control_id} reused by this sender for other content"

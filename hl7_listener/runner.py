@@ -39,7 +39,7 @@ def build_processor(settings: Settings) -> Processor:
     ctx = Context(Store(engine, base), base)
     return Processor(
         Inbox(engine), ctx, settings.mllp_ack_mode, settings.hl7_authorities,
-        settings.hl7_time_zone,
+        settings.hl7_time_zone, settings.hl7_mapping_workers,
     )  # fmt: skip
 
 
@@ -54,6 +54,7 @@ async def serve(
     server = MllpServer(
         proc.handle, settings.mllp_host, settings.mllp_port, settings.mllp_max_frame,
         settings.mllp_idle_timeout, tls_context(settings), proc.reject_oversize,
+        settings.mllp_max_connections,
     )  # fmt: skip
     port = await server.start()
     stop = stop or asyncio.Event()
@@ -75,6 +76,7 @@ async def serve(
     await server.stop()
     await worker
     await asyncio.to_thread(proc.process_pending)
+    proc.close()
     proc.ctx.store.engine.dispose()
     log.info("MLLP listener stopped")
 

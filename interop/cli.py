@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lst.add_argument("--sender", help="MSH-3^MSH-4")
     lst.add_argument("--since", type=parse_time, help="received at or after (ISO date/time)")
     lst.add_argument("--until", type=parse_time, help="received before (ISO date/time)")
+    lst.add_argument("--flag", help="flagged messages only, e.g. control-id-reuse")
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--json", action="store_true", help="one JSON object on stdout")
     show = hl7_commands.add_parser("show", help="one message: raw, status, error, resources")
@@ -253,13 +254,21 @@ def _hl7_inbox(args: argparse.Namespace) -> int:
     proc = build_processor(get_settings())
     if args.hl7_command == "list":
         found = proc.inbox.list(
-            args.status, args.type, args.sender, args.limit, since=args.since, until=args.until
+            args.status,
+            args.type,
+            args.sender,
+            args.limit,
+            since=args.since,
+            until=args.until,
+            flag=args.flag,
         )
         rows = [r.as_dict() for r in found]
         if args.json:
             print(json.dumps({"messages": rows}))
         for r in [] if args.json else rows:
-            print(f"{r['id']:>8} {r['status']:<10} {r['type']:<10} {r['sender']} {r['controlId']}")
+            flags = " ".join(r["flags"])
+            print(f"{r['id']:>8} {r['status']:<10} {r['type']:<10} {r['sender']} {r['controlId']}"
+                  + (f" [{flags}]" if flags else ""))  # fmt: skip
         return 0
     if args.hl7_command == "show":
         row = proc.inbox.get(args.id)

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     )  # fmt: skip
     mllp_max_frame: int = Field(default=10 * 1024 * 1024, ge=1024, description="MLLP frame limit")
     mllp_idle_timeout: float = Field(default=300.0, gt=0, description="idle connection seconds")
+    mllp_max_connections: int = Field(
+        default=64, ge=1, description="open MLLP connections at once; more are closed at accept"
+    )
+    hl7_mapping_workers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="HL7 mapping threads (one patient each at a time)",
+    )
     mllp_tls_cert: str = Field(default="", description="PEM server certificate; enables TLS")
     mllp_tls_key: str = Field(default="", description="PEM private key for mllp_tls_cert")
     mllp_tls_ca: str = Field(default="", description="PEM CA bundle; requires client certificates")

@@ -1,15 +1,26 @@
 """HL7 v2 message -> FHIR transaction Bundle, following the v2-to-FHIR IG.
 
-Every resource is written by conditional PUT on a stable identifier (patient by
-PID-3 system|value, results by filler order number + OBX set id/code) so a re-sent or
-corrected message updates the same resources instead of creating new ones.
+Every resource is written by conditional PUT on a stable identifier, so a re-sent,
+preliminary-then-final or corrected message updates the same resources (a new version)
+instead of creating new ones:
+
+- Patient: the first usable identifier of PID-3, then PID-2, then PID-4;
+- ServiceRequest / DiagnosticReport: the order's filler number (OBR-3, else ORC-3), else
+  its placer number (OBR-2, else ORC-2), as system|value when the EI names an authority;
+- Observation: that order number + OBX-3 code + OBX-4 sub-id. Never MSH-10, message time,
+  OBR-1/OBX-1 set ids or the position of the OBR group. When one OBR group repeats a code
+  and sub-id (report lines, comments), the nth repeat is told apart by `#n`.
+
+An identity written twice in one message is one entry: the later segment wins (a
+DiagnosticReport keeps the results of every group of its order).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -65,7 +76,13 @@ class UnsupportedMessage(ValueError):
 
 
 class MappingError(ValueError):
-    """The content cannot be mapped; the text says what to fix."""
+    """The content cannot be mapped; the text says what to fix, `where` names the segment
+    and field (ERR-2, e.g. ``PID^1^3``) and `code` the HL7 table 0357 error code."""
+
+    def __init__(self, text: str, where: str = "", code: str = "207") -> None:
+        super().__init__(text)
+        self.where = where
+        self.code = code
 
 
 class _Builder:
@@ -75,13 +92,30 @@ class _Builder:
         self.tz = tz
         self.entries: list[dict[str, Any]] = []
         self._shared: dict[str, str] = {}
+        self._by_url: dict[str, dict[str, Any]] = {}
 
     def add(self, res: Resource, query: str | None) -> str:
+        """An entry (conditional PUT on `query`, else POST); an identity already in the
+        Bundle is written once, with the later resource."""
+        if query:
+            url = f"{res['resourceType']}?{query}"
+            known = self._by_url.get(url)
+            if known is not None:
+                known["resource"] = res
+                return str(known["fullUrl"])
         full = f"urn:uuid:{uuid.uuid4()}"
-        req = {"method": "PUT", "url": f"{res['resourceType']}?{query}"} if query else {
+        req = {"method": "PUT", "url": url} if query else {
             "method": "POST", "url": res["resourceType"]}  # fmt: skip
-        self.entries.append({"fullUrl": full, "resource": res, "request": req})
+        entry = {"fullUrl": full, "resource": res, "request": req}
+        self.entries.append(entry)
+        if query:
+            self._by_url[url] = entry
         return full
+
+    def written(self, res_type: str, query: str) -> Resource | None:
+        """The resource this Bundle already writes under that identity, if any."""
+        entry = self._by_url.get(f"{res_type}?{query}")
+        return entry["resource"] if entry else None
 
     def shared(self, res: Resource, query: str) -> str:
         """A resource several segments point at (a performer): one entry per identity."""
@@ -98,22 +132,57 @@ def _ident_query(system: str, value: str) -> str:
     return f"identifier={system}|{value}" if system else f"identifier={value}"
 
 
+def ident_query(ident: Resource) -> str:
+    """The conditional query an entry is written under: its first identifier."""
+    return _ident_query(ident.get("system", ""), ident["value"])
+
+
+PATIENT_ID_FIELDS = (3, 2, 4)  # PID-3 patient identifier list, PID-2 external, PID-4 alternate
+
+
+def _cx(b: _Builder, rep: list[list[str]]) -> Resource | None:
+    """CX -> Identifier (value, system from CX-4 authority, type from CX-5); None if empty."""
+    value = rep[0][0]
+    if not value:
+        return None
+    auth = (rep[3] if len(rep) > 3 else []) + ["", ""]
+    authority = auth[1] or auth[0]  # universal id (OID) else namespace
+    ident: Resource = {"value": value}
+    system = b.system(authority) if authority else ""
+    if system:
+        ident["system"] = system
+    kind = rep[4][0] if len(rep) > 4 else ""
+    if kind:
+        ident["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                     "code": kind}]}  # fmt: skip
+    return ident
+
+
+def patient_identifiers(b: _Builder, pid: Segment) -> list[Resource]:
+    """Every usable identifier of PID-3, PID-2 and PID-4, in that order, without repeats."""
+    idents: list[Resource] = []
+    seen: set[tuple[str, str]] = set()
+    for n in PATIENT_ID_FIELDS:
+        for rep in pid.reps(n):
+            ident = _cx(b, rep)
+            if ident is None:
+                continue
+            key = (ident.get("system", ""), ident["value"])
+            if key not in seen:
+                seen.add(key)
+                idents.append(ident)
+    return idents
+
+
 def patient(b: _Builder, pid: Segment) -> tuple[Resource, str]:
-    """PID -> Patient; identity is the first PID-3 repetition (system|value)."""
-    idents = []
-    for rep in pid.reps(3) or pid.reps(2):
-        value = rep[0][0]
-        if not value:
-            continue
-        auth = rep[3] if len(rep) > 3 else [""]
-        authority = auth[1] if len(auth) > 2 and auth[1] else auth[0]
-        ident: Resource = {"value": value}
-        system = b.system(authority) if authority else ""
-        if system:
-            ident["system"] = system
-        idents.append(ident)
+    """PID -> Patient; identity is its first usable identifier (PID-3, then PID-2, PID-4).
+    Only a PID without any usable identifier is refused."""
+    idents = patient_identifiers(b, pid)
     if not idents:
-        raise MappingError("PID-3 has no patient identifier; PID-3.1 is required")
+        raise MappingError(
+            "PID-3 (and PID-2, PID-4) hold no patient identifier; one is required",
+            "PID^1^3", "101",
+        )  # fmt: skip
     res: Resource = {"resourceType": "Patient", "identifier": idents}
     names = []
     for rep in pid.reps(5):
@@ -141,9 +210,7 @@ def patient(b: _Builder, pid: Segment) -> tuple[Resource, str]:
         res["address"] = addrs
     if pid.get(30) == "Y":
         res["deceasedBoolean"] = True
-    first = idents[0]
-    query = _ident_query(first.get("system", ""), first["value"])
-    return res, b.add(res, query)
+    return res, b.add(res, ident_query(idents[0]))
 
 
 def encounter(b: _Builder, pv1: Segment, patient_ref: str, trigger: str) -> str | None:
@@ -174,11 +241,12 @@ def _notes(segs: list[Segment]) -> list[Resource]:
 
 
 def oru(b: _Builder) -> None:
-    """ORU^R01: patient, visit, then per OBR a ServiceRequest, DiagnosticReport, OBXs."""
+    """ORU^R01: patient, visit, then per OBR group (ORC optional) a ServiceRequest and a
+    DiagnosticReport with its Observations."""
     msg = b.msg
     pid = msg.first("PID")
     if pid is None:
-        raise MappingError("ORU^R01 without a PID segment; a result needs a patient")
+        raise MappingError("ORU^R01 without a PID segment; a result needs a patient", "PID", "100")
     _, pref = patient(b, pid)
     pv1 = msg.first("PV1")
     eref = encounter(b, pv1, pref, "") if pv1 else None
@@ -197,28 +265,71 @@ def oru(b: _Builder) -> None:
         while i < len(segs) and segs[i].name not in ("OBR", "ORC", "PID"):
             group.append(segs[i])
             i += 1
-        _result_group(b, group, orc, pref, eref)
+        _result_group(b, group, orc, pid, pref, eref)
         orc = None
 
 
-def _order_ids(obr: Segment, orc: Segment | None) -> tuple[str, str]:
-    placer = obr.get(2) or (orc.get(2) if orc else "")
-    filler = obr.get(3) or (orc.get(3) if orc else "")
+class OrderId(NamedTuple):
+    """An EI order number as an Identifier: value, system (from its authority), type."""
+
+    value: str
+    system: str
+    kind: str  # FILL or PLAC
+
+    def identifier(self) -> Resource:
+        ident: Resource = {"type": {"coding": [{"code": self.kind}]}, "value": self.value}
+        if self.system:
+            ident["system"] = self.system
+        return ident
+
+    @property
+    def query(self) -> str:
+        return _ident_query(self.system, self.value)
+
+
+def _ei(b: _Builder, seg: Segment | None, n: int, kind: str) -> OrderId | None:
+    reps = seg.reps(n) if seg is not None else []
+    if not reps or not reps[0][0][0]:
+        return None
+    c = [x[0] for x in reps[0]] + ["", "", ""]
+    authority = c[2] or c[1]  # universal id, else namespace
+    return OrderId(c[0], b.system(authority) if authority else "", kind)
+
+
+def _order_ids(
+    b: _Builder, obr: Segment, orc: Segment | None
+) -> tuple[OrderId | None, OrderId | None]:
+    """(placer, filler): OBR-2/OBR-3, else ORC-2/ORC-3."""
+    placer = _ei(b, obr, 2, "PLAC") or _ei(b, orc, 2, "PLAC")
+    filler = _ei(b, obr, 3, "FILL") or _ei(b, orc, 3, "FILL")
     return placer, filler
 
 
+def _order_key(
+    b: _Builder, obr: Segment, orc: Segment | None, pid: Segment | None
+) -> tuple[OrderId | None, OrderId | None, OrderId]:
+    """(placer, filler, the order's identity): the filler number, else the placer number;
+    an OBR without either is identified by patient + OBR-4 service + OBR-7 time, which a
+    resend repeats (never by message id or position)."""
+    placer, filler = _order_ids(b, obr, orc)
+    key = filler or placer
+    if key is None:
+        who = patient_identifiers(b, pid)[0]["value"] if pid is not None else ""
+        service = obr.get(4) or obr.get(4, 2)
+        key = OrderId(f"{who}-{service}-{obr.get(7)}".strip("-"), "", "FILL")
+    return placer, filler, key
+
+
 def _service_request(
-    b: _Builder, obr: Segment, orc: Segment | None, pref: str, status: str, notes: list[Resource]
+    b: _Builder,
+    ids: tuple[OrderId | None, OrderId | None, OrderId],
+    obr: Segment,
+    pref: str,
+    status: str,
+    notes: list[Resource],
 ) -> str:
-    placer, filler = _order_ids(obr, orc)
-    key = placer or filler
-    if not key:
-        raise MappingError("OBR-2/OBR-3 (placer/filler order number) missing")
-    idents = []
-    if placer:
-        idents.append({"type": {"coding": [{"code": "PLAC"}]}, "value": placer})
-    if filler:
-        idents.append({"type": {"coding": [{"code": "FILL"}]}, "value": filler})
+    placer, filler, key = ids
+    idents = [i.identifier() for i in (placer, filler) if i is not None] or [key.identifier()]
     res: Resource = {
         "resourceType": "ServiceRequest",
         "identifier": idents,
@@ -231,27 +342,35 @@ def _service_request(
         res["code"] = code
     if notes:
         res["note"] = notes
-    return b.add(res, f"identifier={key}")
+    return b.add(res, (placer or key).query)
 
 
 def _result_group(
-    b: _Builder, group: list[Segment], orc: Segment | None, pref: str, eref: str | None
+    b: _Builder,
+    group: list[Segment],
+    orc: Segment | None,
+    pid: Segment | None,
+    pref: str,
+    eref: str | None,
 ) -> None:
     obr = group[0]
-    placer, filler = _order_ids(obr, orc)
-    key = filler or placer
+    ids = _order_key(b, obr, orc, pid)
+    key = ids[2]
     lead = 1
     while lead < len(group) and group[lead].name == "NTE":
         lead += 1
     # NTEs right after the OBR annotate the order (R4 DiagnosticReport has no note)
-    sr = _service_request(b, obr, orc, pref, "completed", _notes(group[1:lead]))
+    sr = _service_request(b, ids, obr, pref, "completed", _notes(group[1:lead]))
     obs_refs: list[Resource] = []
     last: Resource | None = None
     specimens: list[str] = []
     results: list[Resource] = []
+    repeats: dict[tuple[str, str], int] = {}
     for seg in group[lead:]:
         if seg.name == "OBX":
-            last, ref = observation(b, seg, key, pref, eref)
+            ident = (obx_code(seg), seg.get(4))
+            repeats[ident] = repeats.get(ident, 0) + 1
+            last, ref = observation(b, seg, key, repeats[ident], pref, eref)
             if specimens:  # an OBX of the SPECIMEN group describes that specimen
                 last["focus"] = [{"reference": specimens[-1]}]
                 last["specimen"] = {"reference": specimens[-1]}
@@ -261,14 +380,14 @@ def _result_group(
         elif seg.name == "NTE" and last is not None:
             last.setdefault("note", []).extend(_notes([seg]))
         elif seg.name == "SPM":
-            specimens.append(specimen(b, seg, pref, key))
+            specimens.append(specimen(b, seg, pref, key.value))
             last = None
     if len(specimens) == 1:
         for res in results:
             res["specimen"] = {"reference": specimens[0]}
     rep: Resource = {
         "resourceType": "DiagnosticReport",
-        "identifier": [{"type": {"coding": [{"code": "FILL"}]}, "value": key}],
+        "identifier": [key.identifier()],
         "basedOn": [{"reference": sr}],
         "status": OBR_STATUS.get(obr.get(25), "unknown"),
         "code": codeable(obr.reps(4)) or {"text": "unknown"},
@@ -285,24 +404,46 @@ def _result_group(
     issued = dt(obr.get(22), b.tz)
     if issued and len(issued) > 10:
         rep["issued"] = issued
+    earlier = b.written("DiagnosticReport", key.query)  # the same order in an earlier group
+    if earlier is not None:
+        obs_refs = _union(earlier.get("result", []), obs_refs)
+        mine = [{"reference": r} for r in specimens]
+        specimens = [r["reference"] for r in _union(earlier.get("specimen", []), mine)]
     if obs_refs:
         rep["result"] = obs_refs
     if specimens:
         rep["specimen"] = [{"reference": r} for r in specimens]
-    b.add(rep, f"identifier={key}")
+    b.add(rep, key.query)
+
+
+def _union(first: list[Resource], then: list[Resource]) -> list[Resource]:
+    seen = {r["reference"] for r in first}
+    return [*first, *(r for r in then if r["reference"] not in seen)]
+
+
+def obx_code(obx: Segment) -> str:
+    """The OBX-3 code an Observation is identified by (identifier, else alternate id)."""
+    return obx.get(3) or obx.get(3, 4)
 
 
 def observation(
-    b: _Builder, obx: Segment, order_key: str, pref: str, eref: str | None
+    b: _Builder, obx: Segment, order: OrderId, repeat: int, pref: str, eref: str | None
 ) -> tuple[Resource, str]:
-    """OBX -> Observation; identity is filler order + OBX-4/set id + OBX-3 code."""
+    """OBX -> Observation; identity is the order number + OBX-3 code + OBX-4 sub-id (+ #n
+    for the nth repeat of that code and sub-id within the group)."""
     # A missing OBX-3 is kept (text "unknown") rather than losing the whole message.
     code = codeable(obx.reps(3)) or {"text": "unknown"}
-    set_id = obx.get(4) or obx.get(1)
-    obs_id = f"{order_key}-{obx.get(3)}-{set_id}"
+    value = f"{order.value}-{obx_code(obx)}"
+    if obx.get(4):
+        value += f"-{obx.get(4)}"
+    if repeat > 1:
+        value += f"#{repeat}"
+    ident: Resource = {"value": value}
+    if order.system:
+        ident["system"] = order.system
     res: Resource = {
         "resourceType": "Observation",
-        "identifier": [{"value": obs_id}],
+        "identifier": [ident],
         "status": OBX_STATUS.get(obx.get(11), "unknown"),
         "code": code,
         "subject": {"reference": pref},
@@ -322,7 +463,7 @@ def observation(
     performers = _performers(b, obx)
     if performers:
         res["performer"] = performers
-    return res, b.add(res, f"identifier={obs_id}")
+    return res, b.add(res, ident_query(ident))
 
 
 def _performers(b: _Builder, obx: Segment) -> list[Resource]:
@@ -413,12 +554,14 @@ def adt(b: _Builder, trigger: str) -> None:
     """ADT events: upsert Patient and Encounter; A40 links the merged patient."""
     pid = b.msg.first("PID")
     if pid is None:
-        raise MappingError(f"ADT^{trigger} without a PID segment")
+        raise MappingError(f"ADT^{trigger} without a PID segment", "PID", "100")
     pres, pref = patient(b, pid)
     if trigger == "A40":
         mrg = b.msg.first("MRG")
         if mrg is None or not mrg.get(1):
-            raise MappingError("ADT^A40 needs MRG-1 (the prior patient identifier)")
+            raise MappingError(
+                "ADT^A40 needs MRG-1 (the prior patient identifier)", "MRG^1^1", "101"
+            )
         auth = mrg.get(1, 4, 2) or mrg.get(1, 4, 1)
         system = b.system(auth) if auth else ""
         old: Resource = {
@@ -441,8 +584,12 @@ def to_bundle(
     systems: Mapping[str, str] | None = None,
     tz: str = "UTC",
     source: str = "",
+    received: str = "",
 ) -> Resource:
-    """Map a parsed message to a FHIR transaction Bundle (MessageHeader + Provenance)."""
+    """Map a parsed message to a FHIR transaction Bundle (MessageHeader + Provenance).
+
+    Missing optional header fields are left out, never written as empty values: no MSH-10
+    means no Provenance entity, no MSH-7 means `received` (the inbox time) is recorded."""
     mtype = msg.message_type
     if mtype not in SUPPORTED:
         raise UnsupportedMessage(f"message type {mtype or '(empty)'} is not supported")
@@ -465,32 +612,50 @@ def to_bundle(
         "focus": targets,
     }
     b.add(header, None)
+    recorded = dt(msg.msh.get(7), tz) or received or _now()
+    if "T" not in recorded:  # an instant needs a time: a date-only MSH-7 is its midnight
+        recorded = recorded + "-01-01"[len(recorded) - 4 :] + "T00:00:00Z"
     prov: Resource = {
         "resourceType": "Provenance",
         "target": targets or [{"display": "none"}],
-        "recorded": dt(msg.msh.get(7), tz) or "1970-01-01T00:00:00Z",
+        "recorded": recorded,
         "agent": [{"who": {"display": msg.msh.get(4) or msg.msh.get(3) or "unknown"}}],
-        "entity": [{"role": "source", "what": {"identifier": {"value": msg.control_id}}}],
     }
-    if len(prov["recorded"]) <= 10:
-        prov["recorded"] = prov["recorded"] + "T00:00:00Z"
+    if msg.control_id:
+        prov["entity"] = [{"role": "source", "what": {"identifier": {"value": msg.control_id}}}]
     b.add(prov, None)
     return {"resourceType": "Bundle", "type": "transaction", "entry": b.entries}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def orders(b: _Builder) -> None:
     """ORM^O01 / OML^O21: ServiceRequest per ORC/OBR with status from ORC-1/ORC-5."""
     pid = b.msg.first("PID")
     if pid is None:
-        raise MappingError("order message without a PID segment")
+        raise MappingError("order message without a PID segment", "PID", "100")
     _, pref = patient(b, pid)
     orc: Segment | None = None
+    order = "order"
     for seg in b.msg.segments:
         if seg.name == "ORC":
             orc = seg
-        elif seg.name == "OBR" or (seg.name == "SPM" and orc is not None):
-            if seg.name == "SPM":
-                specimen(b, seg, pref, _order_ids(seg, orc)[0] or "order")
-                continue
+        elif seg.name == "SPM" and orc is not None:
+            specimen(b, seg, pref, order)
+        elif seg.name == "OBR":
             st = ORC_STATUS.get(orc.get(5) if orc and orc.get(5) else (orc.get(1) if orc else ""))
-            _service_request(b, seg, orc, pref, st or "active", [])
+            ids = _order_key(b, seg, orc, pid)
+            order = ids[2].value
+            _service_request(b, ids, seg, pref, st or "active", [])
+
+
+def patient_key(msg: Message, systems: Mapping[str, str] | None = None) -> str:
+    """The key one patient's messages are ordered under: their first usable identifier
+    (PID-3, PID-2, PID-4, as the Patient is matched); "" when there is none."""
+    pid = msg.first("PID")
+    if pid is None:
+        return ""
+    idents = patient_identifiers(_Builder(msg, systems or {}, "UTC"), pid)
+    return ident_query(idents[0]) if idents else ""

@@ -39,10 +39,15 @@ class Delimiters:
 
 @dataclass
 class Segment:
-    """One segment: ``fields[0]`` is the segment id, ``fields[n]`` is field n."""
+    """One segment: ``fields[0]`` is the segment id, ``fields[n]`` is field n.
+
+    Every value read through it is unescaped and stripped, so a component that is empty or
+    only whitespace reads as "" and can never become a value anywhere downstream.
+    """
 
     fields: list[str]
     delims: Delimiters
+    _split: dict[int, list[list[list[str]]]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -53,15 +58,25 @@ class Segment:
         return self.fields[n] if n < len(self.fields) else ""
 
     def reps(self, n: int) -> list[list[list[str]]]:
-        """Field n as repetitions -> components -> subcomponents, unescaped."""
+        """Field n as repetitions -> components -> subcomponents, unescaped and stripped
+        (split once per field: the mapper reads some fields several times)."""
+        cached = self._split.get(n)
+        if cached is not None:
+            return cached
         raw = self.raw(n)
-        if raw == "":
-            return []
-        d = self.delims
-        return [
-            [[unescape(s, d) for s in c.split(d.subcomponent)] for c in r.split(d.component)]
-            for r in raw.split(d.repetition)
-        ]
+        if raw.strip() == "":
+            split: list[list[list[str]]] = []
+        else:
+            d = self.delims
+            split = [
+                [
+                    [unescape(s, d).strip() for s in c.split(d.subcomponent)]
+                    for c in r.split(d.component)
+                ]
+                for r in raw.split(d.repetition)
+            ]
+        self._split[n] = split
+        return split
 
     def get(self, n: int, comp: int = 1, sub: int = 1, rep: int = 0) -> str:
         """Value of field n, component comp, subcomponent sub (1-based), unescaped."""
@@ -75,8 +90,8 @@ class Segment:
         return subs[sub - 1] if sub <= len(subs) else ""
 
     def text(self, n: int) -> str:
-        """Whole field n unescaped, components kept joined (for ST/TX/FT values)."""
-        return unescape(self.raw(n), self.delims)
+        """Whole field n unescaped and stripped, components kept joined (ST/TX/FT values)."""
+        return unescape(self.raw(n), self.delims).strip()
 
 
 @dataclass

@@ -98,7 +98,8 @@ def test_garbage_partial_frames_missing_cr_and_duplicates(app: Any) -> None:
         writer.write(data[20:] + EB)  # no final CR
         await writer.drain()
         first = await reader.readuntil(EB + b"\r")
-        writer.write(frame(oru("D1", "555")))
+        resend = oru("D1").replace(b"20240101120000", b"20240101120500")  # MSH-7 refreshed
+        writer.write(frame(resend))
         await writer.drain()
         second = await reader.readuntil(EB + b"\r")
         writer.close()
@@ -391,3 +392,54 @@ def test_interop_serve_drains_the_listener_on_sigterm(tmp_path: Any) -> None:
 
     inbox = Inbox(create_engine(env["INTEROP_DATABASE_URL"]))
     assert [r.status for r in inbox.list()] == ["processed"]  # acknowledged, then mapped
+
+
+def test_python_hl7_mllp_client_gets_each_ack(app: Any) -> None:
+    """python-hl7's MLLPClient (a sender we did not write): good, bad and unreadable input
+    each get an ACK on the same connection, every message stored first."""
+    import hl7.client
+
+    def send_all(port: int) -> list[str]:
+        with hl7.client.MLLPClient("127.0.0.1", port) as client:
+            return [
+                client.send_message(m).decode()
+                for m in (oru("PY1"), b"MSH|^~\\&|A|B|C|D|2024||ADT^A04|PY2|P|2.5\rPID|1", b"junk")
+            ]
+
+    async def scenario(port: int) -> list[str]:
+        return await asyncio.to_thread(send_all, port)
+
+    acks, _, inbox = run(app, scenario)
+    codes = [msa(a.strip("\x0b\x1c\r").encode())[1] for a in acks]
+    assert codes == ["AA", "AE", "AR"]
+    assert "ERR||PID^1^3|101" in acks[1]
+    assert [r.status for r in inbox.list()] == ["failed", "failed", "processed"]
+
+
+def test_connection_cap_and_idle_timeout(app: Any) -> None:
+    """An idle sender is closed after the idle timeout; over the cap, a new connection is
+    closed at once while the ones already open still work."""
+
+    async def scenario(port: int) -> tuple[bytes, bytes, float, bytes]:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        over = await asyncio.wait_for(reader.read(100), 5)  # closed: EOF, no data
+        writer.close()
+        r0, w0 = idle[0]
+        w0.write(frame(oru("CAP1")))
+        await w0.drain()
+        ack = (await r0.readuntil(EB + b"\r"))[1:-2]
+        started = time.monotonic()
+        r1, _ = idle[1]
+        eof = await asyncio.wait_for(r1.read(100), 10)  # the idle one is closed by the server
+        waited = time.monotonic() - started
+        for _, w in idle:
+            w.close()
+        return over, eof, waited, ack
+
+    (over, eof, waited, ack), _, inbox = run(app, scenario, max_connections=2, idle_timeout=1.0)
+    assert over == b"" and eof == b""
+    assert waited < 5
+    assert msa(ack)[1:3] == ["AA", "CAP1"]
+    assert [r.control_id for r in inbox.list()] == ["CAP1"]

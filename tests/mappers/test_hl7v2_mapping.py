@@ -125,7 +125,7 @@ def test_result_identity_is_stable_across_corrections() -> None:
     urls = [e["request"]["url"] for e in first["entry"] if e["request"]["method"] == "PUT"]
     again = [e["request"]["url"] for e in corrected["entry"] if e["request"]["method"] == "PUT"]
     assert urls == again
-    assert "Observation?identifier=FI1-1-1" in urls
+    assert "Observation?identifier=FI1-1" in urls  # order number + OBX-3, no set id
 
 
 def test_specimen_and_message_header_provenance() -> None:

@@ -7,8 +7,8 @@ Revises: 0009_subscriptions
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_hl7_feeds"
-down_revision = "0009_subscriptions"
+revision = "0011_hl7_feeds"
+down_revision = "0010_sec_side"
 branch_labels = None
 depends_on = None
 

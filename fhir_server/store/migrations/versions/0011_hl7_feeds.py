@@ -1,7 +1,7 @@
 """hl7 feeds: content hash (duplicate = same sender, control id and content), flags, warning
 
-Revision ID: 0010_hl7_feeds
-Revises: 0009_subscriptions
+Revision ID: 0011_hl7_feeds
+Revises: 0010_sec_side
 """
 
 import sqlalchemy as sa

@@ -1,0 +1,60 @@
+"""The outbound HTTP clients: httpx clients on a guarded transport, one per purpose.
+
+Redirects are followed only when the purpose allows (`max_redirects`), and then every hop
+passes the same transport checks; the purpose's deadline covers all hops and the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from outbound.policy import Policy
+from outbound.transport import AsyncGuardedTransport, GuardedTransport, deadline
+
+
+def _timeout(policy: Policy) -> httpx.Timeout:
+    return httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+
+
+class Client(httpx.Client):
+    """A synchronous client that sends only what `policy` allows."""
+
+    def __init__(self, policy: Policy, *, verify: Any = True, auth: Any = None,
+                 limits: httpx.Limits | None = None) -> None:  # fmt: skip
+        super().__init__(
+            transport=GuardedTransport(policy, verify, limits),
+            auth=auth,
+            timeout=_timeout(policy),
+            follow_redirects=policy.max_redirects > 0,
+            max_redirects=policy.max_redirects,
+            trust_env=False,
+        )
+        self.policy = policy
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        kwargs["follow_redirects"] = self.policy.max_redirects > 0
+        with deadline(self.policy.deadline):
+            return super().send(request, **kwargs)
+
+
+class AsyncClient(httpx.AsyncClient):
+    """An asynchronous client that sends only what `policy` allows."""
+
+    def __init__(self, policy: Policy, *, verify: Any = True, auth: Any = None,
+                 limits: httpx.Limits | None = None) -> None:  # fmt: skip
+        super().__init__(
+            transport=AsyncGuardedTransport(policy, verify, limits),
+            auth=auth,
+            timeout=_timeout(policy),
+            follow_redirects=policy.max_redirects > 0,
+            max_redirects=policy.max_redirects,
+            trust_env=False,
+        )
+        self.policy = policy
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        kwargs["follow_redirects"] = self.policy.max_redirects > 0
+        with deadline(self.policy.deadline):
+            return await super().send(request, **kwargs)

@@ -22,11 +22,12 @@ class Client(httpx.Client):
     """A synchronous client that sends only what `policy` allows."""
 
     def __init__(self, policy: Policy, *, verify: Any = True, auth: Any = None,
-                 limits: httpx.Limits | None = None) -> None:  # fmt: skip
+                 limits: httpx.Limits | None = None,
+                 timeout: httpx.Timeout | None = None) -> None:  # fmt: skip
         super().__init__(
             transport=GuardedTransport(policy, verify, limits),
             auth=auth,
-            timeout=_timeout(policy),
+            timeout=timeout or _timeout(policy),
             follow_redirects=policy.max_redirects > 0,
             max_redirects=policy.max_redirects,
             trust_env=False,
@@ -43,11 +44,12 @@ class AsyncClient(httpx.AsyncClient):
     """An asynchronous client that sends only what `policy` allows."""
 
     def __init__(self, policy: Policy, *, verify: Any = True, auth: Any = None,
-                 limits: httpx.Limits | None = None) -> None:  # fmt: skip
+                 limits: httpx.Limits | None = None,
+                 timeout: httpx.Timeout | None = None) -> None:  # fmt: skip
         super().__init__(
             transport=AsyncGuardedTransport(policy, verify, limits),
             auth=auth,
-            timeout=_timeout(policy),
+            timeout=timeout or _timeout(policy),
             follow_redirects=policy.max_redirects > 0,
             max_redirects=policy.max_redirects,
             trust_env=False,

@@ -19,6 +19,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Special-purpose space (IANA registries), listed so the rule does not depend on the Python
+# version's idea of `is_global`.
+SPECIAL = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32",
+        "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -41,6 +53,8 @@ def is_public(address: IPAddress) -> bool:
     private, shared, unspecified, multicast, reserved or documentation space."""
     inner = embedded_ipv4(address)
     if inner is not None and not is_public(inner):
+        return False
+    if any(address in net for net in SPECIAL if net.version == address.version):
         return False
     return address.is_global and not address.is_multicast
 

@@ -10,12 +10,22 @@ from typing import Any
 
 import httpx
 
+from outbound.errors import Refused
 from outbound.policy import Policy
 from outbound.transport import AsyncGuardedTransport, GuardedTransport, deadline
 
 
 def _timeout(policy: Policy) -> httpx.Timeout:
     return httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+
+
+def _build(build: Any, method: str, url: Any, **kwargs: Any) -> httpx.Request:
+    """A URL httpx cannot parse (`0177.0.0.1`, bad ports) is refused like any other."""
+    try:
+        request: httpx.Request = build(method, url, **kwargs)
+    except httpx.InvalidURL as exc:
+        raise Refused(f"{str(url)!r} is not a valid URL ({exc})") from None
+    return request
 
 
 class Client(httpx.Client):
@@ -33,6 +43,9 @@ class Client(httpx.Client):
             trust_env=False,
         )
         self.policy = policy
+
+    def build_request(self, method: str, url: Any, **kwargs: Any) -> httpx.Request:
+        return _build(super().build_request, method, url, **kwargs)
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         kwargs["follow_redirects"] = self.policy.max_redirects > 0
@@ -55,6 +68,9 @@ class AsyncClient(httpx.AsyncClient):
             trust_env=False,
         )
         self.policy = policy
+
+    def build_request(self, method: str, url: Any, **kwargs: Any) -> httpx.Request:
+        return _build(super().build_request, method, url, **kwargs)
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         kwargs["follow_redirects"] = self.policy.max_redirects > 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -91,6 +92,6 @@ def session(policy: Policy, auth: tuple[str, str] | None = None) -> requests.Ses
     return out
 
 
-def _text(headers: Any) -> Any:
+def _text(headers: Any) -> Iterator[tuple[str, str]]:
     for name, value in headers.items():
         yield (name, value.decode("latin-1") if isinstance(value, bytes) else value)

@@ -42,6 +42,7 @@ ALGORITHMS = ("RS384", "ES384")
 MAX_LIFETIME = 300
 LEEWAY = 30
 DEFAULT_JWKS_CACHE = 300
+MIN_JWKS_CACHE = 10  # even a no-store JWKS serves the request that fetched it
 FAILURE_CACHE = 30  # seconds a failed JWKS fetch is answered from memory
 MAX_FETCHES = 16  # JWKS fetches in flight at once; more callers are refused at once
 MAX_ENTRIES = 2048
@@ -70,19 +71,6 @@ class JwksCache:
         if hit[1] is None:
             raise JwksUnavailable(hit[2])
         return hit[1]
-
-    def get(self, url: str) -> dict[str, Any]:
-        """From the cache, or fetched now (synchronously, within the policy's deadline)."""
-        hit = self.cached(url)
-        if hit is not None:
-            return hit
-        self.policy.check_url(url)
-        try:
-            with outbound.Client(self.policy) as http:
-                response = http.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise self._failed(url, exc) from None
-        return self._keep(url, response)
 
     async def fetch(self, url: str) -> dict[str, Any]:
         """From the cache, or fetched on the event loop; concurrent callers share one fetch."""
@@ -128,7 +116,8 @@ class JwksCache:
             ttl = 0
         elif match := _MAX_AGE.search(cache_control):
             ttl = min(int(match.group(1)), 86400)
-        self._store(url, (time.monotonic() + ttl, body, ""))
+        # kept at least MIN_JWKS_CACHE: the request that fetched it reads it from here
+        self._store(url, (time.monotonic() + max(ttl, MIN_JWKS_CACHE), body, ""))
         return body
 
     def _failed(self, url: str, why: object) -> JwksUnavailable:
@@ -214,9 +203,12 @@ class AssertionVerifier:
 
     def _keys(self, client: Client, kid: Any) -> KeySet:
         try:
-            jwks = client.jwks or self.jwks_cache.get(client.jwks_url or "")
+            # fetched by `prefetch` on the event loop; a request thread never waits on a peer
+            jwks = client.jwks or self.jwks_cache.cached(client.jwks_url or "")
+            if jwks is None:
+                raise invalid_client()
             check_jwks(jwks)
-        except (ValueError, RegistryError, httpx.HTTPError):
+        except (ValueError, RegistryError):
             raise invalid_client() from None
         keys = [k for k in jwks["keys"] if kid is None or k.get("kid") == kid]
         if not keys:

@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 from pydicom.dataset import Dataset
 
+import outbound
 from interop.settings import Settings
 from mappers.dicom import DicomJson
+from outbound import Policy
 
 log = logging.getLogger("interop.imaging")
 DICOM_JSON = "application/dicom+json"
@@ -42,6 +44,13 @@ class PacsConfig:
     user: str = ""
     password: str = ""
     timeout: float = 60.0
+    outbound: Policy | None = None  # INTEROP_OUTBOUND_*; None: defaults from `timeout`
+
+    def policy(self) -> Policy:
+        """The outbound rules for the PACS: its configured hosts are always allowed."""
+        policy = self.outbound or Policy("PACS", read_timeout=self.timeout, deadline=None,
+                                         max_bytes=None)  # fmt: skip
+        return policy.allowing(self.dicomweb_url, self.orthanc_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PacsConfig | None:
@@ -51,7 +60,10 @@ class PacsConfig:
         if not dicomweb:
             return None
         password = settings.orthanc_password.get_secret_value()
-        return cls(dicomweb, orthanc, settings.orthanc_user, password)
+        from interop.outbound_policies import OutboundPolicies
+
+        policy = OutboundPolicies.from_settings(settings).pacs
+        return cls(dicomweb, orthanc, settings.orthanc_user, password, outbound=policy)
 
     def __repr__(self) -> str:  # the password never reaches a log line
         return f"PacsConfig(dicomweb_url={self.dicomweb_url!r}, orthanc_url={self.orthanc_url!r})"
@@ -62,7 +74,7 @@ class Pacs:
         self.config = config
         auth = httpx.BasicAuth(config.user, config.password) if config.user else None
         self.auth = auth
-        self.http = httpx.Client(auth=auth, timeout=config.timeout)
+        self.http = outbound.Client(config.policy(), auth=auth)
         self._dicomweb: Any = None
         self._lock = threading.Lock()
 
@@ -124,11 +136,12 @@ class Pacs:
         import requests
         from dicomweb_client import DICOMwebClient
 
+        from outbound.requests_adapter import session as outbound_session
+
         with self._lock:
             if self._dicomweb is None:
-                session = requests.Session()
-                if self.config.user:
-                    session.auth = (self.config.user, self.config.password)
+                auth = (self.config.user, self.config.password) if self.config.user else None
+                session = outbound_session(self.config.policy(), auth)
                 self._dicomweb = DICOMwebClient(self.dicomweb_url, session=session,
                                                 timeout=self.config.timeout)  # fmt: skip
         try:

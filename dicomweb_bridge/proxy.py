@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+import outbound
 from dicomweb_bridge.access import Caller, forbidden
 from dicomweb_bridge.pacs import DICOM_JSON, PacsConfig
 
@@ -48,6 +49,7 @@ class Upstream:
     def __init__(self, config: PacsConfig, public_root: str) -> None:
         self.auth = httpx.BasicAuth(config.user, config.password) if config.user else None
         self.root = config.dicomweb_url
+        self.policy = config.policy()  # the upstream goes through the outbound client
         self.public_root = public_root
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -57,8 +59,8 @@ class Upstream:
         """The pooled client of the running event loop (pooled connections belong to one)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(
-                auth=self.auth, timeout=httpx.Timeout(60.0, read=600.0),
+            self._client = outbound.AsyncClient(
+                self.policy, auth=self.auth, timeout=httpx.Timeout(60.0, read=600.0),
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             )  # fmt: skip
             self._loop = loop

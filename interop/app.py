@@ -38,6 +38,7 @@ from hl7_listener.http import routes as hl7_routes
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
 from interop.logs import request_id_var
+from interop.outbound_policies import OutboundPolicies
 from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
@@ -307,6 +308,7 @@ def subscription_config(settings: Settings) -> SubscriptionConfig:
         retry_seconds=settings.subscription_retry_seconds,
         max_backoff_seconds=settings.subscription_max_backoff_seconds,
         timeout_seconds=settings.subscription_timeout_seconds,
+        endpoints=OutboundPolicies.from_settings(settings).subscriptions,
     )
 
 
@@ -331,6 +333,7 @@ def bulk_config(settings: Settings) -> BulkConfig:
         retention_seconds=settings.bulk_retention_seconds,
         workers=settings.bulk_workers,
         import_batch=settings.bulk_import_batch,
+        sources=OutboundPolicies.from_settings(settings).import_,
     )
 
 
@@ -346,6 +349,7 @@ def auth_config(settings: Settings) -> AuthConfig:
         launch_seconds=settings.auth_launch_seconds,
         registration=settings.auth_registration,
         roles_file=settings.auth_roles_file,
+        jwks_fetch=OutboundPolicies.from_settings(settings).jwks,
     )
 
 

@@ -231,6 +231,36 @@ class Settings(BaseSettings):
         default=3600, ge=1, description="seconds before Redis re-delivers an unacknowledged job"
     )
 
+    # Outbound HTTP (outbound/): hosts each purpose may reach besides public addresses.
+    # Comma-separated names, `*.suffix`, addresses or networks (CIDR); `*` allows anything.
+    outbound_allow_import: str = Field(default="", description="$import source hosts allowed")
+    outbound_allow_subscriptions: str = Field(
+        default="", description="Subscription rest-hook endpoint hosts allowed"
+    )
+    outbound_allow_jwks: str = Field(default="", description="client jwks_uri hosts allowed")
+    outbound_allow_openemr: str = Field(
+        default="", description="OpenEMR hosts allowed besides INTEROP_OPENEMR_URL's"
+    )
+    outbound_allow_pacs: str = Field(
+        default="", description="PACS hosts allowed besides INTEROP_DICOMWEB_URL/ORTHANC_URL's"
+    )
+    outbound_listed_only: bool = Field(
+        default=False,
+        description="contact only allow-listed hosts (public addresses need listing too)",
+    )
+    outbound_connect_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to connect to any outbound host"
+    )
+    outbound_import_deadline: float = Field(
+        default=3600.0, gt=0, description="seconds one $import source may take in total"
+    )
+    outbound_import_max_mb: int = Field(
+        default=1024, ge=1, description="largest $import source (MiB), cut off beyond"
+    )
+    outbound_jwks_deadline: float = Field(
+        default=5.0, gt=0, le=60, description="seconds a client's jwks_uri may take in total"
+    )
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+import outbound
 from openemr_bridge.config import OpenEmrConfig
 from openemr_bridge.errors import (
     OpenEmrAuthError,
@@ -37,18 +38,12 @@ class OpenEmrClient:
     def __init__(
         self,
         config: OpenEmrConfig,
-        transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.sleep = sleep
-        self.http = httpx.Client(
-            timeout=config.timeout,
-            verify=config.tls_verify(),
-            transport=transport,
-            follow_redirects=False,
-        )
+        self.http = outbound.Client(config.policy(), verify=config.tls_verify())
         self.tokens = TokenCache(config, self._post_token_form, clock)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from mappers.openemr import Systems
+from outbound import MB, Policy
 
 API_SCOPE = (
     "openid offline_access api:oemr user/patient.crus user/encounter.rs user/vital.rs "
@@ -32,6 +33,14 @@ class OpenEmrConfig:
     retries: int = 3
     backoff: float = 0.5
     systems: Systems = field(default_factory=Systems.for_site)
+    outbound: Policy | None = None  # INTEROP_OUTBOUND_*; None: defaults from `timeout`
+
+    def policy(self) -> Policy:
+        """The outbound rules for OpenEMR: its configured host is always allowed."""
+        policy = self.outbound or Policy(
+            "OpenEMR", read_timeout=self.timeout, deadline=self.timeout * 4, max_bytes=256 * MB
+        )
+        return policy.allowing(self.base_url)
 
     def tls_verify(self) -> ssl.SSLContext | bool:
         """On by default; a configured CA bundle (a private CA) keeps it on, against that CA."""

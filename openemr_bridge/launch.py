@@ -24,6 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import delete, insert, select
 
+import outbound
 from fhir_server.api.interactions import Context
 from fhir_server.store.db import write_transaction
 from mappers.openemr import Systems
@@ -32,6 +33,7 @@ from openemr_bridge.config import LAUNCH_SCOPE
 from openemr_bridge.errors import OpenEmrError
 from openemr_bridge.models import launches
 from openemr_bridge.sync import Syncer
+from outbound import Policy
 from smart_auth.hashing import token_hash
 from smart_auth.registry import RegistryError
 from smart_auth.server import AuthServer
@@ -74,6 +76,7 @@ class LaunchSettings:
     scope: str = LAUNCH_SCOPE
     verify: Any = True
     timeout: float = 30.0
+    outbound: Policy | None = None  # INTEROP_OUTBOUND_*; None: defaults from `timeout`
 
 
 class LaunchBridge:
@@ -147,7 +150,10 @@ class LaunchBridge:
         return body
 
     def _http(self) -> httpx.Client:
-        return httpx.Client(timeout=self.settings.timeout, verify=self.settings.verify)
+        """To OpenEMR through the outbound client (its launch issuers are allowed hosts)."""
+        policy = self.settings.outbound or Policy("OpenEMR", read_timeout=self.settings.timeout)
+        return outbound.Client(policy.allowing(*self.settings.allowed_iss),
+                               verify=self.settings.verify)  # fmt: skip
 
     # -- /openemr/callback ----------------------------------------------------------------------
 

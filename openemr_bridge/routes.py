@@ -61,6 +61,7 @@ def build_bridge(
         session_seconds=settings.auth_launch_seconds,
         verify=config.tls_verify(),
         timeout=config.timeout,
+        outbound=config.policy(),
     )
     return LaunchBridge(launch_settings, auth, ctx, syncer)
 

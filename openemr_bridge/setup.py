@@ -31,6 +31,8 @@ def systems(settings: Settings) -> Systems:
 def config(settings: Settings) -> OpenEmrConfig:
     if not settings.openemr_url:
         raise NotConfigured("the OpenEMR bridge is off: set INTEROP_OPENEMR_URL")
+    from interop.outbound_policies import OutboundPolicies
+
     return OpenEmrConfig(
         base_url=settings.openemr_url,
         site=settings.openemr_site,
@@ -44,6 +46,7 @@ def config(settings: Settings) -> OpenEmrConfig:
         timeout=settings.openemr_timeout,
         retries=settings.openemr_retries,
         systems=systems(settings),
+        outbound=OutboundPolicies.from_settings(settings).openemr,
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from outbound import MB, Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +19,12 @@ class AuthConfig:
     launch_seconds: int = 300
     registration: bool = True
     roles_file: str = ""
+    # where client jwks_uri documents may be fetched from (INTEROP_OUTBOUND_ALLOW_JWKS)
+    jwks_fetch: Policy = field(
+        default_factory=lambda: Policy(
+            "client JWKS", read_timeout=5.0, deadline=5.0, max_bytes=MB, max_redirects=2
+        )  # fmt: skip
+    )
 
     @property
     def issuer(self) -> str:

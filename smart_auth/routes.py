@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from outbound import Refused
 from smart_auth import discovery
 from smart_auth.authorize import CSRF_COOKIE, SESSION_COOKIE, AuthorizeFlow
 from smart_auth.errors import NO_STORE, OAuthError, invalid_request
@@ -126,6 +127,7 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
 
     async def token(request: Request) -> Response:
         form = _fields(await _form(request))
+        await server.assertions.prefetch(form)  # a client's JWKS: fetched on the loop
         body = await run_in_threadpool(server.token, form, request.headers.get("authorization"))
         return JSONResponse(body, headers=NO_STORE)
 
@@ -133,6 +135,7 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
         """RFC 7662 §2.1: only an authenticated confidential client (secret or private_key_jwt)
         may ask, never a bearer token; it learns about its own tokens only (see introspect)."""
         form = _fields(await _form(request))
+        await server.assertions.prefetch(form)
         caller = await run_in_threadpool(
             server.authenticate, form, request.headers.get("authorization"), False
         )
@@ -144,6 +147,7 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
 
     async def revoke(request: Request) -> Response:
         form = _fields(await _form(request))
+        await server.assertions.prefetch(form)
         client = await run_in_threadpool(
             server.authenticate, form, request.headers.get("authorization")
         )
@@ -154,6 +158,7 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
 
     async def launch(request: Request) -> Response:
         form = _fields(await _form(request))
+        await server.assertions.prefetch(form)
         caller = await run_in_threadpool(
             server.authenticate, form, request.headers.get("authorization"), False
         )
@@ -260,6 +265,11 @@ def _register(server: AuthServer, metadata: dict[str, Any]) -> dict[str, Any]:
         raise OAuthError("invalid_redirect_uri", "redirect_uris must be a list of URLs")
     jwks = metadata.get("jwks")
     jwks_uri = metadata.get("jwks_uri")
+    if isinstance(jwks_uri, str) and jwks_uri:
+        try:  # the address rules of every later fetch, answered now
+            server.config.jwks_fetch.check_destination(jwks_uri)
+        except Refused as exc:
+            raise OAuthError("invalid_client_metadata", f"jwks_uri is refused: {exc}") from None
     try:
         client, secret = server.registry.add_client(
             name=str(metadata.get("client_name") or "unnamed app"),

@@ -49,7 +49,9 @@ class AuthServer:
         self.registry = Registry(engine)
         self.keys = KeyStore(engine)
         self.tokens = TokenService(engine, self.keys, config)
-        self.assertions = AssertionVerifier(engine, self.registry, config.token_url)
+        self.assertions = AssertionVerifier(
+            engine, self.registry, config.token_url, config.jwks_fetch
+        )
 
     # -- client authentication ----------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 
 from ai_worker.errors import BadInput, TransientError
+from outbound import Policy
+from outbound.requests_adapter import session as outbound_session
 
 ORIGINAL_SYNTAX = (("application/dicom", "*"),)
 SERIES_UID = "0020000E"
@@ -27,9 +29,8 @@ class DicomWebSource:
     def __init__(self, url: str, user: str = "", password: str = "", timeout: float = 60.0) -> None:
         if not url:
             raise BadInput("INTEROP_DICOMWEB_URL is not set: imaging is off, nothing to fetch")
-        session = requests.Session()
-        if user:
-            session.auth = (user, password)
+        policy = Policy("PACS", read_timeout=timeout, deadline=None, max_bytes=None)
+        session = outbound_session(policy.allowing(url), (user, password) if user else None)
         self.client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)  # the job retries, with backoff
 

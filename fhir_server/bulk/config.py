@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from outbound import MB, Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,4 +16,9 @@ class BulkConfig:
     workers: int = 2  # jobs running at once in the in-process runner
     import_batch: int = 500  # resources per transaction during $import
     retry_after: int = 2  # seconds a client is asked to wait between status polls
-    fetch_timeout: float = 60.0  # seconds per read of an $import source URL
+    # where $import may fetch sources from, how long and how much (INTEROP_OUTBOUND_*)
+    sources: Policy = field(
+        default_factory=lambda: Policy(
+            "$import", read_timeout=60.0, deadline=3600.0, max_bytes=1024 * MB, max_redirects=3
+        )  # fmt: skip
+    )

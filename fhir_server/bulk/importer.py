@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 
+import outbound
 from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context
 from fhir_server.bulk.export import BulkEnv, file_url
@@ -171,8 +172,7 @@ def source_lines(jobs: JobStore, env: BulkEnv, url: str, owner: str) -> Iterator
         with open(path, "rb") as handle:
             yield from file_lines(handle)
         return
-    timeout = httpx.Timeout(jobs.config.fetch_timeout)
-    with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+    with outbound.Client(jobs.config.sources) as http, http.stream("GET", url) as response:
         if response.status_code != 200:
             raise FhirError(
                 400, f"GET {url} answered {response.status_code}", "exception"
@@ -211,6 +211,8 @@ def run_import(jobs: JobStore, job: Job, env: BulkEnv) -> None:
                 import_lines(
                     ctx, url, lines, jobs.config.import_batch, on_error, res_type, on_batch, counts
                 )
+            except outbound.Refused as exc:
+                on_error(LineError(url, 0, f"was not fetched: {exc}"))
             except (FhirError, httpx.HTTPError, OSError) as exc:
                 text = exc.diagnostics if isinstance(exc, FhirError) else str(exc)
                 on_error(LineError(url, 0, f"could not be read: {text or type(exc).__name__}"))

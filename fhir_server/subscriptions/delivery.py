@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from sqlalchemy import delete, select, update
 
+import outbound
 from fhir_server.clock import now_us
 from fhir_server.subscriptions.channel import Spec
 from fhir_server.subscriptions.models import subscription_queue
@@ -40,7 +41,7 @@ class Deliverer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.http = httpx.Client(timeout=service.config.timeout_seconds, follow_redirects=False)
+        self.http = outbound.Client(service.config.endpoints)
         service.wake = self._wake.set
 
     def start(self) -> None:
@@ -141,7 +142,7 @@ class Deliverer:
         return order
 
     def _post(self, spec: Spec, row: Any, event: str) -> None:
-        headers = dict(spec.headers)
+        headers = outbound.clean_headers(spec.headers)  # never Host, hop-by-hop or framing
         headers["X-Subscription-Id"] = spec.sub_id
         headers["X-Subscription-Event"] = event
         body = None

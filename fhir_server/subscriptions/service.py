@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,6 +30,7 @@ from fhir_server.subscriptions.models import (
     subscription_queue,
     subscription_secrets,
 )
+from outbound import MB, Policy, Refused
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
@@ -51,6 +52,12 @@ class SubscriptionConfig:
     retry_seconds: float = 2.0  # first retry delay; doubles per failure
     max_backoff_seconds: float = 300.0
     timeout_seconds: float = 10.0  # per rest-hook request
+    # where rest-hook notifications may go (INTEROP_OUTBOUND_ALLOW_SUBSCRIPTIONS)
+    endpoints: Policy = field(
+        default_factory=lambda: Policy(
+            "Subscription delivery", read_timeout=10.0, deadline=10.0, max_bytes=MB
+        )  # fmt: skip
+    )
 
 
 class SubscriptionService:
@@ -86,7 +93,17 @@ class SubscriptionService:
         resource = _parse_json(req)
         if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
             return
-        parse(resource, self.base_url)
+        spec = parse(resource, self.base_url)
+        if spec.channel == "rest-hook":
+            try:
+                self.config.endpoints.check_destination(spec.endpoint)
+            except Refused as exc:
+                raise FhirError(
+                    400,
+                    f"Subscription.channel.endpoint is refused: {exc}",
+                    "security",
+                    ["Subscription.channel.endpoint"],
+                ) from None
         if resource.get("status") != "off":
             resource["status"] = "requested"
             resource.pop("error", None)

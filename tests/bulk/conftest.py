@@ -31,7 +31,13 @@ def _configure(app: Any, directory: Path, **changes: Any) -> None:
 def bulk_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("bulk")
     app = create_app(
-        Settings(database_url=database_url, auth="off", base_url=BASE, bulk_dir=str(folder))
+        Settings(
+            database_url=database_url,
+            auth="off",
+            base_url=BASE,
+            bulk_dir=str(folder),
+            outbound_allow_import="127.0.0.1",
+        )  # fmt: skip
     )
     yield app
     app.state.context.bulk.close()
@@ -54,7 +60,8 @@ def api(bulk_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def bulk_auth_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("bulk-auth")
-    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder))
+    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder),
+                        outbound_allow_import="127.0.0.1")  # fmt: skip
     app = create_app(settings)
     yield app
     app.state.context.bulk.close()

@@ -46,7 +46,8 @@ def _free_port() -> int:
 def live_server(bulk_auth_session_app: Any, database_url: str, tmp_path: Path) -> Iterator[Any]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}/fhir"
-    settings = Settings(database_url=database_url, auth="on", base_url=base, bulk_dir=str(tmp_path))
+    settings = Settings(database_url=database_url, auth="on", base_url=base, bulk_dir=str(tmp_path),
+                        outbound_allow_import="127.0.0.1")  # fmt: skip
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")

@@ -27,7 +27,9 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture(scope="session")
 def auth_session_app(database_url: str):  # type: ignore[no-untyped-def]
-    app = create_app(Settings(database_url=database_url, auth="on", base_url=BASE))
+    settings = Settings(database_url=database_url, auth="on", base_url=BASE,
+                        outbound_allow_jwks="127.0.0.1")  # the test JWKS servers  # fmt: skip
+    app = create_app(settings)
     yield app
     app.state.store.engine.dispose()
 

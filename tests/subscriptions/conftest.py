@@ -30,7 +30,9 @@ def clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
 @pytest.fixture(scope="session")
 def subs_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("subs")
-    settings = Settings(database_url=database_url, auth="off", base_url=BASE, bulk_dir=str(folder))
+    settings = Settings(database_url=database_url, auth="off", base_url=BASE, bulk_dir=str(folder),
+        outbound_allow_subscriptions="127.0.0.1",  # the test receivers
+    )  # fmt: skip
     app = create_app(settings)
     yield app
     app.state.store.engine.dispose()
@@ -46,7 +48,9 @@ def api(subs_session_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-de
 @pytest.fixture(scope="session")
 def subs_auth_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("subs-auth")
-    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder))
+    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder),
+        outbound_allow_subscriptions="127.0.0.1",  # the test receivers
+    )  # fmt: skip
     app = create_app(settings)
     yield app
     app.state.store.engine.dispose()

@@ -45,7 +45,13 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def side_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("side-bulk")
-    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder))
+    settings = Settings(
+        database_url=database_url,
+        auth="on",
+        base_url=BASE,
+        bulk_dir=str(folder),
+        outbound_allow_subscriptions="127.0.0.1",
+    )
     app = create_app(settings)
     yield app
     app.state.context.bulk.close()

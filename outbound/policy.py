@@ -53,7 +53,8 @@ class Policy:
 
     def check_destination(self, url: str) -> None:
         """`check_url` plus the address rules on what the host resolves to now: a check when
-        a URL is registered (the connection is judged again when it is made)."""
+        a URL is registered (the connection is judged again when it is made, so a name that
+        does not resolve yet is accepted here and refused then if it still does not)."""
         self.check_url(url)
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -61,5 +62,5 @@ class Policy:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            raise Refused(f"{host} could not be resolved") from None
+            return
         judge(host, from_addrinfo(infos), self.allow, self.listed_only)

@@ -71,7 +71,9 @@ def test_health_ready_metrics(client: TestClient, database_url: str) -> None:
     client.get("/fhir/Patient/nope")
     assert client.get("/metrics").status_code == 404  # closed unless the operator opens it
     opened = create_app(
-        Settings(database_url=database_url, auth="off", base_url="http://testserver/fhir", metrics="on"),
+        Settings(
+            database_url=database_url, auth="off", base_url="http://testserver/fhir", metrics="on"
+        ),
         migrate=False,
     )
     with TestClient(opened) as scraper:

@@ -138,7 +138,7 @@ def test_registration_needs_the_initial_access_token_when_configured(
         auth_registration="token",
         auth_registration_token_file=str(token_file),
     )
-    app = create_app(settings, migrate=False)
+    app = create_app(settings)
     clear_tables(app.state.store.engine, keep={"auth_signing_keys"})
     try:
         with TestClient(app) as http:
@@ -167,7 +167,7 @@ def test_registration_needs_the_initial_access_token_when_configured(
         app.state.store.engine.dispose()
     without_file = Settings(database_url=database_url, base_url=BASE, auth_registration="token")
     with pytest.raises(ValueError, match="INTEROP_AUTH_REGISTRATION_TOKEN_FILE"):
-        create_app(without_file, migrate=False)
+        create_app(without_file)
 
 
 def test_self_registered_app_asking_user_cruds_offline_access_is_refused_or_cut_down(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -40,7 +41,8 @@ from hl7_listener.processor import Processor
 from interop.logs import request_id_var
 from interop.outbound_policies import OutboundPolicies
 from interop.outbox_runner import OutboxRunner
-from interop.settings import Settings, get_settings
+from interop.settings import Settings, get_settings, read_tokens
+from openemr_bridge.setup import frame_origins
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
 from smart_auth.config import AuthConfig
 from smart_auth.policy import AccessPolicy, Grant
@@ -106,10 +108,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             await run_in_threadpool(audit.close)
         engine.dispose()
 
+    docs = settings.docs == "on"  # the API description is for developers, off by default
     app = FastAPI(
         title="Interop server",
         version=software_version(),
-        docs_url="/docs",
+        docs_url="/docs" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -273,8 +277,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             )
         return JSONResponse({"status": "ready"})
 
+    metrics_guard = metrics_access(settings)
+
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
+    def prometheus(request: Request) -> Response:
+        refused = metrics_guard(request.headers.get("authorization"))
+        if refused is not None:
+            return refused
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.add_middleware(FhirFastPath, endpoint=fhir_endpoint)
@@ -289,6 +298,32 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
+
+
+def metrics_access(settings: Settings) -> Callable[[str | None], Response | None]:
+    """Who may read /metrics (INTEROP_METRICS): nobody (off), a scraper presenting the bearer
+    token of INTEROP_METRICS_TOKEN_FILE (token, the default; closed while no file is set), or
+    anyone who reaches the port (on). Returns the refusal for a request, or None to serve."""
+    tokens: tuple[str, ...] = ()
+    if settings.metrics == "token" and settings.metrics_token_file:
+        tokens = read_tokens(settings.metrics_token_file, "INTEROP_METRICS_TOKEN_FILE")
+
+    def refusal(authorization: str | None) -> Response | None:
+        if settings.metrics == "on":
+            return None
+        if not tokens:
+            return PlainTextResponse(
+                "metrics are off (INTEROP_METRICS, INTEROP_METRICS_TOKEN_FILE)\n", 404
+            )
+        scheme, _, presented = (authorization or "").partition(" ")
+        matched = [hmac.compare_digest(presented.strip().encode(), t.encode()) for t in tokens]
+        if scheme.lower() == "bearer" and any(matched):
+            return None
+        return PlainTextResponse(
+            "a bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
+        )
+
+    return refusal
 
 
 def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
@@ -348,9 +383,31 @@ def auth_config(settings: Settings) -> AuthConfig:
         online_session_seconds=settings.auth_online_session_hours * 3600,
         launch_seconds=settings.auth_launch_seconds,
         registration=settings.auth_registration,
+        registration_tokens=registration_tokens(settings),
+        registration_scopes=tuple(settings.auth_registration_scopes.split()),
+        registration_per_address=settings.auth_registration_per_address,
+        registration_per_hour=settings.auth_registration_per_hour,
+        login_free_attempts=settings.auth_login_free_attempts,
+        login_address_free_attempts=settings.auth_login_address_free_attempts,
+        login_lockout_seconds=settings.auth_login_lockout_seconds,
+        login_max_lockout_seconds=settings.auth_login_max_lockout_seconds,
+        secret_key_file=settings.effective_secret_key_file,
+        frame_origins=tuple(frame_origins(settings)),
         roles_file=settings.auth_roles_file,
         jwks_fetch=OutboundPolicies.from_settings(settings).jwks,
     )
+
+
+def registration_tokens(settings: Settings) -> tuple[str, ...]:
+    """RFC 7591 initial access tokens; INTEROP_AUTH_REGISTRATION=token needs the file."""
+    if settings.auth_registration != "token":
+        return ()
+    if not settings.auth_registration_token_file:
+        raise ValueError(
+            "INTEROP_AUTH_REGISTRATION=token needs INTEROP_AUTH_REGISTRATION_TOKEN_FILE"
+        )
+    path = settings.auth_registration_token_file
+    return read_tokens(path, "INTEROP_AUTH_REGISTRATION_TOKEN_FILE")
 
 
 def _negotiate(req: FhirRequest) -> None:

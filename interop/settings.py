@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from smart_auth.config import SELF_REGISTERED_SCOPES
+
 SECRET_FIELDS = frozenset(
     {
         "orthanc_password",
@@ -17,6 +19,12 @@ SECRET_FIELDS = frozenset(
         "openemr_password",
     }
 )
+
+
+_BOOLEANS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), "open"),
+    **dict.fromkeys(("false", "0", "no", "off"), "closed"),
+}
 
 
 class Settings(BaseSettings):
@@ -47,8 +55,51 @@ class Settings(BaseSettings):
     auth_base_url: str = Field(
         default="", description="public base of the SMART endpoints; empty: {base}/../auth"
     )
-    auth_registration: bool = Field(
-        default=True, description="allow RFC 7591 dynamic client registration"
+    auth_registration: Literal["open", "token", "closed"] = Field(
+        default="open",
+        description="RFC 7591 dynamic registration: open, token (an initial access token from "
+        "auth_registration_token_file is required) or closed; true/false mean open/closed",
+    )
+    auth_registration_token_file: str = Field(
+        default="", description="file of initial access tokens (one a line) for registration"
+    )
+    auth_registration_scopes: str = Field(
+        default=" ".join(SELF_REGISTERED_SCOPES),
+        description="the most a self-registered app may ask for (scopes, space-separated)",
+    )
+    auth_registration_per_address: int = Field(
+        default=10, ge=1, description="registrations per client address per hour"
+    )
+    auth_registration_per_hour: int = Field(
+        default=100, ge=1, description="registrations per hour from all addresses together"
+    )
+    auth_login_free_attempts: int = Field(
+        default=5, ge=1, description="wrong passwords for one user name before lockouts start"
+    )
+    auth_login_address_free_attempts: int = Field(
+        default=20, ge=1, description="wrong passwords from one address before lockouts start"
+    )
+    auth_login_lockout_seconds: int = Field(
+        default=5, ge=1, description="first sign-in lockout; doubles with each further failure"
+    )
+    auth_login_max_lockout_seconds: int = Field(
+        default=900, ge=1, description="longest sign-in lockout"
+    )
+    secret_key_file: str = Field(
+        default="",
+        description="file with the key that encrypts signing keys at rest (base64, 32 bytes, "
+        "mode 0600); empty: ./var/secret.key, created on first start",
+    )
+    metrics: Literal["off", "token", "on"] = Field(
+        default="token",
+        description="/metrics: off, token (bearer from metrics_token_file; none set: closed) "
+        "or on (anyone who can reach the port)",
+    )
+    metrics_token_file: str = Field(
+        default="", description="file holding the bearer token /metrics requires"
+    )
+    docs: Literal["off", "on"] = Field(
+        default="off", description="serve /docs and /openapi.json (the HTTP API description)"
     )
     auth_access_token_seconds: int = Field(
         default=3600, ge=60, le=3600, description="lifetime of user/patient access tokens"
@@ -261,6 +312,16 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=60, description="seconds a client's jwks_uri may take in total"
     )
 
+    @field_validator("auth_registration", mode="before")
+    @classmethod
+    def _registration_mode(cls, value: Any) -> Any:
+        """Earlier versions took a boolean; true/false still mean open/closed."""
+        if isinstance(value, bool):
+            return "open" if value else "closed"
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -279,6 +340,10 @@ class Settings(BaseSettings):
     @property
     def effective_bulk_dir(self) -> str:
         return self.bulk_dir or str(Path("var").resolve() / "bulk")
+
+    @property
+    def effective_secret_key_file(self) -> str:
+        return self.secret_key_file or str(Path("var").resolve() / "secret.key")
 
     @property
     def effective_base_url(self) -> str:
@@ -309,6 +374,18 @@ class Settings(BaseSettings):
         out["INTEROP_DATABASE_URL"] = mask_url(self.effective_database_url)
         out["INTEROP_BASE_URL"] = self.effective_base_url
         return out
+
+
+def read_tokens(path: str, setting: str) -> tuple[str, ...]:
+    """The bearer tokens in an operator's file, one a line (several allow a rotation)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{setting}: cannot read {path} ({type(exc).__name__})") from None
+    tokens = tuple(line.strip() for line in lines if line.strip())
+    if not tokens or any(len(t) < 16 for t in tokens):
+        raise ValueError(f"{setting}: {path} must hold tokens of at least 16 characters")
+    return tokens
 
 
 def mask_url(url: str) -> str:

@@ -1,8 +1,8 @@
 """/openemr/launch and /openemr/callback on the wire: pages meant to run in OpenEMR's iframe.
 
 Cookies are `SameSite=None; Secure` (the iframe is a third-party context; browsers treat
-http://localhost as secure too), no frame-blocking header is sent, and a Content-Security-Policy
-`frame-ancestors` names the configured OpenEMR origins, so no other site can frame them.
+http://localhost as secure too), and their framing headers (`smart_auth.pages.framing`) name
+exactly the configured OpenEMR origins in `frame-ancestors`, so no other site can frame them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from openemr_bridge import setup
 from openemr_bridge.launch import LaunchBridge, LaunchError, LaunchSettings
 from openemr_bridge.sync import Syncer
 from smart_auth.authorize import SESSION_COOKIE
-from smart_auth.pages import page
+from smart_auth.pages import framing, page
 from smart_auth.server import AuthServer
 
 if TYPE_CHECKING:
@@ -67,15 +67,11 @@ def build_bridge(
 
 
 def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
-    ancestors = " ".join(["'self'", *setup.frame_origins(settings)])
-    framing = {
-        "Content-Security-Policy": f"frame-ancestors {ancestors}",
-        "Cache-Control": "no-store",
-    }
+    framed_by_openemr = framing(setup.frame_origins(settings))
 
     def error(exc: LaunchError) -> Response:
         return HTMLResponse(
-            page("Cannot open the app", f"<p>{escape(str(exc))}</p>"), exc.status, framing
+            page("Cannot open the app", f"<p>{escape(str(exc))}</p>"), exc.status, framed_by_openemr
         )
 
     async def launch(request: Request) -> Response:
@@ -91,7 +87,7 @@ def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
         except Exception:
             log.exception("OpenEMR launch could not start")
             return error(LaunchError("Internal error while starting the launch.", 500))
-        response = RedirectResponse(started.redirect, 302, framing)
+        response = RedirectResponse(started.redirect, 302, framed_by_openemr)
         response.set_cookie(LAUNCH_COOKIE, started.browser, max_age=600, path="/openemr",
                             secure=True, httponly=True, samesite="none")  # fmt: skip
         return response
@@ -111,7 +107,7 @@ def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
             log.exception("OpenEMR launch could not finish")
             return error(LaunchError("Internal error while finishing the launch.", 500))
         log.info("OpenEMR launch for %s into Patient/%s", done.username, done.patient_id)
-        response = RedirectResponse(done.redirect, 302, framing)
+        response = RedirectResponse(done.redirect, 302, framed_by_openemr)
         response.delete_cookie(
             LAUNCH_COOKIE, path="/openemr", secure=True, httponly=True, samesite="none"
         )

@@ -1,13 +1,17 @@
 """The authorization endpoint and the pages behind it: login, patient picker, consent.
 
 The validated request is kept server-side (`auth_requests`) under a random id; every form
-carries a CSRF token that must match both that row and a cookie, so a page cannot be driven
-from another site. Errors before the client and redirect URI are known are shown as a page
-(never redirected to an unverified URI); later errors go back to the app with `state`.
+carries a CSRF token that must match both that row and a cookie (compared in constant time),
+so a page cannot be driven from another site, and no page may be framed by another site
+(`pages.framing`). Wrong passwords are throttled per user name and per client address
+(`smart_auth.throttle`), the same way whether the user exists or not. Errors before the client
+and redirect URI are known are shown as a page (never redirected to an unverified URI); later
+errors go back to the app with `state`.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 import time
@@ -23,7 +27,9 @@ from smart_auth import pages
 from smart_auth import scopes as sc
 from smart_auth.models import authorization_requests
 from smart_auth.patients import list_encounters, list_patients, patient_exists
+from smart_auth.registry import redirect_host
 from smart_auth.server import AuthServer
+from smart_auth.throttle import Backoff, Throttle
 
 REQUEST_SECONDS = 600
 CSRF_COOKIE = "interop_auth_csrf"
@@ -35,6 +41,16 @@ class AuthorizeFlow:
         self.server = server
         self.engine = server.engine
         self.config = server.config
+        self.throttle = Throttle(server.engine)
+        config = server.config
+        self.user_backoff = Backoff(
+            config.login_free_attempts, config.login_lockout_seconds,
+            config.login_max_lockout_seconds,
+        )  # fmt: skip
+        self.address_backoff = Backoff(
+            config.login_address_free_attempts, config.login_lockout_seconds,
+            config.login_max_lockout_seconds,
+        )  # fmt: skip
 
     # -- GET/POST /auth/authorize -------------------------------------------------------------
 
@@ -111,25 +127,42 @@ class AuthorizeFlow:
 
     # -- the pages ----------------------------------------------------------------------------
 
-    def login_form(self, request_id: str, error: str = "") -> Response:
+    def login_form(self, request_id: str, error: str = "", status: int = 401) -> Response:
         pending = self._pending(request_id)
         if pending is None:
             return _page_error("This sign-in request expired; start again from the app.")
-        client = self.server.registry.client(pending["params"]["client_id"])
-        name = client.name if client else "An app"
-        response = HTMLResponse(
-            pages.login_page(request_id, pending["csrf"], name, error), 401 if error else 200
-        )
+        page = pages.login_page(request_id, pending["csrf"], self._shown(pending), error)
+        response = self._html(page, pending, status if error else 200)
         self._set_csrf_cookie(response, pending["csrf"])
         return response
 
-    def login(self, form: dict[str, str], cookie: str | None) -> Response:
+    def login(self, form: dict[str, str], cookie: str | None, address: str = "") -> Response:
         pending = self._checked(form, cookie)
         if isinstance(pending, Response):
             return pending
-        user = self.server.registry.login(form.get("username", ""), form.get("password", ""))
+        username = form.get("username", "").replace("\x00", "")[:128]
+        user_key, address_key = f"login-user:{username}", f"login-address:{address}"
+        # a locked name or address is refused before the password is looked at, so the right
+        # password does not get through a lockout; unknown names are throttled alike
+        wait = self.throttle.locked([user_key, address_key])
+        user = None
+        if wait == 0:
+            user = self.server.registry.login(username, form.get("password", ""))
+        if user is None and wait == 0:
+            wait = self.throttle.failed(
+                [(user_key, self.user_backoff), (address_key, self.address_backoff)]
+            )
+            if wait == 0:
+                return self.login_form(pending["request_id"], "Wrong user name or password.")
         if user is None:
-            return self.login_form(pending["request_id"], "Wrong user name or password.")
+            response = self.login_form(
+                pending["request_id"],
+                f"Too many failed sign-ins. Try again in {wait} seconds.",
+                429,
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
+        self.throttle.reset(user_key)
         launch_user = pending["params"].get("launch_user")
         if launch_user and launch_user != user.username:
             return self._deny(pending, "The launch was made for another user")
@@ -152,14 +185,14 @@ class AuthorizeFlow:
             patients = list_patients(self.engine, search[:200])
         except FhirError:
             patients = []
-        return HTMLResponse(pages.picker_page(request_id, pending["csrf"], patients, search))
+        return self._html(pages.picker_page(request_id, pending["csrf"], patients, search), pending)
 
     def encounter_form(self, request_id: str) -> Response:
         pending = self._pending(request_id)
         if pending is None or not pending["username"] or not pending["patient"]:
             return _page_error("This request expired or no patient is chosen yet.")
         encounters = list_encounters(self.engine, pending["patient"])
-        return HTMLResponse(pages.encounter_page(request_id, pending["csrf"], encounters))
+        return self._html(pages.encounter_page(request_id, pending["csrf"], encounters), pending)
 
     def choose_encounter(self, form: dict[str, str], cookie: str | None) -> Response:
         """launch/encounter in a standalone launch: one of the chosen patient's encounters,
@@ -200,16 +233,14 @@ class AuthorizeFlow:
         pending = self._pending(request_id)
         if pending is None or not pending["username"]:
             return _page_error("This request expired or you are not signed in.")
-        client = self.server.registry.client(pending["params"]["client_id"])
-        return HTMLResponse(
-            pages.consent_page(
-                request_id,
-                pending["csrf"],
-                client.name if client else "An app",
-                pending["params"]["scope"],
-                pending["patient"],
-            )
+        page = pages.consent_page(
+            request_id,
+            pending["csrf"],
+            self._shown(pending),
+            pending["params"]["scope"],
+            pending["patient"],
         )
+        return self._html(page, pending)
 
     def consent(self, form: dict[str, str], kept: list[str], cookie: str | None) -> Response:
         pending = self._checked(form, cookie)
@@ -287,13 +318,36 @@ class AuthorizeFlow:
         }
 
     def _checked(self, form: dict[str, str], cookie: str | None) -> dict[str, Any] | Response:
+        """The pending request a form belongs to, if the form's CSRF token is that request's
+        and this browser's (the cookie); else a 403 page."""
         pending = self._pending(form.get("request", ""))
         if pending is None:
             return _page_error("This request expired; start again from the app.", 400)
-        csrf = form.get("csrf", "")
-        if not csrf or csrf != pending["csrf"] or cookie != csrf:
-            return _page_error("The form could not be verified (CSRF); reload and retry.", 403)
+        expected = pending["csrf"].encode()
+        csrf = form.get("csrf", "").encode()
+        same_form = hmac.compare_digest(csrf, expected)
+        same_browser = hmac.compare_digest((cookie or "").encode(), expected)
+        if not (csrf and same_form and same_browser):
+            return _page_error(
+                "This form could not be verified: it was not sent from this sign-in page in "
+                "this browser (CSRF check). Go back to the app and start again.",
+                403,
+            )
         return pending
+
+    def _shown(self, pending: dict[str, Any]) -> pages.AppShown:
+        params = pending["params"]
+        client = self.server.registry.client(params["client_id"])
+        return pages.AppShown(
+            client.name if client else "An app",
+            client.verified if client else False,
+            redirect_host(params["redirect_uri"]),
+        )
+
+    def _html(self, body: str, pending: dict[str, Any] | None, status: int = 200) -> Response:
+        """A page; the pages of an EHR launch may be framed by the EHR (OpenEMR), no others."""
+        ehr = pending is not None and "launch" in pending["params"]["scope"]
+        return HTMLResponse(body, status, pages.framing(self.config.frame_origins if ehr else ()))
 
     def _deny(self, pending: dict[str, Any], description: str) -> Response:
         self._forget(pending["request_id"])
@@ -332,4 +386,4 @@ def _redirect(uri: str, params: dict[str, Any]) -> Response:
 
 
 def _page_error(message: str, status: int = 400) -> Response:
-    return HTMLResponse(pages.error_page(message), status)
+    return HTMLResponse(pages.error_page(message), status, pages.framing())

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from outbound import MB, Policy
 
+# what an app registering itself (RFC 7591) may ask for unless the operator says otherwise
+SELF_REGISTERED_SCOPES = (
+    "openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter",
+    "patient/*.rs",
+)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
@@ -17,7 +23,17 @@ class AuthConfig:
     online_session_seconds: int = 12 * 3600  # online_access: from sign-in, not renewed
     code_seconds: int = 60
     launch_seconds: int = 300
-    registration: bool = True
+    registration: str = "open"  # open, token (RFC 7591 initial access token) or closed
+    registration_tokens: tuple[str, ...] = field(default=(), repr=False)
+    registration_scopes: tuple[str, ...] = SELF_REGISTERED_SCOPES
+    registration_per_address: int = 10  # per hour
+    registration_per_hour: int = 100  # from all addresses together
+    login_free_attempts: int = 5  # wrong passwords per user name before lockouts start
+    login_address_free_attempts: int = 20  # the same per client address
+    login_lockout_seconds: int = 5  # first lockout; doubles with each further failure
+    login_max_lockout_seconds: int = 900
+    secret_key_file: str = ""  # the key that seals the signing keys (smart_auth/sealing.py)
+    frame_origins: tuple[str, ...] = ()  # may frame the pages of an EHR launch (OpenEMR)
     roles_file: str = ""
     # where client jwks_uri documents may be fetched from (INTEROP_OUTBOUND_ALLOW_JWKS)
     jwks_fetch: Policy = field(

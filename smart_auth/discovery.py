@@ -73,7 +73,7 @@ def smart_configuration(config: AuthConfig) -> dict[str, Any]:
         "management_endpoint": f"{auth}/manage",
         "capabilities": CAPABILITIES,
     }
-    if config.registration:
+    if config.registration != "closed":
         doc["registration_endpoint"] = f"{auth}/register"
     return doc
 

@@ -4,6 +4,9 @@ Only the newest key signs; retired keys stay published in the JWKS so tokens sig
 rotation still verify until they expire. Keys are cached in memory (signing and verification
 never touch the database); a token with an unknown `kid` triggers one reload, so a rotation
 done by another process (`interop keys rotate`) is picked up.
+
+Private keys are stored sealed with the operator's secret key (smart_auth/sealing.py); a key
+an earlier version stored in clear is sealed in place the first time it is read.
 """
 
 from __future__ import annotations
@@ -13,19 +16,21 @@ import threading
 import time
 from typing import Any
 
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import KeyParameters, KeySet, RSAKey
 from sqlalchemy import Engine, insert, select, update
 
 from fhir_server.store.db import write_transaction
 from smart_auth.models import signing_keys
+from smart_auth.sealing import Sealer, is_sealed
 
 ALG = "RS256"
 RELOAD_INTERVAL = 30.0
 
 
 class KeyStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer) -> None:
         self.engine = engine
+        self.sealer = sealer
         self._lock = threading.Lock()
         self._keys: dict[str, RSAKey] = {}
         self._current: str | None = None
@@ -43,8 +48,8 @@ class KeyStore:
             self.rotate()
             return
         keys = {
-            kid: RSAKey.import_key(pem, parameters={"kid": kid, "alg": ALG, "use": "sig"})
-            for kid, pem, _ in rows
+            kid: RSAKey.import_key(self._unseal(kid, stored), parameters=_parameters(kid))
+            for kid, stored, _ in rows
         }
         active = [kid for kid, _, retired in rows if retired is None]
         with self._lock:
@@ -55,7 +60,7 @@ class KeyStore:
     def rotate(self) -> str:
         """Make a new signing key; the previous ones are retired but kept for verification."""
         kid = secrets.token_hex(8)
-        key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": ALG, "use": "sig"})
+        key = RSAKey.generate_key(2048, parameters=_parameters(kid))
         now = int(time.time())
         with write_transaction(self.engine) as conn:
             conn.execute(
@@ -63,7 +68,10 @@ class KeyStore:
             )
             conn.execute(
                 insert(signing_keys).values(
-                    kid=kid, alg=ALG, private_pem=key.as_pem(private=True).decode(), created=now
+                    kid=kid,
+                    alg=ALG,
+                    private_pem=self.sealer.seal(key.as_pem(private=True), kid),
+                    created=now,
                 )
             )
         with self._lock:
@@ -71,6 +79,18 @@ class KeyStore:
             self._current = kid
             self._loaded_at = time.monotonic()
         return kid
+
+    def _unseal(self, kid: str, stored: str) -> bytes:
+        """The private PEM; a clear one (stored by an earlier version) is sealed in place."""
+        if is_sealed(stored):
+            return self.sealer.open(stored, kid)
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(signing_keys)
+                .where(signing_keys.c.kid == kid, signing_keys.c.private_pem == stored)
+                .values(private_pem=self.sealer.seal(stored.encode(), kid))
+            )
+        return stored.encode()
 
     def signing_key(self) -> RSAKey:
         """The newest key; re-read now and then so a rotation elsewhere takes over signing."""
@@ -93,3 +113,7 @@ class KeyStore:
         if time.monotonic() - self._loaded_at > RELOAD_INTERVAL:
             self.load()
         return {"keys": [k.as_dict(private=False) for k in self._keys.values()]}
+
+
+def _parameters(kid: str) -> KeyParameters:
+    return {"kid": kid, "alg": ALG, "use": "sig"}

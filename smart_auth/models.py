@@ -1,13 +1,14 @@
 """Tables of the authorization server, on the store's `metadata` so one Alembic history holds them.
 
 Secrets never sit in clear: client secrets, passwords, authorization codes and refresh tokens
-are stored as hashes; only the signing keys' private halves are kept, because the server must
-sign with them. Times are UTC epoch seconds.
+are stored as hashes; the signing keys' private halves, which the server must sign with, are
+stored encrypted with the operator's secret key (smart_auth/sealing.py). Times are UTC epoch
+seconds.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, Text, false
 
 from fhir_server.store.models import metadata
 
@@ -25,6 +26,14 @@ clients = Table(
     Column("launch_url", Text, nullable=True),
     Column("pkce_exempt", Boolean, nullable=False, default=False),
     Column("can_launch", Boolean, nullable=False, default=False, doc="may POST /auth/launch"),
+    Column(
+        "verified",
+        Boolean,
+        nullable=False,
+        default=False,
+        server_default=false(),
+        doc="registered by an operator; false: self-registered (RFC 7591), shown as unverified",
+    ),
     Column("created", BigInteger, nullable=False),
 )
 
@@ -43,7 +52,7 @@ signing_keys = Table(
     metadata,
     Column("kid", String(64), primary_key=True),
     Column("alg", String(16), nullable=False),
-    Column("private_pem", Text, nullable=False),
+    Column("private_pem", Text, nullable=False, doc="the private key, sealed (AES-GCM)"),
     Column("created", BigInteger, nullable=False),
     Column("retired", BigInteger, nullable=True, doc="no longer signs; still verifies"),
 )
@@ -131,4 +140,13 @@ sessions = Table(
     Column("username", String(128), nullable=False),
     Column("client_id", String(128), nullable=False, doc="the app the session may authorize"),
     Column("expires", BigInteger, nullable=False),
+)
+
+throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("key", String(200), primary_key=True, doc="e.g. login-user:NAME, register-addr:IP"),
+    Column("count", Integer, nullable=False, doc="failures, or requests in the window"),
+    Column("since", BigInteger, nullable=False, doc="last failure, or start of the window"),
+    Column("until", BigInteger, nullable=False, doc="refused until then (0: not locked)"),
 )

@@ -1,14 +1,61 @@
-"""Server-rendered HTML for login, patient picking and consent: small, escaped, no scripts."""
+"""Server-rendered HTML for login, patient picking and consent: small, escaped, no scripts.
+
+Every page is sent with `framing()` headers: no site may frame it (clickjacking), except the
+configured EHR origins for the pages of an EHR launch, which open inside the EHR.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem}"
     "label{display:block;margin:.5rem 0}input[type=text],input[type=password]{width:100%}"
     "button{margin-top:1rem;padding:.4rem 1rem}.error{color:#b00020}"
+    ".warning{border:2px solid #b00020;padding:.5rem;background:#fff4f4}"
 )
+# no scripts, no images, no plugins; only the inline style above
+_CSP_REST = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"
+
+
+def framing(origins: Sequence[str] = ()) -> dict[str, str]:
+    """Headers for an HTML page: framed by nobody, or by exactly `origins` (e.g. OpenEMR's).
+    X-Frame-Options cannot name an origin, so it is only sent when nobody may frame."""
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+    if origins:
+        headers["Content-Security-Policy"] = f"frame-ancestors {' '.join(origins)}; {_CSP_REST}"
+    else:
+        headers["Content-Security-Policy"] = f"frame-ancestors 'none'; {_CSP_REST}"
+        headers["X-Frame-Options"] = "DENY"
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class AppShown:
+    """What the user is told about the app asking: its name, whether an operator registered
+    it, and the host its answer goes to (a self-registered name proves nothing)."""
+
+    name: str
+    verified: bool
+    redirect_host: str
+
+    def html(self, asks: str) -> str:
+        name, host = escape(self.name), escape(self.redirect_host)
+        if self.verified:
+            return f"<p>{name} {asks}</p><p>The answer goes to <strong>{host}</strong>.</p>"
+        return (
+            f'<div class="warning"><p><strong>Unverified app.</strong> "{name}" registered '
+            "itself; your organisation has not checked who made it, and the name may be "
+            f"anything.</p><p>It {asks} The answer goes to <strong>{host}</strong>. "
+            "Continue only if you trust that site.</p></div>"
+        )
+
 
 SCOPE_TEXT = {
     "openid": "Know who you are",
@@ -37,11 +84,11 @@ def _hidden(request_id: str, csrf: str) -> str:
     )
 
 
-def login_page(request_id: str, csrf: str, client_name: str, error: str = "") -> str:
+def login_page(request_id: str, csrf: str, app: AppShown, error: str = "") -> str:
     message = f'<p class="error">{escape(error)}</p>' if error else ""
     return page(
         "Sign in",
-        f"<p>{escape(client_name)} asks for access to health records.</p>{message}"
+        f"{app.html('asks for access to health records.')}{message}"
         f'<form method="post" action="login">{_hidden(request_id, csrf)}'
         '<label>User name <input type="text" name="username" autocomplete="username" required>'
         '</label><label>Password <input type="password" name="password" '
@@ -96,7 +143,7 @@ def _choices(
 
 
 def consent_page(
-    request_id: str, csrf: str, client_name: str, scopes: list[str], patient: str | None
+    request_id: str, csrf: str, app: AppShown, scopes: list[str], patient: str | None
 ) -> str:
     items = "".join(
         f'<label><input type="checkbox" name="scope" value="{escape(s)}" checked> '
@@ -106,8 +153,8 @@ def consent_page(
     about = f"<p>Patient: <code>{escape(patient)}</code></p>" if patient else ""
     return page(
         "Allow access?",
-        f"<p>{escape(client_name)} asks for the access below; untick what you do not want to "
-        f'share.</p>{about}<form method="post" action="consent">{_hidden(request_id, csrf)}'
+        app.html("asks for the access below; untick what you do not want to share.")
+        + f'{about}<form method="post" action="consent">{_hidden(request_id, csrf)}'
         f"{items}<button type=submit name=decision value=allow>Allow</button> "
         "<button type=submit name=decision value=deny>Deny</button></form>",
     )

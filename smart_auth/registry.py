@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 
 from fhir_server.store.db import write_transaction
-from smart_auth.hashing import hash_password, token_hash, verify_password
+from smart_auth.hashing import hash_password, needs_rehash, token_hash, verify_password
 from smart_auth.models import (
     authorization_codes,
     clients,
@@ -42,6 +44,7 @@ class Client:
     launch_url: str | None = None
     pkce_exempt: bool = False
     can_launch: bool = False
+    verified: bool = True  # False: registered itself (RFC 7591), not by an operator
     secret_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -59,6 +62,7 @@ class Client:
             "launch_url": self.launch_url,
             "pkce_exempt": self.pkce_exempt,
             "can_launch": self.can_launch,
+            "verified": self.verified,
         }
 
 
@@ -87,8 +91,10 @@ class Registry:
         launch_url: str | None = None,
         pkce_exempt: bool = False,
         can_launch: bool = False,
+        verified: bool = True,
     ) -> tuple[Client, str | None]:
-        """Register a client; returns it and, for a secret client, the secret (shown once)."""
+        """Register a client; returns it and, for a secret client, the secret (shown once).
+        Operators register verified clients; apps registering themselves are unverified."""
         texts = [name, scope, jwks_url or "", launch_url or "", *redirect_uris]
         if any(isinstance(t, str) and "\x00" in t for t in texts) or "\\u0000" in json.dumps(jwks):
             raise RegistryError("client metadata may not contain NUL characters")
@@ -103,6 +109,8 @@ class Registry:
                 raise RegistryError("redirect URIs are strings of at most 2000 characters")
             if not uri.startswith(("https://", "http://")) or "#" in uri:
                 raise RegistryError(f"redirect URI '{uri}' must be an absolute http(s) URL")
+            if not _plain_host(uri):
+                raise RegistryError(f"redirect URI '{uri}' needs a host and no user name")
         if client_type == "public" and pkce_exempt:
             raise RegistryError("public clients always use PKCE")
         if client_type == "confidential-jwks":
@@ -112,6 +120,10 @@ class Registry:
                 check_jwks(jwks)
         elif jwks_url or jwks:
             raise RegistryError("only confidential-jwks clients have a JWKS")
+        if not verified and self._impersonates(name):
+            raise RegistryError(
+                f"the name '{name.strip()}' belongs to an app your administrator registered"
+            )
         client_id = _new_client_id()
         secret = secrets.token_urlsafe(32) if client_type == "confidential-secret" else None
         with write_transaction(self.engine) as conn:
@@ -128,12 +140,20 @@ class Registry:
                     launch_url=launch_url or None,
                     pkce_exempt=pkce_exempt,
                     can_launch=can_launch,
+                    verified=verified,
                     created=int(time.time()),
                 )
             )
         client = self.client(client_id)
         assert client is not None
         return client, secret
+
+    def _impersonates(self, name: str) -> bool:
+        """A self-registered app may not take the name of an operator-registered one."""
+        wanted = _plain(name)
+        with self.engine.connect() as conn:
+            names = conn.execute(select(clients.c.name).where(clients.c.verified)).scalars()
+            return any(_plain(taken) == wanted for taken in names)
 
     def client(self, client_id: str) -> Client | None:
         if not client_id or len(client_id) > 128 or "\x00" in client_id:
@@ -176,7 +196,7 @@ class Registry:
             raise RegistryError("--fhir-user must look like Practitioner/123")
         if role == "patient" and not (fhir_user or "").startswith("Patient/"):
             raise RegistryError("a user with role patient needs --fhir-user Patient/ID")
-        password_hash = hash_password(password)  # slow (scrypt): not inside the transaction
+        password_hash = hash_password(password)  # slow (argon2id): not inside the transaction
         with write_transaction(self.engine) as conn:
             if conn.execute(select(users.c.username).where(users.c.username == username)).first():
                 raise RegistryError(f"user '{username}' already exists")
@@ -203,6 +223,8 @@ class Registry:
         return User(*row) if row else None
 
     def login(self, username: str, password: str) -> User | None:
+        """The user, if the password is right. A hash of an older kind is replaced by an
+        argon2id hash now that the password is known (callers throttle guessing)."""
         username = username.replace("\x00", "")
         with self.engine.connect() as conn:
             row = conn.execute(select(users).where(users.c.username == username[:128])).first()
@@ -210,10 +232,41 @@ class Registry:
         ok = verify_password(password, row.password_hash if row else _DUMMY_HASH)
         if not row or not ok:
             return None
+        if needs_rehash(row.password_hash):
+            upgraded = hash_password(password)
+            with write_transaction(self.engine) as conn:
+                conn.execute(
+                    update(users)
+                    .where(users.c.username == row.username)
+                    .where(users.c.password_hash == row.password_hash)
+                    .values(password_hash=upgraded)
+                )
         return User(row.username, row.role, row.fhir_user)
 
 
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def _plain_host(uri: str) -> str:
+    """The host a redirect URI really goes to, '' when it hides it behind a user name."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return ""
+    if "@" in parts.netloc or not parts.hostname:
+        return ""
+    return parts.hostname + (f":{port}" if port else "")
+
+
+def redirect_host(uri: str) -> str:
+    """What the consent page shows: where the app will send the browser."""
+    return _plain_host(uri) or uri
+
+
+def _plain(name: str) -> str:
+    """A name as a reader sees it: letters and digits, case and spacing ignored."""
+    return "".join(c for c in unicodedata.normalize("NFKC", name).casefold() if c.isalnum())
 
 
 def _new_client_id() -> str:
@@ -251,5 +304,6 @@ def _client(row: Any) -> Client:
         launch_url=row["launch_url"],
         pkce_exempt=bool(row["pkce_exempt"]),
         can_launch=bool(row["can_launch"]),
+        verified=bool(row["verified"]),
         secret_hash=row["secret_hash"],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -13,13 +14,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from outbound import Refused
 from smart_auth import discovery
+from smart_auth import scopes as sc
 from smart_auth.authorize import CSRF_COOKIE, SESSION_COOKIE, AuthorizeFlow
 from smart_auth.errors import NO_STORE, OAuthError, invalid_request
-from smart_auth.pages import page
+from smart_auth.pages import framing, page
 from smart_auth.registry import RegistryError
 from smart_auth.server import AuthServer
+from smart_auth.throttle import Throttle
 
 log = logging.getLogger("interop.auth")
 CORS = {"Access-Control-Allow-Origin": "*"}
@@ -103,7 +105,14 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
 
         return endpoint
 
-    login = form_page(flow.login_form, flow.login)
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            request_id = _clean(dict(request.query_params)).get("request", "")
+            return await run_in_threadpool(flow.login_form, request_id)
+        form = _fields(await _form(request))
+        cookie = request.cookies.get(CSRF_COOKIE)
+        return await run_in_threadpool(flow.login, form, cookie, _address(request))
+
     choose_encounter = form_page(flow.encounter_form, flow.choose_encounter)
 
     async def pick(request: Request) -> Response:
@@ -182,11 +191,43 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
             headers=NO_STORE,
         )
 
+    registration_limit = Throttle(server.engine)
+
     async def register(request: Request) -> Response:
-        if not config.registration:
+        if config.registration == "closed":
             return JSONResponse(
                 {"error": "access_denied", "error_description": "registration is turned off"},
                 403,
+                NO_STORE,
+            )
+        if config.registration == "token" and not _initial_token_ok(
+            request.headers.get("authorization"), config.registration_tokens
+        ):  # RFC 7591 section 3: an initial access token, as an RFC 6750 bearer token
+            return JSONResponse(
+                {
+                    "error": "invalid_token",
+                    "error_description": "registration needs an initial access token "
+                    "from the server's administrator (Authorization: Bearer ...)",
+                },
+                401,
+                {**NO_STORE, "WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        wait = await run_in_threadpool(
+            registration_limit.take,
+            [
+                (f"register-address:{_address(request)}", config.registration_per_address),
+                ("register-all", config.registration_per_hour),
+            ],
+            3600,
+        )
+        if wait:
+            return JSONResponse(
+                {
+                    "error": "too_many_requests",
+                    "error_description": f"too many registrations; retry in {wait} seconds",
+                },
+                429,
+                {**NO_STORE, "Retry-After": str(wait)},
             )
         try:
             metadata = json.loads(await request.body())
@@ -209,7 +250,8 @@ def auth_routes(server: AuthServer) -> list[BaseRoute]:
                 "<p>Ask your administrator to revoke an app's access "
                 "(<code>interop clients remove ID</code>), or revoke a token at "
                 "<code>/auth/revoke</code>.</p>",
-            )
+            ),
+            headers=framing(),
         )
 
     both = ["GET", "POST"]
@@ -246,38 +288,61 @@ def discovery_routes(server: AuthServer) -> list[BaseRoute]:
     ]
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _initial_token_ok(authorization: str | None, tokens: tuple[str, ...]) -> bool:
+    scheme, _, presented = (authorization or "").partition(" ")
+    given = presented.strip().encode()
+    matched = [hmac.compare_digest(given, token.encode()) for token in tokens]
+    return scheme.lower() == "bearer" and bool(given) and any(matched)
+
+
 def _register(server: AuthServer, metadata: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7591: a client registers itself; it never gets system/ (backend) scopes this way."""
+    """RFC 7591: an app registers itself. It is recorded as unverified (the consent page says
+    so), may ask for at most the operator's self-registration scopes (the rest is dropped, as
+    RFC 7591 section 2 allows; nothing left is an error), and cannot register keys: backend
+    (system/) and private_key_jwt clients are registered by operators."""
     method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
     kinds = {
         "none": "public",
         "client_secret_basic": "confidential-secret",
         "client_secret_post": "confidential-secret",
-        "private_key_jwt": "confidential-jwks",
     }
+    if method == "private_key_jwt":
+        raise OAuthError(
+            "invalid_client_metadata", "private_key_jwt clients are registered by operators only"
+        )
     if method not in kinds:
         raise OAuthError("invalid_client_metadata", f"token_endpoint_auth_method '{method}'")
     scope = metadata.get("scope", "")
     redirect_uris = metadata.get("redirect_uris", [])
-    if not isinstance(scope, str) or any(s.startswith("system/") for s in scope.split()):
+    if not isinstance(scope, str):
+        raise OAuthError("invalid_client_metadata", "scope must be a space-separated string")
+    if any(s.startswith("system/") for s in scope.split()):
         raise OAuthError("invalid_client_metadata", "system/ scopes are granted by operators only")
     if not isinstance(redirect_uris, list) or not all(isinstance(u, str) for u in redirect_uris):
         raise OAuthError("invalid_redirect_uri", "redirect_uris must be a list of URLs")
-    jwks = metadata.get("jwks")
-    jwks_uri = metadata.get("jwks_uri")
-    if isinstance(jwks_uri, str) and jwks_uri:
-        try:  # the address rules of every later fetch, answered now
-            server.config.jwks_fetch.check_destination(jwks_uri)
-        except Refused as exc:
-            raise OAuthError("invalid_client_metadata", f"jwks_uri is refused: {exc}") from None
+    if not redirect_uris:
+        raise OAuthError("invalid_redirect_uri", "an app needs at least one redirect URI")
+    allowed = list(server.config.registration_scopes)
+    granted = sc.narrow(sc.split(scope), allowed)
+    if not granted:
+        raise OAuthError(
+            "invalid_client_metadata",
+            "none of the requested scopes may be self-registered here; allowed: "
+            + " ".join(allowed),
+        )
+    if metadata.get("jwks") is not None or metadata.get("jwks_uri") is not None:
+        raise OAuthError("invalid_client_metadata", "only operators register client keys")
     try:
         client, secret = server.registry.add_client(
             name=str(metadata.get("client_name") or "unnamed app"),
             client_type=kinds[method],
             redirect_uris=redirect_uris,
-            scope=scope,
-            jwks_url=jwks_uri if isinstance(jwks_uri, str) else None,
-            jwks=jwks if isinstance(jwks, dict) else None,
+            scope=" ".join(granted),
+            verified=False,
         )
     except RegistryError as exc:
         raise OAuthError("invalid_client_metadata", str(exc)) from None
@@ -287,8 +352,8 @@ def _register(server: AuthServer, metadata: dict[str, Any]) -> dict[str, Any]:
         "redirect_uris": client.redirect_uris,
         "scope": " ".join(client.scope),
         "token_endpoint_auth_method": method,
-        "grant_types": ["authorization_code", "refresh_token"]
-        + (["client_credentials"] if method != "none" else []),
+        "grant_types": ["authorization_code"]
+        + (["refresh_token"] if set(granted) & {"offline_access", "online_access"} else []),
     }
     if secret:
         out["client_secret"] = secret

@@ -24,6 +24,7 @@ from smart_auth.hashing import new_token, token_hash
 from smart_auth.keys import KeyStore
 from smart_auth.models import authorization_codes, launch_contexts, refresh_tokens, sessions
 from smart_auth.registry import Client, Registry
+from smart_auth.sealing import Sealer
 from smart_auth.tokens import TokenService
 
 REFRESH_SCOPES = ("offline_access", "online_access")
@@ -47,7 +48,7 @@ class AuthServer:
         self.engine = engine
         self.config = config
         self.registry = Registry(engine)
-        self.keys = KeyStore(engine)
+        self.keys = KeyStore(engine, Sealer.from_file(config.secret_key_file))
         self.tokens = TokenService(engine, self.keys, config)
         self.assertions = AssertionVerifier(
             engine, self.registry, config.token_url, config.jwks_fetch

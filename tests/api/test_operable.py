@@ -64,12 +64,21 @@ def test_every_advertised_search_parameter_is_accepted(client: TestClient) -> No
             assert response.status_code == 200, (resource["type"], param["name"], response.text)
 
 
-def test_health_ready_metrics(client: TestClient) -> None:
+def test_health_ready_metrics(client: TestClient, database_url: str) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     client.post("/fhir/Patient", json={"resourceType": "Patient"})
     client.get("/fhir/Patient/nope")
-    text = client.get("/metrics").text
+    assert client.get("/metrics").status_code == 404  # closed unless the operator opens it
+    opened = create_app(
+        Settings(
+            database_url=database_url, auth="off", base_url="http://testserver/fhir", metrics="on"
+        ),
+        migrate=False,
+    )
+    with TestClient(opened) as scraper:
+        text = scraper.get("/metrics").text
+    opened.state.store.engine.dispose()
     assert 'fhir_requests_total{interaction="create",type="Patient",status="201"}' in text
     assert 'status="404"' in text
     assert "fhir_request_duration_seconds_bucket" in text

@@ -370,7 +370,8 @@ def test_registering_a_jwks_uri_on_an_internal_address_is_refused(closed: TestCl
         )
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "invalid_client_metadata"
-        assert "refused" in response.json()["error_description"]
+        # self-registered apps may not name keys at all (operators register them); the
+        # address rule is applied again whenever an operator-registered jwks_uri is fetched
 
 
 def _b64(data: dict[str, Any]) -> str:

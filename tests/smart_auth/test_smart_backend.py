@@ -188,12 +188,13 @@ def test_dynamic_registration(http: TestClient) -> None:
             "client_name": "My app",
             "redirect_uris": ["https://my.app/cb"],
             "token_endpoint_auth_method": "client_secret_basic",
-            "scope": "user/*.rs",
+            "scope": "launch/patient patient/*.rs user/*.rs",
         },
     )
     assert response.status_code == 201
     body = response.json()
     assert body["client_id"] and body["client_secret"]
+    assert body["scope"] == "launch/patient patient/*.rs"  # user/ needs an operator
     backend = http.post(
         "/auth/register",
         json={

@@ -37,5 +37,5 @@ def test_passwords_and_secrets_are_stored_hashed(auth_app, smart) -> None:  # ty
         stored_secret = conn.execute(
             select(clients.c.secret_hash).where(clients.c.client_id == client_id)
         ).scalar_one()
-    assert "correct horse" not in stored_pw and stored_pw.startswith("scrypt$")
+    assert "correct horse" not in stored_pw and stored_pw.startswith("$argon2id$")
     assert secret not in stored_secret

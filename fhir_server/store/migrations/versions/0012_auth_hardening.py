@@ -1,7 +1,7 @@
 """auth hardening: sign-in and registration throttle counters, verified clients
 
-Revision ID: 0010_auth_hardening
-Revises: 0009_subscriptions
+Revision ID: 0012_auth_hardening
+Revises: 0011_hl7_feeds
 
 Clients registered before this revision cannot be told apart (operator or RFC 7591), so they
 are marked unverified: the consent page warns about them until an operator registers them again.
@@ -10,8 +10,8 @@ are marked unverified: the consent page warns about them until an operator regis
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_auth_hardening"
-down_revision = "0009_subscriptions"
+revision = "0012_auth_hardening"
+down_revision = "0011_hl7_feeds"
 branch_labels = None
 depends_on = None
 

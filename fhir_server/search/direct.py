@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.extract import normalize_string
 from fhir_server.search.registry import params_for, resource_types
+from fhir_server.store.models import INDEX_PREFIX as PREFIX
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Compiler, SearchPlan
 
 _TABLES = {"token": "idx_token", "reference": "idx_reference", "string": "idx_string"}
+# the indexed prefixes of long text columns (models.prefix_of), then the exact test
+_CODE = f"substr(t.code, 1, {PREFIX}) = ? AND t.code = ?"
+_SYSTEM = f"substr(t.system, 1, {PREFIX}) = ? AND t.system = ?"
+_VALUE = f"substr(t.value, 1, {PREFIX})"
 
 
 @dataclass(slots=True)
@@ -40,7 +45,7 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     count = compiler.default_count
     for name, value in items:
         if name == "_count":
-            if not value.isdigit() or int(value) == 0:
+            if not (value.isascii() and value.isdigit()) or len(value) > 9 or int(value) == 0:
                 return False  # _count=0 asks for the total alone: the general path counts
             count = min(int(value), compiler.max_count)
             continue
@@ -91,15 +96,15 @@ def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[An
     if kind == "token":
         parts = _split_pipe(value)
         if len(parts) == 1:
-            return "t.code = ?", parts
+            return _CODE, [parts[0][:PREFIX], parts[0]]
         if len(parts) != 2:
             return None
         system, code = parts
         if not system:
-            return "t.system IS NULL AND t.code = ?", [code]
+            return f"t.system IS NULL AND {_CODE}", [code[:PREFIX], code]
         if not code:
-            return "t.system = ?", [system]
-        return "t.system = ? AND t.code = ?", [system, code]
+            return _SYSTEM, [system[:PREFIX], system]
+        return f"{_SYSTEM} AND {_CODE}", [system[:PREFIX], system, code[:PREFIX], code]
     if kind == "reference":
         if compiler.base_url and value.startswith(compiler.base_url + "/"):
             value = value[len(compiler.base_url) + 1 :]
@@ -114,4 +119,7 @@ def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[An
     norm = normalize_string(value)
     if not norm:
         return None
-    return "t.value >= ? AND t.value < ? AND t.value LIKE ? ESCAPE '\\'", [*prefix_range(norm)]
+    return (
+        f"{_VALUE} >= ? AND {_VALUE} < ? AND t.value LIKE ? ESCAPE '\\'",
+        [*prefix_range(norm)],
+    )

@@ -17,8 +17,15 @@ from sqlalchemy.engine import make_url
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_db_engine(url: str, pool_size: int = 10) -> Engine:
-    """An engine tuned per backend: SQLite in WAL mode, PostgreSQL through psycopg 3."""
+def create_db_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 0) -> Engine:
+    """An engine tuned per backend: SQLite in WAL mode, PostgreSQL through psycopg 3.
+
+    `statement_timeout_ms` bounds every statement on PostgreSQL (`statement_timeout`; the
+    API's engine sets it, so no request keeps a query running after its client gave up);
+    on SQLite the progress handler interrupts statements run inside `limits.deadline()`.
+    Work that may legitimately run long (migrations, ANALYZE, bulk export) lifts it with
+    `unbounded`.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -30,6 +37,8 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
             max_overflow=pool_size,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if statement_timeout_ms > 0:
+            event.listen(engine, "connect", _sqlite_progress_handler)
         # pysqlite's own transaction handling defers BEGIN; take it over so each repository
         # transaction starts with BEGIN IMMEDIATE (no lock upgrade deadlocks between writers).
         event.listen(engine, "begin", _sqlite_begin)
@@ -43,8 +52,23 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         pool_pre_ping=False,
         # psycopg prepares a statement after its 5th use; PostgreSQL then switches to a generic
         # plan, which cannot see how selective a search value is and scans. Custom plans only.
-        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+        connect_args={
+            "options": "-c plan_cache_mode=force_custom_plan"
+            f" -c statement_timeout={max(0, statement_timeout_ms)}"
+        },
     )
+
+
+def unbounded(conn: Connection) -> None:
+    """Lift the statement timeout for the rest of this transaction (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+
+
+def _sqlite_progress_handler(dbapi_conn: Any, _record: Any) -> None:
+    from fhir_server.limits import sqlite_progress_handler
+
+    dbapi_conn.set_progress_handler(sqlite_progress_handler, 10_000)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -93,6 +117,7 @@ def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (`interop db upgrade`, and `serve` at start)."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        unbounded(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

@@ -26,9 +26,11 @@ from fhir_server.errors import FhirError, bad_request, conflict, precondition_fa
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
+    INDEX_PREFIX,
     INDEX_TABLES,
     idx_token,
     outbox,
+    prefix_of,
     resource_versions,
     resources,
 )
@@ -335,9 +337,11 @@ class Transaction:
                 R.deleted == false(),
                 or_(
                     *(
-                        and_(token.res_type == t, token.code == v)
+                        and_(token.res_type == t, _equals(token.code, v))
                         if s is None
-                        else and_(token.res_type == t, token.system == s, token.code == v)
+                        else and_(
+                            token.res_type == t, _equals(token.system, s), _equals(token.code, v)
+                        )
                         for t, s, v in set(wanted)
                     )
                 ),
@@ -586,6 +590,11 @@ class Transaction:
         self.outbox_count += len(self._outbox)
         self._new_resources, self._versions, self._outbox = [], [], []
         self._index = {k: [] for k in INDEX_TABLES}
+
+
+def _equals(column: Any, value: str) -> Any:
+    """Equality on an indexed text column (models.INDEX_PREFIX): prefix, then whole value."""
+    return and_(prefix_of(column) == value[:INDEX_PREFIX], column == value)
 
 
 def _version_row(stored: StoredResource) -> tuple[Any, ...]:

@@ -52,7 +52,11 @@ class PlannerStatistics:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 rows = conn.execute(count).scalar_one()
-                conn.execute(text("ANALYZE"))
+                conn.execute(text("SET statement_timeout = 0"))  # ANALYZE may take long
+                try:
+                    conn.execute(text("ANALYZE"))
+                finally:
+                    conn.execute(text("RESET statement_timeout"))
         with self._lock:
             self._writes = 0
             self._next_run = max(self.first_run_after, rows)

@@ -22,10 +22,7 @@ if TYPE_CHECKING:
     from fhir_server.search.query import Compiler, SearchPlan
 
 _TABLES = {"token": "idx_token", "reference": "idx_reference", "string": "idx_string"}
-# the indexed prefixes of long text columns (models.prefix_of), then the exact test
-_CODE = f"substr(t.code, 1, {PREFIX}) = ? AND t.code = ?"
-_SYSTEM = f"substr(t.system, 1, {PREFIX}) = ? AND t.system = ?"
-_VALUE = f"substr(t.value, 1, {PREFIX})"
+_VALUE = f"substr(t.value, 1, {PREFIX})"  # the indexed prefix (models.prefix_of)
 
 
 @dataclass(slots=True)
@@ -89,6 +86,14 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     return True
 
 
+def _equals(column: str, value: str) -> tuple[str, list[Any]]:
+    """models.text_equals as SQL text: the indexed prefix, then the rest of a long value."""
+    test = f"substr(t.{column}, 1, {PREFIX}) = ?"
+    if len(value) < PREFIX:
+        return test, [value]
+    return f"{test} AND substr(t.{column}, {PREFIX + 1}) = ?", [value[:PREFIX], value[PREFIX:]]
+
+
 def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[Any]] | None:
     """The index-row test for one value, as `Compiler` would build it (None: not simple)."""
     from fhir_server.search.query import _split_pipe, prefix_range
@@ -96,15 +101,20 @@ def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[An
     if kind == "token":
         parts = _split_pipe(value)
         if len(parts) == 1:
-            return _CODE, [parts[0][:PREFIX], parts[0]]
+            return _equals("code", parts[0])
         if len(parts) != 2:
             return None
         system, code = parts
         if not system:
-            return f"t.system IS NULL AND {_CODE}", [code[:PREFIX], code]
+            sql, params = _equals("code", code)
+            return f"t.system IS NULL AND {sql}", params
         if not code:
-            return _SYSTEM, [system[:PREFIX], system]
-        return f"{_SYSTEM} AND {_CODE}", [system[:PREFIX], system, code[:PREFIX], code]
+            return _equals("system", system)
+        (system_sql, system_params), (code_sql, code_params) = (
+            _equals("system", system),
+            _equals("code", code),
+        )
+        return f"{system_sql} AND {code_sql}", [*system_params, *code_params]
     if kind == "reference":
         if compiler.base_url and value.startswith(compiler.base_url + "/"):
             value = value[len(compiler.base_url) + 1 :]

@@ -48,6 +48,7 @@ from fhir_server.store.models import (
     prefix_of,
     resources,
 )
+from fhir_server.store.models import text_equals as _equals
 
 R = resources.c
 
@@ -548,11 +549,6 @@ def _string_condition(table: Any, modifier: str, value: str, code: str) -> Colum
     low, high, pattern = prefix_range(norm)
     key = prefix_of(table.c.value)
     return and_(key >= low, key < high, table.c.value.like(pattern, escape="\\"))
-
-
-def _equals(column: Any, value: str) -> ColumnElement[bool]:
-    """Equality on an indexed text column: its indexed prefix finds, the full value decides."""
-    return and_(prefix_of(column) == value[:PREFIX], column == value)
 
 
 def prefix_range(norm: str) -> tuple[str, str, str]:

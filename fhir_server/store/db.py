@@ -45,18 +45,31 @@ def create_db_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 
         return engine
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
         # psycopg prepares a statement after its 5th use; PostgreSQL then switches to a generic
         # plan, which cannot see how selective a search value is and scans. Custom plans only.
-        connect_args={
-            "options": "-c plan_cache_mode=force_custom_plan"
-            f" -c statement_timeout={max(0, statement_timeout_ms)}"
-        },
+        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
     )
+    if statement_timeout_ms > 0:
+        # set once per new pooled connection, after SQLAlchemy's own first-connect queries
+        event.listen(engine, "connect", statement_timeout(statement_timeout_ms))
+    return engine
+
+
+def statement_timeout(milliseconds: int) -> Any:
+    """A PostgreSQL "connect" listener: every statement of the connection is bounded."""
+
+    def set_timeout(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"SET statement_timeout = {int(milliseconds)}")
+        cursor.close()
+        dbapi_conn.commit()
+
+    return set_timeout
 
 
 def unbounded(conn: Connection) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     func,
     literal_column,
 )
@@ -96,6 +97,16 @@ def prefix_of(column: Any) -> ColumnElement[str]:
     """The indexed prefix of a text column, written exactly as in the index definition (SQLite
     uses an expression index only for the identical expression: literals, not parameters)."""
     return func.substr(column, literal_column("1"), literal_column(str(INDEX_PREFIX)))
+
+
+def text_equals(column: Any, value: str) -> ColumnElement[bool]:
+    """`column = value` through the prefix index: the prefix, then the rest (not the whole
+    column: SQLite would substitute the value for the column in the prefix test and then
+    not use the index)."""
+    if len(value) < INDEX_PREFIX:
+        return prefix_of(column) == value  # exact: a longer column has a longer prefix
+    rest = func.substr(column, literal_column(str(INDEX_PREFIX + 1)))
+    return and_(prefix_of(column) == value[:INDEX_PREFIX], rest == value[INDEX_PREFIX:])
 
 
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:

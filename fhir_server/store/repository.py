@@ -26,13 +26,14 @@ from fhir_server.errors import FhirError, bad_request, conflict, precondition_fa
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
-    INDEX_PREFIX,
     INDEX_TABLES,
     idx_token,
     outbox,
-    prefix_of,
     resource_versions,
     resources,
+)
+from fhir_server.store.models import (
+    text_equals as _equals,
 )
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
@@ -590,11 +591,6 @@ class Transaction:
         self.outbox_count += len(self._outbox)
         self._new_resources, self._versions, self._outbox = [], [], []
         self._index = {k: [] for k in INDEX_TABLES}
-
-
-def _equals(column: Any, value: str) -> Any:
-    """Equality on an indexed text column (models.INDEX_PREFIX): prefix, then whole value."""
-    return and_(prefix_of(column) == value[:INDEX_PREFIX], column == value)
 
 
 def _version_row(stored: StoredResource) -> tuple[Any, ...]:

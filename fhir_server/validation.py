@@ -8,6 +8,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_server.errors import bad_request
+from fhir_server.limits import check_document
 from fhir_server.search.registry import resource_types
 
 # Types the R4B models do not know under their R4 name; checked structurally only.
@@ -34,6 +35,7 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> dict[s
         )
     if "id" in resource and not _valid_id(resource["id"]):
         raise bad_request("Resource id must be 1-64 characters of A-Z a-z 0-9 - .", ["id"])
+    check_document(resource, f"The {res_type}")  # before the models recurse into it
     if res_type in _UNMODELLED:
         return resource
     try:

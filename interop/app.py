@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from ai_worker.runtime import AiRuntime
 from dicomweb_bridge.service import Bridge
-from fhir_server import metrics
+from fhir_server import limits, metrics
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
 from fhir_server.bulk.config import BulkConfig
@@ -66,7 +66,10 @@ def software_version() -> str:
 def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAPI:
     settings = settings or get_settings()
     base_url = settings.effective_base_url
-    engine = create_db_engine(settings.effective_database_url, settings.db_pool_size)
+    limits.configure(request_limits(settings))
+    engine = create_db_engine(
+        settings.effective_database_url, settings.db_pool_size, settings.db_statement_timeout_ms
+    )
     if migrate:
         upgrade(engine)
     store = Store(engine, base_url)
@@ -157,17 +160,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         started = time.perf_counter()
         path = request.path_params.get("path", "").split("/")
         fhir_req = FhirRequest(
-            request.method,
-            path,
-            request.query_params.multi_items(),
-            dict(request.headers),
-            await request.body(),
+            request.method, path, request.query_params.multi_items(), dict(request.headers)
         )
         interaction, res_type = "unknown", ""
         grant = None
         stream, media_type = None, FHIR_JSON
         audited: list[Interaction] = []  # a change recorded inside its own transaction
         try:
+            await _read_body(request, fhir_req)
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
@@ -198,13 +198,21 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             stream, media_type = response.stream, response.media_type or FHIR_JSON
         except FhirError as exc:
             status, body, headers = exc.status, orjson.dumps(exc.outcome()), exc.headers
-        except Exception:
-            log.exception("unhandled error in FHIR request")
-            status, body, headers = (
-                500,
-                orjson.dumps(operation_outcome("Internal server error", "exception")),
-                {},
-            )
+        except Exception as exc:
+            refused = limits.database_error(exc)
+            if refused is not None:
+                log.warning("FHIR request refused by the database: %s", type(exc).__name__)
+                status, body, headers = refused.status, orjson.dumps(refused.outcome()), {}
+            else:
+                log.exception("unhandled error in FHIR request")
+                status, body, headers = (
+                    500,
+                    orjson.dumps(operation_outcome("Internal server error", "exception")),
+                    {},
+                )
+        finally:
+            if fhir_req.body_file is not None:
+                fhir_req.body_file.close()
         request.state.interaction = interaction
         if (
             audit is not None
@@ -408,6 +416,32 @@ def registration_tokens(settings: Settings) -> tuple[str, ...]:
         )
     path = settings.auth_registration_token_file
     return read_tokens(path, "INTEROP_AUTH_REGISTRATION_TOKEN_FILE")
+
+
+async def _read_body(request: Request, req: FhirRequest) -> None:
+    """The body within the request limits; a `$bulk-upload` is streamed to a file instead."""
+    if "\x00" in request.scope.get("path", ""):
+        raise FhirError(400, "The URL holds a NUL character", "invalid")
+    if req.path[-1:] == ["$bulk-upload"]:
+        req.body_file = await limits.spool_body(req.headers, request.stream())
+    else:
+        req.body = await limits.read_body(req.headers, request.stream())
+
+
+def request_limits(settings: Settings) -> limits.Limits:
+    """The request limits named by the operator's settings (fhir_server.limits)."""
+    mib = 1024 * 1024
+    return limits.Limits(
+        max_body_bytes=settings.max_body_mb * mib,
+        max_upload_bytes=settings.max_upload_mb * mib,
+        max_json_depth=settings.max_json_depth,
+        max_json_nodes=settings.max_json_nodes,
+        max_array_items=settings.max_array_items,
+        max_patch_operations=settings.max_patch_operations,
+        max_search_params=settings.max_search_params,
+        max_search_values=settings.max_search_values,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
 
 
 def _negotiate(req: FhirRequest) -> None:

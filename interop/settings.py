@@ -51,6 +51,29 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=20, ge=1, description="search _count when none is given")
     max_page_size: int = Field(default=1000, ge=1, description="largest _count honoured")
     db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL connection pool size")
+    db_statement_timeout_ms: int = Field(
+        default=10_000, ge=0, description="longest SQL statement of a request (ms); 0: no limit"
+    )
+    max_body_mb: int = Field(default=16, ge=1, description="largest FHIR request body (MiB)")
+    max_upload_mb: int = Field(
+        default=512, ge=1, description="largest $bulk-upload body (MiB), streamed to a file"
+    )
+    max_json_depth: int = Field(default=64, ge=8, description="deepest nesting of a JSON body")
+    max_json_nodes: int = Field(
+        default=250_000, ge=1000, description="most elements (values) in one JSON document"
+    )
+    max_array_items: int = Field(
+        default=10_000, ge=100, description="most items in one JSON array of a resource"
+    )
+    max_patch_operations: int = Field(
+        default=1000, ge=1, description="most operations in one JSON Patch"
+    )
+    max_search_params: int = Field(
+        default=32, ge=4, description="most parameters in one search (filters and _include...)"
+    )
+    max_search_values: int = Field(
+        default=200, ge=4, description="most values in one search, OR values counted one by one"
+    )
 
     auth_base_url: str = Field(
         default="", description="public base of the SMART endpoints; empty: {base}/../auth"

@@ -50,6 +50,7 @@ def process_bundle(
         raise bad_request("Bundle.entry must be a list of entries", ["Bundle.entry"])
     if len(entries) > MAX_ENTRIES:
         raise FhirError(413, f"A Bundle may hold at most {MAX_ENTRIES} entries", "too-costly")
+    _reject_duplicate_full_urls(entries)
     requests = [_entry_request(i, entry, kind == "batch") for i, entry in enumerate(entries)]
     representation = req.prefer("return") == "representation"
     if kind == "batch":
@@ -279,6 +280,27 @@ def _identifier_condition(req: FhirRequest) -> tuple[str, str | None, str] | Non
     if param is None or param.type != "token":
         return None
     return (req.path[0], system, code) if bar else (req.path[0], None, value)
+
+
+def _reject_duplicate_full_urls(entries: list[dict[str, Any]]) -> None:
+    """Each entry of a batch or transaction has its own fullUrl (R4 §3.1.0.11.2 / Bundle
+    bdl-7): a reference to a shared one would resolve to either entry."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        full_url = entry.get("fullUrl")
+        if full_url is None:
+            continue
+        if not isinstance(full_url, str):
+            raise bad_request(
+                f"Bundle.entry[{index}].fullUrl must be a string", [f"Bundle.entry[{index}]"]
+            )
+        if full_url in seen:
+            raise bad_request(
+                f"Bundle.entry[{index}].fullUrl '{full_url[:200]}' is already the fullUrl of "
+                f"Bundle.entry[{seen[full_url]}]; every entry needs its own",
+                [f"Bundle.entry[{index}].fullUrl"],
+            )
+        seen[full_url] = index
 
 
 def _reject_overlaps(reqs: list[FhirRequest]) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
 from sqlalchemy import ColumnElement, Connection
 
+from fhir_server import limits
 from fhir_server.api import bundling
 from fhir_server.api.operations import Operations
 from fhir_server.clock import to_http_date
@@ -57,6 +58,7 @@ class FhirRequest:
     parsed: Any = None  # a body already parsed (Bundle entries)
     existing_id: str | None = None  # a transaction's conditional create that matched
     creates: bool = False  # a transaction's create, turned into a PUT to a fresh id
+    body_file: IO[bytes] | None = None  # a `$bulk-upload` body, streamed to a file
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -176,10 +178,7 @@ def _parse_json(req: FhirRequest) -> Any:
         )
     if not req.body.strip():
         raise bad_request("The request has no body; a FHIR resource was expected")
-    try:
-        return orjson.loads(req.body)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"Malformed JSON: {exc}") from None
+    return limits.parse_json(req.body)
 
 
 def _check_type(res_type: str) -> None:
@@ -260,9 +259,9 @@ def read(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResp
 
 def vread(ctx: Context, req: FhirRequest, res_type: str, res_id: str, vid: str) -> FhirResponse:
     try:
-        version_id = int(vid)
-    except ValueError:
-        raise not_found(f"Version '{vid}' of {res_type}/{res_id} is not known") from None
+        version_id = limits.parse_int("version", vid, 1)
+    except FhirError:
+        raise not_found(f"Version '{vid[:64]}' of {res_type}/{res_id} is not known") from None
     stored = ctx.store.vread(res_type, res_id, version_id)
     if stored is None:
         raise not_found(f"Version {vid} of {res_type}/{res_id} is not known")
@@ -292,13 +291,7 @@ def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirRes
             "or application/merge-patch+json",
             "not-supported",
         )
-    if req.parsed is not None:
-        document = req.parsed
-    else:
-        try:
-            document = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request(f"Malformed JSON: {exc}") from None
+    document = req.parsed if req.parsed is not None else limits.parse_json(req.body)
     with ctx.write() as tx:
         found = tx.current(res_type, res_id, lock=True)
         if found is None or found[1].deleted:
@@ -316,7 +309,8 @@ def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirRes
 
 
 def apply_patch(resource: dict[str, Any], document: Any, content_type: str) -> dict[str, Any]:
-    """JSON Patch (RFC 6902) or JSON merge patch (RFC 7386) on a resource."""
+    """JSON Patch (RFC 6902) or JSON merge patch (RFC 7386) on a resource (changed in place)."""
+    identity = (resource.get("id"), resource.get("resourceType"))
     if content_type == "application/merge-patch+json":
         if not isinstance(document, dict):
             raise bad_request("A merge patch must be a JSON object")
@@ -326,13 +320,14 @@ def apply_patch(resource: dict[str, Any], document: Any, content_type: str) -> d
             import base64
 
             try:
-                document = orjson.loads(base64.b64decode(document.get("data", "")))
-            except (ValueError, orjson.JSONDecodeError):
+                decoded = base64.b64decode(document.get("data", ""))
+            except (ValueError, TypeError):
                 raise bad_request("The Binary patch does not hold a JSON Patch document") from None
+            document = limits.parse_json(decoded)
         if not isinstance(document, list):
             raise bad_request("A JSON Patch must be an array of operations")
         try:
-            patched = jsonpatch.apply_patch(resource, document)
+            patched = limits.apply_json_patch(resource, document, _apply_one, _resolve)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise FhirError(422, f"JSON Patch test failed: {exc}", "processing") from None
         except (
@@ -340,15 +335,25 @@ def apply_patch(resource: dict[str, Any], document: Any, content_type: str) -> d
             jsonpatch.JsonPointerException,
             TypeError,
             ValueError,
+            KeyError,
+            IndexError,
+            AttributeError,
         ) as exc:
             raise FhirError(422, f"JSON Patch could not be applied: {exc}", "processing") from None
     if not isinstance(patched, dict):
         raise FhirError(422, "The patch did not produce a resource", "processing")
-    if patched.get("id") != resource.get("id") or patched.get("resourceType") != resource.get(
-        "resourceType"
-    ):
+    if patched.get("id") != identity[0] or patched.get("resourceType") != identity[1]:
         raise FhirError(422, "A patch may not change id or resourceType", "processing")
     return patched
+
+
+def _apply_one(document: Any, operation: Any) -> Any:
+    """One JSON Patch operation, in place (the document is this request's own copy)."""
+    return jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
+
+
+def _resolve(document: Any, pointer: str) -> Any:
+    return jsonpatch.JsonPointer(pointer).resolve(document)
 
 
 def _merge(target: Any, patch_doc: Any) -> Any:
@@ -502,7 +507,7 @@ def _searchset(ctx: Context, plan: SearchPlan, path: str) -> FhirResponse:
 
 def everything(ctx: Context, req: FhirRequest, patient_id: str) -> FhirResponse:
     _read_current(ctx, "Patient", patient_id)
-    with ctx.read_connection() as conn:
+    with ctx.read_connection() as conn, limits.deadline():
         rows: list[Row] = everything_rows(conn, patient_id, 10_000)
     entries = [bundling.search_entry(ctx.base_url, row, row.body) for row in rows]
     links = [("self", f"{ctx.base_url}/Patient/{patient_id}/$everything")]
@@ -515,13 +520,11 @@ def history(
     params = dict(req.query)
     since = _instant_param(params, "_since")
     at = _instant_param(params, "_at")
-    try:
-        count = max(0, min(int(params.get("_count", ctx.default_count)), ctx.max_count))
-        offset = max(0, int(params.get("_offset", 0)))
-    except ValueError:
-        raise bad_request("_count and _offset must be integers") from None
+    count = limits.parse_int("_count", params.get("_count", str(ctx.default_count)))
+    count = min(count, ctx.max_count)
+    offset = limits.parse_int("_offset", params.get("_offset", "0"))
     where = ctx.access.history_conditions(res_type) if ctx.access and res_id is None else []
-    with ctx.read_connection() as conn:
+    with ctx.read_connection() as conn, limits.deadline():
         total, versions = history_rows(conn, res_type, res_id, since, at, count, offset, where)
     if res_id and total == 0:
         raise not_found(f"{res_type}/{res_id} is not known")

@@ -30,6 +30,7 @@ from fhir_server.clock import to_instant
 from fhir_server.errors import operation_outcome
 from fhir_server.search.query import Compiler
 from fhir_server.search.registry import patient_compartment, resource_types
+from fhir_server.store.db import unbounded
 from fhir_server.store.models import idx_reference, resources
 from fhir_server.store.repository import Store
 from fhir_server.subscriptions.ownership import owned_only
@@ -60,6 +61,7 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     problems = [f"Ignored: {text}" for text in request.ignored]  # the manifest's error file
     with env.store.engine.connect() as conn:
+        unbounded(conn)  # an export reads for as long as it takes
         patients = _patients(conn, request, problems)
         types = request.types if request.types is not None else _present_types(conn, request)
         outputs: list[OutputFile] = []

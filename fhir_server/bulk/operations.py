@@ -7,12 +7,14 @@ files belong to the client that kicked it off: anyone else gets 404, as if it di
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from fhir_server import limits
 from fhir_server.bulk.params import NDJSON_FORMATS, in_patient_compartment, parameters_items
 from fhir_server.bulk.params import parse_export as parse_export_request
 from fhir_server.clock import to_http_date
@@ -304,14 +306,18 @@ def upload(ctx: Context, service: BulkService, req: FhirRequest) -> FhirResponse
     content_type = (req.header("content-type") or "").split(";")[0].strip().lower()
     if content_type not in NDJSON_FORMATS:
         raise FhirError(415, f"Upload NDJSON as {NDJSON}, not '{content_type}'", "not-supported")
-    if not req.body.strip():
+    source = req.body_file  # streamed to a file within INTEROP_MAX_UPLOAD_MB (fhir_server.limits)
+    if source is None:
+        if len(req.body) > MAX_UPLOAD:
+            raise FhirError(413, f"An upload may hold at most {MAX_UPLOAD} bytes", "too-costly")
+        source = io.BytesIO(req.body)
+    if all(not chunk.strip() for chunk in iter(lambda: source.read(1 << 16), b"")):
         raise bad_request("The upload is empty")
-    if len(req.body) > MAX_UPLOAD:
-        raise FhirError(413, f"An upload may hold at most {MAX_UPLOAD} bytes", "too-costly")
+    source.seek(0)
     job = service.jobs.create("upload", _owner(ctx), f"{ctx.base_url}/$bulk-upload", {})
     directory = service.jobs.directory(job.job_id)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "upload.ndjson").write_bytes(req.body)
+    limits.copy_to(source, directory / "upload.ndjson")
     service.jobs.claim(job.job_id)
     service.jobs.finish(job.job_id, "completed", {"upload": True})
     url = f"{ctx.base_url}/$bulk-file/{job.job_id}/upload.ndjson"

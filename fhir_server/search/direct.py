@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.extract import normalize_string
 from fhir_server.search.registry import params_for, resource_types
+from fhir_server.store.models import INDEX_PREFIX as PREFIX
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Compiler, SearchPlan
 
 _TABLES = {"token": "idx_token", "reference": "idx_reference", "string": "idx_string"}
+_VALUE = f"substr(t.value, 1, {PREFIX})"  # the indexed prefix (models.prefix_of)
 
 
 @dataclass(slots=True)
@@ -40,7 +42,7 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     count = compiler.default_count
     for name, value in items:
         if name == "_count":
-            if not value.isdigit() or int(value) == 0:
+            if not (value.isascii() and value.isdigit()) or len(value) > 9 or int(value) == 0:
                 return False  # _count=0 asks for the total alone: the general path counts
             count = min(int(value), compiler.max_count)
             continue
@@ -84,6 +86,14 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     return True
 
 
+def _equals(column: str, value: str) -> tuple[str, list[Any]]:
+    """models.text_equals as SQL text: the indexed prefix, then the rest of a long value."""
+    test = f"substr(t.{column}, 1, {PREFIX}) = ?"
+    if len(value) < PREFIX:
+        return test, [value]
+    return f"{test} AND substr(t.{column}, {PREFIX + 1}) = ?", [value[:PREFIX], value[PREFIX:]]
+
+
 def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[Any]] | None:
     """The index-row test for one value, as `Compiler` would build it (None: not simple)."""
     from fhir_server.search.query import _split_pipe, prefix_range
@@ -91,15 +101,20 @@ def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[An
     if kind == "token":
         parts = _split_pipe(value)
         if len(parts) == 1:
-            return "t.code = ?", parts
+            return _equals("code", parts[0])
         if len(parts) != 2:
             return None
         system, code = parts
         if not system:
-            return "t.system IS NULL AND t.code = ?", [code]
+            sql, params = _equals("code", code)
+            return f"t.system IS NULL AND {sql}", params
         if not code:
-            return "t.system = ?", [system]
-        return "t.system = ? AND t.code = ?", [system, code]
+            return _equals("system", system)
+        (system_sql, system_params), (code_sql, code_params) = (
+            _equals("system", system),
+            _equals("code", code),
+        )
+        return f"{system_sql} AND {code_sql}", [*system_params, *code_params]
     if kind == "reference":
         if compiler.base_url and value.startswith(compiler.base_url + "/"):
             value = value[len(compiler.base_url) + 1 :]
@@ -114,4 +129,7 @@ def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[An
     norm = normalize_string(value)
     if not norm:
         return None
-    return "t.value >= ? AND t.value < ? AND t.value LIKE ? ESCAPE '\\'", [*prefix_range(norm)]
+    return (
+        f"{_VALUE} >= ? AND {_VALUE} < ? AND t.value LIKE ? ESCAPE '\\'",
+        [*prefix_range(norm)],
+    )

@@ -136,8 +136,8 @@ def split_reference(ref: str, base_url: str | None = None) -> tuple[str | None, 
         parts = parts[:-2]
     if "://" not in ref and len(parts) != 2:
         return None, None
-    if len(parts) >= 2 and parts[-1] and parts[-2] in resource_types():
-        return parts[-2], parts[-1]
+    if len(parts) >= 2 and 0 < len(parts[-1]) <= 64 and parts[-2] in resource_types():
+        return parts[-2], parts[-1]  # a longer id is no FHIR id (and no index key)
     return None, None
 
 
@@ -237,7 +237,12 @@ def _references(code: str, values: list[Any], rows: IndexRows, base: str | None)
             ref = v.get("reference")
             if type(ref) is str and ref:
                 out.append((code, *split_reference(ref, base), ref))
-            elif type(v.get("resourceType")) is str and type(v.get("id")) is str:
+            elif (
+                type(v.get("resourceType")) is str
+                and type(v.get("id")) is str
+                and len(v["resourceType"]) <= 64
+                and len(v["id"]) <= 64
+            ):
                 # Bundle.entry[0].resource: an inline resource stands for its own reference
                 out.append((code, v["resourceType"], v["id"], f"{v['resourceType']}/{v['id']}"))
             # a Reference with only an identifier is not indexed (no :identifier support)

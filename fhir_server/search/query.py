@@ -30,11 +30,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from fhir_server import limits
 from fhir_server.clock import now_us
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.search.direct import DirectQuery, direct_plan
 from fhir_server.search.extract import date_range, normalize_string
 from fhir_server.search.registry import SearchParam, params_for, patient_compartment, resource_types
+from fhir_server.store.models import INDEX_PREFIX as PREFIX
 from fhir_server.store.models import (
     idx_date,
     idx_number,
@@ -43,8 +45,10 @@ from fhir_server.store.models import (
     idx_string,
     idx_token,
     idx_uri,
+    prefix_of,
     resources,
 )
+from fhir_server.store.models import text_equals as _equals
 
 R = resources.c
 
@@ -76,6 +80,8 @@ _KIND_TABLE = {
     "number": idx_number,
     "uri": idx_uri,
 }
+MAX_NUMBER = Decimal("1e300")  # number and quantity values; the index stores doubles
+MIN_NUMBER = Decimal("1e-300")
 _PREFIX_RE = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[-+0-9.])")
 
 
@@ -177,6 +183,7 @@ class Compiler:
         """The plan for one search; `direct` allows SQL text for simple searches (direct.py)."""
         if res_type not in resource_types():
             raise FhirError(404, f"Unknown resource type '{res_type}'", "not-supported")
+        limits.check_search(items)
         plan = SearchPlan(res_type, count=self.default_count)
         if direct and direct_plan(self, plan, list(items)):
             plan.source = (self, list(items))
@@ -201,9 +208,9 @@ class Compiler:
 
     def _result_param(self, plan: SearchPlan, name: str, value: str) -> None:
         if name == "_count":
-            plan.count = max(0, min(_int(name, value), self.max_count))
+            plan.count = min(limits.parse_int(name, value), self.max_count)
         elif name == "_offset":
-            plan.offset = max(0, _int(name, value))
+            plan.offset = limits.parse_int(name, value)
         elif name == "_sort":
             plan.order_by = [self._sort_key(plan.res_type, key) for key in value.split(",") if key]
         elif name in ("_include", "_revinclude"):
@@ -361,12 +368,15 @@ class Compiler:
             return table.c.uri.like(_like_prefix(value), escape="\\")
         if modifier == "above":
             prefixes = [value[:i] for i in range(1, len(value) + 1)]
-            return table.c.uri.in_(prefixes)
+            return and_(
+                prefix_of(table.c.uri).in_(sorted({p[:PREFIX] for p in prefixes})),
+                table.c.uri.in_(prefixes),
+            )
         if modifier:
             raise bad_request(
                 f"Modifier ':{modifier}' is not supported on uri parameter '{param.code}'"
             )
-        return table.c.uri == value
+        return _equals(table.c.uri, value)
 
     def _token(
         self, param: SearchParam, table: Any, value: str, modifier: str
@@ -380,17 +390,17 @@ class Compiler:
             )
         parts = _split_pipe(value)
         if len(parts) == 1:
-            return c.code == parts[0]
+            return _equals(c.code, parts[0])
         if len(parts) != 2:
             raise bad_request(
                 f"Invalid token '{value}' for '{param.code}': expected [system]|[code]"
             )
         system, code = parts
         if not system:
-            return and_(c.system.is_(None), c.code == code)
+            return and_(c.system.is_(None), _equals(c.code, code))
         if not code:
-            return c.system == system
-        return and_(c.system == system, c.code == code)
+            return _equals(c.system, system)
+        return and_(_equals(c.system, system), _equals(c.code, code))
 
     def _reference(
         self, param: SearchParam, table: Any, modifier: str, value: str
@@ -537,18 +547,19 @@ def _string_condition(table: Any, modifier: str, value: str, code: str) -> Colum
     if not norm:
         return table.c.value.like(_like_prefix(norm), escape="\\")
     low, high, pattern = prefix_range(norm)
-    return and_(
-        table.c.value >= low, table.c.value < high, table.c.value.like(pattern, escape="\\")
-    )
+    key = prefix_of(table.c.value)
+    return and_(key >= low, key < high, table.c.value.like(pattern, escape="\\"))
 
 
 def prefix_range(norm: str) -> tuple[str, str, str]:
-    """A non-empty folded prefix as [low, high) plus its LIKE pattern (escape `\\`).
+    """A non-empty folded prefix as [low, high) of the indexed prefix plus its LIKE pattern.
 
     LIKE with ESCAPE cannot use a B-tree index (SQLite, and PostgreSQL outside the C
-    collation); the equivalent range on the folded value can. LIKE stays as the exact test.
+    collation); the equivalent range on the folded value's indexed prefix (its first
+    `PREFIX` characters, models.prefix_of) can. LIKE on the whole value stays the exact test.
     """
-    return norm, norm[:-1] + chr(ord(norm[-1]) + 1), _like_prefix(norm)
+    key = norm[:PREFIX]
+    return key, key[:-1] + chr(ord(key[-1]) + 1), _like_prefix(norm)
 
 
 def _split_prefix(value: str) -> tuple[str, str]:
@@ -592,11 +603,13 @@ def _date_condition(value: str, low: Any, high: Any) -> ColumnElement[bool]:
 def _number_range(text: str, code: str) -> tuple[float, float, float]:
     """The value and its implicit range by significant figures (5.4 -> [5.35, 5.45))."""
     try:
-        number = Decimal(text)
+        number = Decimal(text) if len(text) <= 64 else Decimal("NaN")
     except InvalidOperation:
-        raise bad_request(f"Invalid number '{text}' for '{code}'") from None
-    if not number.is_finite():
-        raise bad_request(f"Invalid number '{text}' for '{code}'")
+        raise bad_request(f"Invalid number '{text[:64]}' for '{code}'") from None
+    if not number.is_finite() or not -MAX_NUMBER <= number <= MAX_NUMBER:
+        raise bad_request(f"Invalid number '{text[:64]}' for '{code}': not a number in range")
+    if number and abs(number) < MIN_NUMBER:
+        number = Decimal(0)
     exponent = number.as_tuple().exponent
     half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
     return float(number), float(number - half), float(number + half)
@@ -633,13 +646,6 @@ def _quantity_condition(table: Any, value: str, with_units: bool, code: str) -> 
     return and_(cond, unit_cond) if unit_cond is not None else cond
 
 
-def _int(name: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise bad_request(f"{name} must be an integer, not '{value}'") from None
-
-
 # -- execution -------------------------------------------------------------------------------
 
 
@@ -662,8 +668,14 @@ def execute(conn: Connection, plan: SearchPlan) -> SearchResult:
     """Run a compiled search: the total (when asked), one page, and its includes.
 
     The total comes with the page (`count(*) OVER ()`, computed before LIMIT): one query to
-    plan and run instead of two. Only a page past the end needs a separate count.
+    plan and run instead of two. Only a page past the end needs a separate count. The
+    statements run within the request's time limit (`limits.deadline`).
     """
+    with limits.deadline():
+        return _execute(conn, plan)
+
+
+def _execute(conn: Connection, plan: SearchPlan) -> SearchResult:
     if plan.direct is not None:
         if not plan.where:
             return _execute_direct(conn, plan, plan.direct)
@@ -766,7 +778,8 @@ def matching_ids(
     plan = Compiler(base_url, strict=True).compile(res_type, filters)
     q = select(R.res_id).where(R.res_type == res_type, R.deleted == false(), *plan.where, *where)
     q = q.limit(100)
-    return [r[0] for r in conn.execute(q)]
+    with limits.deadline():
+        return [r[0] for r in conn.execute(q)]
 
 
 def compartment_condition(compartment_id: str, res_type: str) -> ColumnElement[bool]:

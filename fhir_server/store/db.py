@@ -17,8 +17,15 @@ from sqlalchemy.engine import make_url
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_db_engine(url: str, pool_size: int = 10) -> Engine:
-    """An engine tuned per backend: SQLite in WAL mode, PostgreSQL through psycopg 3."""
+def create_db_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 0) -> Engine:
+    """An engine tuned per backend: SQLite in WAL mode, PostgreSQL through psycopg 3.
+
+    `statement_timeout_ms` bounds every statement on PostgreSQL (`statement_timeout`; the
+    API's engine sets it, so no request keeps a query running after its client gave up);
+    on SQLite the progress handler interrupts statements run inside `limits.deadline()`.
+    Work that may legitimately run long (migrations, ANALYZE, bulk export) lifts it with
+    `unbounded`.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -30,13 +37,15 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
             max_overflow=pool_size,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if statement_timeout_ms > 0:
+            event.listen(engine, "connect", _sqlite_progress_handler)
         # pysqlite's own transaction handling defers BEGIN; take it over so each repository
         # transaction starts with BEGIN IMMEDIATE (no lock upgrade deadlocks between writers).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -45,6 +54,34 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         # plan, which cannot see how selective a search value is and scans. Custom plans only.
         connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
     )
+    if statement_timeout_ms > 0:
+        # set once per new pooled connection, after SQLAlchemy's own first-connect queries
+        event.listen(engine, "connect", statement_timeout(statement_timeout_ms))
+    return engine
+
+
+def statement_timeout(milliseconds: int) -> Any:
+    """A PostgreSQL "connect" listener: every statement of the connection is bounded."""
+
+    def set_timeout(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"SET statement_timeout = {int(milliseconds)}")
+        cursor.close()
+        dbapi_conn.commit()
+
+    return set_timeout
+
+
+def unbounded(conn: Connection) -> None:
+    """Lift the statement timeout for the rest of this transaction (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+
+
+def _sqlite_progress_handler(dbapi_conn: Any, _record: Any) -> None:
+    from fhir_server.limits import sqlite_progress_handler
+
+    dbapi_conn.set_progress_handler(sqlite_progress_handler, 10_000)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -93,6 +130,7 @@ def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (`interop db upgrade`, and `serve` at start)."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        unbounded(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

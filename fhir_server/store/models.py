@@ -9,6 +9,8 @@ commit (DESIGN.md, "The one write path").
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,7 +25,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    func,
+    literal_column,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData(
     naming_convention={
@@ -81,8 +87,32 @@ outbox = Table(
 )
 
 
+# Text columns of the index tables hold any FHIR string, of any length. Their B-tree indexes
+# cover only the first INDEX_PREFIX characters (a PostgreSQL index row holds ~2.7 kB at most):
+# a query tests that prefix to find rows through the index, and the whole value to decide.
+INDEX_PREFIX = 128
+
+
+def prefix_of(column: Any) -> ColumnElement[str]:
+    """The indexed prefix of a text column, written exactly as in the index definition (SQLite
+    uses an expression index only for the identical expression: literals, not parameters)."""
+    return func.substr(column, literal_column("1"), literal_column(str(INDEX_PREFIX)))
+
+
+def text_equals(column: Any, value: str) -> ColumnElement[bool]:
+    """`column = value` through the prefix index: the prefix, then the rest (not the whole
+    column: SQLite would substitute the value for the column in the prefix test and then
+    not use the index)."""
+    if len(value) < INDEX_PREFIX:
+        return prefix_of(column) == value  # exact: a longer column has a longer prefix
+    rest = func.substr(column, literal_column(str(INDEX_PREFIX + 1)))
+    return and_(prefix_of(column) == value[:INDEX_PREFIX], rest == value[INDEX_PREFIX:])
+
+
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
-    """Every index table shares the owner key, the owner's type and the parameter code."""
+    """Every index table shares the owner key, the owner's type and the parameter code.
+
+    An indexed column named in `PREFIXED` is indexed by its prefix (`prefix_of`)."""
     table = Table(
         name,
         metadata,
@@ -98,21 +128,27 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
     )
     Index(f"ix_{name}_owner", table.c.resource_pk)
     for cols in indexes:
-        Index(f"ix_{name}_{'_'.join(cols)}", *(table.c[c] for c in cols))
+        Index(
+            f"ix_{name}_{'_'.join(cols)}",
+            *(prefix_of(table.c[c]) if c in PREFIXED else table.c[c] for c in cols),
+        )
     return table
+
+
+PREFIXED = frozenset({"value", "code", "system", "uri"})
 
 
 idx_string = _index_table(
     "idx_string",
-    Column("value", String(512), nullable=False, doc="case- and accent-folded"),
-    Column("exact", String(512), nullable=False),
+    Column("value", Text, nullable=False, doc="case- and accent-folded"),
+    Column("exact", Text, nullable=False),
     indexes=(("res_type", "param", "value"),),
 )
 idx_token = _index_table(
     "idx_token",
-    Column("system", String(512), nullable=True),
-    Column("code", String(512), nullable=True),
-    Column("text", String(512), nullable=True),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", Text, nullable=True),
     indexes=(("res_type", "param", "code", "system"),),
 )
 idx_date = _index_table(
@@ -132,9 +168,9 @@ idx_quantity = _index_table(
     "idx_quantity",
     Column("low", Float, nullable=False),
     Column("high", Float, nullable=False),
-    Column("system", String(512), nullable=True),
-    Column("code", String(128), nullable=True),
-    Column("unit", String(128), nullable=True),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("unit", Text, nullable=True),
     indexes=(("res_type", "param", "low"),),
 )
 idx_number = _index_table(
@@ -145,7 +181,7 @@ idx_number = _index_table(
 )
 idx_uri = _index_table(
     "idx_uri",
-    Column("uri", String(1024), nullable=False),
+    Column("uri", Text, nullable=False),
     indexes=(("res_type", "param", "uri"),),
 )
 

@@ -32,6 +32,9 @@ from fhir_server.store.models import (
     resource_versions,
     resources,
 )
+from fhir_server.store.models import (
+    text_equals as _equals,
+)
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
 
@@ -338,9 +341,11 @@ class Transaction:
                 R.deleted == false(),
                 or_(
                     *(
-                        and_(token.res_type == t, token.code == v)
+                        and_(token.res_type == t, _equals(token.code, v))
                         if s is None
-                        else and_(token.res_type == t, token.system == s, token.code == v)
+                        else and_(
+                            token.res_type == t, _equals(token.system, s), _equals(token.code, v)
+                        )
                         for t, s, v in set(wanted)
                     )
                 ),

@@ -52,7 +52,14 @@ class PlannerStatistics:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 rows = conn.execute(count).scalar_one()
-                conn.execute(text("ANALYZE"))
+                timeout = conn.execute(text("SHOW statement_timeout")).scalar_one()
+                conn.execute(text("SET statement_timeout = 0"))  # ANALYZE may take long
+                try:
+                    conn.execute(text("ANALYZE"))
+                finally:
+                    conn.execute(
+                        text("SELECT set_config('statement_timeout', :t, false)"), {"t": timeout}
+                    )
         with self._lock:
             self._writes = 0
             self._next_run = max(self.first_run_after, rows)

@@ -5,15 +5,15 @@ an index row over ~2.7 kB; SQLite never enforced either. The columns become TEXT
 indexes cover the first 128 characters (`models.prefix_of`); queries test that prefix and
 then the whole value.
 
-Revision ID: 0010_sec_limits_text_index
-Revises: 0009_subscriptions
+Revision ID: 0013_text_index
+Revises: 0012_auth_hardening
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_sec_limits_text_index"
-down_revision = "0009_subscriptions"
+revision = "0013_text_index"
+down_revision = "0012_auth_hardening"
 branch_labels = None
 depends_on = None
 

@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, false, or_, select
+from sqlalchemy import Connection, Engine, and_, false, or_, select, true
 
 from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
@@ -34,6 +34,9 @@ from fhir_server.store.models import (
 )
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
+
+if TYPE_CHECKING:
+    from fhir_server.search.query import Narrow
 
 R = resources.c
 V = resource_versions.c
@@ -258,6 +261,9 @@ class Transaction:
         # then go in with one COPY at flush instead of one INSERT round trip each
         self._free_pks: list[int] = []
         self._new_resources: list[tuple[Any, ...]] = []
+        # the caller's visibility (fhir_server.search.query.Narrow): the searches behind
+        # conditional operations and references match only what it may see
+        self.narrow: Narrow | None = None
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -335,9 +341,12 @@ class Transaction:
                 R.deleted == false(),
                 or_(
                     *(
-                        and_(token.res_type == t, token.code == v)
-                        if s is None
-                        else and_(token.res_type == t, token.system == s, token.code == v)
+                        and_(
+                            token.res_type == t,
+                            token.code == v,
+                            true() if s is None else token.system == s,
+                            *(self.narrow(t, resources) if self.narrow else ()),
+                        )
                         for t, s, v in set(wanted)
                     )
                 ),
@@ -355,7 +364,7 @@ class Transaction:
         from fhir_server.search.query import matching_ids
 
         self.flush()
-        return matching_ids(self.conn, res_type, query, self.store.base_url)
+        return matching_ids(self.conn, res_type, query, self.store.base_url, self.narrow)
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -137,7 +137,7 @@ def world(http: TestClient, smart: Any) -> dict[str, Any]:
         admin,
         {
             "resourceType": "Patient",
-            "name": [{"family": "Bertrand", "given": ["Berta"]}],
+            "name": [{"family": "Bertrand", "given": ["Zoltan"]}],
             "identifier": [{"system": MRN, "value": "B-0001"}],
         },
     )

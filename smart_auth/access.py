@@ -97,18 +97,18 @@ class GrantAccess:
         self.base_url = base_url
         self.roles = roles
         self.scopes = _parsed(grant.scopes)
-        self._decisions: dict[tuple[str, str], Decision | FhirError] = {}
+        self._decisions: dict[tuple[str, str], Decision | str] = {}  # str: why refused
 
     def decide(self, perm: str, res_type: str) -> Decision:
         key = (perm, res_type)
         cached = self._decisions.get(key)
         if cached is None:
             cached = self._decisions[key] = self._decide(perm, res_type)
-        if isinstance(cached, FhirError):
-            raise cached
+        if isinstance(cached, str):
+            raise forbidden(cached)  # a new error each time: callers annotate theirs
         return cached
 
-    def _decide(self, perm: str, res_type: str) -> Decision | FhirError:
+    def _decide(self, perm: str, res_type: str) -> Decision | str:
         grant = self.grant
         alternatives: list[tuple[str | None, Restriction]] = []
         read_only = False
@@ -127,16 +127,13 @@ class GrantAccess:
             alternatives.append((grant.patient if confined else None, scope.query))
         if not alternatives:
             if read_only:
-                return forbidden(
-                    f"A patient-confined access token may not {VERBS[perm]} {res_type}: "
-                    + (
-                        "a Patient record is only ever updated by its own patient"
-                        if res_type == "Patient"
-                        else f"{res_type} lies outside the patient compartment, shared by "
-                        "every patient, and is read-only to patient-confined scopes"
-                    )
+                return f"A patient-confined access token may not {VERBS[perm]} {res_type}: " + (
+                    "a Patient record is only ever updated by its own patient"
+                    if res_type == "Patient"
+                    else f"{res_type} lies outside the patient compartment, shared by every "
+                    "patient, and is read-only to patient-confined scopes"
                 )
-            return forbidden(
+            return (
                 f"The access token grants no '{perm}' permission on {res_type} "
                 f"(scopes: {' '.join(sorted(grant.scopes)) or 'none'})"
             )

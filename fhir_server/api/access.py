@@ -1,20 +1,23 @@
 """The hook through which an authorization policy sees every interaction.
 
 `fhir_server` knows nothing about OAuth: a request's `Context.access` (None when auth is off)
-is asked before each interaction (`require`), narrows every search (`search_conditions`),
-vets single resources that are read or overwritten (`check_stored`), new content
-(`check_body`), and the extra rows that `_include`/`_revinclude` pull in (`filter_rows`).
-Every refusal is a `FhirError` with status 403.
+is asked before each interaction (`require`), narrows every search (`search_conditions`) and
+every search behind another operation (`visible_conditions`: conditional create, update, delete
+and patch, conditional references, chains and `_has`), vets single resources that are read or
+overwritten (`check_stored`), new content (`check_body`), and the extra rows that
+`_include`/`_revinclude` pull in (`filter_rows`). What the caller may not see is treated as
+absent, never as a different answer. Every refusal is a `FhirError` with status 403.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Connection
+from sqlalchemy import ColumnElement, Connection, FromClause
 
 from fhir_server.search.query import Row
+from fhir_server.store.models import resources
 
 
 class Access(Protocol):
@@ -31,11 +34,21 @@ class Access(Protocol):
         """Extra WHERE conditions on `resource_versions` for type (or, with None, system)
         history: versions the grant may never see stay out (other clients' Subscriptions)."""
 
-    def check_stored(self, conn: Connection, perm: str, res_type: str, res_id: str) -> None:
-        """Refuse when an existing resource lies outside what the grant may see or change."""
+    def visible_conditions(
+        self, res_type: str, rows: FromClause = resources
+    ) -> list[ColumnElement[bool]]:
+        """Conditions on `rows` (the resources table or an alias of it) keeping a search
+        behind another operation to what the grant may see; [] when it sees everything."""
 
-    def check_body(self, perm: str, resource: Any) -> None:
-        """Refuse content that would land outside what the grant may write."""
+    def check_stored(self, conn: Connection, perm: str, res_type: str, res_id: str) -> None:
+        """Refuse when an existing resource lies outside what the grant may see or change
+        (and an update that would create a resource the grant may not create)."""
+
+    def check_body(
+        self, perm: str, resource: Any, resolve: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        """Refuse content that would land outside what the grant may write; `resolve` (when
+        the content must be judged) first replaces its conditional references in place."""
 
     def filter_rows(self, conn: Connection, rows: Sequence[Row]) -> list[Row]:
         """The included rows the grant may see."""

@@ -17,14 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fhir_server.api import bundling
-from fhir_server.api.interactions import (
-    Context,
-    FhirRequest,
-    FhirResponse,
-    _parse_json,
-    conditional_where,
-    dispatch,
-)
+from fhir_server.api.interactions import Context, FhirRequest, FhirResponse, _parse_json, dispatch
 from fhir_server.errors import FhirError, bad_request, precondition_failed
 from fhir_server.search.registry import params_for
 
@@ -201,7 +194,7 @@ def _assign_ids(ctx: Context, entries: list[dict[str, Any]], reqs: list[FhirRequ
         if key is not None:
             return by_identifier[key]
         assert ctx.tx is not None
-        return ctx.tx.search_ids(req.path[0], query, conditional_where(ctx, req.path[0]))
+        return ctx.tx.search_ids(req.path[0], query)
 
     for index, (entry, req) in enumerate(zip(entries, reqs, strict=True)):
         full_url = entry.get("fullUrl")

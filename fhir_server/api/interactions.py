@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
-from sqlalchemy import ColumnElement, Connection
+from sqlalchemy import Connection
 
 from fhir_server import limits
 from fhir_server.api import bundling
@@ -35,7 +35,6 @@ from fhir_server.search.query import (
 from fhir_server.search.registry import patient_compartment, resource_types
 from fhir_server.store.models import resources
 from fhir_server.store.repository import Store, StoredResource, Transaction, history_rows
-from fhir_server.subscriptions.ownership import owned_only
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
@@ -101,7 +100,8 @@ class Context:
     operations: Operations = field(default_factory=Operations)  # registered $operations
 
     def compiler(self, strict: bool = False) -> Compiler:
-        return Compiler(self.base_url, strict, self.default_count, self.max_count)
+        narrow = self.access.visible_conditions if self.access is not None else None
+        return Compiler(self.base_url, strict, self.default_count, self.max_count, narrow)
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
@@ -114,8 +114,11 @@ class Context:
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """A new store transaction that runs `before_commit` when its block succeeds."""
+        """A new store transaction that runs `before_commit` when its block succeeds; its
+        conditional searches see only what the caller may see."""
         with self.store.transaction() as tx:
+            if self.access is not None:
+                tx.narrow = self.access.visible_conditions
             yield tx
             if self.before_commit is not None and tx.changes:
                 self.before_commit(tx)
@@ -226,17 +229,18 @@ def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) ->
             ctx.access.check_stored(conn, perm, res_type, res_id)
 
 
-def conditional_where(ctx: Context, res_type: str) -> list[ColumnElement[bool]]:
-    """Extra conditions on the search behind a conditional operation: a caller never
-    matches (or learns of) another client's Subscription."""
-    if ctx.access is None:
-        return []
-    return owned_only(ctx.access.requester(), res_type, R.res_type, R.res_id)
-
-
-def _allow_body(ctx: Context, perm: str, resource: Any) -> None:
+def _allow_stored(ctx: Context, tx: Transaction, perm: str, res_type: str, res_id: str) -> None:
+    """`_allow` for a resource that a conditional operation found (inside its transaction)."""
     if ctx.access is not None:
-        ctx.access.check_body(perm, resource)
+        tx.flush()
+        ctx.access.check_stored(tx.conn, perm, res_type, res_id)
+
+
+def _allow_body(ctx: Context, tx: Transaction, perm: str, resource: Any) -> None:
+    """New content is judged as it will be stored: its conditional references resolved
+    first (among what the caller may see), so none can smuggle in another patient."""
+    if ctx.access is not None:
+        ctx.access.check_body(perm, resource, tx.resolve_conditional_references)
 
 
 # -- instance level ----------------------------------------------------------------------------
@@ -272,8 +276,8 @@ def vread(ctx: Context, req: FhirRequest, res_type: str, res_id: str, vid: str) 
 
 def update(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
     resource = _parse_json(req)
-    _allow_body(ctx, "c" if req.creates else "u", resource)
     with ctx.write() as tx:
+        _allow_body(ctx, tx, "c" if req.creates else "u", resource)
         result = tx.update(res_type, res_id, resource, _if_match(req))
     return _respond_with(
         req, 201 if result.created else 200, result.stored, ctx.base_url, result.created
@@ -303,7 +307,7 @@ def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirRes
                 f"Version conflict: If-Match {expected}, current {current.version_id}"
             )
         patched = apply_patch(current.json(), document, content_type)
-        _allow_body(ctx, "u", patched)
+        _allow_body(ctx, tx, "u", patched)
         result = tx.update(res_type, res_id, patched, None, method="PATCH")
     return _respond_with(req, 200, result.stored, ctx.base_url, False)
 
@@ -386,14 +390,12 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
             f"does not match the URL type '{res_type}'",
             ["resourceType"],
         )
-    _allow_body(ctx, "c", resource)
     condition = req.header("if-none-exist")
     with ctx.write() as tx:
+        _allow_body(ctx, tx, "c", resource)
         if condition:
             ids = tx.search_ids(
-                res_type,
-                parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True),
-                conditional_where(ctx, res_type),
+                res_type, parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
             )
             if len(ids) > 1:
                 raise precondition_failed(
@@ -409,12 +411,15 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
 
 def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     resource = _parse_json(req)
-    _allow_body(ctx, "u", resource)
     with ctx.write() as tx:
-        ids = tx.search_ids(res_type, _filters(req.query), conditional_where(ctx, res_type))
+        ids = tx.search_ids(res_type, _filters(req.query))
         if len(ids) > 1:
             raise precondition_failed(f"The conditional update matched {len(ids)} resources")
         body_id = resource.get("id") if isinstance(resource, dict) else None
+        target = ids[0] if ids else body_id if isinstance(body_id, str) else None
+        if target:
+            _allow_stored(ctx, tx, "u", res_type, target)
+        _allow_body(ctx, tx, "u" if target else "c", resource)
         if ids:
             if body_id and body_id != ids[0]:
                 raise bad_request(
@@ -424,7 +429,6 @@ def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
             resource["id"] = ids[0]
             result = tx.update(res_type, ids[0], resource, _if_match(req))
         elif body_id:
-            _allow(ctx, "u", res_type, body_id)  # the id the body names is judged as stored
             result = tx.update(res_type, body_id, resource)
         else:
             result = tx.create(resource)
@@ -435,25 +439,27 @@ def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
 
 def conditional_delete(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     with ctx.write() as tx:
-        ids = tx.search_ids(res_type, _filters(req.query), conditional_where(ctx, res_type))
+        ids = tx.search_ids(res_type, _filters(req.query))
         if len(ids) > 1 and req.prefer("handling") != "lenient-multiple":
             raise precondition_failed(f"The conditional delete matched {len(ids)} resources")
+        for res_id in ids:
+            _allow_stored(ctx, tx, "d", res_type, res_id)
         for res_id in ids:
             tx.delete(res_type, res_id)
     return FhirResponse(204)
 
 
 def conditional_patch(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
+    narrow = ctx.access.visible_conditions if ctx.access is not None else None
     with ctx.read_connection() as conn:
-        ids = matching_ids(
-            conn, res_type, _filters(req.query), ctx.base_url, conditional_where(ctx, res_type)
-        )
+        ids = matching_ids(conn, res_type, _filters(req.query), ctx.base_url, narrow)
     if len(ids) != 1:
         raise FhirError(
             412 if ids else 404,
             f"The conditional patch matched {len(ids)} resources",
             "not-found" if not ids else "multiple-matches",
         )
+    _allow(ctx, "u", res_type, ids[0])
     return patch(ctx, req, res_type, ids[0])
 
 
@@ -509,6 +515,8 @@ def everything(ctx: Context, req: FhirRequest, patient_id: str) -> FhirResponse:
     _read_current(ctx, "Patient", patient_id)
     with ctx.read_connection() as conn, limits.deadline():
         rows: list[Row] = everything_rows(conn, patient_id, 10_000)
+        if ctx.access is not None:
+            rows = ctx.access.filter_rows(conn, rows)
     entries = [bundling.search_entry(ctx.base_url, row, row.body) for row in rows]
     links = [("self", f"{ctx.base_url}/Patient/{patient_id}/$everything")]
     return FhirResponse(200, bundling.bundle_bytes("searchset", entries, len(rows), links))
@@ -616,8 +624,6 @@ def _dispatch(
         if method not in table:
             return _not_allowed(method, "GET, POST, PUT, DELETE, PATCH")
         perm = {"GET": "s", "POST": "c", "PUT": "u", "DELETE": "d", "PATCH": "u"}[method]
-        if ctx.access is not None and method in ("PUT", "DELETE", "PATCH"):
-            ctx.access.require_unconfined(perm, res_type, f"A conditional {names[method]}")
         _allow(ctx, perm, res_type)
         return _named(table[method](), names[method], res_type)
     second = path[1]

@@ -166,16 +166,28 @@ def _split_pipe(value: str) -> list[str]:
     return parts
 
 
+# The caller's visibility as conditions on a resources table (or alias) of one type: what the
+# searches nested inside a search (chain targets, `_has` sources) may look at. Resources it
+# hides count as absent, so a condition on them cannot reveal them.
+Narrow = Callable[[str, Any], list[ColumnElement[bool]]]
+
+
 class Compiler:
     """Compiles one search request for one resource type."""
 
     def __init__(
-        self, base_url: str, strict: bool = False, default_count: int = 20, max_count: int = 1000
+        self,
+        base_url: str,
+        strict: bool = False,
+        default_count: int = 20,
+        max_count: int = 1000,
+        narrow: Narrow | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.strict = strict
         self.default_count = default_count
         self.max_count = max_count
+        self.narrow = narrow
 
     def compile(
         self, res_type: str, items: Sequence[tuple[str, str]], direct: bool = False
@@ -465,6 +477,7 @@ class Compiler:
                 inner.c.res_type == target,
                 inner.c.deleted == false(),
                 cond,  # type: ignore[arg-type]
+                *self._visible(target, inner),
             )
             alternatives.append(and_(ref.target_type == target, ref.target_id.in_(sub)))
         return pk_col.in_(
@@ -472,6 +485,9 @@ class Compiler:
                 ref.res_type == res_type, ref.param == param.code, or_(*alternatives)
             )
         )
+
+    def _visible(self, res_type: str, rows: Any) -> list[ColumnElement[bool]]:
+        return self.narrow(res_type, rows) if self.narrow is not None else []
 
     def _has(
         self, res_type: str, id_col: KeyedColumnElement[Any], name: str, value: str
@@ -493,6 +509,7 @@ class Compiler:
             source.c.res_type == source_type,
             source.c.deleted == false(),
             cond,  # type: ignore[arg-type]
+            *self._visible(source_type, source),
         )
         return id_col.in_(
             select(ref.target_id).where(
@@ -768,27 +785,31 @@ def matching_ids(
     res_type: str,
     items: Sequence[tuple[str, str]],
     base_url: str,
-    where: Sequence[ColumnElement[bool]] = (),
+    narrow: Narrow | None = None,
 ) -> list[str]:
-    """Ids (up to 100) a conditional create, update, delete or reference search matches,
-    within the extra conditions `where` (what the caller may see)."""
+    """Ids (up to 100) a conditional create, update, delete or reference search matches;
+    with `narrow`, only among what the caller may see (the rest count as absent)."""
     filters = [(n, v) for n, v in items if n not in RESULT_PARAMS]
     if not filters:
         raise bad_request("A conditional operation needs at least one search parameter")
-    plan = Compiler(base_url, strict=True).compile(res_type, filters)
-    q = select(R.res_id).where(R.res_type == res_type, R.deleted == false(), *plan.where, *where)
-    q = q.limit(100)
+    plan = Compiler(base_url, strict=True, narrow=narrow).compile(res_type, filters)
+    if narrow is not None:
+        plan.where.extend(narrow(res_type, resources))
+    q = select(R.res_id).where(R.res_type == res_type, R.deleted == false(), *plan.where).limit(100)
     with limits.deadline():
         return [r[0] for r in conn.execute(q)]
 
 
-def compartment_condition(compartment_id: str, res_type: str) -> ColumnElement[bool]:
-    """Resources of `res_type` in Patient/{id}'s compartment (R4 CompartmentDefinition)."""
+def compartment_condition(
+    compartment_id: str, res_type: str, rows: Any = resources
+) -> ColumnElement[bool]:
+    """Resources of `res_type` (in `rows`, the resources table or an alias) in
+    Patient/{id}'s compartment (R4 CompartmentDefinition)."""
     params = patient_compartment(res_type)
     ref = idx_reference.c
     cond: ColumnElement[bool] = false()
     if params:
-        cond = R.pk.in_(
+        cond = rows.c.pk.in_(
             select(ref.resource_pk).where(
                 ref.res_type == res_type,
                 ref.param.in_(params),
@@ -797,7 +818,7 @@ def compartment_condition(compartment_id: str, res_type: str) -> ColumnElement[b
             )
         )
     if res_type == "Patient":
-        cond = or_(cond, R.res_id == compartment_id)
+        cond = or_(cond, rows.c.res_id == compartment_id)
     return cond
 
 

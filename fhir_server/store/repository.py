@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select, true
 
 from fhir_server import metrics
 from fhir_server.clock import now_us, to_instant
@@ -37,6 +37,9 @@ from fhir_server.store.models import (
 )
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
+
+if TYPE_CHECKING:
+    from fhir_server.search.query import Narrow
 
 R = resources.c
 V = resource_versions.c
@@ -264,6 +267,9 @@ class Transaction:
         # then go in with one COPY at flush instead of one INSERT round trip each
         self._free_pks: list[int] = []
         self._new_resources: list[tuple[Any, ...]] = []
+        # the caller's visibility (fhir_server.search.query.Narrow): the searches behind
+        # conditional operations and references match only what it may see
+        self.narrow: Narrow | None = None
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -341,10 +347,11 @@ class Transaction:
                 R.deleted == false(),
                 or_(
                     *(
-                        and_(token.res_type == t, _equals(token.code, v))
-                        if s is None
-                        else and_(
-                            token.res_type == t, _equals(token.system, s), _equals(token.code, v)
+                        and_(
+                            token.res_type == t,
+                            _equals(token.code, v),
+                            true() if s is None else _equals(token.system, s),
+                            *(self.narrow(t, resources) if self.narrow else ()),
                         )
                         for t, s, v in set(wanted)
                     )
@@ -358,17 +365,13 @@ class Transaction:
                     ids.append(res_id)
         return found
 
-    def search_ids(
-        self,
-        res_type: str,
-        query: list[tuple[str, str]],
-        where: Sequence[ColumnElement[bool]] = (),
-    ) -> list[str]:
-        """Ids matching a search (within `where`), for conditional writes and references."""
+    def search_ids(self, res_type: str, query: list[tuple[str, str]]) -> list[str]:
+        """Ids matching a search (among what `narrow` lets the caller see), for conditional
+        writes and references."""
         from fhir_server.search.query import matching_ids
 
         self.flush()
-        return matching_ids(self.conn, res_type, query, self.store.base_url, where)
+        return matching_ids(self.conn, res_type, query, self.store.base_url, self.narrow)
 
     # -- writes -----------------------------------------------------------------------------
 

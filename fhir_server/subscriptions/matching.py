@@ -23,7 +23,8 @@ def matches(
 ) -> bool:
     filters = [(k, v) for k, v in spec.query if k not in RESULT_PARAMS]
     try:
-        plan = Compiler(base_url, strict=True).compile(spec.res_type, filters)
+        narrow = access.visible_conditions if access is not None else None
+        plan = Compiler(base_url, strict=True, narrow=narrow).compile(spec.res_type, filters)
         where = list(plan.where)
         if access is not None:
             where.extend(access.search_conditions(spec.res_type))

@@ -106,6 +106,11 @@ class Pacs:
         data = resp.json() if resp.content else []
         return data if isinstance(data, list) else []
 
+    def has_study(self, study_uid: str) -> bool:
+        """Whether the PACS holds a study with this UID (for any patient)."""
+        params = {"StudyInstanceUID": study_uid, "limit": "1"}
+        return bool(self.search_studies(params))
+
     def iter_studies(
         self, params: dict[str, str] | None = None, page: int = 200
     ) -> Iterator[DicomJson]:

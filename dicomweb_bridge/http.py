@@ -39,7 +39,7 @@ from dicomweb_bridge.access import Caller, forbidden
 from dicomweb_bridge.multipart import MultipartError, content_type_params, split
 from dicomweb_bridge.pacs import DICOM_JSON, PacsError
 from dicomweb_bridge.proxy import Upstream, forward_read, json_body, passthrough
-from dicomweb_bridge.request import DicomwebRequest, parse, route_tail
+from dicomweb_bridge.request import DicomwebRequest, parse, route_tail, uid
 from dicomweb_bridge.runner import RECONCILE
 from dicomweb_bridge.service import Bridge, proxy_root
 from fhir_server.errors import FhirError
@@ -131,6 +131,8 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             return None
 
         def check(study_uids: list[str]) -> None:
+            for study_uid in study_uids:  # compared exactly below: only well-formed UIDs
+                uid(study_uid, "study")
             if into is not None and any(u != into for u in study_uids):
                 raise FhirError(400, f"STOW-RS to studies/{into} takes only that study's "
                                 "instances")  # fmt: skip

@@ -79,7 +79,10 @@ class Pacs:
 
     def _get(self, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            return self.http.get(url, **kwargs)
+            try:
+                return self.http.get(url, **kwargs)
+            except httpx.RemoteProtocolError:  # a pooled connection the PACS had just closed
+                return self.http.get(url, **kwargs)
         except httpx.HTTPError as exc:
             raise PacsError(f"PACS unreachable: {type(exc).__name__}") from exc
 

@@ -17,6 +17,7 @@ import httpx
 import orjson
 from httpcore._async.http11 import AsyncHTTP11Connection
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -80,7 +81,13 @@ class Upstream:
             parsed.method, self.url(parsed), params=parsed.upstream_params,
             headers=headers, content=body,
         )  # fmt: skip
-        return await self.client.send(upstream, stream=True)
+        try:
+            return await self.client.send(upstream, stream=True)
+        except httpx.RemoteProtocolError:
+            if body is not None:  # a streamed body cannot be sent twice
+                raise
+            # a pooled connection the PACS closed as we reused it (Orthanc's keep-alive is 1 s)
+            return await self.client.send(upstream, stream=True)
 
     def rewrite(self, raw: bytes) -> bytes:
         """Point the PACS's URLs at the proxy (the client never learns the PACS address)."""
@@ -130,15 +137,17 @@ async def forward_read(
     qido = parsed.search is not None
     perm = "s" if qido else "r"
     limited = caller.limited(perm)
-    if limited and parsed.study is not None:
-        caller.require_study(perm, parsed.study)
+    if limited and parsed.study is not None:  # a database search: off the event loop
+        await run_in_threadpool(caller.require_study, perm, parsed.study)
     resp = await upstream.open(request, parsed)
     is_json = resp.headers.get("content-type", "").startswith((DICOM_JSON, "application/json"))
     if not is_json or resp.status_code >= 400:
         return passthrough(resp)
     data = await json_body(resp)
     if limited:  # results (and metadata) only of the studies the caller may see
-        allowed = {parsed.study} if parsed.study else caller.visible(study_uids(data))
+        allowed = {parsed.study} if parsed.study else None
+        if allowed is None:
+            allowed = await run_in_threadpool(caller.visible, study_uids(data))
         data = filter_results(data, allowed) if qido or parsed.view == "metadata" else data
     body = upstream.rewrite(orjson.dumps(data))
     return Response(body, resp.status_code, media_type=resp.headers["content-type"])

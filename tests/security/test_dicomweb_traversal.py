@@ -304,9 +304,12 @@ def test_confined_upload_into_another_patients_study_uid_is_refused(
                           headers={**headers, "Content-Type": content_type})  # fmt: skip
         mismatch = http.post(f"/dicomweb/studies/{a.study}", content=body,
                              headers={**headers, "Content-Type": content_type})  # fmt: skip
+        spelled = http.post("/imaging/upload", files=_files(StudySpec(), f"{b.study}.00"),
+                            headers=headers)  # fmt: skip
     for resp in (up, stow, named):
         assert resp.status_code == 403, resp.text
     assert mismatch.status_code in (400, 403), mismatch.text
+    assert spelled.status_code == 400, spelled.text  # only exact, well-formed UIDs compared
     with dicomweb_live.orthanc.client() as pacs:
         assert len(pacs.get("/studies").json()) == 2
         assert len(pacs.get(f"/dicom-web/studies/{b.study}/instances").json()) == 1

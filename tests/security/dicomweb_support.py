@@ -27,7 +27,8 @@ from dicomweb_bridge.samples import StudySpec, study
 from interop.app import create_app
 
 CALLBACK_TOKEN = "orthanc-callback-secret"
-HTTP_LINE = re.compile(r"\(http\) ([A-Z]+) (\S+)")
+HTTP_LINE = re.compile(r"\(http\) (GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (\S+)")
+HEADER_LINE = re.compile(r"\(http\) HTTP header: \[([^\]]*)\]: \[(.*)\]")
 
 
 @dataclass
@@ -63,6 +64,16 @@ class Live:
 
     def orthanc_requests_during(self, action: Any) -> tuple[Any, list[tuple[str, str]]]:
         """Run `action`; return its result and every request Orthanc logged meanwhile."""
+        result, text = self.orthanc_log_during(action)
+        return result, [(m[1], m[2]) for m in HTTP_LINE.finditer(text)]
+
+    def orthanc_headers_during(self, action: Any) -> tuple[Any, list[tuple[str, str]]]:
+        """Run `action`; return its result and every request header Orthanc received
+        meanwhile (besides those of the test's own closing request)."""
+        result, text = self.orthanc_log_during(action)
+        return result, [(m[1], m[2]) for m in HEADER_LINE.finditer(text)]
+
+    def orthanc_log_during(self, action: Any) -> tuple[Any, str]:
         start = self.orthanc.log.stat().st_size
         result = action()
         sentinel = f"/dicom-web/studies/{uuid.uuid4().int}"  # Orthanc logs in order
@@ -74,15 +85,14 @@ class Live:
             if sentinel in text or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        seen = [(m[1], m[2]) for m in HTTP_LINE.finditer(text.split(sentinel)[0])]
-        return result, seen
+        return result, text.split(sentinel)[0]
 
 
 @pytest.fixture(scope="session")
 def dicomweb_orthanc() -> Iterator[Orthanc]:
     with running_orthanc() as server:
-        with server.client() as pacs:  # Orthanc logs each HTTP request it receives
-            pacs.put("/tools/log-level-http", content="verbose").raise_for_status()
+        with server.client() as pacs:  # Orthanc logs each request it receives, with headers
+            pacs.put("/tools/log-level-http", content="trace").raise_for_status()
         yield server
 
 

@@ -46,11 +46,15 @@ class Caller:
         return bool(self.access.decide(perm, "ImagingStudy").limited)
 
     def patient(self, perm: str) -> str | None:
-        """The one patient a confined grant may act for (writes are judged by it)."""
+        """The one patient a confined grant may act for (writes are judged by it): None when
+        unconfined, or when confined only by a scope query (no patient to write for)."""
         if self.access is None:
             return None
         decision = self.access.decide(perm, "ImagingStudy")
-        return decision.patient if decision.limited else None
+        if not decision.limited:
+            return None
+        patients = {patient for patient, _ in decision.alternatives if patient is not None}
+        return patients.pop() if len(patients) == 1 else None
 
     def require_unconfined(self, perm: str, why: str) -> None:
         if self.access is not None:

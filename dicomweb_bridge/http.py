@@ -1,5 +1,20 @@
 """Routes: /dicomweb/... (secured proxy, STOW-RS, admin deletion), /imaging/upload, and
-Orthanc's deletion callback. Mounted by `interop.app.create_app` only when imaging is on."""
+Orthanc's deletion callback. Mounted by `interop.app.create_app` only when imaging is on.
+
+What each needs (SMART scopes on ImagingStudy; with auth off everything is allowed):
+
+| route                                  | needs                                             |
+|----------------------------------------|---------------------------------------------------|
+| GET/HEAD /dicomweb/ QIDO-RS searches   | `s`; confined tokens get only their studies       |
+| GET/HEAD /dicomweb/studies/<uid>/...   | `r`; confined tokens only studies they can see    |
+| POST /dicomweb/studies[/<uid>] STOW-RS | `c`; confined tokens store for their own patient  |
+| POST /imaging/upload                   | `c`; the same rule as STOW-RS                     |
+| DELETE /dicomweb/studies/<uid>/...     | `d`, unconfined (never a patient-confined token)  |
+| POST /imaging/orthanc/deleted          | the shared callback token (no SMART token)        |
+
+Every /dicomweb request is parsed first (`dicomweb_bridge.request`): access is decided on the
+parsed study UID and the upstream URL is written from the parsed parts.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +39,7 @@ from dicomweb_bridge.access import Caller, forbidden
 from dicomweb_bridge.multipart import MultipartError, content_type_params, split
 from dicomweb_bridge.pacs import DICOM_JSON, PacsError
 from dicomweb_bridge.proxy import Upstream, forward_read, json_body, passthrough
+from dicomweb_bridge.request import DicomwebRequest, parse, route_tail, uid
 from dicomweb_bridge.runner import RECONCILE
 from dicomweb_bridge.service import Bridge, proxy_root
 from fhir_server.errors import FhirError
@@ -67,13 +83,11 @@ def guarded(handler: Handler, audit: Any = None, bridge: Bridge | None = None) -
 async def _audit(audit: Any, bridge: Bridge | None, request: Request, status: int) -> None:
     from smart_auth.audit import Interaction
 
-    parts = [p for p in request.path_params.get("path", "").split("/") if p]
+    parsed: DicomwebRequest | None = getattr(request.state, "dicomweb", None)
     kind = {"POST": "create", "DELETE": "delete"}.get(request.method)
     if kind is None:
-        kind = (
-            "search-type" if parts and parts[-1] in ("studies", "series", "instances") else "read"
-        )
-    study = parts[1] if len(parts) > 1 and parts[0] == "studies" else None
+        kind = "search-type" if parsed is None or parsed.search else "read"
+    study = parsed.study if parsed is not None else None
     known = await run_in_threadpool(bridge.state.study, study) if study and bridge else None
     res_id = known.resource_id if known else None  # the ImagingStudy, not the DICOM UID
     event = Interaction(request.method, kind, "ImagingStudy", res_id, status,
@@ -110,19 +124,45 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             raise forbidden(f"this access token may only upload for Patient/{own}")
         return f"Patient/{own}" if own is not None else (asked or None)
 
+    def confined_guard(who: Caller, into: str | None) -> upload.Guard | None:
+        """For a confined token: stored files may only add to a study that is new to the
+        PACS or already its own (never into another patient's study UID)."""
+        if not who.limited("c"):
+            return None
+
+        def check(study_uids: list[str]) -> None:
+            for study_uid in study_uids:  # compared exactly below: only well-formed UIDs
+                uid(study_uid, "study")
+            if into is not None and any(u != into for u in study_uids):
+                raise FhirError(400, f"STOW-RS to studies/{into} takes only that study's "
+                                "instances")  # fmt: skip
+            theirs = set(study_uids) - who.visible(study_uids)
+            taken = [u for u in sorted(theirs) if bridge.pacs.has_study(u)]
+            if taken:
+                raise forbidden(f"study {taken[0]} lies outside what the access token may reach")
+
+        return check
+
+    def parsed(request: Request) -> DicomwebRequest:
+        tail = route_tail(request.scope, request.path_params.get("path", ""))
+        found = parse(request.method, tail, request.query_params.multi_items())
+        request.state.dicomweb = found
+        return found
+
     async def read(request: Request) -> Response:
-        return await forward_read(upstream, caller(request), request, request.path_params["path"])
+        who = caller(request)
+        return await forward_read(upstream, who, request, parsed(request))
 
     async def stow(request: Request) -> Response:
         who = caller(request)
+        found = parsed(request)
         patient = write_patient(who, request.query_params.get("patient"))
         kind, params = content_type_params(request.headers.get("content-type", ""))
         if kind != "multipart/related" or "boundary" not in params:
             raise FhirError(415, "STOW-RS takes multipart/related; type=\"application/dicom\"",
                             "not-supported")  # fmt: skip
-        path = request.path_params.get("path", "studies")
         if patient is None:  # nothing to rewrite: stream straight through, then sync
-            resp = await upstream.open(request, path)
+            resp = await upstream.open(request, found)
             if not resp.headers.get("content-type", "").startswith(
                 (DICOM_JSON, "application/json")
             ):
@@ -137,7 +177,8 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             async for headers, part in split(request.stream(), params["boundary"]):
                 name = headers.get("content-location") or f"part {len(items) + 1}"
                 items.append(upload.Incoming(name, file=part))
-            result = await run_in_threadpool(upload.store, bridge, ctx, items, patient)
+            result = await run_in_threadpool(upload.store, bridge, ctx, items, patient,
+                                             guard=confined_guard(who, found.study))  # fmt: skip
         finally:
             for item in items:
                 if item.file is not None:
@@ -161,20 +202,16 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             group = groups[index] if index < len(groups) else posixpath.dirname(name)
             items.append(upload.Incoming(name, file=f.file, group=group))
         result = await run_in_threadpool(
-            upload.store, bridge, ctx, items, patient, _field(form.get("description")), grouping
-        )
+            upload.store, bridge, ctx, items, patient, _field(form.get("description")), grouping,
+            confined_guard(who, None),
+        )  # fmt: skip
         return JSONResponse(result.as_dict(), 201 if result.stored else 422)
 
     async def delete(request: Request) -> Response:
         who = caller(request)
+        found = parsed(request)
         who.require_unconfined("d", "Deleting images")
-        parts = [p for p in request.path_params["path"].split("/") if p]
-        levels = {2: "Study", 4: "Series", 6: "Instance"}
-        if len(parts) not in levels or parts[0] != "studies" or parts[2:3] not in ([], ["series"]) \
-                or parts[4:5] not in ([], ["instances"]):  # fmt: skip
-            raise FhirError(404, "DELETE takes studies/<uid>[/series/<uid>[/instances/<uid>]]",
-                            "not-found")  # fmt: skip
-        done = await run_in_threadpool(_delete, bridge, levels[len(parts)], parts)
+        done = await run_in_threadpool(_delete, bridge, found)
         return JSONResponse(done)
 
     async def deleted_callback(request: Request) -> Response:
@@ -242,9 +279,10 @@ def _sop(uid: str) -> Dataset:
     return item
 
 
-def _delete(bridge: Bridge, level: str, parts: list[str]) -> dict[str, Any]:
+def _delete(bridge: Bridge, found: DicomwebRequest) -> dict[str, Any]:
     """Remove from the PACS, then bring the ImagingStudy in line (gone if emptied)."""
-    study_uid, uid = parts[1], parts[-1]
+    study_uid, level = str(found.study), found.level
+    uid = found.instance or found.series or study_uid
     pacs = bridge.pacs
     if not pacs.is_orthanc:
         raise FhirError(501, "deleting needs Orthanc (INTEROP_ORTHANC_URL)", "not-supported")

@@ -91,7 +91,10 @@ class Pacs:
 
     def _get(self, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            return self.http.get(url, **kwargs)
+            try:
+                return self.http.get(url, **kwargs)
+            except httpx.RemoteProtocolError:  # a pooled connection the PACS had just closed
+                return self.http.get(url, **kwargs)
         except httpx.HTTPError as exc:
             raise PacsError(f"PACS unreachable: {type(exc).__name__}") from exc
 
@@ -117,6 +120,11 @@ class Pacs:
             raise PacsError(f"QIDO-RS studies: HTTP {resp.status_code}")
         data = resp.json() if resp.content else []
         return data if isinstance(data, list) else []
+
+    def has_study(self, study_uid: str) -> bool:
+        """Whether the PACS holds a study with this UID (for any patient)."""
+        params = {"StudyInstanceUID": study_uid, "limit": "1"}
+        return bool(self.search_studies(params))
 
     def iter_studies(
         self, params: dict[str, str] | None = None, page: int = 200

@@ -17,17 +17,22 @@ import httpx
 import orjson
 from httpcore._async.http11 import AsyncHTTP11Connection
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 import outbound
-from dicomweb_bridge.access import Caller, forbidden
+from dicomweb_bridge.access import Caller
 from dicomweb_bridge.pacs import DICOM_JSON, PacsConfig
+from dicomweb_bridge.request import DicomwebRequest
 
 log = logging.getLogger("interop.imaging")
-QIDO_LEVELS = {"studies", "series", "instances"}
-REQUEST_HEADERS = ("accept", "accept-encoding", "content-type", "content-length", "range",
-                   "if-none-match", "if-modified-since")  # fmt: skip
+# What a caller's request may tell the PACS: what it accepts, which bytes, whether it has
+# them already, and (STOW-RS) what its body is. Never Host, hop-by-hop headers, cookies or
+# credentials: the PACS credentials are the upstream client's own.
+REQUEST_HEADERS = ("accept", "accept-charset", "accept-encoding", "range", "if-none-match",
+                   "if-modified-since")  # fmt: skip
+BODY_HEADERS = ("content-type", "content-length")
 RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "content-range",
                     "accept-ranges", "etag", "last-modified", "content-location")  # fmt: skip
 STUDY_UID = "0020000D"
@@ -37,10 +42,6 @@ CHUNK = 1 << 20
 # (bench/imaging_bench.py). A class attribute, so it applies to every httpx async client
 # in the process; a larger recv() buffer changes nothing else.
 AsyncHTTP11Connection.READ_NUM_BYTES = CHUNK
-
-
-def is_qido(parts: list[str]) -> bool:
-    return bool(parts) and parts[-1] in QIDO_LEVELS
 
 
 class Upstream:
@@ -66,20 +67,29 @@ class Upstream:
             self._loop = loop
         return self._client
 
-    def url(self, path: str) -> str:
-        return f"{self.root}/{path}" if path else self.root
+    def url(self, parsed: DicomwebRequest) -> str:
+        """Under the DICOMweb root, from the parsed parts only (never a caller's raw path)."""
+        return f"{self.root}/{parsed.path}"
 
-    async def open(self, request: Request, path: str, body: Any = None) -> httpx.Response:
+    async def open(self, request: Request, parsed: DicomwebRequest) -> httpx.Response:
+        """The one upstream call of the proxy: method, path and query come from `parsed`;
+        of the caller's headers only the allow-listed ones pass."""
         # bodies pass through raw, so the PACS may only compress what our client accepts
         headers = {"accept-encoding": "identity"}
-        headers.update((k, v) for k, v in request.headers.items() if k in REQUEST_HEADERS)
-        if body is None and request.method in ("POST", "PUT"):
-            body = request.stream()
+        allowed = REQUEST_HEADERS + (BODY_HEADERS if parsed.method == "POST" else ())
+        headers.update((k, v) for k, v in request.headers.items() if k in allowed)
+        body = request.stream() if parsed.method == "POST" else None
         upstream = self.client.build_request(
-            request.method, self.url(path), params=list(request.query_params.multi_items()),  # type: ignore[arg-type]
+            parsed.method, self.url(parsed), params=parsed.upstream_params,
             headers=headers, content=body,
         )  # fmt: skip
-        return await self.client.send(upstream, stream=True)
+        try:
+            return await self.client.send(upstream, stream=True)
+        except httpx.RemoteProtocolError:
+            if body is not None:  # a streamed body cannot be sent twice
+                raise
+            # a pooled connection the PACS closed as we reused it (Orthanc's keep-alive is 1 s)
+            return await self.client.send(upstream, stream=True)
 
     def rewrite(self, raw: bytes) -> bytes:
         """Point the PACS's URLs at the proxy (the client never learns the PACS address)."""
@@ -121,22 +131,25 @@ def study_uids(data: Any) -> list[str]:
     return out
 
 
-async def forward_read(upstream: Upstream, caller: Caller, request: Request, path: str) -> Response:
-    """GET/HEAD: QIDO-RS (perm s) or WADO-RS (perm r), confined callers checked per study."""
-    parts = [p for p in path.split("/") if p]
-    qido = is_qido(parts)
+async def forward_read(
+    upstream: Upstream, caller: Caller, request: Request, parsed: DicomwebRequest
+) -> Response:
+    """GET/HEAD: QIDO-RS (perm s) or WADO-RS (perm r); a confined caller reaches a study only
+    when it may see its ImagingStudy, and its searches return only such studies."""
+    qido = parsed.search is not None
     perm = "s" if qido else "r"
     limited = caller.limited(perm)
-    if limited and len(parts) >= 2 and parts[0] == "studies":
-        caller.require_study(perm, parts[1])
-    elif limited and not qido:
-        raise forbidden(f"'{path}' names no study; a confined token may only use studies/<uid>")
-    resp = await upstream.open(request, path)
+    if limited and parsed.study is not None:  # a database search: off the event loop
+        await run_in_threadpool(caller.require_study, perm, parsed.study)
+    resp = await upstream.open(request, parsed)
     is_json = resp.headers.get("content-type", "").startswith((DICOM_JSON, "application/json"))
     if not is_json or resp.status_code >= 400:
         return passthrough(resp)
     data = await json_body(resp)
-    if limited and qido:
-        data = filter_results(data, caller.visible(study_uids(data)))
+    if limited:  # results (and metadata) only of the studies the caller may see
+        allowed = {parsed.study} if parsed.study else None
+        if allowed is None:
+            allowed = await run_in_threadpool(caller.visible, study_uids(data))
+        data = filter_results(data, allowed) if qido or parsed.view == "metadata" else data
     body = upstream.rewrite(orjson.dumps(data))
     return Response(body, resp.status_code, media_type=resp.headers["content-type"])

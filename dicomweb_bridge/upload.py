@@ -8,7 +8,7 @@ with its reason and the rest go on.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -28,6 +28,8 @@ from mappers.dicom.patient import FHIR_PATIENT_SYSTEM, issuer_for, to_pn
 REQUIRED = ("SOPClassUID", "SOPInstanceUID")
 BATCH_BYTES = 256 * 1024 * 1024
 BATCH_FILES = 500
+Guard = Callable[[list[str]], None]
+"""Judges the study UIDs an upload is about to store into (raises FhirError to refuse)."""
 
 
 @dataclass
@@ -158,9 +160,10 @@ def _stow_outcome(response: Dataset) -> tuple[set[str], dict[str, str]]:
 
 def store(
     bridge: Bridge, ctx: Context, items: Iterable[Incoming], patient: str | None = None,
-    description: str | None = None, group: bool = False,
+    description: str | None = None, group: bool = False, guard: Guard | None = None,
 ) -> UploadResult:  # fmt: skip
-    """Read, prepare, STOW-RS, then sync every touched study; per-file failures reported."""
+    """Read, prepare, STOW-RS, then sync every touched study; per-file failures reported.
+    `guard` sees the study UIDs after preparation and before anything is stored."""
     result = UploadResult()
     good: list[tuple[Incoming, Dataset]] = []
     for item in items:
@@ -170,6 +173,8 @@ def store(
             result.failed.append({"file": item.name, "reason": str(exc)})
     tags = patient_tags(ctx, patient, bridge) if patient else None
     prepare(good, tags, description, group)
+    if guard is not None and good:
+        guard(list(dict.fromkeys(str(ds.StudyInstanceUID) for _, ds in good)))
     studies: list[str] = []
     for batch in _batches(good):
         _stow_batch(bridge, batch, result, studies)

@@ -880,7 +880,7 @@ def parse_args(argv: list[str] | None) -> Options:
         "--synthea-patients",
         type=int,
         default=40,
-        help="patient Bundles (~300 resources, ~450 conditional references each) for the "
+        help="patient Bundles (~460 resources, ~450 conditional references each) for the "
         "synthea_ingest figure",
     )
     parser.add_argument(

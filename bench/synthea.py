@@ -40,7 +40,7 @@ ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 CLAIM_TYPE = "http://terminology.hl7.org/CodeSystem/claim-type"
 # Encounters per patient: with the rest of the mix this gives ~450 conditional references.
-DEFAULT_ENCOUNTERS = 29
+DEFAULT_ENCOUNTERS = 32
 
 # fmt: off
 GIVENS = ["Ingrid", "Marcus", "Aaliyah", "Bennett", "Chiara", "Dmitri", "Esme", "Farah",
@@ -373,7 +373,7 @@ class _PatientBuilder:
                 "onsetDateTime": _instant(start),
                 "recordedDate": _instant(start),
             }))  # fmt: skip
-        self.observations(context, start, vitals=klass == "AMB", labs=rng.random() < 0.3)
+        self.observations(context, start, vitals=klass == "AMB", labs=rng.random() < 0.4)
         procedures = []
         if rng.random() < 0.4:
             p_code, p_display = rng.choice(PROCEDURES)
@@ -417,11 +417,12 @@ class _PatientBuilder:
         rng = self.rng
         chosen: list[tuple[str, str, str, float, float, str]] = []
         if vitals:
-            chosen += [(*v, "vital-signs") for v in rng.sample(VITALS, 4)]
+            chosen += [(*v, "vital-signs") for v in VITALS]
         if labs:
-            chosen += [(*v, "laboratory") for v in rng.sample(LABS, 4)]
+            chosen += [(*v, "laboratory") for v in LABS]
+        results = []
         for code, display, unit, low, high, category in chosen:
-            self.add({
+            ref = self.add({
                 "resourceType": "Observation",
                 "id": _uuid(self.rng),
                 "meta": {"profile": [US_CORE + ("vital-signs" if category == "vital-signs"
@@ -433,6 +434,22 @@ class _PatientBuilder:
                 "effectiveDateTime": _instant(start),
                 "issued": _instant(start),
                 "valueQuantity": _quantity(round(rng.uniform(low, high), 1), unit),
+            })  # fmt: skip
+            if category == "laboratory":
+                results.append({"reference": ref, "display": display})
+        if results:  # the lab panel's report, as Synthea writes one per panel
+            self.add({
+                "resourceType": "DiagnosticReport",
+                "id": _uuid(rng),
+                "meta": {"profile": [US_CORE + "us-core-diagnosticreport-lab"]},
+                "status": "final",
+                "category": [_coding("http://terminology.hl7.org/CodeSystem/v2-0074", "LAB",
+                                     "Laboratory")],
+                "code": _coding(LOINC, "24323-8", "Comprehensive metabolic 2000 panel"),
+                **context,
+                "effectiveDateTime": _instant(start),
+                "issued": _instant(start),
+                "result": results,
             })  # fmt: skip
         if vitals:
             self.add({
@@ -517,8 +534,7 @@ class _PatientBuilder:
             "id": _uuid(rng),
             "contained": [
                 {"resourceType": "ServiceRequest", "id": "referral", "status": "completed",
-                 "intent": "order", "subject": patient, "requester": _prac_ref(clinician),
-                 "performer": [_prac_ref(clinician)]},
+                 "intent": "order", "subject": patient, "requester": _prac_ref(clinician)},
                 {"resourceType": "Coverage", "id": "coverage", "status": "active",
                  "type": {"text": "Medicaid"}, "beneficiary": patient,
                  "payor": [{"display": "Medicaid"}]},

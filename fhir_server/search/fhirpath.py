@@ -60,6 +60,14 @@ CHOICE_ELEMENTS = frozenset(
     }
 )  # fmt: skip
 
+# FHIR R4 data types that specialise another (StructureDefinition.baseDefinition), by suffix.
+_SPECIALISATIONS: dict[str, tuple[str, ...]] = {
+    "Uri": ("Url", "Canonical", "Oid", "Uuid"),
+    "String": ("Code", "Id", "Markdown"),
+    "Integer": ("PositiveInt", "UnsignedInt"),
+    "Quantity": ("Age", "Count", "Distance", "Duration"),
+}
+
 _PRIMITIVE_PY: dict[str, tuple[type, ...]] = {
     "string": (str,), "code": (str,), "id": (str,), "uri": (str,), "url": (str,),
     "canonical": (str,), "markdown": (str,), "date": (str,), "dateTime": (str,),
@@ -255,20 +263,24 @@ def _member(source: Node, name: str) -> Node:
 
 
 def _typed_member(source: Node, name: str, type_name: str) -> Node:
-    """`name.ofType(T)` / `name as T` on a choice element: read key name + T (capitalised)."""
-    key = name + type_name[0].upper() + type_name[1:]
+    """`name.ofType(T)` / `name as T` on a choice element: read key name + T (capitalised), and
+    name + S for every FHIR specialisation S of T (FHIRPath: "of the given type or a subclass
+    thereof"; `source.ofType(uri)` also finds `sourceCanonical`)."""
+    suffix = type_name[0].upper() + type_name[1:]
+    keys = [name + s for s in (suffix, *_SPECIALISATIONS.get(suffix, ()))]
 
     def typed(focus: list[Any]) -> list[Any]:
         out: list[Any] = []
         for item in source(focus):
             if type(item) is dict:
-                v = item.get(key)
-                if v is None:
-                    continue
-                if type(v) is list:
-                    out.extend(v)
-                else:
-                    out.append(v)
+                for key in keys:
+                    v = item.get(key)
+                    if v is None:
+                        continue
+                    if type(v) is list:
+                        out.extend(v)
+                    else:
+                        out.append(v)
         return out
 
     return typed

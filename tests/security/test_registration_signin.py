@@ -29,7 +29,7 @@ from interop.settings import Settings
 from smart_auth.models import users
 
 EMR = "https://emr.example"
-LOCKOUT, LONGEST = 1, 3
+LOCKOUT, LONGEST = 3, 6  # long enough that a loaded CI machine still answers inside one
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_unknown_user_gets_the_same_answers_as_a_known_one(browser: Browser) -> 
 def test_guessing_many_user_names_from_one_address_is_throttled(browser: Browser) -> None:
     client_id = operator_client(browser)
     browser.registry.add_user("zed", PASSWORD, "physician", "Practitioner/p1")
-    codes = [browser.attempt(client_id, f"user{i}", "guess").status_code for i in range(25)]
+    codes = [browser.attempt(client_id, f"user{i}", "guess").status_code for i in range(20)]
     assert codes[:19] == [401] * 19 and codes[19] == 429
     assert browser.attempt(client_id, "zed", PASSWORD).status_code == 429
     with TestClient(browser.app, client=("198.51.100.7", 4000)) as elsewhere:

@@ -992,8 +992,11 @@ def main(argv: list[str] | None = None) -> int:
                         )
             except Exception as exc:  # a broken backend must not hide the other's figures
                 failed = True
+                said = getattr(exc, "stderr", None) or ""  # what a failed command printed
                 print(
-                    f"[{backend}] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True
+                    f"[{backend}] FAILED: {type(exc).__name__}: {exc} {said[-2000:]}",
+                    file=sys.stderr,
+                    flush=True,
                 )
                 results["backends"][backend] = {"failure": f"{exc}", "figures": {}}
             figures = results["backends"][backend].get("figures", {})

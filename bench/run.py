@@ -231,6 +231,7 @@ def fhir_server(
         "INTEROP_AUTH": "off",
         **(auth or {}),
         "INTEROP_DATABASE_URL": database_url,
+        "INTEROP_SECRET_KEY_FILE": str(workdir / "secret.key"),  # shared with `interop token`
         "INTEROP_PORT": str(port),
         "INTEROP_HOST": HOST,
         "INTEROP_LOG_LEVEL": "warning",
@@ -809,7 +810,12 @@ def audit_cost(
     The token comes from `interop token` for a client registered with `interop clients add`,
     as an operator's script would get one; both servers share the database and its keys.
     """
-    env = {**os.environ, "INTEROP_DATABASE_URL": database_url, "INTEROP_BASE_URL": AUTH_BASE}
+    env = {
+        **os.environ,
+        "INTEROP_DATABASE_URL": database_url,
+        "INTEROP_BASE_URL": AUTH_BASE,
+        "INTEROP_SECRET_KEY_FILE": str(workdir / "secret.key"),
+    }
     cli = [sys.executable, "-m", "interop.cli"]
     added = subprocess.run(
         [*cli, "clients", "add", "--name", "bench", "--type", "confidential-secret"]

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from smart_auth.config import SELF_REGISTERED_SCOPES
 
@@ -366,7 +367,14 @@ class Settings(BaseSettings):
 
     @property
     def effective_secret_key_file(self) -> str:
-        return self.secret_key_file or str(Path("var").resolve() / "secret.key")
+        """Beside the SQLite file when the database is one, so every command on that database
+        finds the key whatever directory it runs from; else ./var/secret.key."""
+        if self.secret_key_file:
+            return self.secret_key_file
+        url = make_url(self.effective_database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return str(Path(url.database).resolve().parent / "secret.key")
+        return str(Path("var").resolve() / "secret.key")
 
     @property
     def effective_base_url(self) -> str:

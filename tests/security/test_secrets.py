@@ -202,3 +202,30 @@ def test_metrics_token_file_that_cannot_be_read_refuses_to_start(
     with pytest.raises(ValueError, match="INTEROP_METRICS_TOKEN_FILE"):
         create_app(missing)
     assert not os.path.exists(tmp_path / "none")
+
+
+def test_embedded_key_file_lies_beside_the_sqlite_database_whatever_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server and an operator's `interop token` run from different directories on one
+    SQLite file: both must find the one key file (else the keys cannot be opened)."""
+    database = tmp_path / "data" / "interop.db"
+    database.parent.mkdir()
+    url = f"sqlite:///{database}"
+    monkeypatch.chdir(tmp_path)
+    app = create_app(Settings(database_url=url, auth="on", base_url=BASE))
+    try:
+        assert backend_token_verifies(app)
+    finally:
+        app.state.store.engine.dispose()
+    key_file = database.parent / "secret.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = create_app(Settings(database_url=url, auth="on", base_url=BASE))
+    try:
+        assert backend_token_verifies(again)  # the keys open: same key file found
+    finally:
+        again.state.store.engine.dispose()
+    assert not (elsewhere / "var").exists()

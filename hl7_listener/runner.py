@@ -100,5 +100,7 @@ class ListenerThread:
 
         try:
             asyncio.run(main())
+        except Exception:  # e.g. the port is taken: start() returns None, the caller reports
+            log.exception("the MLLP listener stopped with an error")
         finally:
             self._ready.set()

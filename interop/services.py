@@ -159,15 +159,13 @@ class Services:
         return service
 
     def start(self) -> None:
-        """Start each service; one that cannot start is reported (health), not fatal, unless
-        it is required."""
+        """Start each service; one that cannot start is logged and reported as failed on
+        /readyz (503 when it is required), and the others run all the same."""
         for service in self.all:
             try:
                 service.start()
-            except Exception:
+            except Exception:  # noqa: BLE001 - its health says so
                 log.exception("service %s did not start", service.name)
-                if service.required:
-                    raise
 
     def stop(self) -> None:
         for service in reversed(self.all):

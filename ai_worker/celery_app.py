@@ -10,12 +10,13 @@ Decoding and inference are separate queues so GPU hosts can take only `ai.infer`
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
 
 from celery import Celery, Task
 
 from ai_worker.cache import VolumeCache
+from ai_worker.config import AiConfig
 from ai_worker.errors import TransientError
 from ai_worker.pixels.volume import Volume
 from ai_worker.service import AiService
@@ -25,9 +26,16 @@ INFER_QUEUE = "ai.infer"
 log = logging.getLogger("interop.ai")
 
 
-def make_celery(settings: Any) -> Celery:
-    app = Celery("interop", broker=settings.redis_url, backend=settings.redis_url)
+def make_celery(config: AiConfig) -> Celery:
+    return configure(Celery("interop"), config)
+
+
+def configure(app: Celery, config: AiConfig) -> Celery:
+    """Point `app` at the broker of `config` with the settings every AI queue needs."""
+    settings = config
     app.conf.update(
+        broker_url=config.redis_url,
+        result_backend=config.redis_url,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -67,28 +75,26 @@ class CelerySubmitter:
             log.warning("could not queue AI Task/%s (%s); it waits in the job table", task_id, exc)
 
 
+# The worker's app; `interop worker` configures it and says how a process builds its service
+# (`bind`), so this module never reads the operator's settings itself.
+celery = Celery("interop")
+_service_factory: list[Callable[[], AiService]] = []
+
+
+def bind(config: AiConfig, service: Callable[[], AiService]) -> Celery:
+    """Configure the worker app; `service()` builds a pool process's service on first use."""
+    configure(celery, config)
+    _service_factory[:] = [service]
+    worker_service.cache_clear()
+    return celery
+
+
 @lru_cache(maxsize=1)
 def worker_service() -> AiService:
-    """The worker process's service: its own engine and store, built from the environment."""
-    from fhir_server.api.interactions import Context
-    from fhir_server.store.db import create_db_engine
-    from fhir_server.store.repository import Store
-    from interop.settings import get_settings
-
-    settings = get_settings()
-    engine = create_db_engine(settings.effective_database_url, 2)
-    store = Store(engine, settings.effective_base_url)
-    ctx = Context(store, settings.effective_base_url)
-    return AiService(settings, ctx, submitter=CelerySubmitter(celery))
-
-
-def _celery_from_env() -> Celery:
-    from interop.settings import get_settings
-
-    return make_celery(get_settings())
-
-
-celery = _celery_from_env()
+    """The worker process's service: its own engine and store (built after the fork)."""
+    if not _service_factory:
+        raise RuntimeError("the AI worker is not bound to a runtime (interop worker binds it)")
+    return _service_factory[0]()
 
 
 def _retry_or_fail(task: Task, svc: AiService, task_id: str, exc: TransientError) -> None:

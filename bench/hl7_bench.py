@@ -27,7 +27,7 @@ import orjson
 
 from hl7_listener.mllp import EB, MllpServer, frame
 from hl7_listener.processor import Processor, Reply
-from hl7_listener.runner import build_processor
+from interop.runtime import Runtime
 from interop.settings import Settings
 from mappers.hl7v2 import parse, to_bundle
 
@@ -154,11 +154,11 @@ def run(url: str, per: int) -> None:
           f"{os.cpu_count()} cores, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")  # fmt: skip
     print(f"echo baseline        {echo:9.0f} msg/s")
     print(f"python-hl7 parse     {parse_ps:9.0f} msg/s")
-    build_processor(Settings(database_url=url)).close()  # migrate before timing anything
+    Runtime(Settings(database_url=url)).close()  # migrate before timing anything
     rest, _ = rest_rate(url, per, f"rest{time.time_ns()}-")
     print(f"REST transactions    {rest:9.0f} resources/s (the mapped Bundles, POST /fhir)")
     for mode in ("map", "store"):
-        proc = build_processor(Settings(database_url=url, mllp_ack_mode=mode))
+        proc = Runtime(Settings(database_url=url, mllp_ack_mode=mode)).hl7_processor()
         tag = f"{mode}{time.time_ns()}-"
         secs = asyncio.run(measure(proc, per, tag))
         mapped_started = time.perf_counter()

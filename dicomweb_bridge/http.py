@@ -41,7 +41,7 @@ from dicomweb_bridge.pacs import DICOM_JSON, PacsError
 from dicomweb_bridge.proxy import Upstream, forward_read, json_body, passthrough
 from dicomweb_bridge.request import DicomwebRequest, parse, route_tail, uid
 from dicomweb_bridge.runner import RECONCILE
-from dicomweb_bridge.service import Bridge, proxy_root
+from dicomweb_bridge.service import Bridge
 from fhir_server.errors import FhirError
 from mappers.dicom import MappingError
 
@@ -105,7 +105,7 @@ async def _audit(audit: Any, bridge: Bridge | None, request: Request, status: in
 def routes(app: Any, bridge: Bridge) -> list[Route]:
     ctx, policy = app.state.context, app.state.policy
     access_for = getattr(app.state, "access_for", None)
-    upstream = Upstream(bridge.pacs.config, proxy_root(bridge.settings))
+    upstream = Upstream(bridge.pacs.config, bridge.config.proxy_root)
     app.state.dicomweb_upstream = upstream
 
     audit = getattr(app.state, "audit", None)
@@ -215,7 +215,7 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
         return JSONResponse(done)
 
     async def deleted_callback(request: Request) -> Response:
-        token = bridge.settings.orthanc_callback_token.get_secret_value()
+        token = bridge.config.orthanc_callback_token.get_secret_value()
         given = request.headers.get("authorization", "").partition(" ")[2].strip()
         if not token:
             raise FhirError(404, "the Orthanc deletion callback is not configured", "not-found")

@@ -18,7 +18,6 @@ import httpx
 from pydicom.dataset import Dataset
 
 import outbound
-from interop.settings import Settings
 from mappers.dicom import DicomJson
 from outbound import Policy
 
@@ -51,19 +50,6 @@ class PacsConfig:
         policy = self.outbound or Policy("PACS", read_timeout=self.timeout, deadline=None,
                                          max_bytes=None)  # fmt: skip
         return policy.allowing(self.dicomweb_url, self.orthanc_url)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PacsConfig | None:
-        """None when imaging is off (neither INTEROP_DICOMWEB_URL nor INTEROP_ORTHANC_URL)."""
-        orthanc = settings.orthanc_url.rstrip("/")
-        dicomweb = settings.dicomweb_url.rstrip("/") or (f"{orthanc}/dicom-web" if orthanc else "")
-        if not dicomweb:
-            return None
-        password = settings.orthanc_password.get_secret_value()
-        from interop.outbound_policies import OutboundPolicies
-
-        policy = OutboundPolicies.from_settings(settings).pacs
-        return cls(dicomweb, orthanc, settings.orthanc_user, password, outbound=policy)
 
     def __repr__(self) -> str:  # the password never reaches a log line
         return f"PacsConfig(dicomweb_url={self.dicomweb_url!r}, orthanc_url={self.orthanc_url!r})"

@@ -1,50 +1,45 @@
-"""The bridge's parts, built once from the settings (app, `interop serve`, CLI share this)."""
+"""The bridge's parts, built once from its config (app, `interop serve`, CLI share this)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.feed import ChangeFeed
-from dicomweb_bridge.pacs import Pacs, PacsConfig
+from dicomweb_bridge.pacs import Pacs
 from dicomweb_bridge.state import BridgeState
 from dicomweb_bridge.sync import Syncer
 from fhir_server.api.interactions import Context
-from interop.settings import Settings
 from mappers.dicom import Options
 
 
-def proxy_root(settings: Settings) -> str:
+def proxy_root(fhir_base: str) -> str:
     """Public DICOMweb root of this server: the FHIR base's origin + /dicomweb."""
-    base = settings.effective_base_url
-    origin = base[: -len("/fhir")] if base.endswith("/fhir") else base
+    origin = fhir_base[: -len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
     return f"{origin}/dicomweb"
 
 
 @dataclass
 class Bridge:
-    settings: Settings
+    config: ImagingConfig
     pacs: Pacs
     state: BridgeState
     syncer: Syncer
     feed: ChangeFeed | None
 
     @classmethod
-    def build(cls, settings: Settings, ctx: Context) -> Bridge | None:
-        """None when imaging is not configured."""
-        config = PacsConfig.from_settings(settings)
-        if config is None:
-            return None
-        pacs = Pacs(config)
+    def build(cls, config: ImagingConfig, ctx: Context) -> Bridge:
+        pacs = Pacs(config.pacs)
         state = BridgeState(ctx.store.engine)
         options = Options(
-            issuers=settings.dicom_issuers,
-            default_system=settings.dicom_patient_system,
-            time_zone=settings.dicom_time_zone,
-            endpoint_address=proxy_root(settings),
+            issuers=config.dicom_issuers,
+            default_system=config.dicom_patient_system,
+            time_zone=config.dicom_time_zone,
+            endpoint_address=config.proxy_root,
         )
         syncer = Syncer(ctx, pacs, state, options)
         feed = ChangeFeed(pacs, syncer, state) if pacs.is_orthanc else None
-        return cls(settings, pacs, state, syncer, feed)
+        return cls(config, pacs, state, syncer, feed)
 
     def close(self) -> None:
         self.pacs.close()

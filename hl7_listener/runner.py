@@ -1,4 +1,4 @@
-"""Wires settings to the inbox, processor and MLLP server (used by `interop mllp`)."""
+"""Runs the MLLP server for a processor (`interop mllp`, and beside uvicorn in `interop serve`)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,14 @@ import ssl
 import threading
 from collections.abc import Callable
 
-from fhir_server.api.interactions import Context
-from fhir_server.store.db import create_db_engine, upgrade
-from fhir_server.store.repository import Store
-from hl7_listener.inbox import Inbox
+from hl7_listener.config import Hl7Config
 from hl7_listener.mllp import MllpServer
 from hl7_listener.processor import Processor
-from interop.settings import Settings
 
 log = logging.getLogger("interop.hl7")
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: Hl7Config) -> ssl.SSLContext | None:
     if not settings.mllp_tls_cert:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -32,25 +28,14 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def build_processor(settings: Settings) -> Processor:
-    engine = create_db_engine(settings.effective_database_url, settings.db_pool_size)
-    upgrade(engine)
-    base = settings.effective_base_url
-    ctx = Context(Store(engine, base), base)
-    return Processor(
-        Inbox(engine), ctx, settings.mllp_ack_mode, settings.hl7_authorities,
-        settings.hl7_time_zone, settings.hl7_mapping_workers,
-    )  # fmt: skip
-
-
 async def serve(
-    settings: Settings,
+    settings: Hl7Config,
+    proc: Processor,
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
 ) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM in the main thread). Maps messages left
     'received' by an earlier run first, then keeps mapping ack-after-store ones."""
-    proc = build_processor(settings)
     server = MllpServer(
         proc.handle, settings.mllp_host, settings.mllp_port, settings.mllp_max_frame,
         settings.mllp_idle_timeout, tls_context(settings), proc.reject_oversize,
@@ -77,7 +62,6 @@ async def serve(
     await worker
     await asyncio.to_thread(proc.process_pending)
     proc.close()
-    proc.ctx.store.engine.dispose()
     log.info("MLLP listener stopped")
 
 
@@ -86,8 +70,8 @@ class ListenerThread:
     `stop()` after uvicorn returns stops accepting, lets in-flight messages finish and maps
     what is pending, so shutting down loses nothing."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Hl7Config, proc: Processor) -> None:
+        self.settings, self.proc = settings, proc
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -112,9 +96,11 @@ class ListenerThread:
                 self.port = port
                 self._ready.set()
 
-            await serve(self.settings, self._stop, started)
+            await serve(self.settings, self.proc, self._stop, started)
 
         try:
             asyncio.run(main())
+        except Exception:  # e.g. the port is taken: start() returns None, the caller reports
+            log.exception("the MLLP listener stopped with an error")
         finally:
             self._ready.set()

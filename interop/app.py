@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -23,28 +22,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ai_worker.runtime import AiRuntime
-from dicomweb_bridge.service import Bridge
 from fhir_server import limits, metrics
 from fhir_server.api.capability import capability_bytes
-from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirResponse, dispatch
-from fhir_server.bulk.config import BulkConfig
+from fhir_server.api.interactions import FHIR_JSON, FhirRequest, FhirResponse, dispatch
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError, operation_outcome
-from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
-from fhir_server.store.repository import Store, Transaction
+from fhir_server.store.db import schema_is_current
+from fhir_server.store.repository import Transaction
 from fhir_server.subscriptions.delivery import Deliverer
-from fhir_server.subscriptions.service import SubscriptionConfig, SubscriptionService
+from fhir_server.subscriptions.service import SubscriptionService
 from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
-from hl7_listener.inbox import Inbox
-from hl7_listener.processor import Processor
 from interop.logs import request_id_var
-from interop.outbound_policies import OutboundPolicies
 from interop.outbox_runner import OutboxRunner
+from interop.runtime import Runtime, request_limits
+from interop.services import Managed
 from interop.settings import Settings, get_settings, read_tokens
-from openemr_bridge.setup import frame_origins
 from smart_auth.audit import AuditTrail, Interaction, guess_interaction
-from smart_auth.config import AuthConfig
 from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
 
@@ -63,53 +57,58 @@ def software_version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAPI:
-    settings = settings or get_settings()
-    base_url = settings.effective_base_url
+def create_app(
+    settings: Settings | None = None,
+    migrate: bool = True,
+    channels: bool = False,
+    runtime: Runtime | None = None,
+) -> FastAPI:
+    """The ASGI app on `runtime` (built from `settings` when not given). `channels`: also run
+    the once-per-server channels (MLLP listener, imaging and OpenEMR sync) as its services
+    (`interop serve` with one worker)."""
+    runtime = runtime or Runtime(settings, migrate)
+    settings = runtime.settings
+    base_url = runtime.base_url
     limits.configure(request_limits(settings))
-    engine = create_db_engine(
-        settings.effective_database_url, settings.db_pool_size, settings.db_statement_timeout_ms
-    )
-    if migrate:
-        upgrade(engine)
-    store = Store(engine, base_url)
+    engine, store, services = runtime.engine, runtime.store, runtime.services
     store.statistics.refresh_in_background()
-    bulk = BulkService.embedded(store, bulk_config(settings), base_url, settings.auth_enabled)
+    bulk = BulkService.embedded(store, runtime.bulk_config(), base_url, settings.auth_enabled)
     if settings.redis_url:  # jobs go to `interop worker`; this process only sweeps
         from interop import bulk_worker
 
-        bulk.submitter = bulk_worker.Submitter(settings)
-    ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size, bulk=bulk)
-    ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
+        bulk.submitter = bulk_worker.Submitter(runtime.ai_config())
+    ctx = runtime.ctx = replace(runtime.ctx, bulk=bulk)
+    ai = AiRuntime(runtime.ai_config(), ctx)  # registers $analyze, $approve, $reject
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
-    imaging = Bridge.build(settings, ctx)
+    imaging = runtime.imaging_bridge()
     outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
-    subscriptions = SubscriptionService(store, base_url, subscription_config(settings))
+    subscriptions = SubscriptionService(store, base_url, runtime.subscription_config())
     ctx.subscriptions = subscriptions
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
     hub = Hub()
     deliverer = Deliverer(subscriptions, hub)
+    # started in this order when the app starts, stopped in reverse (interop.services)
+    if audit is not None:
+        services.add(Managed("audit-trail", lambda: None, audit.close))
+    services.add(Managed("ai-runner", ai.start, ai.stop))
+    services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
+                         outbox_runner.health))  # fmt: skip
+    services.add(Managed("bulk-jobs", bulk.start, bulk.close))
+    services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # As many request threads as pooled connections: more threads only queue for a
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
-        ai.start()
-        outbox_runner.start()
-        bulk.start()
-        deliverer.start()
+        if channels:
+            runtime.add_channel_services()
+        services.start()
         yield
-        await run_in_threadpool(deliverer.stop)
-        bulk.close()
-        await run_in_threadpool(outbox_runner.stop)
-        await run_in_threadpool(ai.stop)
-        if audit is not None:
-            await run_in_threadpool(audit.close)
-        engine.dispose()
+        await run_in_threadpool(runtime.close)  # the services in reverse, then the engine
 
     docs = settings.docs == "on"  # the API description is for developers, off by default
     app = FastAPI(
@@ -120,7 +119,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         redoc_url=None,
         lifespan=lifespan,
     )
-    _, access_for, security = install(app, engine, auth_config(settings), policy)
+    _, access_for, security = install(app, engine, runtime.auth_config(), policy)
     if settings.auth_enabled:
         subscriptions.access_from = lambda grant: access_for(grant_from(grant))
 
@@ -133,6 +132,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     )
     app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.services = services
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
@@ -149,7 +150,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     from openemr_bridge.refresh import ReadThrough
     from openemr_bridge.routes import build_syncer
 
-    syncer = build_syncer(settings, ctx)
+    openemr = runtime.openemr_settings()
+    syncer = build_syncer(openemr, ctx)
     read_through = (
         ReadThrough(syncer, settings.openemr_refresh_age)
         if syncer is not None and settings.openemr_refresh_age > 0
@@ -248,9 +250,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         return Response(body, status, headers, media_type=media_type if body is not None else None)
 
     app.router.add_route("/fhir", fhir_endpoint, methods=METHODS)
-    hl7 = Processor(
-        Inbox(engine), ctx, "map", settings.hl7_authorities, settings.hl7_time_zone
-    )  # ack-after-map over HTTP: the caller waits for the mapping result
+    hl7 = runtime.hl7_processor("map")  # over HTTP the caller waits for the mapping result
     app.state.hl7 = hl7
     app.router.routes.extend(hl7_routes(hl7, policy))
     app.router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS)
@@ -261,11 +261,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     from openemr_bridge.routes import build_bridge
     from openemr_bridge.routes import routes as openemr_routes
 
-    app.state.openemr_launch = build_bridge(settings, ctx, app.state.auth, syncer)
+    app.state.openemr_launch = build_bridge(openemr, ctx, app.state.auth, syncer)
     from openemr_bridge.consumer import register as register_openemr_push
 
-    register_openemr_push(outbox_runner, settings, ctx)
-    app.router.routes.extend(openemr_routes(settings, app.state.openemr_launch))
+    register_openemr_push(outbox_runner, openemr, ctx)
+    app.router.routes.extend(openemr_routes(openemr, app.state.openemr_launch))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -283,7 +283,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             return JSONResponse(
                 {"status": "unavailable", "reason": "database migrations pending"}, 503
             )
-        return JSONResponse({"status": "ready"})
+        health, failed = services.health(), services.failed_required()
+        if failed:
+            reason = f"required service failed: {', '.join(failed)}"
+            return JSONResponse(
+                {"status": "unavailable", "reason": reason, "services": health}, 503
+            )
+        return JSONResponse({"status": "ready", "services": health})
 
     metrics_guard = metrics_access(settings)
 
@@ -345,16 +351,6 @@ def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
     return None
 
 
-def subscription_config(settings: Settings) -> SubscriptionConfig:
-    return SubscriptionConfig(
-        max_failures=settings.subscription_max_failures,
-        retry_seconds=settings.subscription_retry_seconds,
-        max_backoff_seconds=settings.subscription_max_backoff_seconds,
-        timeout_seconds=settings.subscription_timeout_seconds,
-        endpoints=OutboundPolicies.from_settings(settings).subscriptions,
-    )
-
-
 def grant_from(data: dict[str, Any]) -> Grant:
     """A grant kept as JSON with a Subscription (`Access.describe`), back as a Grant."""
     return Grant(
@@ -368,56 +364,6 @@ def grant_from(data: dict[str, Any]) -> Grant:
     )
 
 
-def bulk_config(settings: Settings) -> BulkConfig:
-    """The bulk jobs' view of the operator's settings."""
-    return BulkConfig(
-        directory=Path(settings.effective_bulk_dir),
-        max_file_bytes=settings.bulk_max_file_mb * 1024 * 1024,
-        retention_seconds=settings.bulk_retention_seconds,
-        workers=settings.bulk_workers,
-        import_batch=settings.bulk_import_batch,
-        sources=OutboundPolicies.from_settings(settings).import_,
-    )
-
-
-def auth_config(settings: Settings) -> AuthConfig:
-    """The authorization server's view of the operator's settings."""
-    return AuthConfig(
-        fhir_base=settings.effective_base_url,
-        auth_base=settings.effective_auth_base_url,
-        access_token_seconds=settings.auth_access_token_seconds,
-        backend_token_seconds=settings.auth_backend_token_seconds,
-        refresh_token_seconds=settings.auth_refresh_token_days * 86400,
-        online_session_seconds=settings.auth_online_session_hours * 3600,
-        launch_seconds=settings.auth_launch_seconds,
-        registration=settings.auth_registration,
-        registration_tokens=registration_tokens(settings),
-        registration_scopes=tuple(settings.auth_registration_scopes.split()),
-        registration_per_address=settings.auth_registration_per_address,
-        registration_per_hour=settings.auth_registration_per_hour,
-        login_free_attempts=settings.auth_login_free_attempts,
-        login_address_free_attempts=settings.auth_login_address_free_attempts,
-        login_lockout_seconds=settings.auth_login_lockout_seconds,
-        login_max_lockout_seconds=settings.auth_login_max_lockout_seconds,
-        secret_key_file=settings.effective_secret_key_file,
-        frame_origins=tuple(frame_origins(settings)),
-        roles_file=settings.auth_roles_file,
-        jwks_fetch=OutboundPolicies.from_settings(settings).jwks,
-    )
-
-
-def registration_tokens(settings: Settings) -> tuple[str, ...]:
-    """RFC 7591 initial access tokens; INTEROP_AUTH_REGISTRATION=token needs the file."""
-    if settings.auth_registration != "token":
-        return ()
-    if not settings.auth_registration_token_file:
-        raise ValueError(
-            "INTEROP_AUTH_REGISTRATION=token needs INTEROP_AUTH_REGISTRATION_TOKEN_FILE"
-        )
-    path = settings.auth_registration_token_file
-    return read_tokens(path, "INTEROP_AUTH_REGISTRATION_TOKEN_FILE")
-
-
 async def _read_body(request: Request, req: FhirRequest) -> None:
     """The body within the request limits; a `$bulk-upload` is streamed to a file instead."""
     if "\x00" in request.scope.get("path", ""):
@@ -426,22 +372,6 @@ async def _read_body(request: Request, req: FhirRequest) -> None:
         req.body_file = await limits.spool_body(req.headers, request.stream())
     else:
         req.body = await limits.read_body(req.headers, request.stream())
-
-
-def request_limits(settings: Settings) -> limits.Limits:
-    """The request limits named by the operator's settings (fhir_server.limits)."""
-    mib = 1024 * 1024
-    return limits.Limits(
-        max_body_bytes=settings.max_body_mb * mib,
-        max_upload_bytes=settings.max_upload_mb * mib,
-        max_json_depth=settings.max_json_depth,
-        max_json_nodes=settings.max_json_nodes,
-        max_array_items=settings.max_array_items,
-        max_patch_operations=settings.max_patch_operations,
-        max_search_params=settings.max_search_params,
-        max_search_values=settings.max_search_values,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-    )
 
 
 def _negotiate(req: FhirRequest) -> None:
@@ -545,4 +475,4 @@ def create_app_without_migrations() -> FastAPI:
 
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
-    return create_app(settings, migrate=False)
+    return create_app(settings, migrate=False, channels=settings.workers == 1)

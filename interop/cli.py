@@ -120,8 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from fhir_server.store.db import create_db_engine, upgrade
     from interop.logs import configure
+    from interop.runtime import Runtime
 
     for flag, env in (
         ("host", "INTEROP_HOST"),
@@ -135,10 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
     log = logging.getLogger("interop")
-    engine = create_db_engine(settings.effective_database_url, 1)
-    upgrade(engine)
-    _ensure_signing_key(engine, settings)
-    engine.dispose()
+    setup = Runtime(settings, migrate=True, pool_size=1)
+    setup.auth_server().keys.load()  # the first signing key, before workers fork: they share it
+    setup.close()
     log.info(
         "starting",
         extra={
@@ -154,19 +153,13 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal it shut down on; as an exception it reaches `finally`
     # below, so the MLLP listener drains instead of dying with the process
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    listener = None
-    if settings.mllp_port != 0:
-        from hl7_listener.runner import ListenerThread
-
-        listener = ListenerThread(settings)
-        listener.start()
-    from dicomweb_bridge.runner import start as start_imaging
-
-    imaging = start_imaging(settings)
-    if settings.openemr_url and settings.openemr_sync_interval > 0:
-        from openemr_bridge.runner import start_schedule, store_context
-
-        start_schedule(settings, store_context(settings))
+    # One worker: the app runs the MLLP listener and the syncs as its services (so /readyz
+    # reports them). Several workers: they run once, here, beside uvicorn.
+    channels = None
+    if settings.workers > 1:
+        channels = Runtime(settings, migrate=False, pool_size=2)
+        channels.add_channel_services()
+        channels.services.start()
     try:
         uvicorn.run(
             "interop.app:create_app_without_migrations",
@@ -179,30 +172,20 @@ def _serve(args: argparse.Namespace) -> int:
             server_header=False,
         )
     finally:
-        if imaging is not None:
-            imaging.stop()
-        if listener is not None:
-            listener.stop()
+        if channels is not None:
+            channels.close()  # the listener drains, then the syncs stop
     return 0
 
 
-def _ensure_signing_key(engine, settings) -> None:  # type: ignore[no-untyped-def]
-    """Create the first signing key before workers fork, so they all share it."""
-    from interop.app import auth_config
-    from smart_auth.server import AuthServer
+def _runtime(pool_size: int = 2):  # type: ignore[no-untyped-def]
+    """The one runtime a command works on (migrated: a command may be the first run)."""
+    from interop.runtime import Runtime
 
-    AuthServer(engine, auth_config(settings)).keys.load()
+    return Runtime(get_settings(), migrate=True, pool_size=pool_size)
 
 
 def _auth_server():  # type: ignore[no-untyped-def]
-    from fhir_server.store.db import create_db_engine, upgrade
-    from interop.app import auth_config
-    from smart_auth.server import AuthServer
-
-    settings = get_settings()
-    engine = create_db_engine(settings.effective_database_url, 1)
-    upgrade(engine)
-    return AuthServer(engine, auth_config(settings))
+    return _runtime(1).auth_server()
 
 
 def _mllp() -> int:
@@ -213,7 +196,11 @@ def _mllp() -> int:
 
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    runtime = _runtime(settings.db_pool_size)
+    try:
+        asyncio.run(serve(runtime.hl7_config(), runtime.hl7_processor()))
+    finally:
+        runtime.close()
     return 0
 
 
@@ -249,9 +236,7 @@ def _hl7_send(args: argparse.Namespace) -> int:
 
 
 def _hl7_inbox(args: argparse.Namespace) -> int:
-    from hl7_listener.runner import build_processor
-
-    proc = build_processor(get_settings())
+    proc = _runtime().hl7_processor()
     if args.hl7_command == "list":
         found = proc.inbox.list(
             args.status,
@@ -314,8 +299,10 @@ def _worker(args: argparse.Namespace) -> int:
               "jobs itself)", file=sys.stderr)  # fmt: skip
         return 2
     configure(settings.log_level, settings.log_format)
-    from ai_worker.celery_app import celery
+    from ai_worker.celery_app import bind
     from interop import bulk_worker  # noqa: F401 - registers the bulk.run task
+
+    celery = bind(_runtime_config(settings).ai_config(), bulk_worker.ai_service)
 
     queues = args.queues or settings.ai_queues
     celery.worker_main(
@@ -340,7 +327,7 @@ def _ai(args: argparse.Namespace) -> int:
         plugins = [
             {"name": p.name, "version": p.version, "manufacturer": p.manufacturer,
              "modalities": sorted(p.modalities), "description": p.description}
-            for p in Registry.load(settings)
+            for p in Registry.load(_runtime_config(settings).ai_config())
         ]  # fmt: skip
         if args.json:
             print(json.dumps({"models": plugins}))
@@ -349,11 +336,8 @@ def _ai(args: argparse.Namespace) -> int:
                   f"{p['manufacturer']}")  # fmt: skip
         return 0
     from ai_worker.jobs import Jobs
-    from fhir_server.store.db import create_db_engine, upgrade
 
-    engine = create_db_engine(settings.effective_database_url, 1)
-    upgrade(engine)
-    rows = [j.as_dict() for j in Jobs(engine).list(args.status, args.limit)]
+    rows = [j.as_dict() for j in Jobs(_runtime(1).engine).list(args.status, args.limit)]
     if args.json:
         print(json.dumps({"jobs": rows}))
         return 0
@@ -369,13 +353,17 @@ def _ai(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade() -> int:
-    from fhir_server.store.db import create_db_engine, upgrade
-
     settings = get_settings()
-    engine = create_db_engine(settings.effective_database_url, 1)
-    upgrade(engine)
+    _runtime(1).close()  # building the runtime applies the migrations
     print(f"database at newest schema: {settings.masked()['INTEROP_DATABASE_URL']}")
     return 0
+
+
+def _runtime_config(settings):  # type: ignore[no-untyped-def]
+    """The runtime's config builders without a database (for commands that need none)."""
+    from interop.runtime import ChannelConfigs
+
+    return ChannelConfigs(settings)
 
 
 def _config(as_json: bool) -> int:

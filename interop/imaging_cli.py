@@ -33,17 +33,12 @@ def _bar(done: int, total: int, started: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dicomweb_bridge.poller import Poller
-    from dicomweb_bridge.service import Bridge
-    from fhir_server.api.interactions import Context
-    from fhir_server.store.db import create_db_engine, upgrade
-    from fhir_server.store.repository import Store
+    from interop.runtime import Runtime
 
-    settings = get_settings()
-    engine = create_db_engine(settings.effective_database_url, 2)
-    upgrade(engine)
-    base = settings.effective_base_url
-    bridge = Bridge.build(settings, Context(Store(engine, base), base))
+    runtime = Runtime(get_settings(), migrate=True, pool_size=2)
+    bridge = runtime.imaging_bridge()
     if bridge is None:
+        runtime.close()
         print("imaging is off: set INTEROP_DICOMWEB_URL or INTEROP_ORTHANC_URL", file=sys.stderr)
         return 2
     poller = Poller(bridge.pacs, bridge.syncer, bridge.state)
@@ -67,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
         for uid, reason in summary.failed.items():
             print(f"  {uid}: {reason}")
     bridge.close()
-    engine.dispose()
+    runtime.close()
     return 1 if summary.failed else 0

@@ -9,10 +9,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from fhir_server.api.interactions import Context
 from fhir_server.bulk.importer import ImportCounts, LineError, file_lines, import_lines
-from fhir_server.store.db import create_db_engine, upgrade
-from fhir_server.store.repository import Store
+from interop.runtime import Runtime
 from interop.settings import Settings
 
 MAX_SHOWN_ERRORS = 20
@@ -50,9 +48,8 @@ def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
     if missing:
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    engine = create_db_engine(settings.effective_database_url, 2)
-    upgrade(engine)
-    ctx = Context(Store(engine, settings.effective_base_url), settings.effective_base_url)
+    runtime = Runtime(settings, migrate=True, pool_size=2)
+    ctx = runtime.ctx
     counts = ImportCounts()
     errors: list[LineError] = []
     bar = ProgressBar(sum(p.stat().st_size for p in paths), sys.stderr, sys.stderr.isatty())
@@ -74,7 +71,7 @@ def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
             bar.show(before, counts)
     finally:
         bar.end()
-        engine.dispose()
+        runtime.close()
     seconds = time.monotonic() - started
     for error in errors[:MAX_SHOWN_ERRORS]:
         print(f"{error.source}:{error.line}: {error.diagnostics}", file=sys.stderr)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interop.settings import Settings
+
+if TYPE_CHECKING:
+    from fhir_server.api.interactions import Context
+    from openemr_bridge.config import BridgeSettings
 
 
 def add_parsers(commands: Any) -> None:
@@ -25,25 +29,34 @@ def add_parsers(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from interop.runtime import ChannelConfigs
     from openemr_bridge.errors import OpenEmrError
     from openemr_bridge.setup import NotConfigured
 
+    bridge = ChannelConfigs(settings).openemr_settings()
     try:
         if args.openemr_command == "sync":
-            return _sync(args, settings)
+            return _sync(args, bridge, settings)
         if args.openemr_command == "pending":
             return _pending(args, settings)
-        return _push(args, settings)
+        return _push(args, bridge, settings)
     except (NotConfigured, OpenEmrError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
-def _sync(args: argparse.Namespace, settings: Settings) -> int:
-    from openemr_bridge import setup
-    from openemr_bridge.runner import run_sync, store_context
+def _context(settings: Settings) -> Context:
+    """The canonical store's context, from the one runtime (migrated first)."""
+    from interop.runtime import Runtime
 
-    setup.config(settings)  # a missing setting is reported before the database is touched
+    return Runtime(settings, migrate=True, pool_size=2).ctx
+
+
+def _sync(args: argparse.Namespace, bridge: BridgeSettings, settings: Settings) -> int:
+    from openemr_bridge import setup
+    from openemr_bridge.runner import run_sync
+
+    setup.config(bridge)  # a missing setting is reported before the database is touched
 
     show = sys.stderr.isatty() and not args.json
 
@@ -51,7 +64,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         if show:
             print("\r" + progress_line(summary), end="", file=sys.stderr, flush=True)
 
-    summary = run_sync(settings, store_context(settings), args.full, args.patient, progress)
+    summary = run_sync(bridge, _context(settings), args.full, args.patient, progress)
     if show:
         print(file=sys.stderr)
     if args.json:
@@ -82,9 +95,8 @@ def progress_line(summary: Any, width: int = 30) -> str:
 
 def _pending(args: argparse.Namespace, settings: Settings) -> int:
     from openemr_bridge.push import pending
-    from openemr_bridge.runner import store_context
 
-    rows = pending(store_context(settings))
+    rows = pending(_context(settings))
     if args.json:
         print(json.dumps({"pending": rows}))
     else:
@@ -94,15 +106,12 @@ def _pending(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _push(args: argparse.Namespace, settings: Settings) -> int:
+def _push(args: argparse.Namespace, bridge: BridgeSettings, settings: Settings) -> int:
     from openemr_bridge import setup
     from openemr_bridge.push import push_patient
-    from openemr_bridge.runner import store_context
 
-    with setup.client(settings) as client:
-        result = push_patient(
-            store_context(settings), client, setup.systems(settings), args.patient
-        )
+    with setup.client(bridge) as client:
+        result = push_patient(_context(settings), client, setup.systems(bridge), args.patient)
     payload = {
         "status": result.status,
         "pid": result.pid,

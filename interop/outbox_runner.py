@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -95,6 +96,13 @@ class OutboxRunner:
                 self.outbox.release(consumer.name)
             except Exception:  # noqa: BLE001 - the lease simply expires
                 log.warning("could not release the outbox lease of %s", consumer.name)
+
+    def health(self) -> dict[str, Any]:
+        """Each consumer's failures in a row (0: its last batch went through)."""
+        failing = {c.name: c.failures for c in self.consumers.values() if c.failures}
+        return {"status": "failing" if failing else "ok",
+                "consumers": {c.name: {"failures": c.failures}
+                              for c in self.consumers.values()}}  # fmt: skip
 
     def drain(self) -> int:
         """One pass over every consumer in this thread; returns the changes handled."""

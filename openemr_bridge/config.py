@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
+from pydantic import SecretStr
+
 from mappers.openemr import Systems
 from outbound import MB, Policy
 
@@ -63,3 +65,40 @@ class OpenEmrConfig:
     @property
     def fhir_base(self) -> str:
         return f"{self.root}/apis/{self.site}/fhir"
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """Everything the bridge reads from the operator's settings (INTEROP_OPENEMR_*), built by
+    `interop.runtime`; `setup` turns it into clients, sources and the launch bridge."""
+
+    openemr_url: str = ""  # empty: the bridge is off
+    openemr_site: str = "default"
+    openemr_client_id: str = ""
+    openemr_client_secret: SecretStr = SecretStr("")
+    openemr_username: str = ""
+    openemr_password: SecretStr = SecretStr("")
+    openemr_private_key: str = ""
+    openemr_ca_bundle: str = ""
+    openemr_verify_tls: bool = True
+    openemr_timeout: float = 30.0
+    openemr_retries: int = 3
+    openemr_pid_system: str = ""
+    openemr_uuid_system: str = ""
+    openemr_mrn_system: str = ""
+    openemr_time_zone: str = "UTC"
+    openemr_source: str = "api"
+    openemr_db_url: str = ""
+    openemr_page_size: int = 100
+    openemr_sync_interval: int = 0
+    openemr_push: bool = True
+    openemr_refresh_age: int = 0
+    openemr_launch_client: str = ""
+    openemr_allowed_iss: list[str] = field(default_factory=list)
+    openemr_frame_origins: list[str] = field(default_factory=list)
+    openemr_roles: dict[str, str] = field(
+        default_factory=lambda: {"Practitioner": "physician", "Person": "nurse"}
+    )
+    effective_base_url: str = ""  # this server's FHIR base (the launch callback lives beside it)
+    auth_launch_seconds: int = 300
+    outbound: Policy | None = None  # INTEROP_OUTBOUND_* for OpenEMR

@@ -8,16 +8,14 @@ refuse is recorded on the Patient as a pending tag and the change is done.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fhir_server.api.interactions import Context
 from fhir_server.store.outbox import Change
 from mappers.openemr import Systems
 from openemr_bridge.client import OpenEmrClient
+from openemr_bridge.config import BridgeSettings
 from openemr_bridge.push import push_patient
-
-if TYPE_CHECKING:
-    from interop.settings import Settings
 
 log = logging.getLogger("interop.openemr")
 CONSUMER = "openemr-push"
@@ -37,7 +35,7 @@ class PushConsumer:
             log.info("Patient/%s not created in OpenEMR: %s", change.res_id, result.reason)
 
 
-def register(runner: Any, settings: Settings, ctx: Context) -> bool:
+def register(runner: Any, settings: BridgeSettings, ctx: Context) -> bool:
     """Register the consumer on the outbox runner when the bridge may create patients."""
     if not (settings.openemr_url and settings.openemr_push and settings.openemr_username):
         return False

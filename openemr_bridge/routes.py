@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from html import escape
-from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,14 +17,12 @@ from starlette.routing import BaseRoute, Route
 
 from fhir_server.api.interactions import Context
 from openemr_bridge import setup
+from openemr_bridge.config import BridgeSettings
 from openemr_bridge.launch import LaunchBridge, LaunchError, LaunchSettings
 from openemr_bridge.sync import Syncer
 from smart_auth.authorize import SESSION_COOKIE
 from smart_auth.pages import framing, page
 from smart_auth.server import AuthServer
-
-if TYPE_CHECKING:
-    from interop.settings import Settings
 
 log = logging.getLogger("interop.openemr")
 LAUNCH_COOKIE = "interop_openemr_launch"
@@ -35,7 +32,7 @@ def public_root(fhir_base: str) -> str:
     return fhir_base[: -len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
 
 
-def build_syncer(settings: Settings, ctx: Context) -> Syncer | None:
+def build_syncer(settings: BridgeSettings, ctx: Context) -> Syncer | None:
     """The syncer the app uses for launches and read-through (None: bridge off or no source)."""
     if not settings.openemr_url:
         return None
@@ -45,7 +42,7 @@ def build_syncer(settings: Settings, ctx: Context) -> Syncer | None:
 
 
 def build_bridge(
-    settings: Settings, ctx: Context, auth: AuthServer, syncer: Syncer | None
+    settings: BridgeSettings, ctx: Context, auth: AuthServer, syncer: Syncer | None
 ) -> LaunchBridge | None:
     if not settings.openemr_url:
         return None
@@ -66,7 +63,7 @@ def build_bridge(
     return LaunchBridge(launch_settings, auth, ctx, syncer)
 
 
-def routes(settings: Settings, bridge: LaunchBridge | None) -> list[BaseRoute]:
+def routes(settings: BridgeSettings, bridge: LaunchBridge | None) -> list[BaseRoute]:
     framed_by_openemr = framing(setup.frame_origins(settings))
 
     def error(exc: LaunchError) -> Response:

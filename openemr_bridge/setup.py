@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mappers.openemr import Systems
 from openemr_bridge.client import OpenEmrClient
-from openemr_bridge.config import OpenEmrConfig
+from openemr_bridge.config import BridgeSettings, OpenEmrConfig
 from openemr_bridge.source import ApiSource, Source
-
-if TYPE_CHECKING:
-    from interop.settings import Settings
 
 
 class NotConfigured(RuntimeError):
     """The bridge is off (INTEROP_OPENEMR_URL unset) or a needed setting is missing."""
 
 
-def systems(settings: Settings) -> Systems:
+def systems(settings: BridgeSettings) -> Systems:
     return Systems.for_site(
         settings.openemr_site,
         pid=settings.openemr_pid_system,
@@ -28,11 +24,9 @@ def systems(settings: Settings) -> Systems:
     )
 
 
-def config(settings: Settings) -> OpenEmrConfig:
+def config(settings: BridgeSettings) -> OpenEmrConfig:
     if not settings.openemr_url:
         raise NotConfigured("the OpenEMR bridge is off: set INTEROP_OPENEMR_URL")
-    from interop.outbound_policies import OutboundPolicies
-
     return OpenEmrConfig(
         base_url=settings.openemr_url,
         site=settings.openemr_site,
@@ -46,15 +40,15 @@ def config(settings: Settings) -> OpenEmrConfig:
         timeout=settings.openemr_timeout,
         retries=settings.openemr_retries,
         systems=systems(settings),
-        outbound=OutboundPolicies.from_settings(settings).openemr,
+        outbound=settings.outbound,
     )
 
 
-def client(settings: Settings) -> OpenEmrClient:
+def client(settings: BridgeSettings) -> OpenEmrClient:
     return OpenEmrClient(config(settings))
 
 
-def source(settings: Settings, api: OpenEmrClient | None = None) -> Source:
+def source(settings: BridgeSettings, api: OpenEmrClient | None = None) -> Source:
     if settings.openemr_source == "db":
         from openemr_bridge.database import DbSource
 
@@ -64,16 +58,16 @@ def source(settings: Settings, api: OpenEmrClient | None = None) -> Source:
     return ApiSource(api or client(settings))
 
 
-def fhir_base(settings: Settings) -> str:
+def fhir_base(settings: BridgeSettings) -> str:
     return f"{settings.openemr_url.rstrip('/')}/apis/{settings.openemr_site}/fhir"
 
 
-def allowed_iss(settings: Settings) -> list[str]:
+def allowed_iss(settings: BridgeSettings) -> list[str]:
     listed = [i.rstrip("/") for i in settings.openemr_allowed_iss]
     return listed or ([fhir_base(settings)] if settings.openemr_url else [])
 
 
-def frame_origins(settings: Settings) -> list[str]:
+def frame_origins(settings: BridgeSettings) -> list[str]:
     if settings.openemr_frame_origins:
         return settings.openemr_frame_origins
     if not settings.openemr_url:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fhir_server.schema import INDEX_PREFIX as PREFIX
 from fhir_server.search.extract import normalize_string
 from fhir_server.search.registry import params_for, resource_types
-from fhir_server.store.models import INDEX_PREFIX as PREFIX
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Compiler, SearchPlan

@@ -33,11 +33,8 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from fhir_server import limits
 from fhir_server.clock import now_us
 from fhir_server.errors import FhirError, bad_request
-from fhir_server.search.direct import DirectQuery, direct_plan
-from fhir_server.search.extract import date_range, normalize_string
-from fhir_server.search.registry import SearchParam, params_for, patient_compartment, resource_types
-from fhir_server.store.models import INDEX_PREFIX as PREFIX
-from fhir_server.store.models import (
+from fhir_server.schema import INDEX_PREFIX as PREFIX
+from fhir_server.schema import (
     idx_date,
     idx_number,
     idx_quantity,
@@ -48,7 +45,10 @@ from fhir_server.store.models import (
     prefix_of,
     resources,
 )
-from fhir_server.store.models import text_equals as _equals
+from fhir_server.schema import text_equals as _equals
+from fhir_server.search.direct import DirectQuery, direct_plan
+from fhir_server.search.extract import date_range, normalize_string
+from fhir_server.search.registry import SearchParam, params_for, patient_compartment, resource_types
 
 R = resources.c
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from ai_support import upload_study
@@ -176,8 +177,9 @@ def test_bad_input_fails_the_task_without_retry(ai_client, orthanc) -> None:  # 
 def test_pacs_down_is_retried_then_fails(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
     _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=2, size=16)))
     service = ai_client.app.state.ai.service
-    good = service.settings.dicomweb_url
-    service.settings.dicomweb_url = "http://127.0.0.1:9/dicom-web"  # nothing listens there
+    good = service.settings
+    # nothing listens there (the config is frozen: the service gets a changed copy)
+    service.settings = replace(good, dicomweb_url="http://127.0.0.1:9/dicom-web")
     try:
         task_id, _ = service.request(study["id"], "ct-classical")
         import time
@@ -186,7 +188,7 @@ def test_pacs_down_is_retried_then_fails(ai_client, orthanc, no_rules) -> None: 
         while service.jobs.get(task_id).status != "failed" and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        service.settings.dicomweb_url = good
+        service.settings = good
     job = service.jobs.get(task_id)
     assert job.status == "failed" and job.attempts == 3  # first try + ai_max_retries (2)
     task = ai_client.get(f"/fhir/Task/{task_id}").json()

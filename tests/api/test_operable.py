@@ -66,7 +66,9 @@ def test_every_advertised_search_parameter_is_accepted(client: TestClient) -> No
 
 def test_health_ready_metrics(client: TestClient, database_url: str) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["services"]["outbox-runner"]["status"] == "ok"
     client.post("/fhir/Patient", json={"resourceType": "Patient"})
     client.get("/fhir/Patient/nope")
     assert client.get("/metrics").status_code == 404  # closed unless the operator opens it

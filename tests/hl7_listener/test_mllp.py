@@ -268,6 +268,7 @@ def test_listener_restart_maps_what_a_crash_left_received(app: Any) -> None:
     """Acknowledged after store, then the process died before mapping: the next start of
     the listener (the real entry point) maps it."""
     from hl7_listener.runner import ListenerThread
+    from interop.runtime import Runtime
     from interop.settings import Settings
 
     proc, inbox = make(app, "store")
@@ -275,7 +276,8 @@ def test_listener_restart_maps_what_a_crash_left_received(app: Any) -> None:
     assert reply.ack is not None and msa(reply.ack)[1] == "AA"
     assert inbox.list()[0].status == "received"
     url = app.state.store.engine.url.render_as_string(hide_password=False)
-    listener = ListenerThread(Settings(database_url=url, mllp_port=0, auth="off"))
+    runtime = Runtime(Settings(database_url=url, mllp_port=0, auth="off"), migrate=False)
+    listener = ListenerThread(runtime.hl7_config(), runtime.hl7_processor())
     assert listener.start() is not None
     try:
         for _ in range(100):
@@ -284,6 +286,7 @@ def test_listener_restart_maps_what_a_crash_left_received(app: Any) -> None:
             time.sleep(0.05)
     finally:
         listener.stop()
+        runtime.close()
     row = inbox.list()[0]
     assert row.status == "processed"
     assert msa(row.ack or b"")[1] == "AA"  # the ACK that was sent is kept

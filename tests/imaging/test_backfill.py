@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from imaging_support import wait_for
 
 from dicomweb_bridge.poller import CURSOR, Poller
-from dicomweb_bridge.runner import BridgeRunner
+from dicomweb_bridge.runner import ImagingSync
 from dicomweb_bridge.samples import StudySpec, study
 from interop import cli
+from interop.services import Loop
 from interop.settings import get_settings
 
 
@@ -74,8 +75,8 @@ def test_qido_poller_syncs_new_and_grown_studies(imaging_app, imaging_client, or
 
 def test_serve_sync_thread_follows_the_feed_and_stops(imaging_app, imaging_client, orthanc):
     bridge = imaging_app.state.imaging
-    runner = BridgeRunner(bridge)
-    runner.bridge.close = lambda: None  # the app keeps using this bridge after the test
+    # the service `interop serve` runs (the app keeps using this bridge after the test)
+    runner = Loop("imaging-sync", ImagingSync(bridge).step, 1.0)
     runner.start()
     try:
         datasets = study(StudySpec(patient_id="RUN-1", series=(("CT", 1), ("MR", 1))))
@@ -100,5 +101,6 @@ def test_serve_sync_thread_follows_the_feed_and_stops(imaging_app, imaging_clien
         assert callback.status_code == 204
         assert wait_for(lambda: instances() == 1, 20)
     finally:
+        assert runner.health()["status"] == "ok"
         runner.stop(10)
-    assert not runner.thread.is_alive()
+    assert runner.health()["status"] == "stopped"

@@ -111,17 +111,17 @@ def test_push_command(
 
 
 def test_scheduled_sync(env: None, sim: OpenEmrSimulator, app: Any) -> None:
-    import threading
+    """`interop serve` runs the OpenEMR sync as a service of the one runtime."""
     import time
 
-    from openemr_bridge.runner import start_schedule, store_context
+    from interop.runtime import Runtime
 
     sim.add_patient(fname="A", lname="Lee", DOB="1980-01-02", sex="Male")
-    settings = get_settings().model_copy(update={"openemr_sync_interval": 1})
-    stop = threading.Event()
-    ctx = store_context(settings)
-    thread = start_schedule(settings, ctx, stop)
-    assert thread is not None
+    settings = get_settings().model_copy(update={"openemr_sync_interval": 1, "mllp_port": 0})
+    runtime = Runtime(settings, migrate=False, pool_size=2)
+    runtime.add_channel_services()
+    assert [s.name for s in runtime.services.all] == ["openemr-sync"]
+    runtime.services.start()
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -133,10 +133,25 @@ def test_scheduled_sync(env: None, sim: OpenEmrSimulator, app: Any) -> None:
             time.sleep(0.2)
         else:
             raise AssertionError("the scheduled sync never ran")
+        assert wait_until(lambda: runtime.services.health()["openemr-sync"]["status"] == "ok")
     finally:
-        stop.set()
-        thread.join(10)
-    assert start_schedule(settings.model_copy(update={"openemr_sync_interval": 0}), ctx) is None
+        runtime.close()
+    assert runtime.services.health()["openemr-sync"]["status"] == "stopped"
+    off = Runtime(settings.model_copy(update={"openemr_sync_interval": 0}), migrate=False)
+    off.add_channel_services()
+    assert off.services.all == []
+    off.close()
+
+
+def wait_until(check: Any, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_progress_line() -> None:

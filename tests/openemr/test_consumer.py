@@ -67,7 +67,7 @@ def test_patient_with_missing_data_is_tagged(bridge_http: Any, sim: OpenEmrSimul
 def test_patients_from_openemr_are_not_sent_back(bridge_http: Any, sim: OpenEmrSimulator) -> None:
     http = bridge_http()
     sim.add_patient(fname="Mai", lname="Nguyen", DOB="1975-03-04", sex="Female")
-    syncer = build_syncer(http.app.state.settings, http.app.state.context)  # type: ignore[attr-defined]
+    syncer = build_syncer(http.app.state.runtime.openemr_settings(), http.app.state.context)  # type: ignore[attr-defined]
     assert syncer is not None and syncer.run().created == 1
     time.sleep(1.5)
     assert len(sim.patients) == 1

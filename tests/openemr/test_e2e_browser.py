@@ -187,7 +187,7 @@ def test_clinician_signs_in_to_openemr_only_and_the_app_reads_imaging(
     oe_client.initiate_login_uri = f"{ours}/openemr/launch"
     sim.add_user(CLINICIAN, CLINICIAN_PASSWORD)
     row = sim.add_patient(fname="Mai", lname="Nguyen", DOB="1975-03-04", sex="Female")
-    syncer = build_syncer(app.state.settings, app.state.context)
+    syncer = build_syncer(app.state.runtime.openemr_settings(), app.state.context)
     assert syncer is not None
     _, patient_id = syncer.sync_patient(row["uuid"])
     study = {"resourceType": "ImagingStudy", "status": "available",

@@ -24,7 +24,7 @@ def age(client: TestClient, seconds: int) -> None:
 
 
 def sync_one(client: TestClient, uuid: str) -> str:
-    syncer = build_syncer(client.app.state.settings, client.app.state.context)  # type: ignore[attr-defined]
+    syncer = build_syncer(client.app.state.runtime.openemr_settings(), client.app.state.context)  # type: ignore[attr-defined]
     assert syncer is not None
     _, patient_id = syncer.sync_patient(uuid)
     assert patient_id

@@ -5,7 +5,7 @@ from sqlalchemy import create_engine
 
 import openemr_bridge.models  # noqa: F401 - its tables share the store metadata
 import smart_auth.models  # noqa: F401 - its tables share the store metadata
-from fhir_server.store.models import metadata
+from fhir_server.schema import metadata
 
 config = context.config
 connection = config.attributes.get("connection")

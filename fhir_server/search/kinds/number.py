@@ -1,0 +1,72 @@
+"""number parameters: a value stands for its implicit range by significant figures (`5.4` is
+[5.35, 5.45)), compared with the prefixes (R4 §3.1.1.4.1); quantity.py reuses `compare`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, TypeGuard
+
+from sqlalchemy import ColumnElement, and_, not_
+
+from fhir_server.search.kinds.base import IndexRows, Kind, no_modifier, number_range, split_prefix
+from fhir_server.search.kinds.escape import unescape
+from fhir_server.store.models import idx_number
+
+
+def is_number(v: Any) -> TypeGuard[int | float | Decimal]:
+    return type(v) in (int, float) or isinstance(v, Decimal)
+
+
+def build(code: str, values: list[Any], rows: IndexRows, base: str | None) -> None:
+    for v in values:
+        if is_number(v):
+            rows.numbers.append((code, float(v), float(v)))
+
+
+def compare(prefix: str, text: str, code: str, low: Any, high: Any) -> Any:
+    """The prefix test of [low, high) against the value `text`, written with operators only,
+    so it works on columns (SQL) and on floats (in memory) alike."""
+    number, q_low, q_high = number_range(text, code)
+    if prefix in ("eq", "ne"):
+        inside = and_(low >= q_low, high < q_high) if _sql(low) else low >= q_low and high < q_high
+        if prefix == "eq":
+            return inside
+        return not_(inside) if _sql(low) else not inside
+    if prefix == "gt":
+        return high > number
+    if prefix == "lt":
+        return low < number
+    if prefix == "ge":
+        return high >= number
+    if prefix == "le":
+        return low <= number
+    if prefix == "sa":
+        return low > number
+    if prefix == "eb":
+        return high < number
+    near = abs(number) * 0.1  # ap
+    if _sql(low):
+        return and_(low <= number + near, high >= number - near)
+    return low <= number + near and high >= number - near
+
+
+def _sql(v: Any) -> bool:
+    return not isinstance(v, float)
+
+
+def condition(code: str, c: Any, modifier: str, value: str, base: str) -> ColumnElement[bool]:
+    no_modifier("number", code, modifier)
+    prefix, text = split_prefix(unescape(value))
+    return compare(prefix, text, code, c.low, c.high)  # type: ignore[no-any-return]
+
+
+def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str, base: str) -> bool:
+    no_modifier("number", code, modifier)
+    prefix, text = split_prefix(unescape(value))
+    return any(compare(prefix, text, code, low, high) for _, low, high in rows)
+
+
+KIND = Kind(
+    "number", "numbers", idx_number, build, condition, match, ("low", "low"), 2, prefixed=True
+)

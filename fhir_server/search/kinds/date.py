@@ -136,9 +136,9 @@ def range_condition(value: str, low: Any, high: Any) -> ColumnElement[bool]:
     return and_(low < q_high + gap, high > q_low - gap)
 
 
-def range_matches(value: str, low: int, high: int) -> bool:
-    """`range_condition` for one range in memory."""
-    prefix, q_low, q_high = query_range(value)
+def range_matches(parsed: tuple[str, int, int], low: int, high: int) -> bool:
+    """`range_condition` for one range in memory (`parsed`: `query_range` of the value)."""
+    prefix, q_low, q_high = parsed
     contained = low >= q_low and high <= q_high
     if prefix == "eq":
         return contained
@@ -167,7 +167,8 @@ def condition(code: str, c: Any, modifier: str, value: str, base: str) -> Column
 
 def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str, base: str) -> bool:
     no_modifier("date", code, modifier)
-    return any(range_matches(value, low, high) for _, low, high in rows)
+    parsed = query_range(value)
+    return any(range_matches(parsed, low, high) for _, low, high in rows)
 
 
 KIND = Kind("date", "dates", idx_date, build, condition, match, ("low", "high"), 2, prefixed=True)

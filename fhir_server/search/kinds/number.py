@@ -24,15 +24,25 @@ def build(code: str, values: list[Any], rows: IndexRows, base: str | None) -> No
             rows.numbers.append((code, float(v), float(v)))
 
 
-def compare(prefix: str, text: str, code: str, low: Any, high: Any) -> Any:
-    """The prefix test of [low, high) against the value `text`, written with operators only,
-    so it works on columns (SQL) and on floats (in memory) alike."""
-    number, q_low, q_high = number_range(text, code)
+Parsed = tuple[str, float, float, float]  # prefix, value, its implicit range [low, high)
+
+
+def parse(code: str, value: str) -> Parsed:
+    """(prefix, value, low, high) of one escaped search value; malformed: the client's error."""
+    prefix, text = split_prefix(unescape(value))
+    return (prefix, *number_range(text, code))
+
+
+def compare(parsed: Parsed, low: Any, high: Any) -> Any:
+    """The prefix test of [low, high) against a parsed value, on columns (SQL) or on floats
+    (in memory): comparisons are the same operators, only and/not differ."""
+    prefix, number, q_low, q_high = parsed
+    sql = not isinstance(low, float)
     if prefix in ("eq", "ne"):
-        inside = and_(low >= q_low, high < q_high) if _sql(low) else low >= q_low and high < q_high
+        inside = and_(low >= q_low, high < q_high) if sql else low >= q_low and high < q_high
         if prefix == "eq":
             return inside
-        return not_(inside) if _sql(low) else not inside
+        return not_(inside) if sql else not inside
     if prefix == "gt":
         return high > number
     if prefix == "lt":
@@ -46,25 +56,20 @@ def compare(prefix: str, text: str, code: str, low: Any, high: Any) -> Any:
     if prefix == "eb":
         return high < number
     near = abs(number) * 0.1  # ap
-    if _sql(low):
+    if sql:
         return and_(low <= number + near, high >= number - near)
     return low <= number + near and high >= number - near
 
 
-def _sql(v: Any) -> bool:
-    return not isinstance(v, float)
-
-
 def condition(code: str, c: Any, modifier: str, value: str, base: str) -> ColumnElement[bool]:
     no_modifier("number", code, modifier)
-    prefix, text = split_prefix(unescape(value))
-    return compare(prefix, text, code, c.low, c.high)  # type: ignore[no-any-return]
+    return compare(parse(code, value), c.low, c.high)  # type: ignore[no-any-return]
 
 
 def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str, base: str) -> bool:
     no_modifier("number", code, modifier)
-    prefix, text = split_prefix(unescape(value))
-    return any(compare(prefix, text, code, low, high) for _, low, high in rows)
+    parsed = parse(code, value)
+    return any(compare(parsed, low, high) for _, low, high in rows)
 
 
 KIND = Kind(

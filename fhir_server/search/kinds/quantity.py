@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_
 
 from fhir_server.errors import bad_request
-from fhir_server.search.kinds.base import IndexRows, Kind, no_modifier, split_prefix
+from fhir_server.search.kinds.base import IndexRows, Kind, no_modifier, number_range, split_prefix
 from fhir_server.search.kinds.base import text as _str
 from fhir_server.search.kinds.escape import split_pipe
-from fhir_server.search.kinds.number import compare, is_number
+from fhir_server.search.kinds.number import Parsed, compare, is_number
 from fhir_server.store.models import idx_quantity
 
 MIN_QTY = -1e300  # open ends of a Range: a finite "infinity" every driver stores as a float
@@ -51,21 +51,22 @@ def build(code: str, values: list[Any], rows: IndexRows, base: str | None) -> No
         # SampledData and anything else: not indexed
 
 
-def _parse(code: str, modifier: str, value: str) -> tuple[str, str, str | None, str | None]:
-    """(prefix, number, system or None, unit code or None) of one search value."""
+def _parse(code: str, modifier: str, value: str) -> tuple[Parsed, str | None, str | None]:
+    """(the number parsed, system or None, unit code or None) of one search value."""
     no_modifier("quantity", code, modifier)
     prefix, rest = split_prefix(value)
     parts = split_pipe(rest)
     if len(parts) not in (1, 3):
         raise bad_request(f"Invalid quantity '{value}': expected [prefix]number|system|code")
+    parsed: Parsed = (prefix, *number_range(parts[0], code))
     if len(parts) == 1:
-        return prefix, parts[0], None, None
-    return prefix, parts[0], parts[1] or None, parts[2] or None
+        return parsed, None, None
+    return parsed, parts[1] or None, parts[2] or None
 
 
 def condition(code: str, c: Any, modifier: str, value: str, base: str) -> ColumnElement[bool]:
-    prefix, number, system, unit = _parse(code, modifier, value)
-    cond = compare(prefix, number, code, c.low, c.high)
+    parsed, system, unit = _parse(code, modifier, value)
+    cond = compare(parsed, c.low, c.high)
     if system is not None:
         return and_(cond, c.system == system, c.code == (unit or ""))
     if unit is not None:
@@ -74,14 +75,14 @@ def condition(code: str, c: Any, modifier: str, value: str, base: str) -> Column
 
 
 def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str, base: str) -> bool:
-    prefix, number, system, unit = _parse(code, modifier, value)
+    parsed, system, unit = _parse(code, modifier, value)
     for _, low, high, row_system, row_code, row_unit in rows:
         if system is not None:
             if row_system != system or row_code != (unit or ""):
                 continue
         elif unit is not None and unit not in (row_code, row_unit):
             continue
-        if compare(prefix, number, code, low, high):
+        if compare(parsed, low, high):
             return True
     return False
 

@@ -45,15 +45,16 @@ def matches(res_type: str, rows: IndexRows, name: str, value: str, base_url: str
         if value not in ("true", "false"):
             raise bad_request(f"{name} must be true or false")
         return (not own) is (value == "true")
+    # every alternative is judged (no short cut): a malformed one is refused, as by the SQL
     if modifier == "not" and kind.name == "token":
-        return not any(kind.match(code, own, "", v, base) for v in alternatives(value))
+        return not any([kind.match(code, own, "", v, base) for v in alternatives(value)])
+    found = False
     for v in alternatives(value):
         if kind.prefixed and v.startswith("ne"):
-            if not kind.match(code, own, modifier, "eq" + v[2:], base):
-                return True
-        elif kind.match(code, own, modifier, v, base):
-            return True
-    return False
+            found |= not kind.match(code, own, modifier, "eq" + v[2:], base)
+        else:
+            found |= kind.match(code, own, modifier, v, base)
+    return found
 
 
 def unmatched(

@@ -201,9 +201,63 @@ SEARCHES = {
         alternatives(st.builds(str.__add__, prefixes, number_text)),
     ),
 }
-searches = st.sampled_from(sorted(SEARCHES)).flatmap(
-    lambda t: st.lists(SEARCHES[t].map(lambda s: (t, s[0] + s[1], s[2])), min_size=1, max_size=4)
-)
+
+
+def derived(generated: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """Search values taken from the content itself (escaped), so searches also hit."""
+    pool: dict[tuple[str, str], list[str]] = {}
+
+    def add(res_type: str, code: str, *values: str) -> None:
+        pool.setdefault((res_type, code), []).extend(values)
+
+    for r in generated:
+        t = r["resourceType"]
+        for c in r.get("code", {}).get("coding", []):
+            code, system = escape(c.get("code", "")), escape(c.get("system", ""))
+            add(t, "code", code, f"{system}|{code}", f"|{code}", f"{system}|")
+            add(t, "code", escape(c.get("display", "x")[:2]))
+        add(t, "code", escape(r.get("code", {}).get("text", "x")[:3]))
+        for key in ("effectiveDateTime", "birthDate"):
+            if key in r:
+                add(t, "date" if t == "Observation" else "birthdate", r[key], "ge" + r[key])
+        for edge in r.get("effectivePeriod", {}).values():
+            add(t, "date", edge, "le" + edge)
+        if "valueQuantity" in r:
+            q = r["valueQuantity"]
+            unit = escape(q.get("unit", "") or q.get("code", ""))
+            system, code = escape(q.get("system", "")), escape(q.get("code", ""))
+            add(t, "value-quantity", f"{q['value']}", f"{q['value']}|{system}|{code}")
+            add(t, "value-quantity", f"{q['value']}||{unit}", f"ap{q['value']}")
+        if "valueString" in r:
+            add(t, "value-string", escape(r["valueString"]), escape(r["valueString"][:2]))
+        if "subject" in r and t == "Observation":
+            add(t, "subject", r["subject"]["reference"])
+        for name in r.get("name", []):
+            for code in ("family", "name"):
+                add(t, code, escape(name["family"]), escape(name["family"][:2]))
+        for ident in r.get("identifier", []):
+            value = escape(ident["value"])
+            add(t, "identifier", value, f"{escape(ident['system'])}|{value}")
+        if "url" in r:
+            add(t, "url", escape(r["url"]), escape(r["url"][:9]))
+        for prediction in r.get("prediction", []):
+            add(t, "probability", str(prediction["probabilityDecimal"]))
+    return pool
+
+
+@st.composite
+def searches_for(draw: Any, generated: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    pool = derived(generated)
+    res_type = draw(st.sampled_from(sorted({r["resourceType"] for r in generated} or SEARCHES)))
+    out = []
+    for name, modifier, value in draw(st.lists(SEARCHES[res_type], min_size=1, max_size=4)):
+        name += modifier
+        values = pool.get((res_type, name.split(":")[0]))
+        if values and ":missing" not in name and draw(st.booleans()):
+            value = draw(st.sampled_from(values))
+        out.append((res_type, name, value))
+    return out
+
 
 # --- the comparison -----------------------------------------------------------------------
 
@@ -255,12 +309,12 @@ def _in_memory(stored: list[tuple[str, str, dict]], res_type: str, name: str, va
 
 
 @SETTINGS
-@given(generated=resources, queries=searches)
+@given(generated=resources, data=st.data())
 def test_sql_search_and_in_memory_matcher_agree(
-    store: Store, generated: list[dict[str, Any]], queries: list[tuple[str, str, str]]
+    store: Store, generated: list[dict[str, Any]], data: st.DataObject
 ) -> None:
     stored = _stored(store, generated)
-    for res_type, name, value in queries:
+    for res_type, name, value in data.draw(searches_for(generated)):
         expected = _in_memory(stored, res_type, name, value)
         for direct in (False, True):
             found = _by_sql(store, res_type, name, value, direct)

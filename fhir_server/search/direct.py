@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fhir_server.search.kinds import KINDS
+from fhir_server.search.kinds import KINDS, selectivity
 from fhir_server.search.registry import params_for
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ class DirectQuery:
 
 def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str]]) -> bool:
     """Fill `plan` with a DirectQuery if every parameter is of the simple kinds above."""
-    from fhir_server.search.query import _selectivity
-
     conditions: list[tuple[int, str, str, list[Any]]] = []  # (rank, table, test, params)
     ids: list[str] = []
     count = compiler.default_count
@@ -59,7 +57,7 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
         test = kind.direct(value, compiler.base_url)
         if test is None:
             return False
-        conditions.append((_selectivity(param), kind.table.name, test[0], [name, *test[1]]))
+        conditions.append((selectivity(param), kind.table.name, test[0], [name, *test[1]]))
     if not conditions and not ids:
         return False
     where = ["r.res_type = ?", "NOT r.deleted"]

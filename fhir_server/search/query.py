@@ -32,7 +32,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from fhir_server import limits
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.search.direct import DirectQuery, direct_plan
-from fhir_server.search.kinds import KINDS, SUPPORTED_KINDS
+from fhir_server.search.kinds import KINDS, SUPPORTED_KINDS, selectivity
 from fhir_server.search.kinds.base import PREFIXES, prefix_range
 from fhir_server.search.kinds.date import range_condition
 from fhir_server.search.kinds.escape import alternatives, split_values
@@ -270,7 +270,7 @@ class Compiler:
             conds.append(member)
             if plan is not None and not negated:
                 plan.correlated[id(member)] = (
-                    _selectivity(param),
+                    selectivity(param),
                     lambda: exists().where(table.c.resource_pk == pk_col, *test),
                 )
         for neg in negated:
@@ -360,13 +360,6 @@ class Compiler:
 
 
 # -- value conditions ----------------------------------------------------------------------
-
-
-def _selectivity(param: SearchParam) -> int:
-    """A rough rank of how few rows a parameter matches (lower: fewer), for `_plan_joins`."""
-    if param.code in ("identifier", "_id", "url"):
-        return 0
-    return KINDS[param.type].selectivity
 
 
 def _plan_joins(plan: SearchPlan) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fhir_server.search.kinds import date, number, quantity, reference, string, token, uri
 from fhir_server.search.kinds.base import IndexRows, Kind
+from fhir_server.search.registry import SearchParam
 
 KINDS: dict[str, Kind] = {
     k.name: k
@@ -25,4 +26,13 @@ KINDS: dict[str, Kind] = {
 }
 SUPPORTED_KINDS = frozenset(KINDS)
 
-__all__ = ["KINDS", "SUPPORTED_KINDS", "IndexRows", "Kind"]
+
+def selectivity(param: SearchParam) -> int:
+    """A rough rank of how few rows a parameter matches (lower: fewer): the Compiler and the
+    direct path let the lowest drive the query."""
+    if param.code in ("identifier", "_id", "url"):
+        return 0
+    return KINDS[param.type].selectivity
+
+
+__all__ = ["KINDS", "SUPPORTED_KINDS", "IndexRows", "Kind", "selectivity"]

@@ -43,7 +43,7 @@ Condition = Callable[[str, Any, str, str, str], ColumnElement[bool]]
 Matcher = Callable[[str, Sequence[tuple[Any, ...]], str, str, str], bool]
 # (one escaped value without modifier, server base URL) -> SQL text on alias `t` and its
 # parameters, or None when the value is not simple enough for the fast path
-Direct = Callable[[str, str], "tuple[str, list[Any]] | None"]
+Direct = Callable[[str, str], tuple[str, list[Any]] | None]
 
 
 @dataclass(frozen=True, slots=True)

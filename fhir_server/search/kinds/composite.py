@@ -8,9 +8,10 @@ refuses to judge one. Its components are separated by `$` (escaped `\\$`, escape
 
 from __future__ import annotations
 
-from fhir_server.search.kinds.escape import split, unescape
+from fhir_server.search.kinds.escape import split
 
 
 def components(value: str) -> list[str]:
-    """The `$`-separated components of one (escaped) composite value, unescaped."""
-    return [unescape(p) for p in split(value, "$")]
+    """The `$`-separated components of one composite value, still escaped: each is a value of
+    its component's kind, which unescapes it (after splitting `|`, for a token)."""
+    return split(value, "$")

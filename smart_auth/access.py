@@ -260,7 +260,7 @@ class GrantAccess:
         for patient, query in decision.alternatives:
             why = None if patient is None else _outside_patient(res_type, resource, rows, patient)
             if why is None and query:
-                why = unmatched(res_type, rows, query)
+                why = unmatched(res_type, rows, query, self.base_url)
                 why = why and f"{why}, which the access token requires for writes"
             if why is None:
                 return

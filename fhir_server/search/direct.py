@@ -14,15 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fhir_server.schema import INDEX_PREFIX as PREFIX
-from fhir_server.search.extract import normalize_string
-from fhir_server.search.registry import params_for, resource_types
+from fhir_server.search.kinds import KINDS, selectivity
+from fhir_server.search.registry import params_for
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Compiler, SearchPlan
 
-_TABLES = {"token": "idx_token", "reference": "idx_reference", "string": "idx_string"}
-_VALUE = f"substr(t.value, 1, {PREFIX})"  # the indexed prefix (models.prefix_of)
+# The kinds with a fast path: their module's `direct` writes the index-row test.
+_DIRECT = {name: kind for name, kind in KINDS.items() if kind.direct is not None}
 
 
 @dataclass(slots=True)
@@ -35,8 +34,6 @@ class DirectQuery:
 
 def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str]]) -> bool:
     """Fill `plan` with a DirectQuery if every parameter is of the simple kinds above."""
-    from fhir_server.search.query import _selectivity
-
     conditions: list[tuple[int, str, str, list[Any]]] = []  # (rank, table, test, params)
     ids: list[str] = []
     count = compiler.default_count
@@ -54,12 +51,13 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
         if ":" in name or "." in name or "," in value or "\\" in value or not value:
             return False
         param = params_for(plan.res_type).get(name)
-        if param is None or param.type not in _TABLES:
+        kind = _DIRECT.get(param.type) if param is not None else None
+        if param is None or kind is None or kind.direct is None:
             return False
-        test = _value_test(compiler, param.type, value)
+        test = kind.direct(value, compiler.base_url)
         if test is None:
             return False
-        conditions.append((_selectivity(param), _TABLES[param.type], test[0], [name, *test[1]]))
+        conditions.append((selectivity(param), kind.table.name, test[0], [name, *test[1]]))
     if not conditions and not ids:
         return False
     where = ["r.res_type = ?", "NOT r.deleted"]
@@ -84,52 +82,3 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     plan.count = count
     plan.applied = list(items)
     return True
-
-
-def _equals(column: str, value: str) -> tuple[str, list[Any]]:
-    """models.text_equals as SQL text: the indexed prefix, then the rest of a long value."""
-    test = f"substr(t.{column}, 1, {PREFIX}) = ?"
-    if len(value) < PREFIX:
-        return test, [value]
-    return f"{test} AND substr(t.{column}, {PREFIX + 1}) = ?", [value[:PREFIX], value[PREFIX:]]
-
-
-def _value_test(compiler: Compiler, kind: str, value: str) -> tuple[str, list[Any]] | None:
-    """The index-row test for one value, as `Compiler` would build it (None: not simple)."""
-    from fhir_server.search.query import _split_pipe, prefix_range
-
-    if kind == "token":
-        parts = _split_pipe(value)
-        if len(parts) == 1:
-            return _equals("code", parts[0])
-        if len(parts) != 2:
-            return None
-        system, code = parts
-        if not system:
-            sql, params = _equals("code", code)
-            return f"t.system IS NULL AND {sql}", params
-        if not code:
-            return _equals("system", system)
-        (system_sql, system_params), (code_sql, code_params) = (
-            _equals("system", system),
-            _equals("code", code),
-        )
-        return f"{system_sql} AND {code_sql}", [*system_params, *code_params]
-    if kind == "reference":
-        if compiler.base_url and value.startswith(compiler.base_url + "/"):
-            value = value[len(compiler.base_url) + 1 :]
-        if "://" in value or value.startswith("urn:"):
-            return "t.url = ?", [value]
-        parts = value.split("/")
-        if len(parts) == 2 and parts[0] in resource_types():
-            return "t.target_type = ? AND t.target_id = ?", parts
-        if len(parts) == 1:
-            return "t.target_id = ?", parts
-        return None
-    norm = normalize_string(value)
-    if not norm:
-        return None
-    return (
-        f"{_VALUE} >= ? AND {_VALUE} < ? AND t.value LIKE ? ESCAPE '\\'",
-        [*prefix_range(norm)],
-    )

@@ -3,15 +3,14 @@
 Every parameter becomes a condition `resources.pk IN (SELECT resource_pk FROM idx_<kind> ...)`
 (or NOT IN for `:not`, `:missing`, `ne`), so conditions compose by AND for repeated parameters
 and by OR inside one comma-separated value, exactly as FHIR defines it (R4 §3.1.1.1.x). Bodies
-are never scanned.
+are never scanned. What one value of a kind means lives in that kind's module (kinds/); this
+module is the generic part: modifiers common to all kinds, chains, `_has`, results, paging.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -31,24 +30,16 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from fhir_server import limits
-from fhir_server.clock import now_us
 from fhir_server.errors import FhirError, bad_request
-from fhir_server.schema import INDEX_PREFIX as PREFIX
-from fhir_server.schema import (
-    idx_date,
-    idx_number,
-    idx_quantity,
-    idx_reference,
-    idx_string,
-    idx_token,
-    idx_uri,
-    prefix_of,
-    resources,
-)
-from fhir_server.schema import text_equals as _equals
+from fhir_server.schema import idx_reference, resources
 from fhir_server.search.direct import DirectQuery, direct_plan
-from fhir_server.search.extract import date_range, normalize_string
+from fhir_server.search.kinds import KINDS, SUPPORTED_KINDS, selectivity
+from fhir_server.search.kinds.base import PREFIXES, prefix_range
+from fhir_server.search.kinds.date import range_condition
+from fhir_server.search.kinds.escape import alternatives, split_values
 from fhir_server.search.registry import SearchParam, params_for, patient_compartment, resource_types
+
+__all__ = ["PREFIXES", "SUPPORTED_KINDS", "prefix_range", "split_values"]
 
 R = resources.c
 
@@ -69,20 +60,6 @@ RESULT_PARAMS = frozenset(
         "_containedType",
     }
 )
-PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-SUPPORTED_KINDS = frozenset({"token", "string", "date", "reference", "quantity", "uri", "number"})
-_KIND_TABLE = {
-    "string": idx_string,
-    "token": idx_token,
-    "date": idx_date,
-    "reference": idx_reference,
-    "quantity": idx_quantity,
-    "number": idx_number,
-    "uri": idx_uri,
-}
-MAX_NUMBER = Decimal("1e300")  # number and quantity values; the index stores doubles
-MIN_NUMBER = Decimal("1e-300")
-_PREFIX_RE = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[-+0-9.])")
 
 
 @dataclass(slots=True)
@@ -122,48 +99,6 @@ class SearchPlan:
 
 def parse_query_string(query: str) -> list[tuple[str, str]]:
     return parse_qsl(query, keep_blank_values=True)
-
-
-def split_values(value: str) -> list[str]:
-    """Comma-separated alternatives (OR); `\\,` is a literal comma."""
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for ch in value:
-        if escaped:
-            current.append(ch if ch in ",$|\\" else "\\" + ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ",":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    if escaped:
-        current.append("\\")
-    parts.append("".join(current))
-    return parts
-
-
-def _split_pipe(value: str) -> list[str]:
-    """`system|code` style splitting that honours `\\|` escapes."""
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for ch in value:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "|":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
 
 
 # The caller's visibility as conditions on a resources table (or alias) of one type: what the
@@ -264,26 +199,11 @@ class Compiler:
             column = R.last_updated
         else:
             param = params_for(res_type).get(code)
-            if param is None or param.type not in (
-                "string",
-                "date",
-                "token",
-                "number",
-                "quantity",
-                "uri",
-                "reference",
-            ):
+            if param is None or param.type not in KINDS:
                 raise bad_request(f"Cannot sort {res_type} by '{code}'")
-            table = _KIND_TABLE[param.type]
-            value_col = {
-                "string": "value",
-                "date": "high" if descending else "low",
-                "token": "code",
-                "number": "low",
-                "quantity": "low",
-                "uri": "uri",
-                "reference": "target_id",
-            }[param.type]
+            kind = KINDS[param.type]
+            table = kind.table
+            value_col = kind.sort[1] if descending else kind.sort[0]
             agg = func.max if descending else func.min
             column = (
                 select(agg(table.c[value_col]))
@@ -309,12 +229,11 @@ class Compiler:
         base, _, chain = name.partition(".")
         code, _, modifier = base.partition(":")
         if code == "_id":
-            values = split_values(value)
-            cond = id_col.in_(values)
+            cond = id_col.in_(split_values(value))
             return not_(cond) if modifier == "not" else cond
         if code == "_lastUpdated":
             updated = rows.c.last_updated
-            return or_(*(_date_condition(v, updated, updated + 1) for v in split_values(value)))
+            return or_(*(range_condition(v, updated, updated + 1) for v in alternatives(value)))
         param = params_for(res_type).get(code)
         if param is None or param.type not in SUPPORTED_KINDS:
             why = "unknown" if param is None else f"of unsupported type {param.type}"
@@ -322,7 +241,8 @@ class Compiler:
                 raise bad_request(f"Search parameter '{code}' is {why} for {res_type}")
             plan.ignored.append(name)
             return None
-        table = _KIND_TABLE[param.type]
+        kind = KINDS[param.type]
+        table = kind.table
         owner = (table.c.res_type == res_type, table.c.param == code)
         if chain:
             return self._chain(res_type, pk_col, param, modifier, chain, value)
@@ -331,16 +251,18 @@ class Compiler:
                 raise bad_request(f"{name} must be true or false")
             present = pk_col.in_(select(table.c.resource_pk).where(*owner))
             return not_(present) if value == "true" else present
-        if modifier == "not" and param.type == "token":
-            matches = or_(*(self._token(param, table, v, "") for v in split_values(value)))
+        if modifier == "not" and kind.name == "token":
+            matches = or_(
+                *(kind.condition(code, table.c, "", v, self.base_url) for v in alternatives(value))
+            )
             return not_(pk_col.in_(select(table.c.resource_pk).where(*owner, matches)))
         negated: list[ColumnElement[bool]] = []
         positive: list[ColumnElement[bool]] = []
-        for v in split_values(value):
-            if param.type in ("date", "quantity", "number") and v.startswith("ne"):
-                negated.append(self._value(param, table, modifier, "eq" + v[2:]))
+        for v in alternatives(value):
+            if kind.prefixed and v.startswith("ne"):
+                negated.append(kind.condition(code, table.c, modifier, "eq" + v[2:], self.base_url))
             else:
-                positive.append(self._value(param, table, modifier, v))
+                positive.append(kind.condition(code, table.c, modifier, v, self.base_url))
         conds: list[ColumnElement[bool]] = []
         if positive:
             test = (*owner, or_(*positive))
@@ -348,96 +270,12 @@ class Compiler:
             conds.append(member)
             if plan is not None and not negated:
                 plan.correlated[id(member)] = (
-                    _selectivity(param),
+                    selectivity(param),
                     lambda: exists().where(table.c.resource_pk == pk_col, *test),
                 )
         for neg in negated:
             conds.append(not_(pk_col.in_(select(table.c.resource_pk).where(*owner, neg))))
         return or_(*conds) if len(conds) > 1 else conds[0]
-
-    def _value(
-        self, param: SearchParam, table: Any, modifier: str, value: str
-    ) -> ColumnElement[bool]:
-        kind = param.type
-        if kind == "string":
-            return _string_condition(table, modifier, value, param.code)
-        if kind == "token":
-            return self._token(param, table, value, modifier)
-        if kind == "date":
-            if modifier:
-                raise bad_request(
-                    f"Modifier ':{modifier}' is not supported on date parameter '{param.code}'"
-                )
-            return _date_condition(value, table.c.low, table.c.high)
-        if kind == "reference":
-            return self._reference(param, table, modifier, value)
-        if kind in ("quantity", "number"):
-            if modifier:
-                raise bad_request(f"Modifier ':{modifier}' is not supported on '{param.code}'")
-            return _quantity_condition(table, value, kind == "quantity", param.code)
-        # uri
-        if modifier == "below":
-            return table.c.uri.like(_like_prefix(value), escape="\\")
-        if modifier == "above":
-            prefixes = [value[:i] for i in range(1, len(value) + 1)]
-            return and_(
-                prefix_of(table.c.uri).in_(sorted({p[:PREFIX] for p in prefixes})),
-                table.c.uri.in_(prefixes),
-            )
-        if modifier:
-            raise bad_request(
-                f"Modifier ':{modifier}' is not supported on uri parameter '{param.code}'"
-            )
-        return _equals(table.c.uri, value)
-
-    def _token(
-        self, param: SearchParam, table: Any, value: str, modifier: str
-    ) -> ColumnElement[bool]:
-        c = table.c
-        if modifier == "text":
-            return c.text.like(_like_prefix(normalize_string(value)), escape="\\")
-        if modifier not in ("", "not"):
-            raise bad_request(
-                f"Modifier ':{modifier}' is not supported on token parameter '{param.code}'"
-            )
-        parts = _split_pipe(value)
-        if len(parts) == 1:
-            return _equals(c.code, parts[0])
-        if len(parts) != 2:
-            raise bad_request(
-                f"Invalid token '{value}' for '{param.code}': expected [system]|[code]"
-            )
-        system, code = parts
-        if not system:
-            return and_(c.system.is_(None), _equals(c.code, code))
-        if not code:
-            return _equals(c.system, system)
-        return and_(_equals(c.system, system), _equals(c.code, code))
-
-    def _reference(
-        self, param: SearchParam, table: Any, modifier: str, value: str
-    ) -> ColumnElement[bool]:
-        c = table.c
-        if modifier and modifier not in resource_types():
-            raise bad_request(
-                f"Modifier ':{modifier}' is not supported on reference parameter '{param.code}'"
-            )
-        if self.base_url and value.startswith(self.base_url + "/"):
-            value = value[len(self.base_url) + 1 :]
-        if "://" in value or value.startswith("urn:"):
-            return c.url == value
-        parts = value.split("/")
-        if len(parts) >= 2 and parts[-2] in resource_types():
-            target_type, target_id = parts[-2], parts[-1]
-            if modifier and modifier != target_type:
-                return false()
-            return and_(c.target_type == target_type, c.target_id == target_id)
-        if len(parts) == 4 and parts[2] == "_history" and parts[0] in resource_types():
-            return and_(c.target_type == parts[0], c.target_id == parts[1])
-        cond = c.target_id == value
-        if modifier:
-            return and_(cond, c.target_type == modifier)
-        return cond
 
     def _chain(
         self,
@@ -524,13 +362,6 @@ class Compiler:
 # -- value conditions ----------------------------------------------------------------------
 
 
-def _selectivity(param: SearchParam) -> int:
-    """A rough rank of how few rows a parameter matches (lower: fewer), for `_plan_joins`."""
-    if param.type == "reference" or param.code in ("identifier", "_id", "url"):
-        return 0
-    return {"token": 1, "string": 1, "uri": 1}.get(param.type, 2)
-
-
 def _plan_joins(plan: SearchPlan) -> None:
     """Let the most selective index condition drive the query; check the others per row.
 
@@ -547,120 +378,6 @@ def _plan_joins(plan: SearchPlan) -> None:
     for _, i in ranked:
         if i != keep:
             plan.where[i] = plan.correlated[id(plan.where[i])][1]()
-
-
-def _like_prefix(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _string_condition(table: Any, modifier: str, value: str, code: str) -> ColumnElement[bool]:
-    if modifier == "exact":
-        return table.c.exact == value
-    norm = normalize_string(value)
-    if modifier == "contains":
-        return table.c.value.like("%" + _like_prefix(norm), escape="\\")
-    if modifier:
-        raise bad_request(f"Modifier ':{modifier}' is not supported on string parameter '{code}'")
-    if not norm:
-        return table.c.value.like(_like_prefix(norm), escape="\\")
-    low, high, pattern = prefix_range(norm)
-    key = prefix_of(table.c.value)
-    return and_(key >= low, key < high, table.c.value.like(pattern, escape="\\"))
-
-
-def prefix_range(norm: str) -> tuple[str, str, str]:
-    """A non-empty folded prefix as [low, high) of the indexed prefix plus its LIKE pattern.
-
-    LIKE with ESCAPE cannot use a B-tree index (SQLite, and PostgreSQL outside the C
-    collation); the equivalent range on the folded value's indexed prefix (its first
-    `PREFIX` characters, models.prefix_of) can. LIKE on the whole value stays the exact test.
-    """
-    key = norm[:PREFIX]
-    return key, key[:-1] + chr(ord(key[-1]) + 1), _like_prefix(norm)
-
-
-def _split_prefix(value: str) -> tuple[str, str]:
-    match = _PREFIX_RE.match(value)
-    if match:
-        return match.group(1), value[2:]
-    return "eq", value
-
-
-def _date_condition(value: str, low: Any, high: Any) -> ColumnElement[bool]:
-    """Range semantics of FHIR date search: the target range [low, high) vs. the query's."""
-    prefix, text = _split_prefix(value)
-    try:
-        q_low, q_high = date_range(text)
-    except ValueError:
-        raise bad_request(
-            f"Invalid date '{value}': expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]]"
-        ) from None
-    contained = and_(low >= q_low, high <= q_high)
-    if prefix == "eq":
-        return contained
-    if prefix == "ne":
-        return not_(contained)
-    if prefix == "gt":
-        return high > q_high
-    if prefix == "lt":
-        return low < q_low
-    if prefix == "ge":
-        return or_(high > q_high, contained)
-    if prefix == "le":
-        return or_(low < q_low, contained)
-    if prefix == "sa":
-        return low >= q_high
-    if prefix == "eb":
-        return high <= q_low
-    # ap: within 10% of the distance between the value and now (at least a day)
-    gap = max(abs(now_us() - q_low) // 10, 86_400_000_000)
-    return and_(low < q_high + gap, high > q_low - gap)
-
-
-def _number_range(text: str, code: str) -> tuple[float, float, float]:
-    """The value and its implicit range by significant figures (5.4 -> [5.35, 5.45))."""
-    try:
-        number = Decimal(text) if len(text) <= 64 else Decimal("NaN")
-    except InvalidOperation:
-        raise bad_request(f"Invalid number '{text[:64]}' for '{code}'") from None
-    if not number.is_finite() or not -MAX_NUMBER <= number <= MAX_NUMBER:
-        raise bad_request(f"Invalid number '{text[:64]}' for '{code}': not a number in range")
-    if number and abs(number) < MIN_NUMBER:
-        number = Decimal(0)
-    exponent = number.as_tuple().exponent
-    half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
-    return float(number), float(number - half), float(number + half)
-
-
-def _quantity_condition(table: Any, value: str, with_units: bool, code: str) -> ColumnElement[bool]:
-    prefix, text = _split_prefix(value)
-    unit_cond: ColumnElement[bool] | None = None
-    if with_units:
-        parts = _split_pipe(text)
-        if len(parts) not in (1, 3):
-            raise bad_request(f"Invalid quantity '{value}': expected [prefix]number|system|code")
-        text = parts[0]
-        if len(parts) == 3:
-            system, unit_code = parts[1], parts[2]
-            if system:
-                unit_cond = and_(table.c.system == system, table.c.code == unit_code)
-            elif unit_code:
-                unit_cond = or_(table.c.code == unit_code, table.c.unit == unit_code)
-    number, q_low, q_high = _number_range(text, code)
-    low, high = table.c.low, table.c.high
-    conditions = {
-        "eq": and_(low >= q_low, high < q_high),
-        "ne": not_(and_(low >= q_low, high < q_high)),
-        "gt": high > number,
-        "lt": low < number,
-        "ge": high >= number,
-        "le": low <= number,
-        "sa": low > number,
-        "eb": high < number,
-        "ap": and_(low <= number + abs(number) * 0.1, high >= number - abs(number) * 0.1),
-    }
-    cond = conditions[prefix]
-    return and_(cond, unit_cond) if unit_cond is not None else cond
 
 
 # -- execution -------------------------------------------------------------------------------

@@ -149,7 +149,9 @@ def test_registration_needs_the_initial_access_token_when_configured(
             wrong = http.post(
                 "/auth/register",
                 json={"client_name": "x", "redirect_uris": [REDIRECT], "scope": "openid"},
-                headers={"Authorization": f"Bearer {token[:-1]}x"},
+                headers={
+                    "Authorization": f"Bearer {token[:-1]}{'y' if token.endswith('x') else 'x'}"
+                },
             )
             assert wrong.status_code == 401
             right = http.post(

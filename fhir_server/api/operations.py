@@ -73,9 +73,6 @@ class Operations:
     def hook(self, res_type: str, hook: WriteHook) -> None:
         self.hooks.setdefault(res_type, []).append(hook)
 
-    def find(self, res_type: str, name: str) -> Operation | None:
-        return next((o for o in self.table if (o.res_type, o.name) == (res_type, name)), None)
-
     def advertise(self, capability: bytes) -> bytes:
         """The CapabilityStatement with the registered operations listed on their types (or
         on the server, for system-level ones), in the order they were registered."""

@@ -23,10 +23,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from ai_worker.runtime import AiRuntime
 from fhir_server import limits, metrics
+from fhir_server.api import compartment
 from fhir_server.api.capability import capability_bytes
-from fhir_server.api.interactions import FHIR_JSON, FhirRequest, FhirResponse, dispatch
+from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
+from fhir_server.api.router import dispatch, failure
+from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
-from fhir_server.errors import FhirError, operation_outcome
+from fhir_server.errors import FhirError
 from fhir_server.store.db import schema_is_current
 from fhir_server.store.repository import Transaction
 from fhir_server.subscriptions.delivery import Deliverer
@@ -77,7 +80,9 @@ def create_app(
         from interop import bulk_worker
 
         bulk.submitter = bulk_worker.Submitter(runtime.ai_config())
-    ctx = runtime.ctx = replace(runtime.ctx, bulk=bulk)
+    ctx = runtime.ctx
+    compartment.register(ctx.operations)  # $everything
+    bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
     ai = AiRuntime(runtime.ai_config(), ctx)  # registers $analyze, $approve, $reject
     policy = AccessPolicy(settings.auth_enabled)
     audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
@@ -86,7 +91,7 @@ def create_app(
     imaging = runtime.imaging_bridge()
     outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
     subscriptions = SubscriptionService(store, base_url, runtime.subscription_config())
-    ctx.subscriptions = subscriptions
+    ctx.operations.hook("Subscription", subscriptions)  # vets and owns Subscription writes
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
     hub = Hub()
     deliverer = Deliverer(subscriptions, hub)
@@ -131,12 +136,15 @@ def create_app(
     capability = ctx.operations.advertise(
         capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     )
+    ctx.capability = lambda: capability
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.services = services
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
+    app.state.bulk = bulk
+    app.state.subscriptions = subscriptions
     app.state.ai = ai
     app.state.audit = audit
     app.state.outbox_runner = outbox_runner
@@ -192,26 +200,13 @@ def create_app(
                     audited.append(event)
 
                 request_ctx = replace(request_ctx, before_commit=record_change)
-            response: FhirResponse = await run_in_threadpool(
-                dispatch, request_ctx, fhir_req, lambda: capability
-            )
+            response: FhirResponse = await run_in_threadpool(dispatch, request_ctx, fhir_req)
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
             stream, media_type = response.stream, response.media_type or FHIR_JSON
-        except FhirError as exc:
-            status, body, headers = exc.status, orjson.dumps(exc.outcome()), exc.headers
-        except Exception as exc:
-            refused = limits.database_error(exc)
-            if refused is not None:
-                log.warning("FHIR request refused by the database: %s", type(exc).__name__)
-                status, body, headers = refused.status, orjson.dumps(refused.outcome()), {}
-            else:
-                log.exception("unhandled error in FHIR request")
-                status, body, headers = (
-                    500,
-                    orjson.dumps(operation_outcome("Internal server error", "exception")),
-                    {},
-                )
+        except Exception as exc:  # noqa: BLE001 - `failure` decides what the client sees
+            error = failure(exc)
+            status, body, headers = error.status, orjson.dumps(error.outcome()), error.headers
         finally:
             if fhir_req.body_file is not None:
                 fhir_req.body_file.close()

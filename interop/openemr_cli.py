@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from interop.settings import Settings
 
 if TYPE_CHECKING:
-    from fhir_server.api.interactions import Context
+    from fhir_server.api.context import Context
     from openemr_bridge.config import BridgeSettings
 
 

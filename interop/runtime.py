@@ -19,7 +19,7 @@ from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.pacs import PacsConfig
 from dicomweb_bridge.service import Bridge, proxy_root
 from fhir_server import limits
-from fhir_server.api.interactions import Context
+from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store

@@ -151,7 +151,7 @@ def pending(ctx: Context, limit: int = 1000) -> list[dict[str, str]]:
     same search a client would make, `Patient?_tag=urn:interop:openemr-pending|`."""
     query = [("_tag", f"{PENDING_TAG}|"), ("_count", str(limit))]
     req = FhirRequest("GET", ["Patient"], query, {}, b"")
-    body = orjson.loads(dispatch(ctx, req, None).body or b"{}")
+    body = orjson.loads(dispatch(ctx, req).body or b"{}")
     out = []
     for entry in body.get("entry") or []:
         res = entry["resource"]

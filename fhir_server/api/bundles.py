@@ -17,17 +17,16 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fhir_server.api import bundling
-from fhir_server.api.interactions import Context, FhirRequest, FhirResponse, _parse_json, dispatch
+from fhir_server.api.context import Context, FhirRequest, FhirResponse, _parse_json
 from fhir_server.errors import FhirError, bad_request, precondition_failed
 from fhir_server.search.registry import params_for
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_ENTRIES = 10_000
+Dispatch = Callable[[Context, FhirRequest], FhirResponse]  # the router, for each entry
 
 
-def process_bundle(
-    ctx: Context, req: FhirRequest, capability: Callable[[], bytes] | None
-) -> FhirResponse:
+def process_bundle(ctx: Context, req: FhirRequest, dispatch: Dispatch) -> FhirResponse:
     bundle = _parse_json(req)
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad_request(
@@ -47,10 +46,10 @@ def process_bundle(
     requests = [_entry_request(i, entry, kind == "batch") for i, entry in enumerate(entries)]
     representation = req.prefer("return") == "representation"
     if kind == "batch":
-        responses = [_run_batch_entry(ctx, r, capability, representation) for r in requests]
+        responses = [_run_batch_entry(ctx, r, dispatch, representation) for r in requests]
         body = _response_bundle("batch-response", responses)
     else:
-        responses = _run_transaction(ctx, entries, requests, capability, representation)
+        responses = _run_transaction(ctx, entries, requests, dispatch, representation)
         body = _response_bundle("transaction-response", responses)
     return FhirResponse(200, body)
 
@@ -59,8 +58,10 @@ def apply_transaction(ctx: Context, bundle: dict[str, Any]) -> dict[str, Any]:
     """Apply a mapped transaction Bundle exactly as a POSTed one: the one write path for
     every inbound channel (HL7, Orthanc, OpenEMR, AI). Returns the transaction-response;
     a failing entry raises FhirError and nothing is written."""
+    from fhir_server.api.router import dispatch
+
     req = FhirRequest("POST", [], [], {"content-type": "application/fhir+json"}, b"", bundle)
-    resp = process_bundle(ctx, req, None)
+    resp = process_bundle(ctx, req, dispatch)
     result: dict[str, Any] = orjson.loads(resp.body or b"{}")
     return result
 
@@ -99,7 +100,7 @@ def _entry_request(index: int, entry: dict[str, Any], lenient: bool) -> FhirRequ
 def _run_batch_entry(
     ctx: Context,
     req: FhirRequest | FhirError,
-    capability: Callable[[], bytes] | None,
+    dispatch: Dispatch,
     representation: bool,
 ) -> dict[str, Any]:
     if isinstance(req, FhirError):
@@ -107,7 +108,7 @@ def _run_batch_entry(
     if req.path and req.path[0] == "" or not req.path:
         return _error_entry(bad_request("A batch entry may not itself be a Bundle"))
     try:
-        response = dispatch(ctx, req, capability)
+        response = dispatch(ctx, req)
     except FhirError as exc:
         return _error_entry(exc)
     return _ok_entry(req, response, representation)
@@ -117,7 +118,7 @@ def _run_transaction(
     ctx: Context,
     entries: list[dict[str, Any]],
     requests: list[FhirRequest | FhirError],
-    capability: Callable[[], bytes] | None,
+    dispatch: Dispatch,
     representation: bool,
 ) -> list[dict[str, Any]]:
     for index, req in enumerate(requests):
@@ -133,7 +134,7 @@ def _run_transaction(
         for i in order:  # deletes first: they change what conditional creates see
             if reqs[i].method != "DELETE":
                 continue
-            results[i] = _apply(inner, i, reqs[i], capability, representation)
+            results[i] = _apply(inner, i, reqs[i], dispatch, representation)
         _assign_ids(inner, entries, reqs)
         _reject_overlaps(reqs)
         tx.prefetch(
@@ -146,7 +147,7 @@ def _run_transaction(
         for i in order:
             if reqs[i].method == "DELETE":
                 continue
-            results[i] = _apply(inner, i, reqs[i], capability, representation)
+            results[i] = _apply(inner, i, reqs[i], dispatch, representation)
     return results
 
 
@@ -154,7 +155,7 @@ def _apply(
     ctx: Context,
     index: int,
     req: FhirRequest,
-    capability: Callable[[], bytes] | None,
+    dispatch: Dispatch,
     representation: bool,
 ) -> dict[str, Any]:
     try:
@@ -170,7 +171,7 @@ def _apply(
                 {"ETag": found[1].etag, "Location": f"{ctx.base_url}/{found[1].location}"},
             )
         else:
-            response = dispatch(ctx, req, capability)
+            response = dispatch(ctx, req)
     except FhirError as exc:
         exc.diagnostics = (
             f"Bundle.entry[{index}] ({req.method} {'/'.join(req.path)}): {exc.diagnostics}"

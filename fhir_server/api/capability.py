@@ -1,8 +1,8 @@
 """The CapabilityStatement, generated from what the server really supports.
 
 Types come from the registry, search parameters from the same table the query compiler uses
-(only the kinds it can execute), interactions from the dispatcher's table; nothing is listed by
-hand, so the statement cannot drift from the behaviour.
+(only the kinds it can execute), operations from the operation registry (`Operations.advertise`,
+at composition); nothing is listed by hand, so the statement cannot drift from the behaviour.
 """
 
 from __future__ import annotations
@@ -45,16 +45,6 @@ def capability_statement(
             {"name": "_id", "type": "token"},
         ],
         "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
-        "operation": [
-            {
-                "name": "export",
-                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-            },
-            {
-                "name": "import",
-                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import",
-            },
-        ],
         "extension": [
             {  # R4 Subscriptions, websocket channel (fhir_server.subscriptions.websocket)
                 "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
@@ -137,24 +127,6 @@ def _resource(res_type: str) -> dict[str, Any]:
         ]
         + [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
     }
-    if res_type == "Patient":
-        entry["operation"] = [
-            {
-                "name": "everything",
-                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-            },
-            {
-                "name": "export",
-                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
-            },
-        ]
-    if res_type == "Group":
-        entry["operation"] = [
-            {
-                "name": "export",
-                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-            }
-        ]
     return entry
 
 

@@ -1,7 +1,8 @@
 """The HTTP side of Bulk Data: kick-off, status polling, cancel, file download, upload.
 
-`route` is called by `interactions.dispatch` for `$export`, `$import` and the status and file
-URLs this module hands out (`$bulk-status/{job}`, `$bulk-file/{job}/{name}`). A job and its
+`register` adds `$export`, `$import`, `$bulk-upload` and the status and file URLs this module
+hands out (`$bulk-status/{job}`, `$bulk-file/{job}/{name}`) to the API's operation registry.
+A job and its
 files belong to the client that kicked it off: anyone else gets 404, as if it did not exist.
 """
 
@@ -9,70 +10,60 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from fhir_server import limits
+from fhir_server.api.context import Context, FhirRequest, FhirResponse, _parse_json
+from fhir_server.api.operations import Operation, Operations
 from fhir_server.bulk.params import NDJSON_FORMATS, in_patient_compartment, parameters_items
 from fhir_server.bulk.params import parse_export as parse_export_request
 from fhir_server.clock import to_http_date
-from fhir_server.errors import FhirError, bad_request, not_found
+from fhir_server.errors import FhirError, bad_request, not_found, outcome_bytes
 from fhir_server.search.registry import resource_types
 
 if TYPE_CHECKING:
-    from fhir_server.api.interactions import Context, FhirRequest, FhirResponse
     from fhir_server.bulk.jobs import Job
     from fhir_server.bulk.service import BulkService
 
 NDJSON = "application/fhir+ndjson"
 MANIFEST_JSON = "application/json"
 MAX_UPLOAD = 512 * 1024 * 1024
+BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 
 
-def route(ctx: Context, req: FhirRequest, path: list[str]) -> FhirResponse | None:
-    """The response for a bulk URL, or None when `path` is not one."""
-    service: BulkService | None = ctx.bulk
-    if service is None:
-        return None
-    n, method = len(path), req.method.upper()
-    if n == 1 and path[0] == "$export":
-        return _named(kick_off_export(ctx, service, req, "system", None), "operation", "")
-    if n == 2 and path == ["Patient", "$export"]:
-        return _named(kick_off_export(ctx, service, req, "patient", None), "operation", "Patient")
-    if n == 3 and path[0] == "Group" and path[2] == "$export":
-        return _named(kick_off_export(ctx, service, req, "group", path[1]), "operation", "Group")
-    if n == 1 and path[0] == "$import":
-        _method(method, "POST")
-        return _named(kick_off_import(ctx, service, req), "operation", "")
-    if n == 1 and path[0] == "$bulk-upload":
-        _method(method, "POST")
-        return _named(upload(ctx, service, req), "operation", "")
-    if n == 2 and path[0] == "$bulk-status":
-        _method(method, "GET", "DELETE")
-        if method == "DELETE":
-            return _named(cancel(ctx, service, path[1]), "operation", "")
-        return _named(status(ctx, service, path[1]), "operation", "")
-    if n == 3 and path[0] == "$bulk-file":
-        _method(method, "GET")
-        return _named(download(ctx, service, path[1], path[2]), "operation", "")
-    return None
+def register(operations: Operations, service: BulkService) -> None:
+    """Bulk Data's operations and the status and file URLs it hands out."""
+    both, get = frozenset({"GET", "POST"}), frozenset({"GET"})
+    post, delete = frozenset({"POST"}), frozenset({"DELETE"})
+    for op in (
+        Operation("", "$export", partial(_export, service, "system"), both, "", BULK + "export",
+                  level="system"),
+        Operation("Patient", "$export", partial(_export, service, "patient"), both, "",
+                  BULK + "patient-export", level="type"),
+        Operation("Group", "$export", partial(_export, service, "group"), both, "",
+                  BULK + "group-export"),
+        Operation("", "$import", partial(kick_off_import, service=service), post, "",
+                  BULK + "import", level="system"),
+        Operation("", "$bulk-upload", partial(upload, service=service), post, "", level="system",
+                  listed=False),
+        Operation("", "$bulk-status", partial(status, service=service), get, "", level="system",
+                  tail=("job",), listed=False),
+        Operation("", "$bulk-status", partial(cancel, service=service), delete, "",
+                  level="system", tail=("job",), listed=False),
+        Operation("", "$bulk-file", partial(download, service=service), get, "", level="system",
+                  tail=("job", "name"), listed=False),
+    ):  # fmt: skip
+        operations.register(op)
 
 
-def _named(response: FhirResponse, interaction: str, res_type: str) -> FhirResponse:
-    response.interaction, response.res_type = interaction, res_type
-    return response
-
-
-def _method(method: str, *allowed: str) -> None:
-    if method not in allowed:
-        raise FhirError(
-            405,
-            f"Method {method} is not allowed here; allowed: {', '.join(allowed)}",
-            "not-supported",
-            headers={"Allow": ", ".join(allowed)},
-        )
+def _export(
+    service: BulkService, level: str, ctx: Context, req: FhirRequest, group_id: str | None = None
+) -> FhirResponse:
+    return kick_off_export(ctx, service, req, level, group_id)
 
 
 def _owner(ctx: Context) -> str:
@@ -101,7 +92,6 @@ def _lenient(req: FhirRequest) -> bool:
 
 
 def _accepted(ctx: Context, service: BulkService, job: Job) -> FhirResponse:
-    from fhir_server.api.interactions import FhirResponse
 
     service.submit(job.job_id)
     location = f"{ctx.base_url}/$bulk-status/{job.job_id}"
@@ -114,10 +104,8 @@ def _accepted(ctx: Context, service: BulkService, job: Job) -> FhirResponse:
 def kick_off_export(
     ctx: Context, service: BulkService, req: FhirRequest, level: str, group_id: str | None
 ) -> FhirResponse:
-    from fhir_server.api.interactions import _parse_json
 
     method = req.method.upper()
-    _method(method, "GET", "POST")
     lenient = _lenient(req)
     _require_async(req, lenient)
     items = [(k, v) for k, v in req.query if k not in ("_format", "_pretty")]
@@ -172,8 +160,7 @@ def _own_job(ctx: Context, service: BulkService, job_id: str) -> Job:
     return job
 
 
-def status(ctx: Context, service: BulkService, job_id: str) -> FhirResponse:
-    from fhir_server.api.interactions import FhirResponse
+def status(ctx: Context, req: FhirRequest, job_id: str, *, service: BulkService) -> FhirResponse:
 
     job = _own_job(ctx, service, job_id)
     retry = str(service.jobs.config.retry_after)
@@ -188,9 +175,7 @@ def status(ctx: Context, service: BulkService, job_id: str) -> FhirResponse:
     return response
 
 
-def cancel(ctx: Context, service: BulkService, job_id: str) -> FhirResponse:
-    from fhir_server.api.interactions import FhirResponse
-    from fhir_server.errors import outcome_bytes
+def cancel(ctx: Context, req: FhirRequest, job_id: str, *, service: BulkService) -> FhirResponse:
 
     job = _own_job(ctx, service, job_id)
     service.jobs.cancel(job.job_id)
@@ -199,8 +184,9 @@ def cancel(ctx: Context, service: BulkService, job_id: str) -> FhirResponse:
     return FhirResponse(202, outcome_bytes(f"Bulk {job.kind} {job_id} cancelled"))
 
 
-def download(ctx: Context, service: BulkService, job_id: str, name: str) -> FhirResponse:
-    from fhir_server.api.interactions import FhirResponse
+def download(
+    ctx: Context, req: FhirRequest, job_id: str, name: str, *, service: BulkService
+) -> FhirResponse:
 
     job = service.jobs.get(job_id)
     if job is None or job.owner != _owner(ctx) or job.status != "completed":
@@ -223,8 +209,7 @@ def _chunks(path: Path) -> Iterator[bytes]:
 # -- $import ---------------------------------------------------------------------------------------
 
 
-def kick_off_import(ctx: Context, service: BulkService, req: FhirRequest) -> FhirResponse:
-    from fhir_server.api.interactions import _parse_json
+def kick_off_import(ctx: Context, req: FhirRequest, *, service: BulkService) -> FhirResponse:
 
     _require_async(req, _lenient(req))
     inputs = import_inputs(_parse_json(req))
@@ -297,10 +282,8 @@ def import_inputs(body: Any) -> list[dict[str, str | None]]:
     return inputs
 
 
-def upload(ctx: Context, service: BulkService, req: FhirRequest) -> FhirResponse:
+def upload(ctx: Context, req: FhirRequest, *, service: BulkService) -> FhirResponse:
     """Keep an NDJSON body as a file `$import` can name: 201 with its URL in Location."""
-    from fhir_server.api.interactions import FhirResponse
-    from fhir_server.errors import outcome_bytes
 
     require_import(ctx, "Bulk upload")
     content_type = (req.header("content-type") or "").split(";")[0].strip().lower()

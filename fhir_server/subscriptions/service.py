@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import delete, false, insert, select
 
+from fhir_server.api.context import _parse_json
 from fhir_server.clock import now_us
 from fhir_server.errors import FhirError
 from fhir_server.search.extract import date_range
@@ -34,7 +35,7 @@ from outbound import MB, Policy, Refused
 
 if TYPE_CHECKING:
     from fhir_server.api.access import Access
-    from fhir_server.api.interactions import Context, FhirRequest, FhirResponse
+    from fhir_server.api.context import Context, FhirRequest, FhirResponse
 
 log = logging.getLogger("interop.subscriptions")
 R = resources.c
@@ -78,7 +79,7 @@ class SubscriptionService:
         self.wake: Callable[[], None] = lambda: None  # set by the deliverer
         store.content_hooks["Subscription"] = keep_secrets
 
-    # -- the write hook (interactions.dispatch) ------------------------------------------------
+    # -- the write hook (registered for Subscription, run by router.dispatch) ----------------
 
     def before_write(self, ctx: Context, req: FhirRequest) -> None:
         """Refuse a Subscription we could not serve; a client's write always restarts the
@@ -88,8 +89,6 @@ class SubscriptionService:
         path = [p for p in req.path if p]
         if len(path) > 2 or path[1:2] and path[1].startswith(("_", "$")):
             return  # a search (POST _search) or an operation, not a Subscription write
-        from fhir_server.api.interactions import _parse_json
-
         resource = _parse_json(req)
         if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
             return

@@ -23,7 +23,7 @@ def _clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
 
 
 def _configure(app: Any, directory: Path, **changes: Any) -> None:
-    jobs = app.state.context.bulk.jobs
+    jobs = app.state.bulk.jobs
     jobs.config = dataclasses.replace(jobs.config, directory=directory, **changes)
 
 
@@ -40,7 +40,7 @@ def bulk_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory
         )  # fmt: skip
     )
     yield app
-    app.state.context.bulk.close()
+    app.state.bulk.close()
     app.state.store.engine.dispose()
 
 
@@ -64,7 +64,7 @@ def bulk_auth_session_app(database_url: str, tmp_path_factory: pytest.TempPathFa
                         outbound_allow_import="127.0.0.1")  # fmt: skip
     app = create_app(settings)
     yield app
-    app.state.context.bulk.close()
+    app.state.bulk.close()
     app.state.store.engine.dispose()
 
 

@@ -164,7 +164,7 @@ def test_group_export_is_limited_to_members(api: TestClient) -> None:
 
 def test_files_split_at_the_configured_size(api: TestClient, bulk_app: Any) -> None:
     seed(api, patients=5, obs_per_patient=4)
-    jobs = bulk_app.state.context.bulk.jobs
+    jobs = bulk_app.state.bulk.jobs
     import dataclasses
 
     jobs.config = dataclasses.replace(jobs.config, max_file_bytes=1500)
@@ -217,7 +217,7 @@ def test_lenient_handling_ignores_and_reports(api: TestClient) -> None:
 def test_cancel_removes_the_job_and_its_files(api: TestClient, bulk_app: Any) -> None:
     seed(api)
     manifest = export(api)
-    folder = Path(bulk_app.state.context.bulk.jobs.config.directory)
+    folder = Path(bulk_app.state.bulk.jobs.config.directory)
     assert any(folder.iterdir())
     response = api.delete(manifest["_status"])
     assert response.status_code == 202
@@ -229,7 +229,7 @@ def test_cancel_removes_the_job_and_its_files(api: TestClient, bulk_app: Any) ->
 
 
 def test_cancel_while_running_stops_the_job(api: TestClient, bulk_app: Any) -> None:
-    service = bulk_app.state.context.bulk
+    service = bulk_app.state.bulk
     runner, service.runner = service.runner, None  # nothing picks the job up yet
     try:
         kick = api.get("/fhir/$export", headers=ASYNC)
@@ -248,7 +248,7 @@ def test_cancel_while_running_stops_the_job(api: TestClient, bulk_app: Any) -> N
 def test_expired_exports_are_cleaned_up(api: TestClient, bulk_app: Any) -> None:
     seed(api)
     manifest = export(api)
-    jobs = bulk_app.state.context.bulk.jobs
+    jobs = bulk_app.state.bulk.jobs
     assert jobs.cleanup() == 0  # not yet expired
     far_future = int(time.time() * 1e6) + 10 * 86_400_000_000
     assert jobs.cleanup(now=far_future) == 1
@@ -278,7 +278,7 @@ def test_capability_statement_announces_bulk_operations(api: TestClient) -> None
 
 def test_jobs_accepted_before_a_restart_are_picked_up(api: TestClient, bulk_app: Any) -> None:
     seed(api)
-    service = bulk_app.state.context.bulk
+    service = bulk_app.state.bulk
     runner, service.runner = service.runner, None
     try:
         status_url = api.get("/fhir/$export", headers=ASYNC).headers["Content-Location"]
@@ -295,7 +295,7 @@ def test_jobs_orphaned_by_a_crash_are_recovered(api: TestClient, bulk_app: Any) 
     from fhir_server.bulk.models import bulk_jobs
 
     seed(api)
-    service = bulk_app.state.context.bulk
+    service = bulk_app.state.bulk
     runner, service.runner = service.runner, None
     try:
         export_url = api.get("/fhir/$export", headers=ASYNC).headers["Content-Location"]

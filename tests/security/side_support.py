@@ -54,14 +54,14 @@ def side_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory
     )
     app = create_app(settings)
     yield app
-    app.state.context.bulk.close()
+    app.state.bulk.close()
     app.state.store.engine.dispose()
 
 
 @pytest.fixture
 def side_app(side_session_app):  # type: ignore[no-untyped-def]
     clear_tables(side_session_app.state.store.engine, keep={"auth_signing_keys"})
-    service = side_session_app.state.context.subscriptions
+    service = side_session_app.state.subscriptions
     service._specs = None
     service.handshakes.clear()
     return side_session_app

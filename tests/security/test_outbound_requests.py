@@ -201,7 +201,7 @@ def closed_app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """The defaults: no host is allow-listed for any purpose."""
     app = _app(database_url, tmp_path_factory.mktemp("closed"))
     yield app
-    app.state.context.bulk.close()
+    app.state.bulk.close()
     app.state.store.engine.dispose()
 
 
@@ -252,7 +252,7 @@ def test_import_from_loopback_metadata_and_private_hosts_is_refused(
 def test_import_from_an_allowed_host_redirecting_to_loopback_is_refused(
     closed: TestClient, closed_app: Any
 ) -> None:
-    jobs = closed_app.state.context.bulk.jobs
+    jobs = closed_app.state.bulk.jobs
     original = jobs.config
     opened = OutboundPolicies.from_settings(Settings(outbound_allow_import="127.0.0.1")).import_
     jobs.config = dataclasses.replace(original, sources=opened)
@@ -273,7 +273,7 @@ def test_import_from_an_allowed_host_redirecting_to_loopback_is_refused(
 
 
 def test_import_source_beyond_the_size_cap_is_cut_off(closed: TestClient, closed_app: Any) -> None:
-    jobs = closed_app.state.context.bulk.jobs
+    jobs = closed_app.state.bulk.jobs
     original = jobs.config
     small = Policy("$import", LOCAL, max_bytes=len(PATIENT) * 3)
     jobs.config = dataclasses.replace(original, sources=small)
@@ -349,7 +349,7 @@ def test_subscription_delivery_does_not_forward_host_connection_or_forwarded_hea
                 assert name not in got, name
             assert got.get("connection", "keep-alive") == "keep-alive"
     finally:
-        app.state.context.bulk.close()
+        app.state.bulk.close()
         app.state.store.engine.dispose()
 
 

@@ -19,7 +19,7 @@ BASE = "http://testserver/fhir"
 
 def clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
     clear_tables(app.state.store.engine, keep)
-    service = app.state.context.subscriptions
+    service = app.state.subscriptions
     service._specs = None
     service.handshakes.clear()
     service.config = dataclasses.replace(

@@ -17,9 +17,9 @@ import orjson
 
 from dicomweb_bridge.pacs import Pacs, orthanc_study_id
 from dicomweb_bridge.state import BridgeState, SyncedStudy
-from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
+from fhir_server.store.audit import Actor
 from mappers.dicom import Options, study_bundle
 from mappers.dicom import json as dj
 from mappers.dicom.study import study_query
@@ -42,11 +42,6 @@ def search(ctx: Context, res_type: str, params: list[tuple[str, str]]) -> list[d
         "mode", "match") == "match"]  # fmt: skip
 
 
-def _location_id(entry: dict[str, Any]) -> str:
-    location = entry.get("response", {}).get("location", "")
-    return str(location.split("/_history")[0].rstrip("/").split("/")[-1])
-
-
 class Syncer:
     def __init__(self, ctx: Context, pacs: Pacs, state: BridgeState, options: Options) -> None:
         self.ctx = ctx
@@ -55,6 +50,8 @@ class Syncer:
         self.options = options
         # Conditional creates of one patient from two threads would both create (see hl7).
         self.lock = threading.Lock()
+        # the audit trail's agent for every change this bridge makes: the PACS it mirrors
+        self.actor = Actor.of_channel("orthanc", pacs.dicomweb_url)
 
     def sync_study(
         self, study_uid: str, orthanc_id: str | None = None,
@@ -74,14 +71,13 @@ class Syncer:
         if known and known.digest == digest and self._exists(known.resource_id):
             return SyncResult(study_uid, "unchanged", known.resource_id)
         with self.lock:
-            out = apply_transaction(self.ctx, bundle)
-        entry = out["entry"][-1]
-        resource_id = _location_id(entry)
+            study = self.ctx.store.apply(bundle, self.actor)[-1]
+        resource_id = str(study.res_id)
         if orthanc_id is None and self.pacs.is_orthanc:
             orthanc_id = orthanc_study_id(dj.text(instances[0], "PatientID"), study_uid)
         count = bundle["entry"][-1]["resource"].get("numberOfInstances", 0)
         self.state.record(SyncedStudy(study_uid, orthanc_id, resource_id, digest, count))
-        created = entry.get("response", {}).get("status", "").startswith("201")
+        created = study.outcome == "created"
         return SyncResult(study_uid, "created" if created else "updated", resource_id)
 
     def remove_study(self, study_uid: str) -> bool:
@@ -92,7 +88,7 @@ class Syncer:
                 {"request": {"method": "DELETE", "url": f"ImagingStudy/{r['id']}"}}
                 for r in found]}  # fmt: skip
             with self.lock:
-                apply_transaction(self.ctx, bundle)
+                self.ctx.store.apply(bundle, self.actor)
         self.state.forget(study_uid)
         return bool(found)
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhir_server.api.interactions import FhirError
+from fhir_server.errors import FhirError
 from hl7_listener.inbox import parse_time
 from hl7_listener.processor import Processor
 from mappers.hl7v2 import ParseError, parse

@@ -10,7 +10,6 @@ import ssl
 import threading
 from collections.abc import Callable
 
-from fhir_server.api.interactions import Context
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from hl7_listener.inbox import Inbox
@@ -36,9 +35,8 @@ def build_processor(settings: Settings) -> Processor:
     engine = create_db_engine(settings.effective_database_url, settings.db_pool_size)
     upgrade(engine)
     base = settings.effective_base_url
-    ctx = Context(Store(engine, base), base)
     return Processor(
-        Inbox(engine), ctx, settings.mllp_ack_mode, settings.hl7_authorities,
+        Inbox(engine), Store(engine, base), settings.mllp_ack_mode, settings.hl7_authorities,
         settings.hl7_time_zone, settings.hl7_mapping_workers,
     )  # fmt: skip
 
@@ -77,7 +75,7 @@ async def serve(
     await worker
     await asyncio.to_thread(proc.process_pending)
     proc.close()
-    proc.ctx.store.engine.dispose()
+    proc.store.engine.dispose()
     log.info("MLLP listener stopped")
 
 

@@ -30,6 +30,7 @@ from fhir_server.api.interactions import FHIR_JSON, Context, FhirRequest, FhirRe
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError, operation_outcome
+from fhir_server.store.audit import AuditTrail, Interaction, guess_interaction
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.repository import Store, Transaction
 from fhir_server.subscriptions.delivery import Deliverer
@@ -43,7 +44,7 @@ from interop.outbound_policies import OutboundPolicies
 from interop.outbox_runner import OutboxRunner
 from interop.settings import Settings, get_settings, read_tokens
 from openemr_bridge.setup import frame_origins
-from smart_auth.audit import AuditTrail, Interaction, guess_interaction
+from smart_auth.agent import actor_for
 from smart_auth.config import AuthConfig
 from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
@@ -82,7 +83,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     ctx = Context(store, base_url, settings.default_page_size, settings.max_page_size, bulk=bulk)
     ai = AiRuntime(settings, ctx)  # registers $analyze, $approve, $reject on ctx.operations
     policy = AccessPolicy(settings.auth_enabled)
-    audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+    # every change the store commits, from any channel, gets its AuditEvent
+    audit = AuditTrail(store).install() if settings.auth_enabled and settings.auth_audit else None
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
     imaging = Bridge.build(settings, ctx)
@@ -165,7 +167,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         interaction, res_type = "unknown", ""
         grant = None
         stream, media_type = None, FHIR_JSON
-        audited: list[Interaction] = []  # a change recorded inside its own transaction
+        audited: list[bool] = []  # a change recorded (by the store) inside its transaction
         try:
             await _read_body(request, fhir_req)
             _negotiate(fhir_req)
@@ -174,22 +176,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             if read_through is not None and request.method == "GET" and len(path) == 2:
                 await run_in_threadpool(read_through.before_read, path[0], path[1])
             if audit is not None and request.method not in ("GET", "HEAD"):
-                parts = [p for p in path if p]
-                change = Interaction(
-                    request.method,
-                    guess_interaction(request.method, parts),
-                    parts[0] if parts else "",
-                    parts[1] if len(parts) > 1 and parts[1][:1] not in "_$" else None,
-                    201 if request.method == "POST" and len(parts) == 1 else 200,
-                    request.client.host if request.client else None,
-                    grant,
+
+                def record_change(tx: Transaction) -> None:
+                    audited.append(True)  # the store wrote the change's AuditEvent
+
+                address = request.client.host if request.client else None
+                request_ctx = replace(
+                    request_ctx, actor=actor_for(grant, address), before_commit=record_change
                 )
-
-                def record_change(tx: Transaction, event: Interaction = change) -> None:
-                    audit.record_in(tx, event)
-                    audited.append(event)
-
-                request_ctx = replace(request_ctx, before_commit=record_change)
             response: FhirResponse = await run_in_threadpool(
                 dispatch, request_ctx, fhir_req, lambda: capability
             )
@@ -229,8 +223,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                 res_type or (parts[0] if parts else ""),
                 _target_id(parts, headers),
                 status,
-                request.client.host if request.client else None,
-                grant,
+                actor_for(grant, request.client.host if request.client else None),
             )
             try:
                 if audit.is_urgent(event):
@@ -249,7 +242,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
     app.router.add_route("/fhir", fhir_endpoint, methods=METHODS)
     hl7 = Processor(
-        Inbox(engine), ctx, "map", settings.hl7_authorities, settings.hl7_time_zone
+        Inbox(engine), store, "map", settings.hl7_authorities, settings.hl7_time_zone
     )  # ack-after-map over HTTP: the caller waits for the mapping result
     app.state.hl7 = hl7
     app.router.routes.extend(hl7_routes(hl7, policy))

@@ -1,4 +1,4 @@
-"""Reads of the canonical store the bridge needs (writes go through apply_transaction only)."""
+"""Reads of the canonical store the bridge needs (writes go through `Store.apply` only)."""
 
 from __future__ import annotations
 

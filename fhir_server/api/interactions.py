@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-import jsonpatch
 import orjson
 from sqlalchemy import Connection
 
@@ -21,7 +20,7 @@ from fhir_server import limits
 from fhir_server.api import bundling
 from fhir_server.api.operations import Operations
 from fhir_server.clock import to_http_date
-from fhir_server.errors import FhirError, bad_request, gone, not_found, precondition_failed
+from fhir_server.errors import FhirError, bad_request, gone, not_found
 from fhir_server.search.extract import date_range
 from fhir_server.search.query import (
     Compiler,
@@ -33,7 +32,10 @@ from fhir_server.search.query import (
     matching_ids,
 )
 from fhir_server.search.registry import patient_compartment, resource_types
+from fhir_server.store.apply import Entry, EntryResult
+from fhir_server.store.audit import Actor
 from fhir_server.store.models import resources
+from fhir_server.store.patch import apply_patch as apply_patch
 from fhir_server.store.repository import Store, StoredResource, Transaction, history_rows
 
 if TYPE_CHECKING:
@@ -98,6 +100,7 @@ class Context:
     # the change in the same transaction, so no change is ever without its AuditEvent)
     before_commit: Callable[[Transaction], None] | None = None
     operations: Operations = field(default_factory=Operations)  # registered $operations
+    actor: Actor | None = None  # who makes this request's changes (the audit trail's agent)
 
     def compiler(self, strict: bool = False) -> Compiler:
         narrow = self.access.visible_conditions if self.access is not None else None
@@ -116,12 +119,9 @@ class Context:
     def transaction(self) -> Iterator[Transaction]:
         """A new store transaction that runs `before_commit` when its block succeeds; its
         conditional searches see only what the caller may see."""
-        with self.store.transaction() as tx:
-            if self.access is not None:
-                tx.narrow = self.access.visible_conditions
+        narrow = self.access.visible_conditions if self.access is not None else None
+        with self.store.transaction(self.actor, None, narrow, self.before_commit) as tx:
             yield tx
-            if self.before_commit is not None and tx.changes:
-                self.before_commit(tx)
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
@@ -229,18 +229,16 @@ def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) ->
             ctx.access.check_stored(conn, perm, res_type, res_id)
 
 
-def _allow_stored(ctx: Context, tx: Transaction, perm: str, res_type: str, res_id: str) -> None:
-    """`_allow` for a resource that a conditional operation found (inside its transaction)."""
-    if ctx.access is not None:
-        tx.flush()
-        ctx.access.check_stored(tx.conn, perm, res_type, res_id)
+def _store_write(ctx: Context, entry: Entry) -> EntryResult:
+    """A REST write through the store's one write path (inside a surrounding transaction
+    when there is one), with this request's policy and agent."""
+    return ctx.store.write(entry, ctx.actor, ctx.access, ctx.before_commit, ctx.tx)
 
 
-def _allow_body(ctx: Context, tx: Transaction, perm: str, resource: Any) -> None:
-    """New content is judged as it will be stored: its conditional references resolved
-    first (among what the caller may see), so none can smuggle in another patient."""
-    if ctx.access is not None:
-        ctx.access.check_body(perm, resource, tx.resolve_conditional_references)
+def _written(ctx: Context, req: FhirRequest, result: EntryResult) -> FhirResponse:
+    assert result.stored is not None
+    created = result.outcome == "created"
+    return _respond_with(req, result.status, result.stored, ctx.base_url, created)
 
 
 # -- instance level ----------------------------------------------------------------------------
@@ -276,12 +274,10 @@ def vread(ctx: Context, req: FhirRequest, res_type: str, res_id: str, vid: str) 
 
 def update(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
     resource = _parse_json(req)
-    with ctx.write() as tx:
-        _allow_body(ctx, tx, "c" if req.creates else "u", resource)
-        result = tx.update(res_type, res_id, resource, _if_match(req))
-    return _respond_with(
-        req, 201 if result.created else 200, result.stored, ctx.base_url, result.created
-    )
+    if not isinstance(resource, dict):
+        raise bad_request("The body must be a FHIR resource (a JSON object)")
+    entry = Entry("PUT", res_type, res_id, resource=resource, if_match=_if_match(req))
+    return _written(ctx, req, _store_write(ctx, entry))
 
 
 def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
@@ -296,86 +292,14 @@ def patch(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirRes
             "not-supported",
         )
     document = req.parsed if req.parsed is not None else limits.parse_json(req.body)
-    with ctx.write() as tx:
-        found = tx.current(res_type, res_id, lock=True)
-        if found is None or found[1].deleted:
-            raise not_found(f"{res_type}/{res_id} is not known")
-        current = found[1]
-        expected = _if_match(req)
-        if expected is not None and expected != current.version_id:
-            raise precondition_failed(
-                f"Version conflict: If-Match {expected}, current {current.version_id}"
-            )
-        patched = apply_patch(current.json(), document, content_type)
-        _allow_body(ctx, tx, "u", patched)
-        result = tx.update(res_type, res_id, patched, None, method="PATCH")
-    return _respond_with(req, 200, result.stored, ctx.base_url, False)
-
-
-def apply_patch(resource: dict[str, Any], document: Any, content_type: str) -> dict[str, Any]:
-    """JSON Patch (RFC 6902) or JSON merge patch (RFC 7386) on a resource (changed in place)."""
-    identity = (resource.get("id"), resource.get("resourceType"))
-    if content_type == "application/merge-patch+json":
-        if not isinstance(document, dict):
-            raise bad_request("A merge patch must be a JSON object")
-        patched = _merge(resource, document)
-    else:
-        if isinstance(document, dict) and document.get("resourceType") == "Binary":
-            import base64
-
-            try:
-                decoded = base64.b64decode(document.get("data", ""))
-            except (ValueError, TypeError):
-                raise bad_request("The Binary patch does not hold a JSON Patch document") from None
-            document = limits.parse_json(decoded)
-        if not isinstance(document, list):
-            raise bad_request("A JSON Patch must be an array of operations")
-        try:
-            patched = limits.apply_json_patch(resource, document, _apply_one, _resolve)
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise FhirError(422, f"JSON Patch test failed: {exc}", "processing") from None
-        except (
-            jsonpatch.JsonPatchException,
-            jsonpatch.JsonPointerException,
-            TypeError,
-            ValueError,
-            KeyError,
-            IndexError,
-            AttributeError,
-        ) as exc:
-            raise FhirError(422, f"JSON Patch could not be applied: {exc}", "processing") from None
-    if not isinstance(patched, dict):
-        raise FhirError(422, "The patch did not produce a resource", "processing")
-    if patched.get("id") != identity[0] or patched.get("resourceType") != identity[1]:
-        raise FhirError(422, "A patch may not change id or resourceType", "processing")
-    return patched
-
-
-def _apply_one(document: Any, operation: Any) -> Any:
-    """One JSON Patch operation, in place (the document is this request's own copy)."""
-    return jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
-
-
-def _resolve(document: Any, pointer: str) -> Any:
-    return jsonpatch.JsonPointer(pointer).resolve(document)
-
-
-def _merge(target: Any, patch_doc: Any) -> Any:
-    if not isinstance(patch_doc, dict):
-        return patch_doc
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch_doc.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge(result.get(key), value)
-    return result
+    entry = Entry("PATCH", res_type, res_id, resource=document, if_match=_if_match(req))
+    entry.patch_type = content_type
+    return _written(ctx, req, _store_write(ctx, entry))
 
 
 def delete(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
-    with ctx.write() as tx:
-        stored = tx.delete(res_type, res_id)
-    headers = {"ETag": stored.etag} if stored else {}
+    result = _store_write(ctx, Entry("DELETE", res_type, res_id))
+    headers = {"ETag": result.stored.etag} if result.stored else {}
     return FhirResponse(204, None, headers)
 
 
@@ -390,62 +314,26 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
             f"does not match the URL type '{res_type}'",
             ["resourceType"],
         )
-    condition = req.header("if-none-exist")
-    with ctx.write() as tx:
-        _allow_body(ctx, tx, "c", resource)
-        if condition:
-            ids = tx.search_ids(
-                res_type, parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
-            )
-            if len(ids) > 1:
-                raise precondition_failed(
-                    f"If-None-Exist '{condition}' matched {len(ids)} resources"
-                )
-            if ids:
-                found = tx.current(res_type, ids[0])
-                assert found is not None
-                return _respond_with(req, 200, found[1], ctx.base_url, False)
-        result = tx.create(resource)
-    return _respond_with(req, 201, result.stored, ctx.base_url, True)
+    if not isinstance(resource, dict):
+        raise bad_request("The body must be a FHIR resource (a JSON object)")
+    entry = Entry("POST", res_type, resource=resource)
+    entry.if_none_exist = req.header("if-none-exist") or None
+    return _written(ctx, req, _store_write(ctx, entry))
 
 
 def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
     resource = _parse_json(req)
-    with ctx.write() as tx:
-        ids = tx.search_ids(res_type, _filters(req.query))
-        if len(ids) > 1:
-            raise precondition_failed(f"The conditional update matched {len(ids)} resources")
-        body_id = resource.get("id") if isinstance(resource, dict) else None
-        target = ids[0] if ids else body_id if isinstance(body_id, str) else None
-        if target:
-            _allow_stored(ctx, tx, "u", res_type, target)
-        _allow_body(ctx, tx, "u" if target else "c", resource)
-        if ids:
-            if body_id and body_id != ids[0]:
-                raise bad_request(
-                    f"The resource id '{body_id}' differs from the matched {res_type}/{ids[0]}",
-                    ["id"],
-                )
-            resource["id"] = ids[0]
-            result = tx.update(res_type, ids[0], resource, _if_match(req))
-        elif body_id:
-            result = tx.update(res_type, body_id, resource)
-        else:
-            result = tx.create(resource)
-    return _respond_with(
-        req, 201 if result.created else 200, result.stored, ctx.base_url, result.created
-    )
+    if not isinstance(resource, dict):
+        raise bad_request("The body must be a FHIR resource (a JSON object)")
+    entry = Entry("PUT", res_type, None, _filters(req.query), resource, if_match=_if_match(req))
+    entry.strict_id = True
+    return _written(ctx, req, _store_write(ctx, entry))
 
 
 def conditional_delete(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
-    with ctx.write() as tx:
-        ids = tx.search_ids(res_type, _filters(req.query))
-        if len(ids) > 1 and req.prefer("handling") != "lenient-multiple":
-            raise precondition_failed(f"The conditional delete matched {len(ids)} resources")
-        for res_id in ids:
-            _allow_stored(ctx, tx, "d", res_type, res_id)
-        for res_id in ids:
-            tx.delete(res_type, res_id)
+    entry = Entry("DELETE", res_type, None, _filters(req.query))
+    entry.all_matches = req.prefer("handling") == "lenient-multiple"
+    _store_write(ctx, entry)
     return FhirResponse(204)
 
 

@@ -49,6 +49,15 @@ def process_bundle(
     return FhirResponse(200, body)
 
 
+def apply_transaction(ctx: Context, bundle: dict[str, Any]) -> dict[str, Any]:
+    """A transaction Bundle applied with `ctx`'s policy and agent, answered as the REST
+    transaction-response (tests and scripts; channels call `Store.apply` for typed results).
+    A failing entry raises FhirError and nothing is written."""
+    results = ctx.store.apply(bundle, ctx.actor, ctx.access, None, None, "transaction")
+    entries = [_result_entry(ctx.base_url, r, False) for r in results]
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+
+
 def _entry_request(index: int, entry: dict[str, Any]) -> FhirRequest | FhirError:
     """Turn Bundle.entry[i].request into a FhirRequest (or the error that entry will report)."""
     where = f"Bundle.entry[{index}]"

@@ -17,7 +17,9 @@ def test_import_is_audited_with_its_job(api: TestClient) -> None:
     assert upload.status_code == 201, upload.text
     store = api.app.state.store  # type: ignore[attr-defined]
     with audited(store):
-        result = kick_off(api, {"input": [{"type": "Observation", "url": upload.headers["Location"]}]})
+        result = kick_off(
+            api, {"input": [{"type": "Observation", "url": upload.headers["Location"]}]}
+        )
     assert result["output"][0]["count"] == 2
     event = assert_change_audited(
         store, [f"Observation/{r['id']}" for r in rows], "import", "$import job"

@@ -36,6 +36,7 @@ def test_concurrent_writers_all_succeed(client: TestClient) -> None:
 def test_concurrent_conditional_updates_create_one_resource(app: Any) -> None:
     """Eight feeds upserting the same patient at once (`PUT Patient?identifier=...` in a
     transaction, as every mapper writes) end with one Patient, every write applied."""
+
     def upsert(i: int) -> str:
         bundle = {
             "resourceType": "Bundle",

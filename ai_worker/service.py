@@ -26,10 +26,10 @@ from ai_worker.pixels.fetch import DicomWebSource
 from ai_worker.pixels.volume import Volume, VolumeBuilder
 from ai_worker.plugins import ModelPlugin, Registry, StudyInfo
 from ai_worker.rules import models_for, parse_rules
-from fhir_server.api.interactions import Context
 from fhir_server.errors import FhirError
 from fhir_server.store.apply import EntryResult
 from fhir_server.store.audit import Actor
+from fhir_server.store.repository import HasStore
 from mappers.ai import ModelInfo, device_resource, result_bundle, task_failed, task_progress
 from mappers.ai.tasks import task_model, task_resource
 
@@ -76,7 +76,7 @@ class AiService:
     def __init__(
         self,
         settings: Any,
-        ctx: Context,
+        ctx: HasStore,
         registry: Registry | None = None,
         submitter: Submitter | None = None,
     ) -> None:

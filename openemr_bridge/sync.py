@@ -21,11 +21,11 @@ import orjson
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from fhir_server.api.interactions import Context
 from fhir_server.errors import FhirError
 from fhir_server.store.apply import EntryResult
 from fhir_server.store.audit import Actor
 from fhir_server.store.db import write_transaction
+from fhir_server.store.repository import HasStore
 from mappers.openemr import Systems, patient_to_fhir, to_bundle
 from openemr_bridge import canonical
 from openemr_bridge.errors import OpenEmrAuthError, OpenEmrError, OpenEmrUnavailable
@@ -70,7 +70,7 @@ Progress = Callable[[Summary], None]
 
 class Syncer:
     def __init__(
-        self, ctx: Context, source: Source, systems: Systems, page_size: int = 100
+        self, ctx: HasStore, source: Source, systems: Systems, page_size: int = 100
     ) -> None:
         self.ctx = ctx
         self.engine: Engine = ctx.store.engine

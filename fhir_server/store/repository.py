@@ -90,6 +90,14 @@ class WriteResult:
     changed: bool = True
 
 
+class HasStore(Protocol):
+    """What a channel needs from the composition root: the store (the API's Context is one).
+    Channels take this, not `fhir_server.api.Context`, so they never depend on HTTP."""
+
+    @property
+    def store(self) -> Store: ...
+
+
 class Statements:
     """The write path's and the read-by-id's SQL as plain DBAPI strings, built once.
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select, true
 
-from fhir_server import metrics
+from fhir_server import limits, metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
@@ -299,7 +299,9 @@ class Store:
 
 def identifier_condition(res_type: str, query: list[tuple[str, str]]) -> Identity | None:
     """(type, system or None, value) when a condition is exactly `identifier=[system|]value`,
-    the form every mapper writes; None for anything else (left to the search compiler)."""
+    the form every mapper writes; None for anything else (left to the search compiler).
+    The search limits apply as in the compiler (a NUL, say, is a 400, not a miss)."""
+    limits.check_search(query)
     if len(query) != 1 or query[0][0] != "identifier":
         return None
     value = query[0][1]

@@ -71,6 +71,7 @@ class CelerySubmitter:
 def worker_service() -> AiService:
     """The worker process's service: its own engine and store, built from the environment."""
     from fhir_server.api.interactions import Context
+    from fhir_server.store.audit import audited
     from fhir_server.store.db import create_db_engine
     from fhir_server.store.repository import Store
     from interop.settings import get_settings
@@ -78,6 +79,7 @@ def worker_service() -> AiService:
     settings = get_settings()
     engine = create_db_engine(settings.effective_database_url, 2)
     store = Store(engine, settings.effective_base_url)
+    audited(store, settings.auth_enabled and settings.auth_audit)
     ctx = Context(store, settings.effective_base_url)
     return AiService(settings, ctx, submitter=CelerySubmitter(celery))
 

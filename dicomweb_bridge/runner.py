@@ -14,6 +14,7 @@ import time
 from dicomweb_bridge.poller import Poller
 from dicomweb_bridge.service import Bridge
 from fhir_server.api.interactions import Context
+from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine
 from fhir_server.store.repository import Store
 from interop.settings import Settings
@@ -68,7 +69,10 @@ def start(settings: Settings) -> BridgeRunner | None:
     """Start the sync thread when imaging is configured (None otherwise)."""
     engine = create_db_engine(settings.effective_database_url, 2)
     base = settings.effective_base_url
-    bridge = Bridge.build(settings, Context(Store(engine, base), base))
+    bridge = Bridge.build(
+        settings,
+        Context(audited(Store(engine, base), settings.auth_enabled and settings.auth_audit), base),
+    )
     if bridge is None:
         engine.dispose()
         return None

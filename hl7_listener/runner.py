@@ -10,6 +10,7 @@ import ssl
 import threading
 from collections.abc import Callable
 
+from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from hl7_listener.inbox import Inbox
@@ -35,8 +36,9 @@ def build_processor(settings: Settings) -> Processor:
     engine = create_db_engine(settings.effective_database_url, settings.db_pool_size)
     upgrade(engine)
     base = settings.effective_base_url
+    store = audited(Store(engine, base), settings.auth_enabled and settings.auth_audit)
     return Processor(
-        Inbox(engine), Store(engine, base), settings.mllp_ack_mode, settings.hl7_authorities,
+        Inbox(engine), store, settings.mllp_ack_mode, settings.hl7_authorities,
         settings.hl7_time_zone, settings.hl7_mapping_workers,
     )  # fmt: skip
 

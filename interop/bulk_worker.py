@@ -19,6 +19,7 @@ QUEUE = "bulk"
 
 @lru_cache(maxsize=1)
 def worker_service() -> BulkService:
+    from fhir_server.store.audit import audited
     from fhir_server.store.db import create_db_engine
     from fhir_server.store.repository import Store
     from interop.app import bulk_config
@@ -26,6 +27,7 @@ def worker_service() -> BulkService:
 
     settings = get_settings()
     store = Store(create_db_engine(settings.effective_database_url, 2), settings.effective_base_url)
+    audited(store, settings.auth_enabled and settings.auth_audit)
     return BulkService.embedded(
         store, bulk_config(settings), settings.effective_base_url, settings.auth_enabled
     )

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from dicomweb_bridge.poller import Poller
     from dicomweb_bridge.service import Bridge
     from fhir_server.api.interactions import Context
+    from fhir_server.store.audit import audited
     from fhir_server.store.db import create_db_engine, upgrade
     from fhir_server.store.repository import Store
 
@@ -42,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     engine = create_db_engine(settings.effective_database_url, 2)
     upgrade(engine)
     base = settings.effective_base_url
-    bridge = Bridge.build(settings, Context(Store(engine, base), base))
+    bridge = Bridge.build(
+        settings,
+        Context(audited(Store(engine, base), settings.auth_enabled and settings.auth_audit), base),
+    )
     if bridge is None:
         print("imaging is off: set INTEROP_DICOMWEB_URL or INTEROP_ORTHANC_URL", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from fhir_server.api.interactions import Context
 from fhir_server.bulk.importer import ImportCounts, LineError, file_lines, import_lines
+from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from interop.settings import Settings
@@ -52,7 +53,10 @@ def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
         return 2
     engine = create_db_engine(settings.effective_database_url, 2)
     upgrade(engine)
-    ctx = Context(Store(engine, settings.effective_base_url), settings.effective_base_url)
+    store = audited(
+        Store(engine, settings.effective_base_url), settings.auth_enabled and settings.auth_audit
+    )
+    ctx = Context(store, settings.effective_base_url)
     counts = ImportCounts()
     errors: list[LineError] = []
     bar = ProgressBar(sum(p.stat().st_size for p in paths), sys.stderr, sys.stderr.isatty())

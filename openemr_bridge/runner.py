@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from fhir_server.api.interactions import Context
+from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from interop.settings import Settings
@@ -20,7 +21,9 @@ def store_context(settings: Settings) -> Context:
     engine = create_db_engine(settings.effective_database_url, 2)
     upgrade(engine)
     base = settings.effective_base_url
-    return Context(Store(engine, base), base)
+    return Context(
+        audited(Store(engine, base), settings.auth_enabled and settings.auth_audit), base
+    )
 
 
 def run_sync(

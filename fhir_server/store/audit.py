@@ -107,7 +107,9 @@ def _agents(actor: Actor | None) -> list[dict[str, Any]]:
             }
         ]
     user: dict[str, Any] = {"requestor": True}
-    if actor is None or actor.subject is None:
+    if actor is None:  # the server's own bookkeeping
+        user["who"] = {"display": "interop-server"}
+    elif actor.subject is None:
         user["who"] = {"display": "anonymous"}
     elif actor.fhir_user:
         user["who"] = {"reference": actor.fhir_user}
@@ -233,6 +235,14 @@ def change_event(
         seen = dict.fromkeys(f"{t}/{i}" for t, i, _ in changed)
         touched = list(seen)
     return audit_event(event, to_instant(now_us()), touched)
+
+
+def audited(store: Store, enabled: bool) -> Store:
+    """`store`, auditing every change it commits when `enabled` (INTEROP_AUTH=on with
+    INTEROP_AUTH_AUDIT): what each process that writes (serve, mllp, workers, CLIs) uses."""
+    if enabled:
+        AuditTrail(store).install()
+    return store
 
 
 class AuditTrail:

@@ -1,7 +1,7 @@
 """The AI service: turns requests into Tasks and jobs, and runs a job's two stages.
 
 Every FHIR write (Device, Task progress, the result, a failure) goes through
-`fhir_server.api.bundles.apply_transaction`, the one write path. The same two stage functions
+`Store.apply`, the one write path. The same two stage functions
 run inside a Celery worker (`ai_worker.celery_app`) and inside `interop serve` without Redis
 (`ai_worker.embedded`), so the two modes cannot drift apart.
 """
@@ -26,9 +26,10 @@ from ai_worker.pixels.fetch import DicomWebSource
 from ai_worker.pixels.volume import Volume, VolumeBuilder
 from ai_worker.plugins import ModelPlugin, Registry, StudyInfo
 from ai_worker.rules import models_for, parse_rules
-from fhir_server.api.bundles import apply_transaction
-from fhir_server.api.interactions import Context
 from fhir_server.errors import FhirError
+from fhir_server.store.apply import EntryResult
+from fhir_server.store.audit import Actor
+from fhir_server.store.repository import HasStore
 from mappers.ai import ModelInfo, device_resource, result_bundle, task_failed, task_progress
 from mappers.ai.tasks import task_model, task_resource
 
@@ -38,6 +39,14 @@ FINISHED_TASK = ("completed", "failed", "cancelled", "rejected", "entered-in-err
 
 def now_instant() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def model_actor(name: str, version: str) -> Actor:
+    """The audit trail's agent for what a model writes: the model, by name and version."""
+    return Actor.of_channel("ai", f"{name} {version}".strip())
+
+
+WORKER = Actor.of_channel("ai", "ai-worker")  # Task bookkeeping not tied to one model
 
 
 def model_info(plugin: ModelPlugin) -> ModelInfo:
@@ -67,7 +76,7 @@ class AiService:
     def __init__(
         self,
         settings: Any,
-        ctx: Context,
+        ctx: HasStore,
         registry: Registry | None = None,
         submitter: Submitter | None = None,
     ) -> None:
@@ -96,9 +105,9 @@ class AiService:
             return None
         return stored.json()
 
-    def _apply(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, bundle: dict[str, Any], actor: Actor = WORKER) -> list[EntryResult]:
         try:
-            return apply_transaction(self.ctx, bundle)
+            return self.ctx.store.apply(bundle, actor)
         except sa_exc.OperationalError as exc:
             raise TransientError(f"database unavailable: {exc.orig}") from exc
 
@@ -155,10 +164,10 @@ class AiService:
                         "request": {"method": "POST", "url": "Task"},
                     },
                 ],
-            }
+            },
+            model_actor(plugin.name, plugin.version),
         )
-        location = response["entry"][1]["response"]["location"]
-        task_id = location.split("Task/", 1)[1].split("/", 1)[0]
+        task_id = str(response[1].res_id)
         return self._open(task_id, study_id, plugin)
 
     def _open(self, task_id: str, study_id: str, plugin: ModelPlugin) -> tuple[str, bool]:
@@ -341,9 +350,10 @@ class AiService:
             findings = plugin.run(volume, info)
             task = self._progress(task_id, worker, "writing")
             response = self._apply(
-                result_bundle(task, study, model_info(plugin), findings, now_instant())
+                result_bundle(task, study, model_info(plugin), findings, now_instant()),
+                model_actor(plugin.name, plugin.version),
             )
-            report_id = _report_id(response)
+            report_id = next((r.res_id for r in response if r.res_type == "DiagnosticReport"), None)
             self.jobs.finish(task_id, "done", report_id=report_id)
             log.info("AI Task/%s done: DiagnosticReport/%s", task_id, report_id)
             return Claimed(True, self.jobs.get(task_id), "done")
@@ -400,14 +410,6 @@ class AiService:
         for job in stale:
             self.submitter.submit(job.task_id)
         return [job.task_id for job in stale]
-
-
-def _report_id(response: dict[str, Any]) -> str | None:
-    for entry in response.get("entry") or []:
-        location = str((entry.get("response") or {}).get("location") or "")
-        if "DiagnosticReport/" in location:
-            return location.split("DiagnosticReport/", 1)[1].split("/", 1)[0]
-    return None
 
 
 def _instant_us(value: Any) -> int:

@@ -175,7 +175,7 @@ def import_rate(store: Store, count: int, folder: Path) -> tuple[int, int, float
     errors: list[Any] = []
     started = time.perf_counter()
     with open(path, "rb") as handle:
-        counts = import_lines(ctx, str(path), handle, 500, errors.append)
+        counts = import_lines(ctx.store, str(path), handle, 500, errors.append)
     return counts.loaded, counts.failed, time.perf_counter() - started
 
 

@@ -12,10 +12,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dicomweb_bridge.sync import search
-from fhir_server.api.interactions import Context
+import orjson
+
+from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
 from mappers.dicom.study import UID_SYSTEM
+
+
+def search(ctx: Context, res_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Resources matching a FHIR search, through the same dispatch as REST (and its access)."""
+    resp = dispatch(ctx, FhirRequest("GET", [res_type], params))
+    body = orjson.loads(resp.body or b"{}")
+    return [e["resource"] for e in body.get("entry", []) if e.get("search", {}).get(
+        "mode", "match") == "match"]  # fmt: skip
 
 
 def forbidden(text: str) -> FhirError:

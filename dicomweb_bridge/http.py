@@ -81,7 +81,8 @@ def guarded(handler: Handler, audit: Any = None, bridge: Bridge | None = None) -
 
 
 async def _audit(audit: Any, bridge: Bridge | None, request: Request, status: int) -> None:
-    from smart_auth.audit import Interaction
+    from fhir_server.store.audit import Interaction
+    from smart_auth.agent import actor_for
 
     parsed: DicomwebRequest | None = getattr(request.state, "dicomweb", None)
     kind = {"POST": "create", "DELETE": "delete"}.get(request.method)
@@ -90,9 +91,9 @@ async def _audit(audit: Any, bridge: Bridge | None, request: Request, status: in
     study = parsed.study if parsed is not None else None
     known = await run_in_threadpool(bridge.state.study, study) if study and bridge else None
     res_id = known.resource_id if known else None  # the ImagingStudy, not the DICOM UID
-    event = Interaction(request.method, kind, "ImagingStudy", res_id, status,
-                        request.client.host if request.client else None,
-                        getattr(request.state, "grant", None))  # fmt: skip
+    actor = actor_for(getattr(request.state, "grant", None),
+                      request.client.host if request.client else None)  # fmt: skip
+    event = Interaction(request.method, kind, "ImagingStudy", res_id, status, actor)
     try:
         if audit.is_urgent(event):
             await run_in_threadpool(audit.record, event)

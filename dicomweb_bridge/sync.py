@@ -11,15 +11,14 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
 
 import orjson
 
 from dicomweb_bridge.pacs import Pacs, orthanc_study_id
 from dicomweb_bridge.state import BridgeState, SyncedStudy
-from fhir_server.api.bundles import apply_transaction
-from fhir_server.api.interactions import Context, FhirRequest, dispatch
-from fhir_server.errors import FhirError
+from fhir_server.search.query import matching_ids
+from fhir_server.store.audit import Actor
+from fhir_server.store.repository import HasStore
 from mappers.dicom import Options, study_bundle
 from mappers.dicom import json as dj
 from mappers.dicom.study import study_query
@@ -34,27 +33,16 @@ class SyncResult:
     resource_id: str | None = None
 
 
-def search(ctx: Context, res_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Resources matching a FHIR search, through the same dispatch as REST (and its access)."""
-    resp = dispatch(ctx, FhirRequest("GET", [res_type], params))
-    body = orjson.loads(resp.body or b"{}")
-    return [e["resource"] for e in body.get("entry", []) if e.get("search", {}).get(
-        "mode", "match") == "match"]  # fmt: skip
-
-
-def _location_id(entry: dict[str, Any]) -> str:
-    location = entry.get("response", {}).get("location", "")
-    return str(location.split("/_history")[0].rstrip("/").split("/")[-1])
-
-
 class Syncer:
-    def __init__(self, ctx: Context, pacs: Pacs, state: BridgeState, options: Options) -> None:
+    def __init__(self, ctx: HasStore, pacs: Pacs, state: BridgeState, options: Options) -> None:
         self.ctx = ctx
         self.pacs = pacs
         self.state = state
         self.options = options
         # Conditional creates of one patient from two threads would both create (see hl7).
         self.lock = threading.Lock()
+        # the audit trail's agent for every change this bridge makes: the PACS it mirrors
+        self.actor = Actor.of_channel("orthanc", pacs.dicomweb_url)
 
     def sync_study(
         self, study_uid: str, orthanc_id: str | None = None,
@@ -74,25 +62,24 @@ class Syncer:
         if known and known.digest == digest and self._exists(known.resource_id):
             return SyncResult(study_uid, "unchanged", known.resource_id)
         with self.lock:
-            out = apply_transaction(self.ctx, bundle)
-        entry = out["entry"][-1]
-        resource_id = _location_id(entry)
+            study = self.ctx.store.apply(bundle, self.actor)[-1]
+        resource_id = str(study.res_id)
         if orthanc_id is None and self.pacs.is_orthanc:
             orthanc_id = orthanc_study_id(dj.text(instances[0], "PatientID"), study_uid)
         count = bundle["entry"][-1]["resource"].get("numberOfInstances", 0)
         self.state.record(SyncedStudy(study_uid, orthanc_id, resource_id, digest, count))
-        created = entry.get("response", {}).get("status", "").startswith("201")
+        created = study.outcome == "created"
         return SyncResult(study_uid, "created" if created else "updated", resource_id)
 
     def remove_study(self, study_uid: str) -> bool:
         """Delete the study's ImagingStudy (history kept); True when there was one."""
-        found = search(self.ctx, "ImagingStudy", [("identifier", study_query(study_uid)[11:])])
+        found = self._ids("ImagingStudy", [("identifier", study_query(study_uid)[11:])])
         if found:
             bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-                {"request": {"method": "DELETE", "url": f"ImagingStudy/{r['id']}"}}
-                for r in found]}  # fmt: skip
+                {"request": {"method": "DELETE", "url": f"ImagingStudy/{res_id}"}}
+                for res_id in found]}  # fmt: skip
             with self.lock:
-                apply_transaction(self.ctx, bundle)
+                self.ctx.store.apply(bundle, self.actor)
         self.state.forget(study_uid)
         return bool(found)
 
@@ -100,12 +87,15 @@ class Syncer:
         """The ServiceRequest this accession number identifies (HL7 orders meet images)."""
         if not accession:
             return None
-        found = search(self.ctx, "ServiceRequest", [("identifier", accession)])
-        return f"ServiceRequest/{found[0]['id']}" if len(found) == 1 else None
+        found = self._ids("ServiceRequest", [("identifier", accession)])
+        return f"ServiceRequest/{found[0]}" if len(found) == 1 else None
 
     def _exists(self, resource_id: str) -> bool:
-        try:
-            dispatch(self.ctx, FhirRequest("GET", ["ImagingStudy", resource_id]))
-        except FhirError:
-            return False
-        return True
+        stored = self.ctx.store.read("ImagingStudy", resource_id)
+        return stored is not None and not stored.deleted
+
+    def _ids(self, res_type: str, params: list[tuple[str, str]]) -> list[str]:
+        """Ids of the resources a search matches (the bridge sees everything it mirrors)."""
+        store = self.ctx.store
+        with store.connection() as conn:
+            return matching_ids(conn, res_type, params, store.base_url, None)

@@ -221,6 +221,6 @@ def _sync_studies(bridge: Bridge, studies: list[str], result: UploadResult) -> N
     for uid in studies:
         synced = bridge.syncer.sync_study(uid)
         if synced.resource_id:
-            read_back = FhirRequest("GET", ["ImagingStudy", synced.resource_id])
-            resp = dispatch(bridge.syncer.ctx, read_back)
-            result.studies.append(orjson.loads(resp.body or b"{}"))
+            stored = bridge.syncer.ctx.store.read("ImagingStudy", synced.resource_id)
+            if stored is not None and stored.body:
+                result.studies.append(orjson.loads(stored.body))

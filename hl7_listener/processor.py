@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -11,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from fhir_server.api.bundles import apply_transaction
-from fhir_server.api.interactions import Context, FhirError
-from fhir_server.store.repository import Transaction
+from fhir_server.errors import FhirError
+from fhir_server.store.apply import EntryResult
+from fhir_server.store.audit import Actor
+from fhir_server.store.repository import Store, Transaction
 from hl7_listener.ack import build_ack
 from hl7_listener.inbox import CONTROL_ID_REUSE, Arrival, Inbox, content_hash
 from hl7_listener.lanes import Lanes
@@ -75,7 +75,7 @@ class Processor:
     applied in arrival (inbox) order, different patients' in parallel."""
 
     inbox: Inbox
-    ctx: Context
+    store: Store
     ack_mode: str = "map"
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
@@ -209,19 +209,21 @@ class Processor:
                 recorded: list[bool] = []
 
                 def record(
-                    tx: Transaction, warning: str = warning, bundle: dict[str, Any] = bundle,
+                    tx: Transaction, results: list[EntryResult], warning: str = warning,
                     recorded: list[bool] = recorded,
                 ) -> None:  # fmt: skip
+                    if not tx.changes:
+                        return  # nothing changed
                     found = regressions(tx)
                     if found:
                         raise StaleResults(found)
-                    made = _produced(bundle) or [f"{t}/{i}" for t, i, _ in tx.changes]
+                    made = _produced(results) or [f"{t}/{i}" for t, i, _ in tx.changes]
                     self.inbox.finish(pk, "processed", None if keep_ack else ack, None, made,
                                       warning or None, conn=tx.conn)  # fmt: skip
                     recorded.append(True)
 
                 try:
-                    self._apply(bundle, record)
+                    self._apply(bundle, record, msg)
                     if not recorded:  # nothing changed: no hook ran
                         self.inbox.finish(pk, "processed", None if keep_ack else ack, None, [],
                                           warning or None)  # fmt: skip
@@ -244,18 +246,17 @@ class Processor:
             )  # fmt: skip
             return Mapped(ack, False)
 
-    def _apply(self, bundle: dict[str, Any], record: Callable[[Transaction], None]) -> None:
-        """Apply through the one write path, exactly like a POSTed transaction; `record`
-        runs inside its transaction, before the audit trail's hook."""
-        audit = self.ctx.before_commit
-
-        def before_commit(tx: Transaction) -> None:
-            record(tx)
-            if audit is not None:
-                audit(tx)
-
+    def _apply(
+        self,
+        bundle: dict[str, Any],
+        record: Callable[[Transaction, list[EntryResult]], None],
+        msg: Message,
+    ) -> None:
+        """Apply through the store's one write path; `record` runs inside its transaction.
+        The AuditEvent names the sender (MSH-3^MSH-4) as the agent."""
+        actor = Actor.of_channel("hl7", f"{msg.msh.get(3)}^{msg.msh.get(4)}")
         # concurrent messages for one patient stay one Patient: the store locks identities
-        apply_transaction(dataclasses.replace(self.ctx, before_commit=before_commit), bundle)
+        self.store.apply(bundle, actor, before_commit=record)
 
     def process_pending(self) -> int:
         """Map messages left 'received' (ack-after-store, or a crash before mapping), oldest
@@ -290,14 +291,9 @@ class Processor:
         self.lanes.shutdown()
 
 
-def _produced(bundle: dict[str, Any]) -> list[str]:
-    """Type/id of every entry (changed or not): the store gave each its id before writing."""
-    out = []
-    for entry in bundle.get("entry", []):
-        res = entry.get("resource") or {}
-        if res.get("id"):
-            out.append(f"{res['resourceType']}/{res['id']}")
-    return out
+def _produced(results: list[EntryResult]) -> list[str]:
+    """Type/id of every written entry (changed or not)."""
+    return [f"{r.res_type}/{r.res_id}" for r in results if r.res_id and r.outcome != "read"]
 
 
 def _job(proc: Processor, pk: int, msg: Message, note: str | None) -> Callable[[], Mapped]:

@@ -30,6 +30,7 @@ from fhir_server.api.router import dispatch, failure
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError
+from fhir_server.store.audit import AuditTrail, Interaction, guess_interaction
 from fhir_server.store.db import schema_is_current
 from fhir_server.store.repository import Transaction
 from fhir_server.subscriptions.delivery import Deliverer
@@ -41,7 +42,7 @@ from interop.outbox_runner import OutboxRunner
 from interop.runtime import Runtime, request_limits
 from interop.services import Managed
 from interop.settings import Settings, get_settings, read_tokens
-from smart_auth.audit import AuditTrail, Interaction, guess_interaction
+from smart_auth.agent import actor_for
 from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
 
@@ -85,7 +86,8 @@ def create_app(
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
     ai = AiRuntime(runtime.ai_config(), ctx)  # registers $analyze, $approve, $reject
     policy = AccessPolicy(settings.auth_enabled)
-    audit = AuditTrail(store) if settings.auth_enabled and settings.auth_audit else None
+    # every change the store commits, from any channel, gets its AuditEvent
+    audit = store.audit if isinstance(store.audit, AuditTrail) else None  # the runtime's trail
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
     imaging = runtime.imaging_bridge()
@@ -175,7 +177,7 @@ def create_app(
         interaction, res_type = "unknown", ""
         grant = None
         stream, media_type = None, FHIR_JSON
-        audited: list[Interaction] = []  # a change recorded inside its own transaction
+        audited: list[bool] = []  # a change recorded (by the store) inside its transaction
         try:
             await _read_body(request, fhir_req)
             _negotiate(fhir_req)
@@ -184,22 +186,14 @@ def create_app(
             if read_through is not None and request.method == "GET" and len(path) == 2:
                 await run_in_threadpool(read_through.before_read, path[0], path[1])
             if audit is not None and request.method not in ("GET", "HEAD"):
-                parts = [p for p in path if p]
-                change = Interaction(
-                    request.method,
-                    guess_interaction(request.method, parts),
-                    parts[0] if parts else "",
-                    parts[1] if len(parts) > 1 and parts[1][:1] not in "_$" else None,
-                    201 if request.method == "POST" and len(parts) == 1 else 200,
-                    request.client.host if request.client else None,
-                    grant,
+
+                def record_change(tx: Transaction) -> None:
+                    audited.append(True)  # the store wrote the change's AuditEvent
+
+                address = request.client.host if request.client else None
+                request_ctx = replace(
+                    request_ctx, actor=actor_for(grant, address), before_commit=record_change
                 )
-
-                def record_change(tx: Transaction, event: Interaction = change) -> None:
-                    audit.record_in(tx, event)
-                    audited.append(event)
-
-                request_ctx = replace(request_ctx, before_commit=record_change)
             response: FhirResponse = await run_in_threadpool(dispatch, request_ctx, fhir_req)
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
@@ -226,8 +220,7 @@ def create_app(
                 res_type or (parts[0] if parts else ""),
                 _target_id(parts, headers),
                 status,
-                request.client.host if request.client else None,
-                grant,
+                actor_for(grant, request.client.host if request.client else None),
             )
             try:
                 if audit.is_urgent(event):

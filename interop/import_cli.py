@@ -59,7 +59,7 @@ def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
         for path in paths:
             with open(path, "rb") as handle:
                 import_lines(
-                    ctx,
+                    ctx.store,
                     str(path),
                     file_lines(handle),
                     batch,

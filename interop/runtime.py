@@ -21,6 +21,7 @@ from dicomweb_bridge.service import Bridge, proxy_root
 from fhir_server import limits
 from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
+from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from fhir_server.subscriptions.service import SubscriptionConfig
@@ -107,7 +108,10 @@ class Runtime(ChannelConfigs):
         )
         if migrate:
             upgrade(self.engine)
-        self.store = Store(self.engine, self.base_url)
+        # every change the store commits, from any channel, gets its AuditEvent
+        self.store = audited(
+            Store(self.engine, self.base_url), settings.auth_enabled and settings.auth_audit
+        )
         self.ctx = Context(
             self.store, self.base_url, settings.default_page_size, settings.max_page_size
         )
@@ -126,7 +130,7 @@ class Runtime(ChannelConfigs):
         """The HL7 v2 processor; `ack_mode` "map" for HTTP (the caller waits for the mapping)."""
         c = self.hl7_config()
         return Processor(
-            Inbox(self.engine), self.ctx, ack_mode or c.mllp_ack_mode, c.hl7_authorities,
+            Inbox(self.engine), self.store, ack_mode or c.mllp_ack_mode, c.hl7_authorities,
             c.hl7_time_zone, c.hl7_mapping_workers,
         )  # fmt: skip
 

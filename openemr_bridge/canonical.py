@@ -1,4 +1,4 @@
-"""Reads of the canonical store the bridge needs (writes go through apply_transaction only)."""
+"""Reads of the canonical store the bridge needs (writes go through `Store.apply` only)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 
-from fhir_server.api.interactions import Context
+from fhir_server.store.repository import HasStore
 
 
-def find_one(ctx: Context, res_type: str, query: list[tuple[str, str]]) -> dict[str, Any] | None:
+def find_one(ctx: HasStore, res_type: str, query: list[tuple[str, str]]) -> dict[str, Any] | None:
     """The one resource a search finds (None for none; the first of several)."""
     with ctx.store.transaction() as tx:
         ids = tx.search_ids(res_type, query)
@@ -22,7 +22,7 @@ def find_one(ctx: Context, res_type: str, query: list[tuple[str, str]]) -> dict[
     return body
 
 
-def read(ctx: Context, res_type: str, res_id: str) -> dict[str, Any] | None:
+def read(ctx: HasStore, res_type: str, res_id: str) -> dict[str, Any] | None:
     stored = ctx.store.read(res_type, res_id)
     if stored is None or stored.deleted or not stored.body:
         return None

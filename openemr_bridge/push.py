@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from fhir_server.api.bundles import apply_transaction
 from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
+from fhir_server.store.audit import Actor
 from mappers.openemr import Refusal, Systems, patient_to_openemr
 from openemr_bridge import canonical
 from openemr_bridge.client import OpenEmrClient
@@ -97,13 +97,13 @@ def _write(ctx: Context, patient: dict[str, Any]) -> None:
     request: dict[str, Any] = {"method": "PUT", "url": f"Patient/{patient['id']}"}
     if version:
         request["ifMatch"] = f'W/"{version}"'
-    apply_transaction(
-        ctx,
+    ctx.store.apply(
         {
             "resourceType": "Bundle",
             "type": "transaction",
             "entry": [{"resource": patient, "request": request}],
         },
+        Actor.of_channel("openemr", "push to OpenEMR"),
     )
 
 

@@ -21,10 +21,11 @@ import orjson
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from fhir_server.api.bundles import apply_transaction
-from fhir_server.api.interactions import Context
 from fhir_server.errors import FhirError
+from fhir_server.store.apply import EntryResult
+from fhir_server.store.audit import Actor
 from fhir_server.store.db import write_transaction
+from fhir_server.store.repository import HasStore
 from mappers.openemr import Systems, patient_to_fhir, to_bundle
 from openemr_bridge import canonical
 from openemr_bridge.errors import OpenEmrAuthError, OpenEmrError, OpenEmrUnavailable
@@ -69,13 +70,15 @@ Progress = Callable[[Summary], None]
 
 class Syncer:
     def __init__(
-        self, ctx: Context, source: Source, systems: Systems, page_size: int = 100
+        self, ctx: HasStore, source: Source, systems: Systems, page_size: int = 100
     ) -> None:
         self.ctx = ctx
         self.engine: Engine = ctx.store.engine
         self.source = source
         self.systems = systems
         self.page_size = page_size
+        # the audit trail's agent for every change a sync makes: this OpenEMR site
+        self.actor = Actor.of_channel("openemr", systems.records)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -142,11 +145,11 @@ class Syncer:
         if known is not None and known["digest"] == digest and not full and existing is not None:
             self._touch(key)
             return "unchanged", known["patient_id"]
-        response = apply_transaction(self.ctx, bundle)
-        versions = _versions(bundle, response)
-        patient_id = _patient_id(response)
+        results = self.ctx.store.apply(bundle, self.actor)
+        versions = _versions(bundle, results)
+        patient_id = results[0].res_id if results[0].res_type == "Patient" else None
         before: dict[str, int] = json.loads(known["versions"]) if known else {}
-        if response["entry"][0]["response"]["status"].startswith("201"):
+        if results[0].outcome == "created":
             outcome = "created"
         elif any(before.get(url) != version for url, version in versions.items()):
             outcome = "updated"
@@ -255,20 +258,13 @@ def _digest(bundle: dict[str, Any]) -> str:
     return hashlib.sha256(decoded.encode()).hexdigest()
 
 
-def _versions(bundle: dict[str, Any], response: dict[str, Any]) -> dict[str, int]:
-    out = {}
-    for entry, result in zip(bundle["entry"], response.get("entry", []), strict=False):
-        etag = result.get("response", {}).get("etag", "")
-        digits = "".join(ch for ch in etag if ch.isdigit())
-        if digits:
-            out[entry["request"]["url"]] = int(digits)
-    return out
-
-
-def _patient_id(response: dict[str, Any]) -> str | None:
-    location = response["entry"][0]["response"].get("location", "")
-    parts = location.split("/_history")[0].split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
+def _versions(bundle: dict[str, Any], results: list[EntryResult]) -> dict[str, int]:
+    """The version each entry (by its request url) is at after the sync."""
+    return {
+        entry["request"]["url"]: result.version
+        for entry, result in zip(bundle["entry"], results, strict=False)
+        if result.version is not None
+    }
 
 
 def _reason(exc: Exception) -> str:

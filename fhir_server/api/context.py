@@ -20,6 +20,8 @@ from fhir_server.clock import to_http_date
 from fhir_server.errors import FhirError, bad_request, not_found
 from fhir_server.search.query import Compiler
 from fhir_server.search.registry import resource_types
+from fhir_server.store.apply import Entry, EntryResult
+from fhir_server.store.audit import Actor
 from fhir_server.store.repository import Store, StoredResource, Transaction
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class Context:
     # called inside each write transaction just before it commits (the audit trail records
     # the change in the same transaction, so no change is ever without its AuditEvent)
     before_commit: Callable[[Transaction], None] | None = None
+    actor: Actor | None = None  # who makes this request's changes (the audit trail's agent)
     # the operations and write hooks packages registered at composition (interop.app)
     operations: Operations = field(default_factory=Operations)
     capability: Callable[[], bytes] | None = None  # the CapabilityStatement (`metadata`)
@@ -101,12 +104,9 @@ class Context:
     def transaction(self) -> Iterator[Transaction]:
         """A new store transaction that runs `before_commit` when its block succeeds; its
         conditional searches see only what the caller may see."""
-        with self.store.transaction() as tx:
-            if self.access is not None:
-                tx.narrow = self.access.visible_conditions
+        narrow = self.access.visible_conditions if self.access is not None else None
+        with self.store.transaction(self.actor, None, narrow, self.before_commit) as tx:
             yield tx
-            if self.before_commit is not None and tx.changes:
-                self.before_commit(tx)
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
@@ -214,15 +214,13 @@ def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) ->
             ctx.access.check_stored(conn, perm, res_type, res_id)
 
 
-def _allow_stored(ctx: Context, tx: Transaction, perm: str, res_type: str, res_id: str) -> None:
-    """`_allow` for a resource that a conditional operation found (inside its transaction)."""
-    if ctx.access is not None:
-        tx.flush()
-        ctx.access.check_stored(tx.conn, perm, res_type, res_id)
+def _store_write(ctx: Context, entry: Entry) -> EntryResult:
+    """A REST write through the store's one write path (inside a surrounding transaction
+    when there is one), with this request's policy and agent."""
+    return ctx.store.write(entry, ctx.actor, ctx.access, ctx.before_commit, ctx.tx)
 
 
-def _allow_body(ctx: Context, tx: Transaction, perm: str, resource: Any) -> None:
-    """New content is judged as it will be stored: its conditional references resolved
-    first (among what the caller may see), so none can smuggle in another patient."""
-    if ctx.access is not None:
-        ctx.access.check_body(perm, resource, tx.resolve_conditional_references)
+def _written(ctx: Context, req: FhirRequest, result: EntryResult) -> FhirResponse:
+    assert result.stored is not None
+    created = result.outcome == "created"
+    return _respond_with(req, result.status, result.stored, ctx.base_url, created)

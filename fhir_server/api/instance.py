@@ -9,14 +9,15 @@ from fhir_server.api.context import (
     Context,
     FhirRequest,
     FhirResponse,
-    _allow_body,
     _if_match,
     _parse_json,
     _read_current,
     _resource_headers,
-    _respond_with,
+    _store_write,
+    _written,
 )
-from fhir_server.errors import FhirError, gone, not_found
+from fhir_server.errors import FhirError, bad_request, gone, not_found
+from fhir_server.store.apply import Entry
 
 
 def read(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
@@ -49,16 +50,13 @@ def vread(ctx: Context, req: FhirRequest, res_type: str, res_id: str, vid: str) 
 
 def update(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
     resource = _parse_json(req)
-    with ctx.write() as tx:
-        _allow_body(ctx, tx, "c" if req.creates else "u", resource)
-        result = tx.update(res_type, res_id, resource, _if_match(req))
-    return _respond_with(
-        req, 201 if result.created else 200, result.stored, ctx.base_url, result.created
-    )
+    if not isinstance(resource, dict):
+        raise bad_request("The body must be a FHIR resource (a JSON object)")
+    entry = Entry("PUT", res_type, res_id, resource=resource, if_match=_if_match(req))
+    return _written(ctx, req, _store_write(ctx, entry))
 
 
 def delete(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
-    with ctx.write() as tx:
-        stored = tx.delete(res_type, res_id)
-    headers = {"ETag": stored.etag} if stored else {}
+    result = _store_write(ctx, Entry("DELETE", res_type, res_id))
+    headers = {"ETag": result.stored.etag} if result.stored else {}
     return FhirResponse(204, None, headers)

@@ -1,10 +1,9 @@
 """`$import` and `interop import`: NDJSON lines into the store through the one write path.
 
 Lines go in batches, each batch one transaction Bundle of PUTs (resources with an id keep it,
-so importing the same file twice changes nothing) or POSTs, applied by
-`bundles.apply_transaction` exactly like a REST client's Bundle. When a batch fails, its
-entries are applied one by one, so one bad line costs only itself and is reported with its
-line number.
+so importing the same file twice changes nothing) or POSTs, applied by `Store.apply` exactly
+like a REST client's Bundle and audited as the import's. When a batch fails, its entries are
+applied one by one, so one bad line costs only itself and is reported with its line number.
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ import httpx
 import orjson
 
 import outbound
-from fhir_server.api.bundles import apply_transaction
-from fhir_server.api.interactions import Context
 from fhir_server.bulk.export import BulkEnv, file_url
 from fhir_server.bulk.jobs import Cancelled, Job, JobStore
 from fhir_server.clock import to_instant
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.search.registry import resource_types
+from fhir_server.store.audit import Actor
+from fhir_server.store.repository import Store
 
 
 @dataclass(slots=True)
@@ -48,7 +47,7 @@ ErrorSink = Callable[[LineError], None]
 
 
 def import_lines(
-    ctx: Context,
+    store: Store,
     source: str,
     lines: Iterable[bytes],
     batch_size: int,
@@ -56,8 +55,11 @@ def import_lines(
     expected_type: str | None = None,
     on_batch: Callable[[ImportCounts], None] | None = None,
     counts: ImportCounts | None = None,
+    actor: Actor | None = None,
 ) -> ImportCounts:
-    """Apply NDJSON `lines` (1-based line numbers in errors); returns the running counts."""
+    """Apply NDJSON `lines` (1-based line numbers in errors); returns the running counts.
+    `actor`: the audit trail's agent (default: an import of `source`)."""
+    actor = actor or Actor.of_channel("import", source)
     counts = counts or ImportCounts()
     pending: list[tuple[int, dict[str, Any]]] = []
     for number, raw in enumerate(lines, 1):
@@ -71,12 +73,12 @@ def import_lines(
         assert resource is not None
         pending.append((number, resource))
         if len(pending) >= batch_size:
-            _apply(ctx, source, pending, counts, on_error)
+            _apply(store, actor, source, pending, counts, on_error)
             pending = []
             if on_batch is not None:
                 on_batch(counts)
     if pending:
-        _apply(ctx, source, pending, counts, on_error)
+        _apply(store, actor, source, pending, counts, on_error)
         if on_batch is not None:
             on_batch(counts)
     return counts
@@ -108,7 +110,8 @@ def _entry(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply(
-    ctx: Context,
+    store: Store,
+    actor: Actor,
     source: str,
     pending: list[tuple[int, dict[str, Any]]],
     counts: ImportCounts,
@@ -120,7 +123,7 @@ def _apply(
         entries = [_entry(orjson.loads(orjson.dumps(r))) for _, r in pending]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         try:
-            apply_transaction(ctx, bundle)
+            store.apply(bundle, actor)
         except FhirError:
             pass  # find the culprits one by one below
         else:
@@ -131,7 +134,7 @@ def _apply(
     for number, resource in pending:  # in file order: a repeated id ends as its last line
         single = {"resourceType": "Bundle", "type": "transaction", "entry": [_entry(resource)]}
         try:
-            apply_transaction(ctx, single)
+            store.apply(single, actor)
         except FhirError as exc:
             counts.failed += 1
             on_error(LineError(source, number, exc.diagnostics))
@@ -186,7 +189,6 @@ def source_lines(jobs: JobStore, env: BulkEnv, url: str, owner: str) -> Iterator
 def run_import(jobs: JobStore, job: Job, env: BulkEnv) -> None:
     directory = jobs.directory(job.job_id)
     directory.mkdir(parents=True, exist_ok=True)
-    ctx = Context(env.store, env.base_url)
     error_path = directory / "OperationOutcome-1.ndjson"
     outputs: list[dict[str, Any]] = []
     counts = ImportCounts()
@@ -209,7 +211,15 @@ def run_import(jobs: JobStore, job: Job, env: BulkEnv) -> None:
             try:
                 lines = source_lines(jobs, env, url, job.owner)
                 import_lines(
-                    ctx, url, lines, jobs.config.import_batch, on_error, res_type, on_batch, counts
+                    env.store,
+                    url,
+                    lines,
+                    jobs.config.import_batch,
+                    on_error,
+                    res_type,
+                    on_batch,
+                    counts,
+                    Actor.of_channel("import", f"$import job {job.job_id}"),
                 )
             except outbound.Refused as exc:
                 on_error(LineError(url, 0, f"was not fetched: {exc}"))

@@ -15,15 +15,17 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select, true
 
-from fhir_server import metrics
+from fhir_server import limits, metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
+from fhir_server.search.registry import params_for
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
@@ -40,9 +42,21 @@ from fhir_server.validation import validate_resource
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Narrow
+    from fhir_server.store.apply import Entry, EntryResult, Policy, Reader
+    from fhir_server.store.audit import Actor
+
+
+class ChangeAudit(Protocol):
+    """Writes a committed change's AuditEvent inside the change's own transaction."""
+
+    def record_change(
+        self, tx: Transaction, actor: Actor | None, interaction: str | None = None
+    ) -> None: ...
+
 
 R = resources.c
 V = resource_versions.c
+Identity = tuple[str, str | None, str]  # (type, identifier system or None: any, value)
 
 
 @dataclass(slots=True)
@@ -74,6 +88,14 @@ class WriteResult:
     stored: StoredResource
     created: bool
     changed: bool = True
+
+
+class HasStore(Protocol):
+    """What a channel needs from the composition root: the store (the API's Context is one).
+    Channels take this, not `fhir_server.api.Context`, so they never depend on HTTP."""
+
+    @property
+    def store(self) -> Store: ...
 
 
 class Statements:
@@ -156,6 +178,35 @@ class Store:
         # whichever path wrote it (REST, Bundle, PATCH, import)
         self.content_hooks: dict[str, Callable[[Transaction, str, dict[str, Any]], None]] = {}
         self.sql = Statements(engine.dialect.name, engine.dialect.paramstyle or "qmark")
+        # the audit trail (fhir_server.store.audit): every committed change gets its event
+        self.audit: ChangeAudit | None = None
+
+    def apply(
+        self,
+        bundle: dict[str, Any],
+        actor: Actor | None = None,
+        policy: Policy | None = None,
+        read: Reader | None = None,
+        before_commit: Callable[[Transaction, list[EntryResult]], None] | None = None,
+        interaction: str | None = None,
+    ) -> list[EntryResult]:
+        """Apply a transaction Bundle through the one write path (fhir_server.store.apply)."""
+        from fhir_server.store.apply import apply
+
+        return apply(self, bundle, actor, policy, read, before_commit, interaction)
+
+    def write(
+        self,
+        entry: Entry,
+        actor: Actor | None = None,
+        policy: Policy | None = None,
+        before_commit: Callable[[Transaction], None] | None = None,
+        tx: Transaction | None = None,
+    ) -> EntryResult:
+        """One interaction (a REST write) through the same path (fhir_server.store.apply)."""
+        from fhir_server.store.apply import write
+
+        return write(self, entry, actor, policy, before_commit, tx)
 
     def read(self, res_type: str, res_id: str) -> StoredResource | None:
         """The current version, or a deleted marker, or None if the id was never used.
@@ -206,14 +257,32 @@ class Store:
             yield conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """One database transaction; commits on normal exit, rolls back on any exception."""
+    def transaction(
+        self,
+        actor: Actor | None = None,
+        interaction: str | None = None,
+        narrow: Narrow | None = None,
+        before_commit: Callable[[Transaction], None] | None = None,
+    ) -> Iterator[Transaction]:
+        """One database transaction; commits on normal exit, rolls back on any exception.
+
+        A change it made is audited before the commit, in the same transaction, naming
+        `actor` (and `interaction`, or what it did); `before_commit` runs after that, also only
+        when something changed. `narrow` limits its conditional searches to what the caller
+        may see.
+        """
         started = time.perf_counter()
         outcome = "rollback"
         try:
             with self.write_connection() as conn:
                 tx = Transaction(self, conn)
+                tx.narrow = narrow
                 yield tx
+                if tx.changes:
+                    if self.audit is not None:
+                        self.audit.record_change(tx, actor, interaction)
+                    if before_commit is not None:
+                        before_commit(tx)
                 tx.flush()
             outcome = "commit"
         finally:
@@ -228,7 +297,30 @@ class Store:
                     change_listener(changed)
 
 
-def _lock_key(identity: tuple[str, str | None, str]) -> int:
+def identifier_condition(res_type: str, query: list[tuple[str, str]]) -> Identity | None:
+    """(type, system or None, value) when a condition is exactly `identifier=[system|]value`,
+    the form every mapper writes; None for anything else (left to the search compiler).
+    The search limits apply as in the compiler (a NUL, say, is a 400, not a miss)."""
+    limits.check_search(query)
+    if len(query) != 1 or query[0][0] != "identifier":
+        return None
+    value = query[0][1]
+    if not value or "," in value or "\\" in value or value.count("|") > 1:
+        return None
+    system, bar, code = value.partition("|")
+    if bar and (not system or not code):  # `|code` and `system|`: the compiler's rules
+        return None
+    param = params_for(res_type).get("identifier")
+    if param is None or param.type != "token":
+        return None
+    return (res_type, system, code) if bar else (res_type, None, value)
+
+
+def _conditional(reference: str) -> bool:
+    return "?" in reference and not reference.startswith(("http:", "https:"))
+
+
+def _lock_key(identity: Identity) -> int:
     """A stable signed 64-bit key for an advisory lock on (type, system, value); a value
     with and without its system share the key, since both conditions find the same rows."""
     digest = hashlib.blake2b(f"{identity[0]}|{identity[2]}".encode(), digest_size=8).digest()
@@ -270,6 +362,8 @@ class Transaction:
         # the caller's visibility (fhir_server.search.query.Narrow): the searches behind
         # conditional operations and references match only what it may see
         self.narrow: Narrow | None = None
+        # conditional reference -> the ids it matched (see resolve_conditional_references)
+        self._ref_ids: dict[str, list[str]] = {}
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -320,16 +414,16 @@ class Transaction:
                     )
 
     def ids_by_identifier(
-        self, wanted: list[tuple[str, str | None, str]]
-    ) -> dict[tuple[str, str | None, str], list[str]]:
+        self, wanted: list[Identity], lock: bool = True
+    ) -> dict[Identity, list[str]]:
         """Ids for many `Type?identifier=[system|]value` conditions (system None: any) in one
         query, as every mapped channel sends a Bundle of them; same rows and semantics as
-        the search compiler."""
+        the search compiler. `lock`: hold each identity until commit (conditional creates)."""
         self.flush()
-        found: dict[tuple[str, str | None, str], list[str]] = {w: [] for w in wanted}
+        found: dict[Identity, list[str]] = {w: [] for w in wanted}
         if not wanted:
             return found
-        if self.sql.postgres:
+        if self.sql.postgres and lock:
             # Two transactions creating the same identity at once would both find nothing
             # and both create: hold a lock per identity (in one global order, so no
             # deadlock) until commit. SQLite writers are serialised already.
@@ -389,6 +483,8 @@ class Transaction:
         resolution are skipped, and `index` may bring their index rows ready-made. Their
         builders' tests validate the shape and the rows instead.
         """
+        if res_id:
+            self._known.pop((resource.get("resourceType", ""), res_id), None)
         res_id = res_id or str(uuid.uuid4())
         if not trusted:
             resource = validate_resource(resource)
@@ -454,20 +550,39 @@ class Transaction:
 
     # -- references -------------------------------------------------------------------------
 
+    def prefetch_references(self, resources: list[Any]) -> None:
+        """Look up the identifier-form conditional references of many resources in one
+        query (a Synthea Bundle names ~60 resources ~450 times), memoized for
+        `resolve_conditional_references`."""
+        wanted: dict[str, Identity] = {}
+        for resource in resources:
+            for ref in _references(resource):
+                value = ref["reference"]
+                if _conditional(value) and value not in self._ref_ids:
+                    res_type, _, query = value.partition("?")
+                    key = identifier_condition(res_type, parse_qsl(query, keep_blank_values=True))
+                    if key is not None:
+                        wanted[value] = key
+        if not wanted:
+            return
+        found = self.ids_by_identifier(list(set(wanted.values())), lock=False)
+        for value, key in wanted.items():
+            self._ref_ids[value] = list(found[key])
+
     def resolve_conditional_references(self, resource: dict[str, Any]) -> None:
-        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1)."""
+        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1).
+
+        Answers are memoized for the transaction until it writes a resource of the type
+        they name (a write could change what matches)."""
         for ref in _references(resource):
             value = ref.get("reference")
-            if (
-                not isinstance(value, str)
-                or "?" not in value
-                or value.startswith(("http:", "https:"))
-            ):
+            if not isinstance(value, str) or not _conditional(value):
                 continue
             res_type, _, query_string = value.partition("?")
-            from fhir_server.search.query import parse_query_string
-
-            ids = self.search_ids(res_type, parse_query_string(query_string))
+            ids = self._ref_ids.get(value)
+            if ids is None:
+                ids = self.search_ids(res_type, parse_qsl(query_string, keep_blank_values=True))
+                self._ref_ids[value] = ids
             if len(ids) != 1:
                 raise FhirError(
                     412 if ids else 404,
@@ -561,6 +676,10 @@ class Transaction:
 
     def _append_outbox(self, stored: StoredResource, interaction: str) -> None:
         self.changes.append((stored.res_type, stored.res_id, interaction))
+        if self._ref_ids:  # what a conditional reference to this type matches may change
+            prefix = stored.res_type + "?"
+            for value in [v for v in self._ref_ids if v.startswith(prefix)]:
+                del self._ref_ids[value]
         self._outbox.append(
             (
                 stored.res_type,

@@ -34,7 +34,7 @@ def oru(ctrl: str, st: str = "F", value: int = 100, *, mrn: str = "123",
 
 
 def make(app: Any, mode: str = "map") -> Processor:
-    return Processor(Inbox(app.state.store.engine), app.state.context, ack_mode=mode)
+    return Processor(Inbox(app.state.store.engine), app.state.store, ack_mode=mode)
 
 
 def msa(ack: bytes | None) -> list[str]:

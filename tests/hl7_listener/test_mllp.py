@@ -29,7 +29,7 @@ def oru(ctrl: str, value: str = "100", extra: str = "") -> bytes:
 
 def make(app: Any, mode: str = "map") -> tuple[Processor, Inbox]:
     inbox = Inbox(app.state.store.engine)
-    return Processor(inbox, app.state.context, ack_mode=mode), inbox
+    return Processor(inbox, app.state.store, ack_mode=mode), inbox
 
 
 async def exchange(port: int, *payloads: bytes, raw: bytes | None = None) -> list[bytes]:

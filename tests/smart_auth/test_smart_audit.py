@@ -8,8 +8,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from fhir_server.search.extract import extract
+from fhir_server.store.audit import Actor, Interaction, audit_event, audit_index
 from fhir_server.validation import validate_resource
-from smart_auth.audit import Interaction, audit_event, audit_index
+from smart_auth.agent import actor_for
 from smart_auth.policy import Grant
 
 
@@ -113,13 +114,18 @@ def test_every_audit_event_shape_is_a_valid_resource(
 ) -> None:
     """Audit events are stored without per-event validation (trusted), so every shape the
     builder produces is validated here against the FHIR R4 model instead."""
-    event = Interaction(method, interaction, res_type, res_id, status, "127.0.0.1", grant)
-    for touched in ([], ["Patient/a", "Observation/b"]):
-        resource = audit_event(event, "2026-01-01T00:00:00.123456Z", touched)
-        validate_resource(resource)
-        # the ready-made index rows are exactly what the generic extraction finds
-        fast, generic = audit_index(resource), extract(resource, "http://testserver/fhir")
-        for kind in ("strings", "tokens", "dates", "references", "uris", "numbers"):
-            assert sorted(getattr(fast, kind), key=repr) == sorted(
-                getattr(generic, kind), key=repr
-            ), kind
+    actors = [actor_for(grant, "127.0.0.1"), Actor.of_channel("hl7", "LAB^HOSPITAL")]
+    for actor in actors:
+        event = Interaction(method, interaction, res_type, res_id, status, actor)
+        for touched in ([], ["Patient/a", "Observation/b"]):
+            _check_shape(audit_event(event, "2026-01-01T00:00:00.123456Z", touched))
+
+
+def _check_shape(resource: dict[str, Any]) -> None:
+    validate_resource(resource)
+    # the ready-made index rows are exactly what the generic extraction finds
+    fast, generic = audit_index(resource), extract(resource, "http://testserver/fhir")
+    for kind in ("strings", "tokens", "dates", "references", "uris", "numbers"):
+        assert sorted(getattr(fast, kind), key=repr) == sorted(getattr(generic, kind), key=repr), (
+            kind
+        )

@@ -1,9 +1,13 @@
-"""AuditEvents: one per FHIR interaction and authorization decision, searchable like any resource.
+"""AuditEvents: one per committed change, whatever channel made it, and one per read or refusal
+that a surface reports; searchable like any resource.
 
-Reads must stay fast, so their events are queued in memory and written in batches by one
-background thread (one transaction per batch, through the store's one write path). A change's
-event is written inside the change's own transaction (`record_in`), so a change is never
-without its event; refusals and failed writes are written before the response goes out.
+A change's event is written by the store inside the change's own transaction
+(`AuditTrail.record_change`, called by `Store.transaction` before it commits), so no change is
+ever without its event. Reads must stay fast, so their events are queued in memory and written
+in batches by one background thread (a bounded queue); refusals and failed writes are written
+before the response goes out. Who acted is an `Actor`: a user and client over REST (smart_auth
+builds it from the grant), or a channel and its source (MLLP sender, Orthanc, OpenEMR site, AI
+model, `$import` job).
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.clock import now_us, to_instant
 from fhir_server.search.extract import IndexRows, rows_from_values
-from fhir_server.store.repository import Store, Transaction
-from smart_auth.policy import Grant
+
+if TYPE_CHECKING:
+    from fhir_server.store.repository import Store, Transaction
 
 log = logging.getLogger("interop.audit")
 
@@ -35,6 +40,36 @@ BATCH = 500
 INTERVAL = 1.0
 MAX_QUEUE = 100_000
 MAX_ENTITIES = 100  # a large transaction names its first hundred resources
+CHANNEL_SYSTEM = "urn:interop:channel"
+REST_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+IMPORT_TYPE = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110107",
+    "display": "Import",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: a user and/or OAuth client over REST (`subject` None: anonymous), or a
+    channel (`channel`: hl7, orthanc, openemr, ai, import) with its `source` (the MLLP sender,
+    the PACS, the OpenEMR site, the model name and version, the import job)."""
+
+    subject: str | None = None
+    fhir_user: str | None = None
+    client_id: str | None = None
+    patient: str | None = None  # the launch patient the grant is confined to
+    address: str | None = None
+    channel: str | None = None
+    source: str | None = None
+
+    @classmethod
+    def of_channel(cls, channel: str, source: str) -> Actor:
+        return cls(channel=channel, source=source or channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +79,7 @@ class Interaction:
     res_type: str
     res_id: str | None
     status: int
-    address: str | None
-    grant: Grant | None
+    actor: Actor | None
 
 
 def guess_interaction(method: str, parts: list[str]) -> str:
@@ -60,37 +94,54 @@ def guess_interaction(method: str, parts: list[str]) -> str:
     )
 
 
+def _agents(actor: Actor | None) -> list[dict[str, Any]]:
+    if actor is not None and actor.channel:
+        return [
+            {
+                "who": {
+                    "identifier": {"system": CHANNEL_SYSTEM, "value": actor.channel},
+                    "display": actor.channel,
+                },
+                "name": actor.source or actor.channel,
+                "requestor": True,
+            }
+        ]
+    user: dict[str, Any] = {"requestor": True}
+    if actor is None:  # the server's own bookkeeping
+        user["who"] = {"display": "interop-server"}
+    elif actor.subject is None:
+        user["who"] = {"display": "anonymous"}
+    elif actor.fhir_user:
+        user["who"] = {"reference": actor.fhir_user}
+        user["altId"] = actor.subject
+    else:
+        user["who"] = {"display": actor.subject}
+    if actor is not None and actor.address:
+        user["network"] = {"address": actor.address, "type": "2"}
+    agents = [user]
+    if actor is not None and actor.client_id:
+        agents.append(
+            {
+                "who": {"identifier": {"system": "urn:interop:client", "value": actor.client_id}},
+                "requestor": False,
+            }
+        )
+    return agents
+
+
 def audit_event(
     event: Interaction, recorded: str, touched: list[str] | None = None
 ) -> dict[str, Any]:
     """The AuditEvent of one interaction; `touched`: every resource a Bundle changed."""
-    grant = event.grant
+    actor = event.actor
     outcome = "0" if event.status < 400 else ("4" if event.status < 500 else "8")
-    user: dict[str, Any] = {"requestor": True}
-    if grant is None:
-        user["who"] = {"display": "anonymous"}
-    elif grant.fhir_user:
-        user["who"] = {"reference": grant.fhir_user}
-        user["altId"] = grant.subject
-    else:
-        user["who"] = {"display": grant.subject}
-    if event.address:
-        user["network"] = {"address": event.address, "type": "2"}
-    agents = [user]
-    if grant is not None and grant.client_id:
-        agents.append(
-            {
-                "who": {"identifier": {"system": "urn:interop:client", "value": grant.client_id}},
-                "requestor": False,
-            }
-        )
     entities: list[dict[str, Any]] = []
     if event.res_type and event.res_id:
         entities.append({"what": {"reference": f"{event.res_type}/{event.res_id}"}})
     elif event.res_type:
         entities.append({"what": {"display": event.res_type}})
     entities.extend({"what": {"reference": ref}} for ref in (touched or [])[:MAX_ENTITIES])
-    patient = grant.patient if grant is not None else None
+    patient = actor.patient if actor is not None else None
     if patient is None and event.res_type == "Patient" and event.res_id:
         patient = event.res_id
     if patient and not (event.res_type == "Patient" and event.res_id == patient):
@@ -104,13 +155,10 @@ def audit_event(
                 },
             }
         )
+    channel = actor.channel if actor is not None else None
     resource: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "type": {
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest",
-            "display": "RESTful Operation",
-        },
+        "type": IMPORT_TYPE if channel else REST_TYPE,
         "subtype": [
             {
                 "system": "http://hl7.org/fhir/restful-interaction",
@@ -120,8 +168,8 @@ def audit_event(
         "action": ACTIONS.get(event.interaction, "E"),
         "recorded": recorded,
         "outcome": outcome,
-        "outcomeDesc": f"HTTP {event.status} {event.method}",
-        "agent": agents,
+        "outcomeDesc": f"{channel} change" if channel else f"HTTP {event.status} {event.method}",
+        "agent": _agents(actor),
         "source": {
             "observer": {"display": "interop-server"},
             "type": [
@@ -152,6 +200,7 @@ def audit_index(resource: dict[str, Any]) -> IndexRows:
             "action": [resource["action"]],
             "address": [a["network"]["address"] for a in agents if "network" in a],
             "agent": who,
+            "agent-name": [a["name"] for a in agents if "name" in a],
             "altid": [a["altId"] for a in agents if "altId" in a],
             "date": [resource["recorded"]],
             "entity": what,
@@ -166,6 +215,36 @@ def audit_index(resource: dict[str, Any]) -> IndexRows:
     )
 
 
+def change_event(
+    changes: list[tuple[str, str, str]], actor: Actor | None, interaction: str | None
+) -> dict[str, Any] | None:
+    """The AuditEvent of a transaction's changes (None when it changed only AuditEvents)."""
+    changed = [(t, i, what) for t, i, what in changes if t != "AuditEvent"]
+    if not changed:
+        return None
+    if interaction is None:  # a channel's write: named after what it did
+        kinds = {what for _, _, what in changed}
+        interaction = kinds.pop() if len(kinds) == 1 and len(changed) == 1 else "transaction"
+    status = 201 if interaction == "create" else 200
+    method = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE"}
+    event = Interaction(method.get(interaction, "POST"), interaction, "", None, status, actor)
+    touched: list[str] = []
+    if len(changed) == 1:
+        event = Interaction(event.method, interaction, changed[0][0], changed[0][1], status, actor)
+    else:
+        seen = dict.fromkeys(f"{t}/{i}" for t, i, _ in changed)
+        touched = list(seen)
+    return audit_event(event, to_instant(now_us()), touched)
+
+
+def audited(store: Store, enabled: bool) -> Store:
+    """`store`, auditing every change it commits when `enabled` (INTEROP_AUTH=on with
+    INTEROP_AUTH_AUDIT): what each process that writes (serve, mllp, workers, CLIs) uses."""
+    if enabled:
+        AuditTrail(store).install()
+    return store
+
+
 class AuditTrail:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -174,6 +253,11 @@ class AuditTrail:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def install(self) -> AuditTrail:
+        """Make the store audit every change it commits, from any channel."""
+        self.store.audit = self
+        return self
 
     @staticmethod
     def is_urgent(event: Interaction) -> bool:
@@ -190,17 +274,14 @@ class AuditTrail:
         if len(self._queue) >= BATCH:
             self._wake.set()
 
-    def record_in(self, tx: Transaction, event: Interaction) -> None:
-        """A successful change's event, written in the change's own transaction: committed
-        with it or not at all (Context.before_commit)."""
-        changed = [(t, i) for t, i, _ in tx.changes if t != "AuditEvent"]
-        touched: list[str] = []
-        if len(changed) == 1 and not event.res_id:
-            event = replace(event, res_type=changed[0][0], res_id=changed[0][1])
-        elif len(changed) > 1:
-            touched = [f"{t}/{i}" for t, i in changed]
-        resource = audit_event(event, to_instant(now_us()), touched)
-        tx.create(resource, trusted=True, index=audit_index(resource))
+    def record_change(
+        self, tx: Transaction, actor: Actor | None, interaction: str | None = None
+    ) -> None:
+        """A committed change's event, written in the change's own transaction: committed
+        with it or not at all (`Store.transaction` calls this before it commits)."""
+        resource = change_event(tx.changes, actor, interaction)
+        if resource is not None:
+            tx.create(resource, trusted=True, index=audit_index(resource))
 
     def flush(self) -> None:
         """Write everything queued (tests, shutdown)."""

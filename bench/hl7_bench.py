@@ -66,7 +66,10 @@ async def measure(proc: Processor | None, per_sender: int, tag: str = "") -> flo
     def echo(raw: bytes, peer: str) -> Reply:
         return Reply(b"MSH|^~\\&|||||||ACK|1|P|2.5.1\rMSA|AA|1\r", None)
 
-    server = MllpServer(proc.handle if proc else echo, port=0, max_connections=SENDERS * 2)
+    server = MllpServer(
+        proc.handle if proc else echo, port=0, max_connections=SENDERS * 2,
+        batch_handler=proc.handle_many if proc else None,
+    )  # fmt: skip
     port = await server.start()
     try:
         return await drive(port, per_sender, tag)

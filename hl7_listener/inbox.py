@@ -20,10 +20,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     bindparam,
     insert,
-    or_,
     select,
     update,
 )
@@ -70,12 +68,15 @@ def content_hash(msg: Message | bytes) -> str:
         except (ParseError, IndexError):
             return hashlib.sha256(raw).hexdigest()
     fs = msg.delims.field
-    lines = []
-    for seg in msg.segments:
-        fields = seg.fields
-        if seg.name == "MSH" and len(fields) > 7:
-            fields = [*fields[:7], "", *fields[8:]]
-        lines.append(fs.join(fields))
+    lines = list(msg.lines)  # a segment's fields joined again are its line: only MSH changes
+    for i, line in enumerate(lines):
+        if line.startswith("MSH"):
+            parts = line.split(fs)
+            # as the fields read (MSH-1 is the separator itself): fields[n] == parts[n - 1]
+            fields = ["MSH", fs, *parts[1:]]
+            if len(fields) > 7:
+                fields[7] = ""
+            lines[i] = fs.join(fields)
     return hashlib.sha256("\r".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -172,9 +173,16 @@ class Inbox:
         MSH-3+MSH-4, MSH-10 and content but MSH-7, with an ACK) makes it a duplicate, stored
         with that ACK; the same MSH-10 with other content is a new message, flagged
         control-id-reuse. Raises if the database cannot take it."""
+        return self.store_many([arrival])[0]
+
+    def store_many(self, arrivals: list[Arrival]) -> list[Arrival]:
+        """`store` for several messages at once: one transaction, in list order."""
+        if not arrivals:
+            return arrivals
         with self._cond:
-            self._queue.append(arrival)
-            while arrival.pk is None and arrival.failure is None:
+            self._queue.extend(arrivals)  # together: they land in the same transaction
+            last = arrivals[-1]
+            while last.pk is None and last.failure is None:
                 if self._writing:
                     self._cond.wait()
                     continue
@@ -187,9 +195,9 @@ class Inbox:
                     self._cond.acquire()
                     self._writing = False
                     self._cond.notify_all()
-        if arrival.failure is not None:
-            raise arrival.failure
-        return arrival
+        if last.failure is not None:
+            raise last.failure
+        return arrivals
 
     def _write(self, batch: list[Arrival]) -> None:
         try:
@@ -278,34 +286,38 @@ class Inbox:
             return [_row(r) for r in conn.execute(q)]
 
 
-_EARLIER = (
-    select(*(c for c in hl7_messages.c if c.name != "raw"))
-    .where(
-        or_(
-            and_(
-                hl7_messages.c.sender.in_(bindparam("senders", expanding=True)),
-                hl7_messages.c.control_id.in_(bindparam("control_ids", expanding=True)),
-            ),
-            hl7_messages.c.content_hash.in_(bindparam("hashes", expanding=True)),
-        ),
-        hl7_messages.c.status.in_(("received", "processed", "failed")),
-    )
-    .order_by(hl7_messages.c.pk)
-)  # built once: compiled once, whatever the batch
+_COLUMNS = [c for c in hl7_messages.c if c.name != "raw"]
+# Two lookups, each on its own index: one query OR-ing them (with a status filter) lets the
+# planner pick the status index and read the whole inbox on every commit.
+_BY_KEY = select(*_COLUMNS).where(
+    hl7_messages.c.sender.in_(bindparam("senders", expanding=True)),
+    hl7_messages.c.control_id.in_(bindparam("control_ids", expanding=True)),
+)
+_BY_HASH = select(*_COLUMNS).where(
+    hl7_messages.c.content_hash.in_(bindparam("hashes", expanding=True))
+)
+_ORIGINAL = {"received", "processed", "failed"}  # not "duplicate"
 
 
 def _earlier(conn: Any, batch: list[Arrival]) -> list[InboxRow]:
     """Stored messages (duplicates excluded) that share a batch message's sender and control
     id, or, for messages without a control id, its content hash; oldest first."""
     keyed = [a for a in batch if a.control_id]
-    hashes = [a.content_hash for a in batch if not a.control_id and a.content_hash]
-    params = {  # "" matches nothing a message is stored with (_classify checks anyway)
-        "senders": sorted({a.sender[:255] for a in keyed}) or [""],
-        "control_ids": sorted({a.control_id[:199] for a in keyed}) or [""],
-        "hashes": hashes or [""],
-    }
+    hashes = sorted({a.content_hash for a in batch if not a.control_id and a.content_hash})
+    rows: dict[int, Any] = {}
+    if keyed:
+        params = {
+            "senders": sorted({a.sender[:255] for a in keyed}),
+            "control_ids": sorted({a.control_id[:199] for a in keyed}),
+        }
+        rows.update((r.pk, r) for r in conn.execute(_BY_KEY, params))
+    if hashes:
+        rows.update((r.pk, r) for r in conn.execute(_BY_HASH, {"hashes": hashes}))
     found = []
-    for r in conn.execute(_EARLIER, params):
+    for pk in sorted(rows):
+        r = rows[pk]
+        if r.status not in _ORIGINAL:
+            continue
         row = InboxRow(r.pk, b"", r.sender, r.control_id, r.message_type, r.version,
                        r.received_at, r.status, r.error, r.ack, [], r.content_hash)  # fmt: skip
         if row.content_hash is None:  # stored before hashes were kept

@@ -107,7 +107,7 @@ class MllpServer:
         self._batch.append((payload, peer, done))
         if self._batching is None:  # one batch in flight; frames meanwhile form the next
             self._batching = asyncio.create_task(self._run_batches(self.batch_handler))
-        return await asyncio.shield(done)  # a closing connection never loses its batch
+        return await done
 
     async def _run_batches(self, handler: BatchHandler) -> None:
         try:
@@ -117,10 +117,12 @@ class MllpServer:
                     replies = await asyncio.to_thread(handler, [(p, s) for p, s, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - each sender's connection learns it
                     for *_, done in batch:
-                        done.set_exception(exc)
+                        if not done.done():  # done: its connection was closed meanwhile
+                            done.set_exception(exc)
                     continue
                 for (*_, done), reply in zip(batch, replies, strict=True):
-                    done.set_result(reply)
+                    if not done.done():
+                        done.set_result(reply)
         finally:
             self._batching = None
 
@@ -159,7 +161,8 @@ class MllpServer:
                 writer.write(frame(build_ack(None, "AR", "message exceeds the size limit")))
                 await writer.drain()
                 return
-            chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):  # no task per read, as wait_for
+                chunk = await reader.read(65536)
             if not chunk:
                 return
             buf += chunk

@@ -64,10 +64,12 @@ class Segment:
         if cached is not None:
             return cached
         raw = self.raw(n)
+        d = self.delims
         if raw.strip() == "":
             split: list[list[list[str]]] = []
+        elif not any(c in raw for c in (d.component, d.repetition, d.subcomponent, d.escape)):
+            split = [[[raw.strip()]]]  # the common plain value: nothing to split or decode
         else:
-            d = self.delims
             split = [
                 [
                     [unescape(s, d).strip() for s in c.split(d.subcomponent)]
@@ -219,7 +221,10 @@ def decode(raw: bytes) -> str:
 def parse(data: bytes | str) -> Message:
     """Parse one message; raises ParseError when there is no MSH segment."""
     text = decode(data) if isinstance(data, bytes) else data
-    lines = [ln for ln in _LINES.split(text.strip("\x0b\x1c\r\n ")) if ln.strip()]
+    body = text.strip("\x0b\x1c\r\n ")
+    if "\n" in body:  # segments may end in CR, LF or CRLF
+        body = body.replace("\r\n", "\r").replace("\n", "\r")
+    lines = [ln for ln in body.split("\r") if ln and not ln.isspace()]
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise ParseError("message does not start with an MSH segment")
     msh = lines[0]
@@ -231,7 +236,6 @@ def parse(data: bytes | str) -> Message:
 
 
 _ENVELOPE = ("FHS", "BHS", "BTS", "FTS")
-_LINES = re.compile(r"\r\n|\r|\n")
 
 
 def split_batch(data: bytes) -> list[bytes]:

@@ -201,31 +201,13 @@ class Inbox:
 
     def _write(self, batch: list[Arrival]) -> None:
         try:
+            pks: list[int] = []
             with write_transaction(self.engine) as conn:  # reads, then writes
-                earlier = _earlier(conn, batch)
-                for a in batch:
-                    _classify(a, earlier)
-                rows = [
-                    {
-                        "raw": a.raw,
-                        "sender": a.sender[:255],
-                        "control_id": a.control_id[:199],
-                        "message_type": a.message_type[:32],
-                        "version": a.version[:16],
-                        "received_at": int(time.time() * 1_000_000),
-                        "status": a.status,
-                        "ack": a.ack,
-                        "error": a.error,
-                        "content_hash": a.content_hash or None,
-                        "flags": " ".join(a.flags) or None,
-                        "warning": a.warning,
-                    }
-                    for a in batch
-                ]
-                stmt = insert(hl7_messages).returning(
-                    hl7_messages.c.pk, sort_by_parameter_order=True
-                )
-                pks = [r[0] for r in conn.execute(stmt, rows)]
+                for part in _apart(batch):  # a resend in the same batch sees its original
+                    earlier = _earlier(conn, part)
+                    for a in part:
+                        _classify(a, earlier)
+                    pks += _insert(conn, part)
         except Exception as exc:  # every waiter learns its message was not stored
             for a in batch:
                 a.failure = exc
@@ -284,6 +266,47 @@ class Inbox:
             q = q.where(hl7_messages.c.sender == sender)
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(q)]
+
+
+_INSERT = insert(hl7_messages).returning(hl7_messages.c.pk, sort_by_parameter_order=True)
+
+
+def _insert(conn: Any, part: list[Arrival]) -> list[int]:
+    """Insert the messages as classified; their primary keys, in order."""
+    rows = [
+        {
+            "raw": a.raw,
+            "sender": a.sender[:255],
+            "control_id": a.control_id[:199],
+            "message_type": a.message_type[:32],
+            "version": a.version[:16],
+            "received_at": int(time.time() * 1_000_000),
+            "status": a.status,
+            "ack": a.ack,
+            "error": a.error,
+            "content_hash": a.content_hash or None,
+            "flags": " ".join(a.flags) or None,
+            "warning": a.warning,
+        }
+        for a in part
+    ]
+    return [r[0] for r in conn.execute(_INSERT, rows)]
+
+
+def _apart(batch: list[Arrival]) -> list[list[Arrival]]:
+    """The batch in consecutive parts where no two messages share the key a duplicate is
+    looked up by (sender + control id; content hash without one), so each part is
+    classified after the parts before it are inserted, as if stored one after another."""
+    parts: list[list[Arrival]] = []
+    seen: set[tuple[str, str]] = set()
+    for a in batch:
+        key = (a.sender[:255], a.control_id[:199]) if a.control_id else ("", a.content_hash)
+        if not parts or key in seen:
+            parts.append([])
+            seen = set()
+        seen.add(key)
+        parts[-1].append(a)
+    return parts
 
 
 _COLUMNS = [c for c in hl7_messages.c if c.name != "raw"]

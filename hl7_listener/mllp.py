@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from hl7_listener.ack import build_ack
 from hl7_listener.processor import Reply
@@ -47,6 +48,8 @@ class MllpServer:
         self.batch_handler = batch_handler
         self._batch: list[tuple[bytes, str, asyncio.Future[Reply]]] = []
         self._batching: asyncio.Task[None] | None = None
+        # its own thread: a batch never waits behind connections' follow-ups for a thread
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mllp-store")
         self.host, self.port = host, port
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout
@@ -74,6 +77,7 @@ class MllpServer:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self._store_thread.shutdown(wait=False)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One sender. Over `max_connections` open at once, a new connection is closed at
@@ -114,7 +118,10 @@ class MllpServer:
             while self._batch:
                 batch, self._batch = self._batch, []
                 try:
-                    replies = await asyncio.to_thread(handler, [(p, s) for p, s, _ in batch])
+                    items = [(p, s) for p, s, _ in batch]
+                    replies = await asyncio.get_running_loop().run_in_executor(
+                        self._store_thread, handler, items
+                    )
                 except Exception as exc:  # noqa: BLE001 - each sender's connection learns it
                     for *_, done in batch:
                         if not done.done():  # done: its connection was closed meanwhile

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -330,19 +331,24 @@ def _earlier(conn: Any, batch: list[Arrival]) -> list[InboxRow]:
     hashes = sorted({a.content_hash for a in batch if not a.control_id and a.content_hash})
     cur, p = _cursor(conn)
     select_ = f"SELECT {', '.join(_READ)} FROM hl7_messages WHERE "
-    rows: dict[int, tuple[Any, ...]] = {}
+    queries: list[tuple[str, list[str]]] = []
     if keyed:
         senders = sorted({a.sender[:255] for a in keyed})
         ids = sorted({a.control_id[:199] for a in keyed})
-        cur.execute(
-            select_ + f"sender IN ({', '.join([p] * len(senders))}) "
-            f"AND control_id IN ({', '.join([p] * len(ids))})",
-            [*senders, *ids],
-        )
-        rows.update((r[0], r) for r in cur.fetchall())
+        where = f"sender IN ({', '.join([p] * len(senders))}) "
+        where += f"AND control_id IN ({', '.join([p] * len(ids))})"
+        queries.append((select_ + where, [*senders, *ids]))
     if hashes:
-        cur.execute(select_ + f"content_hash IN ({', '.join([p] * len(hashes))})", hashes)
-        rows.update((r[0], r) for r in cur.fetchall())
+        queries.append((select_ + f"content_hash IN ({', '.join([p] * len(hashes))})", hashes))
+    dbapi = conn.connection.dbapi_connection
+    rows: dict[int, tuple[Any, ...]] = {}
+    # PostgreSQL: the transaction's BEGIN and the lookups travel in one round trip
+    with nullcontext() if conn.dialect.name == "sqlite" else dbapi.pipeline():
+        cursors = [dbapi.cursor() for _ in queries]
+        for c, (sql, params) in zip(cursors, queries, strict=True):
+            c.execute(sql, params)
+        for c in cursors:
+            rows.update((r[0], r) for r in c.fetchall())
     found = []
     for pk in sorted(rows):
         _, sender, control_id, mtype, version, received, status, error, ack, _, chash = rows[pk]

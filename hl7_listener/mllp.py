@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from hl7_listener.ack import build_ack
 from hl7_listener.processor import Reply
@@ -15,6 +16,7 @@ log = logging.getLogger("interop.hl7.mllp")
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 
 Handler = Callable[[bytes, str], Reply]
+BatchHandler = Callable[[list[tuple[bytes, str]]], list[Reply]]
 
 
 def frame(payload: bytes) -> bytes:
@@ -22,7 +24,13 @@ def frame(payload: bytes) -> bytes:
 
 
 class MllpServer:
-    """Runs handler (blocking: inbox + mapping) in a thread per message, ACKs in order."""
+    """Runs handler (blocking: inbox + mapping) in a thread, ACKs each connection in order.
+
+    With `batch_handler`, the frames that arrive from all connections while one batch is
+    being stored are handed over together as the next batch: one thread hop and one
+    commit for many senders (group commit), while each sender still gets its ACK only
+    after its message is stored.
+    """
 
     def __init__(
         self,
@@ -34,8 +42,14 @@ class MllpServer:
         ssl_context: ssl.SSLContext | None = None,
         oversize: Callable[[bytes, str], None] | None = None,
         max_connections: int = 64,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.batch_handler = batch_handler
+        self._batch: list[tuple[bytes, str, asyncio.Future[Reply]]] = []
+        self._batching: asyncio.Task[None] | None = None
+        # its own thread: a batch never waits behind connections' follow-ups for a thread
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mllp-store")
         self.host, self.port = host, port
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout
@@ -63,6 +77,7 @@ class MllpServer:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self._store_thread.shutdown(wait=False)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One sender. Over `max_connections` open at once, a new connection is closed at
@@ -89,6 +104,35 @@ class MllpServer:
                 self._inflight.discard(task)  # type: ignore[arg-type]
             writer.close()
 
+    async def _handle(self, payload: bytes, peer: str) -> Reply:
+        if self.batch_handler is None:
+            return await asyncio.to_thread(self.handler, payload, peer)
+        done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._batch.append((payload, peer, done))
+        if self._batching is None:  # one batch in flight; frames meanwhile form the next
+            self._batching = asyncio.create_task(self._run_batches(self.batch_handler))
+        return await done
+
+    async def _run_batches(self, handler: BatchHandler) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    items = [(p, s) for p, s, _ in batch]
+                    replies = await asyncio.get_running_loop().run_in_executor(
+                        self._store_thread, handler, items
+                    )
+                except Exception as exc:  # noqa: BLE001 - each sender's connection learns it
+                    for *_, done in batch:
+                        if not done.done():  # done: its connection was closed meanwhile
+                            done.set_exception(exc)
+                    continue
+                for (*_, done), reply in zip(batch, replies, strict=True):
+                    if not done.done():
+                        done.set_result(reply)
+        finally:
+            self._batching = None
+
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
@@ -108,7 +152,7 @@ class MllpServer:
                 del buf[: end + 1]
                 if buf[:1] == CR:
                     del buf[:1]
-                reply = await asyncio.to_thread(self.handler, payload, peer)
+                reply = await self._handle(payload, peer)
                 if reply.ack is not None:
                     writer.write(frame(reply.ack))
                     await writer.drain()
@@ -124,7 +168,8 @@ class MllpServer:
                 writer.write(frame(build_ack(None, "AR", "message exceeds the size limit")))
                 await writer.drain()
                 return
-            chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):  # no task per read, as wait_for
+                chunk = await reader.read(65536)
             if not chunk:
                 return
             buf += chunk

@@ -89,16 +89,34 @@ class Processor:
 
     def handle(self, raw: bytes, peer: str = "") -> Reply:
         """Store, then acknowledge (and map) by the message's rules; never raises for bad input."""
+        return self.handle_many([(raw, peer)], deferred=False)[0]
+
+    def handle_many(self, items: list[tuple[bytes, str]], deferred: bool = True) -> list[Reply]:
+        """Several messages (from several connections) stored in one commit, in order.
+        `deferred`: an ACK that waits for mapping comes as the `followup`, so the caller
+        (the MLLP listener) is free to store the next messages meanwhile."""
+        steps = [self._accept(raw, peer, deferred) for raw, peer in items]
+        stored = self._store_many([arrival for arrival, _ in steps])
+        return [then(s) for (_, then), s in zip(steps, stored, strict=True)]
+
+    def _accept(
+        self, raw: bytes, peer: str, deferred: bool
+    ) -> tuple[Arrival, Callable[[Arrival | None], Reply]]:
+        """The message to store, and what to answer once it is stored (None: it was not)."""
         try:
-            msg = parse(raw)
+            msg = parse(raw)  # splits MSH only: the rest when mapping reads it
         except (ParseError, IndexError) as exc:
             ack = build_ack(None, "AR", str(exc), "102", where="MSH")
             failed = Arrival(raw, peer or "unknown", "", status="failed", ack=ack, error=str(exc),
                              content_hash=content_hash(raw))  # fmt: skip
-            stored = self._store(failed)
-            if stored is None:
-                return Reply(build_ack(None, "AR", "cannot store message now, resend later"), None)
-            return Reply(ack, stored.pk)
+
+            def unreadable(stored: Arrival | None) -> Reply:
+                if stored is None:
+                    text = "cannot store message now, resend later"
+                    return Reply(build_ack(None, "AR", text), None)
+                return Reply(ack, stored.pk)
+
+            return failed, unreadable
         accept, application = msg.msh.get(15).upper(), msg.msh.get(16).upper()
         enhanced = bool(accept or application)
         ok, err, rej = ("CA", "CE", "CR") if enhanced else ("AA", "AE", "AR")
@@ -122,27 +140,32 @@ class Processor:
                 arrival.ack = build_ack(msg, ok)
             if mapped_now or followup_due:  # scheduled at commit, in arrival order
                 arrival.on_stored = lambda a: self._schedule(a, msg, keep_ack=not mapped_now)
-        stored = self._store(arrival)
-        if stored is None:
-            ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
-            return Reply(answer(ack, False), None)
-        pk = stored.pk
-        assert pk is not None
-        if stored.original is not None:  # the original's ACK, only if it would have had one
-            return Reply(answer(stored.ack, _positive(stored.ack)), pk)
-        if stored.status == "failed":
-            return Reply(answer(stored.ack, False), pk)
-        mapping: Future[Mapped] | None = stored.mapping
-        if mapped_now:
-            return Reply(self._result(pk, msg, mapping, ok, err).ack, pk)
-        if not followup_due:
-            return Reply(answer(stored.ack, True), pk)  # mapped in the background
 
-        def followup() -> bytes | None:
-            mapped = self._result(pk, msg, mapping, keep_ack=True)
-            return mapped.ack if wanted(application, mapped.ok) else None
+        def then(stored: Arrival | None) -> Reply:
+            if stored is None:
+                ack = build_ack(msg, rej, "cannot store message now, resend later", "207")
+                return Reply(answer(ack, False), None)
+            pk = stored.pk
+            assert pk is not None
+            if stored.original is not None:  # the original's ACK, only if it would have had one
+                return Reply(answer(stored.ack, _positive(stored.ack)), pk)
+            if stored.status == "failed":
+                return Reply(answer(stored.ack, False), pk)
+            mapping: Future[Mapped] | None = stored.mapping
+            if mapped_now and deferred:
+                return Reply(None, pk, lambda: self._result(pk, msg, mapping, ok, err).ack)
+            if mapped_now:
+                return Reply(self._result(pk, msg, mapping, ok, err).ack, pk)
+            if not followup_due:
+                return Reply(answer(stored.ack, True), pk)  # mapped in the background
 
-        return Reply(answer(stored.ack, True), pk, followup)
+            def followup() -> bytes | None:
+                mapped = self._result(pk, msg, mapping, keep_ack=True)
+                return mapped.ack if wanted(application, mapped.ok) else None
+
+            return Reply(answer(stored.ack, True), pk, followup)
+
+        return arrival, then
 
     def _schedule(self, arrival: Arrival, msg: Message, keep_ack: bool) -> None:
         pk = arrival.pk
@@ -177,11 +200,14 @@ class Processor:
 
     def _store(self, arrival: Arrival) -> Arrival | None:
         """The inbox commit; None when the database cannot take the message now."""
+        return self._store_many([arrival])[0]
+
+    def _store_many(self, arrivals: list[Arrival]) -> list[Arrival | None]:
         try:
-            return self.inbox.store(arrival)
+            return list(self.inbox.store_many(arrivals))
         except Exception:
             log.exception("inbox unavailable")
-            return None
+            return [None] * len(arrivals)
 
     def reject_oversize(self, raw: bytes, peer: str) -> None:
         """A frame over the size limit: kept for inspection, answered AR by the listener."""

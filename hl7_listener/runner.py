@@ -39,7 +39,7 @@ async def serve(
     server = MllpServer(
         proc.handle, settings.mllp_host, settings.mllp_port, settings.mllp_max_frame,
         settings.mllp_idle_timeout, tls_context(settings), proc.reject_oversize,
-        settings.mllp_max_connections,
+        settings.mllp_max_connections, proc.handle_many,
     )  # fmt: skip
     port = await server.start()
     stop = stop or asyncio.Event()

@@ -64,10 +64,12 @@ class Segment:
         if cached is not None:
             return cached
         raw = self.raw(n)
+        d = self.delims
         if raw.strip() == "":
             split: list[list[list[str]]] = []
+        elif not any(c in raw for c in (d.component, d.repetition, d.subcomponent, d.escape)):
+            split = [[[raw.strip()]]]  # the common plain value: nothing to split or decode
         else:
-            d = self.delims
             split = [
                 [
                     [unescape(s, d).strip() for s in c.split(d.subcomponent)]
@@ -94,16 +96,31 @@ class Segment:
         return unescape(self.raw(n), self.delims).strip()
 
 
-@dataclass
 class Message:
-    """A parsed message: ordered segments plus the header values callers need."""
+    """A parsed message: ordered segments plus the header values callers need.
 
-    segments: list[Segment] = field(default_factory=list)
-    delims: Delimiters = field(default_factory=Delimiters)
+    Only MSH is split up front (all an ACK needs); the other segments are split the first
+    time `segments` is read, so acknowledging before mapping never pays for a full parse.
+    """
+
+    def __init__(self, lines: list[str], delims: Delimiters | None = None) -> None:
+        self.lines = lines  # the segment lines, batch envelope left out
+        self.delims = delims or Delimiters()
+        self._segments: list[Segment] | None = None
+        self._msh: Segment | None = None
 
     @property
     def msh(self) -> Segment:
-        return self.segments[0]
+        if self._msh is None:
+            first = self._segments[0] if self._segments else None
+            self._msh = first or _segment(self.lines[0], self.delims)
+        return self._msh
+
+    @property
+    def segments(self) -> list[Segment]:
+        if self._segments is None:
+            self._segments = [self.msh, *(_segment(ln, self.delims) for ln in self.lines[1:])]
+        return self._segments
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
@@ -127,6 +144,14 @@ class Message:
     @property
     def version(self) -> str:
         return self.msh.get(12)
+
+
+def _segment(line: str, d: Delimiters) -> Segment:
+    parts = line.split(d.field)
+    if parts[0] == "MSH":
+        # MSH-1 is the field separator itself, so shift: fields[1] == "|".
+        parts = ["MSH", d.field, *parts[1:]]
+    return Segment(parts, d)
 
 
 _ESC_SIMPLE = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition"}
@@ -196,7 +221,10 @@ def decode(raw: bytes) -> str:
 def parse(data: bytes | str) -> Message:
     """Parse one message; raises ParseError when there is no MSH segment."""
     text = decode(data) if isinstance(data, bytes) else data
-    lines = [ln for ln in re.split(r"\r\n|\r|\n", text.strip("\x0b\x1c\r\n ")) if ln.strip()]
+    body = text.strip("\x0b\x1c\r\n ")
+    if "\n" in body:  # segments may end in CR, LF or CRLF
+        body = body.replace("\r\n", "\r").replace("\n", "\r")
+    lines = [ln for ln in body.split("\r") if ln and not ln.isspace()]
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise ParseError("message does not start with an MSH segment")
     msh = lines[0]
@@ -204,16 +232,10 @@ def parse(data: bytes | str) -> Message:
     enc = msh[4:].split(fs, 1)[0]
     enc = enc + "^~\\&"[len(enc) :] if len(enc) < 4 else enc
     d = Delimiters(fs, enc[0], enc[1], enc[2], enc[3])
-    msg = Message(delims=d)
-    for ln in lines:
-        if ln.startswith(("FHS", "BHS", "BTS", "FTS")):
-            continue
-        parts = ln.split(fs)
-        if parts[0] == "MSH":
-            # MSH-1 is the field separator itself, so shift: fields[1] == "|".
-            parts = ["MSH", fs, *parts[1:]]
-        msg.segments.append(Segment(parts, d))
-    return msg
+    return Message([ln for ln in lines if not ln.startswith(_ENVELOPE)], d)
+
+
+_ENVELOPE = ("FHS", "BHS", "BTS", "FTS")
 
 
 def split_batch(data: bytes) -> list[bytes]:

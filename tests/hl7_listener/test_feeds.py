@@ -79,6 +79,30 @@ def test_resend_with_a_new_timestamp_is_a_duplicate(app: Any, client: TestClient
     assert obs[0]["meta"]["versionId"] == "1"  # not applied twice
 
 
+def test_a_resend_stored_in_the_same_commit_as_its_original_is_a_duplicate(
+    app: Any, client: TestClient
+) -> None:
+    """A sender that timed out resends on a new connection while the original is still
+    being stored: both land in one group commit, and the resend is still a duplicate."""
+    proc = make(app, "store")
+    first, again, other = proc.handle_many(
+        [
+            (oru("B1", value=100), "conn-1"),
+            (oru("B1", value=100, time_="20240101121500"), "conn-2"),
+            (oru("B1", value=300), "conn-3"),  # same control id, other content
+        ]
+    )
+    assert again.ack == first.ack and msa(other.ack)[1] == "AA"
+    rows = proc.inbox.list(oldest_first=True)
+    assert [r.status for r in rows] == ["received", "duplicate", "received"]
+    assert rows[1].error == f"duplicate of {rows[0].pk}"
+    assert rows[2].flags == ["control-id-reuse"]
+    proc.process_pending()
+    obs = search(client, "Observation?code=1001-1")
+    assert [o["meta"]["versionId"] for o in obs] == ["2"]  # the resend was not applied again
+    assert obs[0]["valueQuantity"]["value"] == 301
+
+
 @pytest.mark.parametrize(
     ("modes", "acks"),
     [("|||NE|NE", 0), ("|||AL|NE", 1), ("|||ER|ER", 0), ("|||SU|NE", 1)],

@@ -55,7 +55,7 @@ def run(app: Any, scenario: Any, mode: str = "map", **kw: Any) -> Any:
     proc, inbox = make(app, mode)
 
     async def main() -> Any:
-        server = MllpServer(proc.handle, port=0, **kw)
+        server = MllpServer(proc.handle, port=0, batch_handler=proc.handle_many, **kw)
         port = await server.start()
         try:
             return await scenario(port)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 from store_support import clear_tables
 from subscription_helpers import Receiver
@@ -28,11 +31,37 @@ def clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
 
 
 @pytest.fixture(scope="session")
-def subs_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def subs_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of the Subscription apps' own: delivery depends on which process holds the
+    outbox consumer's lease, so no other test module's app may share it."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path_factory.mktemp('subs-db') / 'subs.db'}"
+        return
+    admin_url = os.environ.get(
+        "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"interop_subs_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def subs_session_app(subs_database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("subs")
-    settings = Settings(database_url=database_url, auth="off", base_url=BASE, bulk_dir=str(folder),
+    settings = Settings(
+        database_url=subs_database_url,
+        auth="off",
+        base_url=BASE,
+        bulk_dir=str(folder),
         outbound_allow_subscriptions="127.0.0.1",  # the test receivers
-    )  # fmt: skip
+    )
     app = create_app(settings)
     yield app
     app.state.store.engine.dispose()
@@ -46,11 +75,15 @@ def api(subs_session_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-de
 
 
 @pytest.fixture(scope="session")
-def subs_auth_session_app(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def subs_auth_session_app(subs_database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("subs-auth")
-    settings = Settings(database_url=database_url, auth="on", base_url=BASE, bulk_dir=str(folder),
+    settings = Settings(
+        database_url=subs_database_url,
+        auth="on",
+        base_url=BASE,
+        bulk_dir=str(folder),
         outbound_allow_subscriptions="127.0.0.1",  # the test receivers
-    )  # fmt: skip
+    )
     app = create_app(settings)
     yield app
     app.state.store.engine.dispose()

@@ -1,4 +1,5 @@
-"""Wiring for `interop serve`: the AI service, where its jobs run, and its FHIR operations.
+"""Wiring for `interop serve`: the AI service and where its jobs run (its FHIR operations are
+registered by interop.ai_operations).
 
 With INTEROP_REDIS_URL set, jobs are Celery messages for `interop worker` processes; without
 it (the embedded default) this process runs them on INTEROP_AI_WORKER_THREADS threads.
@@ -12,16 +13,15 @@ from typing import Any
 
 from ai_worker.embedded import EmbeddedRunner
 from ai_worker.errors import BadInput
-from ai_worker.operations import register
 from ai_worker.service import AiService
-from fhir_server.api.interactions import Context
 from fhir_server.store.outbox import Change
+from fhir_server.store.repository import HasStore
 
 log = logging.getLogger("interop.ai")
 
 
 class AiRuntime:
-    def __init__(self, settings: Any, ctx: Context) -> None:
+    def __init__(self, settings: Any, ctx: HasStore) -> None:
         self.service = AiService(settings, ctx)
         self.runner: EmbeddedRunner | None = None
         # the sweeper resubmits jobs nobody works on: a dead process's (lease run out), or
@@ -39,7 +39,6 @@ class AiRuntime:
             self.service.submitter = self.runner
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
-        register(ctx.operations, self.service)
 
     TYPES = frozenset({"ImagingStudy", "Task"})
 

@@ -9,22 +9,12 @@ unchanged: a study the caller could not find through FHIR does not exist for it 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
+from fhir_server.store.repository import FhirReads
 from mappers.dicom.study import UID_SYSTEM
-
-
-def search(ctx: Context, res_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Resources matching a FHIR search, through the same dispatch as REST (and its access)."""
-    resp = dispatch(ctx, FhirRequest("GET", [res_type], params))
-    body = orjson.loads(resp.body or b"{}")
-    return [e["resource"] for e in body.get("entry", []) if e.get("search", {}).get(
-        "mode", "match") == "match"]  # fmt: skip
 
 
 def forbidden(text: str) -> FhirError:
@@ -35,18 +25,18 @@ def forbidden(text: str) -> FhirError:
 class Caller:
     """One request's view: `access` is None when auth is off (everything allowed)."""
 
-    ctx: Context
+    reads: FhirReads  # FHIR searches with this caller's access (the same rules as REST)
     access: Any = None
     grant: Any = None
 
     @classmethod
-    def of(cls, ctx: Context, policy: Any, access_for: Callable[[Any], Any] | None,
+    def of(cls, reads: FhirReads, policy: Any, access_for: Callable[[Any], Any] | None,
            authorization: str | None) -> Caller:  # fmt: skip
         grant = policy.check(["ImagingStudy"], authorization)
         if grant is None or access_for is None:
-            return cls(ctx)
+            return cls(reads)
         access = access_for(grant)
-        return cls(replace(ctx, access=access), access, grant)
+        return cls(reads.with_access(access), access, grant)
 
     def limited(self, perm: str) -> bool:
         """Raise 403 without the permission; True when confined to a compartment or query."""
@@ -76,8 +66,8 @@ class Caller:
         for start in range(0, len(uids), 100):
             chunk = uids[start : start + 100]
             value = ",".join(f"{UID_SYSTEM}|urn:oid:{u}" for u in chunk)
-            found = search(self.ctx, "ImagingStudy",
-                           [("identifier", value), ("_count", str(len(chunk)))])  # fmt: skip
+            query = [("identifier", value), ("_count", str(len(chunk)))]
+            found = self.reads.search("ImagingStudy", query)
             for res in found:
                 for ident in res.get("identifier", []):
                     if ident.get("system") == UID_SYSTEM:

@@ -104,7 +104,7 @@ async def _audit(audit: Any, bridge: Bridge | None, request: Request, status: in
 
 
 def routes(app: Any, bridge: Bridge) -> list[Route]:
-    ctx, policy = app.state.context, app.state.policy
+    reads, policy = app.state.fhir_reads, app.state.policy
     access_for = getattr(app.state, "access_for", None)
     upstream = Upstream(bridge.pacs.config, bridge.config.proxy_root)
     app.state.dicomweb_upstream = upstream
@@ -112,7 +112,7 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
     audit = getattr(app.state, "audit", None)
 
     def caller(request: Request) -> Caller:
-        who = Caller.of(ctx, policy, access_for, request.headers.get("authorization"))
+        who = Caller.of(reads, policy, access_for, request.headers.get("authorization"))
         request.state.grant = who.grant
         return who
 
@@ -178,7 +178,7 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             async for headers, part in split(request.stream(), params["boundary"]):
                 name = headers.get("content-location") or f"part {len(items) + 1}"
                 items.append(upload.Incoming(name, file=part))
-            result = await run_in_threadpool(upload.store, bridge, ctx, items, patient,
+            result = await run_in_threadpool(upload.store, bridge, reads, items, patient,
                                              guard=confined_guard(who, found.study))  # fmt: skip
         finally:
             for item in items:
@@ -203,7 +203,7 @@ def routes(app: Any, bridge: Bridge) -> list[Route]:
             group = groups[index] if index < len(groups) else posixpath.dirname(name)
             items.append(upload.Incoming(name, file=f.file, group=group))
         result = await run_in_threadpool(
-            upload.store, bridge, ctx, items, patient, _field(form.get("description")), grouping,
+            upload.store, bridge, reads, items, patient, _field(form.get("description")), grouping,
             confined_guard(who, None),
         )  # fmt: skip
         return JSONResponse(result.as_dict(), 201 if result.stored else 422)

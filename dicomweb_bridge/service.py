@@ -9,7 +9,7 @@ from dicomweb_bridge.feed import ChangeFeed
 from dicomweb_bridge.pacs import Pacs
 from dicomweb_bridge.state import BridgeState
 from dicomweb_bridge.sync import Syncer
-from fhir_server.api.interactions import Context
+from fhir_server.store.repository import HasStore
 from mappers.dicom import Options
 
 
@@ -28,7 +28,7 @@ class Bridge:
     feed: ChangeFeed | None
 
     @classmethod
-    def build(cls, config: ImagingConfig, ctx: Context) -> Bridge:
+    def build(cls, config: ImagingConfig, ctx: HasStore) -> Bridge:
         pacs = Pacs(config.pacs)
         state = BridgeState(ctx.store.engine)
         options = Options(

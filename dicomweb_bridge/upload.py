@@ -21,8 +21,8 @@ from pydicom.uid import generate_uid
 
 from dicomweb_bridge.pacs import PacsError
 from dicomweb_bridge.service import Bridge
-from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
+from fhir_server.store.repository import FhirReads
 from mappers.dicom.patient import FHIR_PATIENT_SYSTEM, issuer_for, to_pn
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID")
@@ -89,13 +89,12 @@ def read(item: Incoming) -> Dataset:
     return ds
 
 
-def patient_tags(ctx: Context, reference: str, bridge: Bridge) -> PatientTags:
+def patient_tags(reads: FhirReads, reference: str, bridge: Bridge) -> PatientTags:
     """PatientID/IssuerOfPatientID/PatientName from a canonical Patient (FhirError if none)."""
     parts = reference.strip().split("/")
     if len(parts) != 2 or parts[0] != "Patient" or not parts[1]:
         raise FhirError(400, f"patient must be 'Patient/<id>', not '{reference}'", "invalid")
-    resp = dispatch(ctx, FhirRequest("GET", parts))
-    patient = orjson.loads(resp.body or b"{}")
+    patient = reads.read(parts[0], parts[1])
     options = bridge.syncer.options
     pid, issuer = patient["id"], FHIR_PATIENT_SYSTEM
     for ident in patient.get("identifier", []):
@@ -159,7 +158,7 @@ def _stow_outcome(response: Dataset) -> tuple[set[str], dict[str, str]]:
 
 
 def store(
-    bridge: Bridge, ctx: Context, items: Iterable[Incoming], patient: str | None = None,
+    bridge: Bridge, reads: FhirReads, items: Iterable[Incoming], patient: str | None = None,
     description: str | None = None, group: bool = False, guard: Guard | None = None,
 ) -> UploadResult:  # fmt: skip
     """Read, prepare, STOW-RS, then sync every touched study; per-file failures reported.
@@ -171,7 +170,7 @@ def store(
             good.append((item, read(item)))
         except ValueError as exc:
             result.failed.append({"file": item.name, "reason": str(exc)})
-    tags = patient_tags(ctx, patient, bridge) if patient else None
+    tags = patient_tags(reads, patient, bridge) if patient else None
     prepare(good, tags, description, group)
     if guard is not None and good:
         guard(list(dict.fromkeys(str(ds.StudyInstanceUID) for _, ds in good)))

@@ -37,6 +37,8 @@ from fhir_server.subscriptions.delivery import Deliverer
 from fhir_server.subscriptions.service import SubscriptionService
 from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
+from interop import ai_operations
+from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
 from interop.outbox_runner import OutboxRunner
 from interop.runtime import Runtime, request_limits
@@ -84,7 +86,8 @@ def create_app(
     ctx = runtime.ctx
     compartment.register(ctx.operations)  # $everything
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
-    ai = AiRuntime(runtime.ai_config(), ctx)  # registers $analyze, $approve, $reject
+    ai = AiRuntime(runtime.ai_config(), ctx)
+    ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject
     policy = AccessPolicy(settings.auth_enabled)
     # every change the store commits, from any channel, gets its AuditEvent
     audit = store.audit if isinstance(store.audit, AuditTrail) else None  # the runtime's trail
@@ -145,6 +148,7 @@ def create_app(
     app.state.store = store
     app.state.policy = policy
     app.state.context = ctx
+    app.state.fhir_reads = ApiReads(ctx)  # the channels' FHIR reads (interop.fhir_reads)
     app.state.bulk = bulk
     app.state.subscriptions = subscriptions
     app.state.ai = ai

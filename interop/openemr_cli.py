@@ -94,9 +94,10 @@ def progress_line(summary: Any, width: int = 30) -> str:
 
 
 def _pending(args: argparse.Namespace, settings: Settings) -> int:
+    from interop.fhir_reads import ApiReads
     from openemr_bridge.push import pending
 
-    rows = pending(_context(settings))
+    rows = pending(ApiReads(_context(settings)))
     if args.json:
         print(json.dumps({"pending": rows}))
     else:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fhir_server.api.interactions import Context
 from fhir_server.store.outbox import Change
+from fhir_server.store.repository import HasStore
 from mappers.openemr import Systems
 from openemr_bridge.client import OpenEmrClient
 from openemr_bridge.config import BridgeSettings
@@ -22,7 +22,7 @@ CONSUMER = "openemr-push"
 
 
 class PushConsumer:
-    def __init__(self, ctx: Context, client: OpenEmrClient, systems: Systems) -> None:
+    def __init__(self, ctx: HasStore, client: OpenEmrClient, systems: Systems) -> None:
         self.ctx = ctx
         self.client = client
         self.systems = systems
@@ -35,7 +35,7 @@ class PushConsumer:
             log.info("Patient/%s not created in OpenEMR: %s", change.res_id, result.reason)
 
 
-def register(runner: Any, settings: BridgeSettings, ctx: Context) -> bool:
+def register(runner: Any, settings: BridgeSettings, ctx: HasStore) -> bool:
     """Register the consumer on the outbox runner when the bridge may create patients."""
     if not (settings.openemr_url and settings.openemr_push and settings.openemr_username):
         return False

@@ -25,8 +25,8 @@ from joserfc.jwk import KeySet
 from sqlalchemy import delete, insert, select
 
 import outbound
-from fhir_server.api.interactions import Context
 from fhir_server.store.db import write_transaction
+from fhir_server.store.repository import HasStore
 from mappers.openemr import Systems
 from openemr_bridge import canonical
 from openemr_bridge.config import LAUNCH_SCOPE
@@ -81,7 +81,7 @@ class LaunchSettings:
 
 class LaunchBridge:
     def __init__(
-        self, settings: LaunchSettings, auth: AuthServer, ctx: Context, syncer: Syncer | None
+        self, settings: LaunchSettings, auth: AuthServer, ctx: HasStore, syncer: Syncer | None
     ) -> None:
         self.settings = settings
         self.auth = auth

@@ -14,11 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from fhir_server.api.interactions import Context, FhirRequest, dispatch
 from fhir_server.errors import FhirError
 from fhir_server.store.audit import Actor
+from fhir_server.store.repository import FhirReads, HasStore
 from mappers.openemr import Refusal, Systems, patient_to_openemr
 from openemr_bridge import canonical
 from openemr_bridge.client import OpenEmrClient
@@ -37,7 +35,7 @@ class PushResult:
 
 
 def push_patient(
-    ctx: Context, client: OpenEmrClient, systems: Systems, patient_id: str
+    ctx: HasStore, client: OpenEmrClient, systems: Systems, patient_id: str
 ) -> PushResult:
     """Make sure canonical Patient/`patient_id` exists in OpenEMR (see the module docstring)."""
     for _ in range(3):  # a concurrent write between our read and our update: read again
@@ -92,7 +90,7 @@ def _find_in_openemr(
     return None
 
 
-def _write(ctx: Context, patient: dict[str, Any]) -> None:
+def _write(ctx: HasStore, patient: dict[str, Any]) -> None:
     version = (patient.get("meta") or {}).get("versionId")
     request: dict[str, Any] = {"method": "PUT", "url": f"Patient/{patient['id']}"}
     if version:
@@ -125,7 +123,7 @@ def _with_tags(patient: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str,
     return out
 
 
-def _pending(ctx: Context, patient: dict[str, Any], refusal: Refusal) -> PushResult:
+def _pending(ctx: HasStore, patient: dict[str, Any], refusal: Refusal) -> PushResult:
     tag = {"system": PENDING_TAG, "code": refusal.code, "display": refusal.reason[:200]}
     current = [
         t for t in (patient.get("meta") or {}).get("tag") or [] if t.get("system") == PENDING_TAG
@@ -135,7 +133,7 @@ def _pending(ctx: Context, patient: dict[str, Any], refusal: Refusal) -> PushRes
     return PushResult("pending", reason=refusal.reason)
 
 
-def _link(ctx: Context, patient: dict[str, Any], systems: Systems, pid: str, uuid: str) -> None:
+def _link(ctx: HasStore, patient: dict[str, Any], systems: Systems, pid: str, uuid: str) -> None:
     idents = list(patient.get("identifier") or [])
     if uuid:
         idents.append({"use": "secondary", "system": systems.uuid, "value": uuid})
@@ -146,15 +144,12 @@ def _link(ctx: Context, patient: dict[str, Any], systems: Systems, pid: str, uui
     _write(ctx, updated)
 
 
-def pending(ctx: Context, limit: int = 1000) -> list[dict[str, str]]:
+def pending(reads: FhirReads, limit: int = 1000) -> list[dict[str, str]]:
     """Patients that could not be created in OpenEMR, with the reason (for the CLI): the
     same search a client would make, `Patient?_tag=urn:interop:openemr-pending|`."""
     query = [("_tag", f"{PENDING_TAG}|"), ("_count", str(limit))]
-    req = FhirRequest("GET", ["Patient"], query, {}, b"")
-    body = orjson.loads(dispatch(ctx, req).body or b"{}")
     out = []
-    for entry in body.get("entry") or []:
-        res = entry["resource"]
+    for res in reads.search("Patient", query):
         tag = next(t for t in res["meta"]["tag"] if t.get("system") == PENDING_TAG)
         name = (res.get("name") or [{}])[0]
         out.append(

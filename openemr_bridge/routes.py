@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fhir_server.api.interactions import Context
+from fhir_server.store.repository import HasStore
 from openemr_bridge import setup
 from openemr_bridge.config import BridgeSettings
 from openemr_bridge.launch import LaunchBridge, LaunchError, LaunchSettings
@@ -32,7 +32,7 @@ def public_root(fhir_base: str) -> str:
     return fhir_base[: -len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
 
 
-def build_syncer(settings: BridgeSettings, ctx: Context) -> Syncer | None:
+def build_syncer(settings: BridgeSettings, ctx: HasStore) -> Syncer | None:
     """The syncer the app uses for launches and read-through (None: bridge off or no source)."""
     if not settings.openemr_url:
         return None
@@ -42,7 +42,7 @@ def build_syncer(settings: BridgeSettings, ctx: Context) -> Syncer | None:
 
 
 def build_bridge(
-    settings: BridgeSettings, ctx: Context, auth: AuthServer, syncer: Syncer | None
+    settings: BridgeSettings, ctx: HasStore, auth: AuthServer, syncer: Syncer | None
 ) -> LaunchBridge | None:
     if not settings.openemr_url:
         return None

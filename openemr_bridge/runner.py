@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from fhir_server.api.interactions import Context
+from fhir_server.store.repository import HasStore
 from openemr_bridge import setup
 from openemr_bridge.config import BridgeSettings
 from openemr_bridge.sync import Progress, Summary, Syncer
@@ -15,7 +15,7 @@ log = logging.getLogger("interop.openemr")
 
 def run_sync(
     settings: BridgeSettings,
-    ctx: Context,
+    ctx: HasStore,
     full: bool = False,
     patient: str | None = None,
     progress: Progress | None = None,
@@ -27,7 +27,7 @@ def run_sync(
     return syncer.run(full=full, progress=progress)
 
 
-def scheduled_sync(settings: BridgeSettings, ctx: Context) -> Summary:
+def scheduled_sync(settings: BridgeSettings, ctx: HasStore) -> Summary:
     """One scheduled run, logged; raises when OpenEMR cannot be reached (the service backs
     off and retries)."""
     summary = run_sync(settings, ctx)

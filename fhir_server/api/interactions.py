@@ -1,4 +1,5 @@
-"""The names the channels import from the FHIR API, kept at their old address.
+"""The FHIR API's request, response and dispatch names, kept at their old address (the
+channels no longer import them: they take the store and `FhirReads`).
 
 The interaction table is `router` (handlers in `instance`, `type_level`, `patch`, `search`,
 `history`, `compartment`, `bundles`); the shared request, response and `Context` are in

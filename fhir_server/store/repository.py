@@ -98,6 +98,22 @@ class HasStore(Protocol):
     def store(self) -> Store: ...
 
 
+class FhirReads(HasStore, Protocol):
+    """Reads a channel makes as a FHIR client would (the composition root provides them over
+    the REST dispatch): searches and reads see only what `access` lets the caller see, and a
+    missing resource raises the `FhirError` REST would answer."""
+
+    def search(self, res_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The resources a search matches (its `_include`d ones left out)."""
+        ...
+
+    def read(self, res_type: str, res_id: str) -> dict[str, Any]: ...
+
+    def with_access(self, access: Any) -> FhirReads:
+        """The same reads on behalf of a caller with this access (None: everything)."""
+        ...
+
+
 class Statements:
     """The write path's and the read-by-id's SQL as plain DBAPI strings, built once.
 

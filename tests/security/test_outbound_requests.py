@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from auth_support import fresh_database_url  # noqa: F401 - a fixture
 from outbound_support import Peer, SlowPeer, free_port, peers, served
 from starlette.testclient import TestClient
 from store_support import clear_tables
@@ -322,9 +323,10 @@ def test_subscription_to_an_internal_endpoint_is_refused_when_written(
 
 
 def test_subscription_delivery_does_not_forward_host_connection_or_forwarded_headers(
-    database_url: str, tmp_path: Path
+    fresh_database_url: str,  # noqa: F811 - its own: no other app's delivery may take the job
+    tmp_path: Path,
 ) -> None:
-    app = _app(database_url, tmp_path, outbound_allow_subscriptions="127.0.0.1")
+    app = _app(fresh_database_url, tmp_path, outbound_allow_subscriptions="127.0.0.1")
     receiver = Peer()
     headers = [
         "Host: evil.example", "Connection: close", "X-Forwarded-For: 10.9.8.7",

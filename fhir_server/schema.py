@@ -184,6 +184,35 @@ idx_uri = _index_table(
     Column("uri", Text, nullable=False),
     indexes=(("res_type", "param", "uri"),),
 )
+# composite parameters (`code-value-quantity=...|8480-6$gt100`): one row per component value of
+# one element (`element` numbers the elements the composite's expression selects, `part` the
+# component), in the columns of that component's kind (a date's range in dlow/dhigh, exact
+# integers). Components of one element share (resource_pk, param, element); see
+# search/kinds/composite.py.
+idx_composite = _index_table(
+    "idx_composite",
+    Column("element", Integer, nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("value", Text, nullable=True),
+    Column("exact", Text, nullable=True),
+    Column("low", Float, nullable=True),
+    Column("high", Float, nullable=True),
+    Column("dlow", BigInteger, nullable=True),
+    Column("dhigh", BigInteger, nullable=True),
+    Column("unit", Text, nullable=True),
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", Text, nullable=True),
+    Column("uri", Text, nullable=True),
+    indexes=(
+        ("res_type", "param", "part", "code", "system"),
+        ("res_type", "param", "part", "target_id"),
+        ("resource_pk", "param", "element", "part"),
+    ),
+)
 
 INDEX_TABLES = {
     "strings": idx_string,
@@ -193,4 +222,5 @@ INDEX_TABLES = {
     "quantities": idx_quantity,
     "numbers": idx_number,
     "uris": idx_uri,
+    "composites": idx_composite,
 }

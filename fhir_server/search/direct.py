@@ -54,7 +54,7 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
         kind = _DIRECT.get(param.type) if param is not None else None
         if param is None or kind is None or kind.direct is None:
             return False
-        test = kind.direct(value, compiler.base_url)
+        test = kind.direct(name, value, compiler.base_url)
         if test is None:
             return False
         conditions.append((selectivity(param), kind.table.name, test[0], [name, *test[1]]))

@@ -86,6 +86,16 @@ outbox = Table(
     Index("ix_outbox_pending", "processed", "pk"),
 )
 
+# Read and search events of the audit trail, as written at request time: one compact row each
+# (fhir_server/store/audit.py), turned into AuditEvent resources before anything reads those.
+audit_pending = Table(
+    "audit_pending",
+    metadata,
+    Column("pk", PrimaryKey, primary_key=True, autoincrement=True),
+    Column("recorded", BigInteger, nullable=False, doc="UTC epoch microseconds"),
+    Column("event", Text, nullable=False, doc="the Interaction as a JSON array"),
+)
+
 
 # Text columns of the index tables hold any FHIR string, of any length. Their B-tree indexes
 # cover only the first INDEX_PREFIX characters (a PostgreSQL index row holds ~2.7 kB at most):

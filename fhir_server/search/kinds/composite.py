@@ -209,9 +209,7 @@ def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str,
     for by_part in elements.values():
         if all(
             kind.match(part_code, _kind_rows(kind, by_part.get(part, [])), "", part_value, base)
-            for part, ((part_code, kind), part_value) in enumerate(
-                zip(kinds, parts, strict=True)
-            )
+            for part, ((part_code, kind), part_value) in enumerate(zip(kinds, parts, strict=True))
         ):
             return True
     return False

@@ -98,9 +98,25 @@ def _index_stored_resources() -> None:
         *(
             sa.column(c)
             for c in (
-                "resource_pk", "res_type", "param", "element", "part", "system", "code",
-                "text", "value", "exact", "low", "high", "dlow", "dhigh", "unit",
-                "target_type", "target_id", "url", "uri",
+                "resource_pk",
+                "res_type",
+                "param",
+                "element",
+                "part",
+                "system",
+                "code",
+                "text",
+                "value",
+                "exact",
+                "low",
+                "high",
+                "dlow",
+                "dhigh",
+                "unit",
+                "target_type",
+                "target_id",
+                "url",
+                "uri",
             )
         ),  # fmt: skip
     )
@@ -119,7 +135,7 @@ def _index_stored_resources() -> None:
         ).all()
         if not page:
             return
-        rows = []
+        rows: list[dict[str, object]] = []
         for pk, res_type, body in page:
             try:
                 found = extract(json.loads(body)).composites

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -112,7 +112,12 @@ def may_read_audit_events(method: str, parts: list[str], query: str, body: bytes
 
 def _pack(recorded: int, event: Interaction) -> tuple[int, str]:
     """An `audit_pending` row: (recorded, the event as a JSON array)."""
-    actor = astuple(event.actor) if event.actor is not None else None
+    a = event.actor  # field by field: dataclasses.astuple deep-copies, ten times slower
+    actor = (
+        (a.subject, a.fhir_user, a.client_id, a.patient, a.address, a.channel, a.source)
+        if a is not None
+        else None
+    )
     fields = (event.method, event.interaction, event.res_type, event.res_id, event.status, actor)
     return recorded, orjson.dumps(fields).decode()
 
@@ -337,7 +342,12 @@ class AuditTrail:
         while self._queue:
             batch = [_pack(*self._queue.popleft()) for _ in range(min(BATCH, len(self._queue)))]
             with self.store.transaction() as tx:
-                tx.cursor.executemany(sql, batch)
+                if self.store.sql.postgres:  # COPY: one round trip, not one per row
+                    with tx.cursor.copy("COPY audit_pending (recorded, event) FROM STDIN") as cp:
+                        for row in batch:
+                            cp.write_row(row)
+                else:
+                    tx.cursor.executemany(sql, batch)
             written += len(batch)
         return written
 

@@ -129,3 +129,18 @@ def test_which_requests_see_audit_events(
 ) -> None:
     parts = [p for p in path.split("/") if p]
     assert may_read_audit_events(method, parts, query, body) is reads
+
+
+@pytest.mark.parametrize(
+    "actor",
+    [
+        None,
+        Actor(),
+        Actor("u1", "Practitioner/d1", "app", "p1", "10.0.0.2"),
+        Actor.of_channel("hl7", "LAB^HOSPITAL"),
+    ],
+)
+def test_a_pending_row_keeps_every_field_of_the_event(actor: Actor | None) -> None:
+    event = Interaction("GET", "search-type", "Observation", None, 200, actor)
+    recorded, text = audit._pack(123, event)
+    assert recorded == 123 and audit._unpack(text) == event

@@ -83,11 +83,11 @@ LOINC = [
 ]
 TARGETS: dict[str, str] = {
     "ingest": ">= 2000 resources/s",
-    "read": ">= 0.5 x baseline req/s",
-    "search_observation": ">= 0.3 x baseline req/s, p99 < 50 ms",
-    "search_patient_name": ">= 0.3 x baseline req/s, p99 < 50 ms",
+    "read": ">= 0.7 x baseline req/s",
+    "search_observation": ">= 0.4 x baseline req/s, p99 <= 3 x baseline p99",
+    "search_patient_name": ">= 0.4 x baseline req/s, p99 <= 3 x baseline p99",
     "crud": ">= 1500 req/s",
-    "read_audited": "<= 20% below read_authenticated (the cost of the AuditEvent trail)",
+    "read_audited": "<= 10% below read_authenticated (the cost of the AuditEvent trail)",
     "synthea_ingest": ">= 1500 resources/s",
 }
 
@@ -657,8 +657,11 @@ def write_lines(path: Path, lines: list[str]) -> str:
 # --------------------------------------------------------------------------- verdicts
 
 
-def verdict(name: str, figure: dict[str, Any], baseline_rate: float) -> tuple[str, float | None]:
-    """PASS/MISS against TARGETS; INVALID when the figure had any error."""
+def verdict(
+    name: str, figure: dict[str, Any], baseline_rate: float, baseline_p99: float = 0.0
+) -> tuple[str, float | None]:
+    """PASS/MISS against TARGETS (issue 13's); INVALID when the figure had any error.
+    `baseline_p99`: the p99 of the baseline measurement whose rate is used."""
     ratio = figure["rate"] / baseline_rate if baseline_rate and name in RATIO_OF_BASELINE else None
     if figure.get("errors"):
         return "INVALID", ratio
@@ -666,13 +669,14 @@ def verdict(name: str, figure: dict[str, Any], baseline_rate: float) -> tuple[st
     if name == "ingest":
         ok = figure["rate"] >= 2000
     elif name == "read":
-        ok = ratio is not None and ratio >= 0.5
+        ok = ratio is not None and ratio >= 0.7
     elif name in ("search_observation", "search_patient_name"):
-        ok = ratio is not None and ratio >= 0.3 and figure["p99_ms"] < 50
+        p99_ok = bool(baseline_p99) and figure["p99_ms"] <= 3 * baseline_p99
+        ok = ratio is not None and ratio >= 0.4 and p99_ok
     elif name == "crud":
         ok = figure["rate"] >= 1500
     elif name == "read_audited":
-        ok = figure.get("audit_cost", 1.0) <= 0.20
+        ok = figure.get("audit_cost", 1.0) <= 0.10
     elif name == "synthea_ingest":
         ok = figure["rate"] >= 1500
     else:
@@ -713,9 +717,19 @@ def print_table(results: dict[str, Any]) -> None:
         audited = figures.get("figures", {}).get("read_audited", {})
         if "audit_cost" in audited:
             print(f"{backend}: the AuditEvent trail costs reads {audited['audit_cost']:.0%}")
+        if "audit_search" in audited:
+            found = audited["audit_search"]
+            print(
+                f"{backend}: then one AuditEvent search found {found['read_events']} read "
+                f"events ({audited['requests']} measured reads + warm-up) in "
+                f"{found['first_search_s']} s"
+            )
         if figures.get("failure"):
             print(f"{backend}: FAILED: {figures['failure'][:500]}")
-    print(f"ratios use the better baseline: {results.get('baseline_rate_used', 0):.1f} req/s")
+    print(
+        f"ratios use the better baseline: {results.get('baseline_rate_used', 0):.1f} req/s, "
+        f"its p99 {results.get('baseline_p99_used', 0):.2f} ms"
+    )
     print()
 
 
@@ -846,9 +860,25 @@ def audit_cost(
         with running(server, "/readyz"):
             print(f"[{backend}] {name}", flush=True)
             figures[name] = measure(wrk, server, opts, "paths.lua", [read_file, token])
+            if audit == "true":
+                figures[name]["audit_search"] = audit_search(server, token)
     plain, audited = figures["read_authenticated"]["rate"], figures["read_audited"]["rate"]
     figures["read_audited"]["audit_cost"] = round(1 - audited / plain, 3) if plain else 1.0
     return figures
+
+
+def audit_search(server: Server, token: str) -> dict[str, Any]:
+    """After the audited reads: one AuditEvent search, which must find them (read events
+    are kept compact and expanded into AuditEvents on the first request that can see them);
+    how long that first search took and how many read events it counted."""
+    req = urllib.request.Request(
+        server.url + "/fhir/AuditEvent?subtype=read&_summary=count",
+        headers={"Accept": "application/fhir+json", "Authorization": f"Bearer {token}"},
+    )
+    started = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        total = json.loads(resp.read()).get("total", 0)
+    return {"read_events": total, "first_search_s": round(time.perf_counter() - started, 2)}
 
 
 def measure_baseline(wrk: str, opts: Options, workdir: Path, when: str) -> dict[str, Any]:
@@ -1011,14 +1041,16 @@ def main(argv: list[str] | None = None) -> int:
             results["baseline_end"] = measure_baseline(wrk, opts, workdir, "end")
             failed = failed or bool(results["baseline_end"]["errors"])
     # The machine is shared: the better of the two baselines is the conservative reference.
-    baseline_rate = max(
-        results.get("baseline", {}).get("rate", 0.0),
-        results.get("baseline_end", {}).get("rate", 0.0),
+    better = max(
+        (results.get(k, {}) for k in ("baseline", "baseline_end")),
+        key=lambda b: b.get("rate", 0.0),
     )
+    baseline_rate, baseline_p99 = better.get("rate", 0.0), better.get("p99_ms", 0.0)
     results["baseline_rate_used"] = baseline_rate
+    results["baseline_p99_used"] = baseline_p99
     for info in results["backends"].values():
         for name, figure in info.get("figures", {}).items():
-            figure["verdict"], ratio = verdict(name, figure, baseline_rate)
+            figure["verdict"], ratio = verdict(name, figure, baseline_rate, baseline_p99)
             if ratio is not None:
                 figure["ratio_to_baseline"] = round(ratio, 3)
     print_table(results)

@@ -30,7 +30,12 @@ from fhir_server.api.router import dispatch, failure
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError
-from fhir_server.store.audit import AuditTrail, Interaction, guess_interaction
+from fhir_server.store.audit import (
+    AuditTrail,
+    Interaction,
+    guess_interaction,
+    may_read_audit_events,
+)
 from fhir_server.store.db import schema_is_current
 from fhir_server.store.repository import Transaction
 from fhir_server.subscriptions.delivery import Deliverer
@@ -187,6 +192,10 @@ def create_app(
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
+            if audit is not None and may_read_audit_events(
+                request.method, [p for p in path if p], request.url.query, fhir_req.body
+            ):  # read events are kept compact until something can read them
+                await run_in_threadpool(audit.expand)
             if read_through is not None and request.method == "GET" and len(path) == 2:
                 await run_in_threadpool(read_through.before_read, path[0], path[1])
             if audit is not None and request.method not in ("GET", "HEAD"):

@@ -85,11 +85,11 @@ def page_links(
     page_len: int,
 ) -> list[tuple[str, str]]:
     """Absolute self/first/previous/next links; paging is by `_offset` over a stable order."""
-    kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
+    kept = urlencode([(k, v) for k, v in params if k not in ("_count", "_offset")])
+    start = f"{base_url}/{path}?{kept}&" if kept else f"{base_url}/{path}?"
 
-    def link(off: int) -> str:
-        query = urlencode([*kept, ("_count", str(count)), ("_offset", str(off))])
-        return f"{base_url}/{path}?{query}"
+    def link(off: int) -> str:  # the parameters are encoded once for every link
+        return f"{start}_count={count}&_offset={off}"
 
     links = [("self", link(offset)), ("first", link(0))]
     if offset > 0:

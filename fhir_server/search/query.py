@@ -199,7 +199,7 @@ class Compiler:
             column = R.last_updated
         else:
             param = params_for(res_type).get(code)
-            if param is None or param.type not in KINDS:
+            if param is None or param.type not in KINDS or param.type == "composite":
                 raise bad_request(f"Cannot sort {res_type} by '{code}'")
             kind = KINDS[param.type]
             table = kind.table

@@ -1,0 +1,114 @@
+"""The invariants (constraints with a FHIRPath expression) of the definitions, compiled once.
+
+Each expression is compiled by `fhirpath.compile_invariant` (fast closures); one it cannot
+compile is handed to fhirpathpy (an independent full engine, slower); one neither can
+evaluate is recorded in `unsupported()` and reported as an `information` issue by `$validate`,
+never silently passed as if checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from fhir_server.validation.fhirpath import Node, Unsupported, compile_invariant, holds
+
+if TYPE_CHECKING:
+    from fhir_server.validation.checker import Run
+
+# Invariants that hold whenever the resource has no `contained`: their expressions all start
+# from `contained` and are true on an empty collection (dom-2..dom-5), so they are evaluated
+# only when there is something contained (the common case has nothing to evaluate).
+_NEEDS = {"dom-2": "contained", "dom-3": "contained", "dom-4": "contained", "dom-5": "contained"}
+_UNSUPPORTED: dict[str, str] = {}  # key -> expression neither engine evaluates
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    key: str
+    severity: str
+    human: str
+    expression: str
+    node: Node | None
+    needs: str | None
+
+    def check(self, value: Any, path: str, run: Run) -> None:
+        if self.severity != "error" and not run.warnings:
+            return
+        if self.needs is not None and (type(value) is not dict or self.needs not in value):
+            return
+        if self.node is None:
+            if run.warnings:
+                run.issues.append(_issue("information", path, f"{self.key} was not evaluated "
+                                         f"(no engine here supports {self.expression})"))
+            return
+        try:
+            ok = holds(self.node, value, run.resource, run.root)
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+            run.issues.append(_issue("error", path, f"{self.key}: cannot be evaluated on this "
+                                     f"content ({exc}): {self.expression}"))  # fmt: skip
+            return
+        if not ok:
+            severity = "error" if self.severity == "error" else "warning"
+            run.issues.append(_issue(severity, path, f"{self.key}: {self.human} "
+                                     f"[{self.expression}]"))  # fmt: skip
+
+
+def _issue(severity: str, path: str, text: str) -> Any:
+    from fhir_server.validation.checker import Issue
+
+    return Issue(severity, "invariant", path, text)
+
+
+def _fhirpathpy(expression: str) -> Node | None:
+    """fhirpathpy for what the fast compiler does not know (None if it cannot either)."""
+    try:
+        import fhirpathpy
+        from fhirpathpy.models import models
+
+        compiled = fhirpathpy.compile(expression, models["r4"])
+    except Exception:  # noqa: BLE001 - any parse failure means "cannot evaluate"
+        return None
+
+    def node(focus: list[Any], env: dict[str, Any]) -> list[Any]:
+        context = {"resource": env["resource"], "rootResource": env["rootResource"],
+                   "context": env["context"]}  # fmt: skip
+        try:
+            return list(compiled(focus[0], context))
+        except Exception as exc:  # noqa: BLE001 - reported as "cannot be evaluated"
+            raise ValueError(f"fhirpathpy: {exc}") from None
+
+    return node
+
+
+@lru_cache(maxsize=4096)
+def _compile(key: str, expression: str, choices: frozenset[str]) -> Node | None:
+    try:
+        return compile_invariant(expression, choices)
+    except Unsupported:
+        pass
+    if "resolve()" in expression or "conformsTo(" in expression or "memberOf(" in expression:
+        node = None  # fhirpathpy has no resolve(), conformsTo() or memberOf() either
+    else:
+        node = _fhirpathpy(expression)
+    if node is None:
+        _UNSUPPORTED[key] = expression
+    return node
+
+
+def compile_constraints(
+    constraints: Any, choices: frozenset[str]
+) -> list[Invariant]:
+    out = []
+    for key, severity, expression, human in constraints:
+        if severity not in ("error", "warning"):
+            continue
+        node = _compile(key, expression, choices)
+        out.append(Invariant(key, severity, human, expression, node, _NEEDS.get(key)))
+    return out
+
+
+def unsupported() -> dict[str, str]:
+    """Invariants compiled so far that no engine here evaluates (key -> expression)."""
+    return dict(_UNSUPPORTED)

@@ -15,14 +15,26 @@ import orjson
 from fhir_server.validation.valuesets import Codes, expand_stored
 
 if TYPE_CHECKING:
-    from fhir_server.store.repository import Transaction
+    from collections.abc import Callable
+
+    from sqlalchemy import Connection
+
+    from fhir_server.store.repository import Statements
 
 TYPES = frozenset({"StructureDefinition", "ValueSet", "CodeSystem"})
 
 
 class StoredConformance:
-    def __init__(self, tx: Transaction) -> None:
-        self.tx = tx
+    """Looks up through `conn` (a transaction's, which `flush` brings up to date first)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        sql: Statements,
+        base_url: str,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
+        self.conn, self.sql, self.base_url, self.flush = conn, sql, base_url, flush
 
     def find(self, res_type: str, url: str) -> dict[str, Any] | None:
         """The stored resource of `res_type` whose `url` is `url` (`|version` ignored)."""
@@ -31,11 +43,12 @@ class StoredConformance:
         url = url.split("|", 1)[0]
         if not url:
             return None
-        self.tx.flush()
-        ids = matching_ids(self.tx.conn, res_type, [("url", url)], self.tx.store.base_url)
-        cursor = self.tx.conn.connection.cursor()
+        if self.flush is not None:
+            self.flush()
+        ids = matching_ids(self.conn, res_type, [("url", url)], self.base_url)
+        cursor = self.conn.connection.cursor()
         for res_id in sorted(ids):
-            cursor.execute(self.tx.sql.current, (res_type, res_id))
+            cursor.execute(self.sql.current, (res_type, res_id))
             row = cursor.fetchone()
             if row is not None and not row[3] and row[4]:
                 body: dict[str, Any] = orjson.loads(row[4])

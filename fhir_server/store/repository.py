@@ -384,7 +384,7 @@ class Transaction:
         # conditional reference -> the ids it matched (see resolve_conditional_references)
         self._ref_ids: dict[str, list[str]] = {}
         # stored profiles and value sets, for validation (fhir_server.store.conformance)
-        self.conformance = StoredConformance(self)
+        self.conformance = StoredConformance(conn, self.sql, store.base_url, self.flush)
 
     # -- reads inside the transaction -------------------------------------------------------
 

@@ -23,9 +23,22 @@ from fhir_server.limits import check_document
 from fhir_server.search.registry import resource_types
 from fhir_server.validation.checker import Compiled, Definitions, Issue, Primitives, Run
 from fhir_server.validation.profiles import Cached, Conformance, profiles
+from fhir_server.validation.profiles import configure as configure_profiles
 from fhir_server.validation.valuesets import codes_of
 
-__all__ = ["Conformance", "Issue", "validate", "validate_resource", "outcome"]
+__all__ = ["Conformance", "Issue", "configure", "outcome", "validate", "validate_resource"]
+
+
+_level = {"validation": "full"}
+
+
+def configure(level: str = "full", unknown_profile: str = "warn") -> None:
+    """`level` full (R4 validation on every write) or basic (resourceType, id and the request
+    limits only); `unknown_profile`: see profiles.configure."""
+    if level not in ("full", "basic"):
+        raise ValueError("validation level must be full or basic")
+    _level["validation"] = level
+    configure_profiles(unknown_profile)
 
 
 def _load(name: str) -> Any:
@@ -112,11 +125,29 @@ def validate_resource(
     """
     if isinstance(resource, dict):
         check_document(resource, f"The {resource.get('resourceType') or 'resource'}")
+    if _level["validation"] == "basic":
+        return _basic(resource, expected_type)
     issues = [i for i in validate(resource, expected_type, conformance=conformance)
               if i.severity == "error"]  # fmt: skip
     if issues:
         raise invalid(resource, issues)
     return resource  # type: ignore[no-any-return]
+
+
+def _basic(resource: Any, expected_type: str | None) -> dict[str, Any]:
+    """What `validation=basic` keeps: a JSON object of a known type with a valid id."""
+    if not isinstance(resource, dict):
+        raise bad_request("The body must be a JSON object holding a FHIR resource")
+    res_type = resource.get("resourceType")
+    if not isinstance(res_type, str) or res_type not in resource_types():
+        raise bad_request(f"Unknown resource type '{res_type}'", ["resourceType"])
+    if expected_type is not None and res_type != expected_type:
+        raise bad_request(f"resourceType '{res_type}' does not match the URL type "
+                          f"'{expected_type}'", ["resourceType"])  # fmt: skip
+    rid = resource.get("id")
+    if rid is not None and definitions().primitives.forms["id"].fullmatch(str(rid)) is None:
+        raise bad_request("Resource id must be 1-64 characters of A-Z a-z 0-9 - .", ["id"])
+    return resource
 
 
 def invalid(resource: Any, issues: list[Issue]) -> FhirError:

@@ -14,7 +14,8 @@ Outputs:
   `fragment` CodeSystem, ...) is listed under "_unexpanded" with the reason;
 - uscore.json: the US Core 5.0.1 profiles, reduced the same way.
 
-Usage: scripts/gen_validation_definitions.py [DEFINITIONS_DIR]  (default ../shared/reference/fhir-r4)
+Usage: scripts/gen_validation_definitions.py [DEFINITIONS_DIR]
+       (default ../shared/reference/fhir-r4)
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def generate(src: Path) -> dict[str, Any]:
     definitions = {
         sd["id"]: reduce(sd)
         for sd in sds
-        if sd["kind"] in ("resource", "complex-type") and sd.get("derivation") != "constraint"
+        if sd["kind"] in ("resource", "complex-type")
+        and sd.get("derivation") != "constraint"
         or sd["id"] in ("SimpleQuantity", "MoneyQuantity")
     }
     bound: set[str] = set()

@@ -78,9 +78,7 @@ def validate_type(res_type: str, ctx: Context, req: FhirRequest) -> FhirResponse
     return _answer(issues)
 
 
-def validate_instance(
-    res_type: str, ctx: Context, req: FhirRequest, res_id: str
-) -> FhirResponse:
+def validate_instance(res_type: str, ctx: Context, req: FhirRequest, res_id: str) -> FhirResponse:
     resource, mode, profiles = _parameters(ctx, req)
     stored = _read_current(ctx, res_type, res_id)
     if mode == "delete":
@@ -91,8 +89,8 @@ def validate_instance(
         resource = stored.json()
     issues = _run(ctx, res_type, resource, profiles)
     if isinstance(resource, dict) and resource.get("id") not in (None, res_id):
-        issues.append(Issue("error", "invalid", f"{res_type}.id",
-                            f"the id '{resource.get('id')}' is not the URL's '{res_id}'"))  # fmt: skip
+        text = f"the id '{resource.get('id')}' is not the URL's '{res_id}'"
+        issues.append(Issue("error", "invalid", f"{res_type}.id", text))
     return _answer(issues)
 
 
@@ -100,7 +98,9 @@ def register(operations: Operations) -> None:
     """`$validate` on every resource type, GET and POST, type and instance level."""
     both = frozenset({"GET", "POST"})
     for res_type in sorted(resource_types()):
-        operations.register(Operation(res_type, "$validate", partial(validate_type, res_type),
-                                      frozenset({"POST"}), "r", DEFINITION, level="type"))  # fmt: skip
-        operations.register(Operation(res_type, "$validate", partial(validate_instance, res_type),
-                                      both, "r", DEFINITION))  # fmt: skip
+        at_type = partial(validate_type, res_type)
+        at_instance = partial(validate_instance, res_type)
+        post = frozenset({"POST"})
+        operations.register(Operation(res_type, "$validate", at_type, post, "r", DEFINITION,
+                                      level="type"))  # fmt: skip
+        operations.register(Operation(res_type, "$validate", at_instance, both, "r", DEFINITION))

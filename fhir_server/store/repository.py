@@ -26,6 +26,8 @@ from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.search.registry import params_for
+from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
+from fhir_server.store.conformance import StoredConformance
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
@@ -38,8 +40,6 @@ from fhir_server.store.models import (
     text_equals as _equals,
 )
 from fhir_server.store.statistics import PlannerStatistics
-from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
-from fhir_server.store.conformance import StoredConformance
 from fhir_server.validation import validate_resource
 from fhir_server.validation.profiles import profiles
 

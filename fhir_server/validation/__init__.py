@@ -88,8 +88,8 @@ def validate(
         run.error("structure", "resourceType", f"Unknown resource type '{res_type}'")
         return run.issues
     if expected_type is not None and res_type != expected_type:
-        run.error("structure", "resourceType",
-                  f"resourceType '{res_type}' does not match the URL type '{expected_type}'")  # fmt: skip
+        text = f"resourceType '{res_type}' does not match the URL type '{expected_type}'"
+        run.error("structure", "resourceType", text)
         return run.issues
     run.resource = run.root = resource
     base().type_check(res_type)(resource, res_type, run)

@@ -231,7 +231,7 @@ class Compiled:
         if not path.endswith("]") or ".contained[" not in path:
             run.root = v  # a Bundle entry or a parameter is a root of its own
         try:
-            self.base.type_check(rt)(v, path, run)
+            self.base.type_check(str(rt))(v, path, run)
         finally:
             run.resource, run.root = outer_resource, outer_root
 
@@ -272,13 +272,13 @@ class Compiled:
             for t in types:
                 suffix = _JSON_TYPE.get(t, t)
                 key = name + suffix[0].upper() + suffix[1:] if spec.get("choice") else name
-                shown = f"{name}.ofType({t})" if spec.get("choice") else name
-                check = (
+                shown = f"{name}.ofType({suffix})" if spec.get("choice") else name
+                child = (
                     self.node_check(definition, spec["node"]) if spec.get("node")
                     else self.type_check(t)
                 )  # fmt: skip
                 primitive = t in self.defs.primitives.checks
-                handlers[key] = self._element(spec, shown, check, primitive, t, invariants)
+                handlers[key] = self._element(spec, shown, child, primitive, t, invariants)
                 keys.append(key)
                 if primitive:
                     handlers["_" + key] = self._primitive_extension(spec, shown, key)
@@ -345,8 +345,9 @@ class Compiled:
             check(v, path, run)
             if bind is not None:
                 bind(v, path, run)
-            if fixed is not None and not (_matches_pattern(v, fixed)
-                                          and _matches_pattern(fixed, v)):
+            if fixed is not None and not (
+                _matches_pattern(v, fixed) and _matches_pattern(fixed, v)
+            ):
                 run.error("value", path, f"must be exactly {_show(fixed)} (fixed value)")
             if pattern is not None and not _matches_pattern(v, pattern):
                 run.error("value", path, f"must match the pattern {_show(pattern)}")
@@ -380,8 +381,8 @@ class Compiled:
             for i, item in enumerate(v):
                 if item is None:
                     if not (type(ext) is list and i < len(ext) and ext[i] is not None):
-                        run.error("structure", f"{base}[{i}]", "null in an array (allowed only "
-                                  "when the same index has extensions in _" + name + ")")  # fmt: skip
+                        text = f"null in an array (only with extensions in _{name}[{i}])"
+                        run.error("structure", f"{base}[{i}]", text)
                     continue
                 one(item, f"{base}[{i}]", run)
 
@@ -443,9 +444,9 @@ class Compiled:
                     report(run, path, f"the code '{_show(v)}'")
                 return
             if type_name in ("Coding", "Quantity"):
-                if isinstance(v, dict) and not _coding_in(v, codes):
-                    if type_name == "Coding" or "code" in v:
-                        report(run, path, f"the code '{v.get('system', '')}#{v.get('code', '')}'")
+                checked = isinstance(v, dict) and (type_name == "Coding" or "code" in v)
+                if checked and not _coding_in(v, codes):
+                    report(run, path, f"the code '{v.get('system', '')}#{v.get('code', '')}'")
                 return
             if not isinstance(v, dict):
                 return

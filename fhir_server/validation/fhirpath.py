@@ -20,10 +20,10 @@ Simplifications, each lenient (never refuses what the specification accepts):
 from __future__ import annotations
 
 import re
-from xml.parsers import expat
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from xml.parsers import expat
 
 Env = dict[str, Any]
 Node = Callable[[list[Any], Env], list[Any]]
@@ -57,7 +57,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
-            raise Unsupported(f"cannot read FHIRPath at {text[pos:pos + 20]!r}")
+            raise Unsupported(f"cannot read FHIRPath at {text[pos : pos + 20]!r}")
         pos = m.end()
         kind = m.lastgroup or ""
         out.append((kind, m.group(kind)))
@@ -242,8 +242,10 @@ class _Compiler:
             return self.unary()
         left = self.expr(level + 1)
         ops = self.LEVELS[level]
-        while self.i < len(self.toks) and self.toks[self.i][1] in ops and (
-            self.toks[self.i][0] in ("op", "id")
+        while (
+            self.i < len(self.toks)
+            and self.toks[self.i][1] in ops
+            and (self.toks[self.i][0] in ("op", "id"))
         ):
             op = self.take()[1]
             if op in ("is", "as"):

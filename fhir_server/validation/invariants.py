@@ -40,8 +40,13 @@ class Invariant:
             return
         if self.node is None:
             if run.warnings:
-                run.issues.append(_issue("information", path, f"{self.key} was not evaluated "
-                                         f"(no engine here supports {self.expression})"))
+                run.issues.append(
+                    _issue(
+                        "information",
+                        path,
+                        f"{self.key} was not evaluated (no engine here supports {self.expression})",
+                    )
+                )
             return
         try:
             ok = holds(self.node, value, run.resource, run.root)
@@ -97,9 +102,7 @@ def _compile(key: str, expression: str, choices: frozenset[str]) -> Node | None:
     return node
 
 
-def compile_constraints(
-    constraints: Any, choices: frozenset[str]
-) -> list[Invariant]:
+def compile_constraints(constraints: Any, choices: frozenset[str]) -> list[Invariant]:
     out = []
     for key, severity, expression, human in constraints:
         if severity not in ("error", "warning"):

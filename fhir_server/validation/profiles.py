@@ -116,7 +116,7 @@ class Profiles:
         if parent_url.startswith(BASE):
             from fhir_server.validation import definitions
 
-            parent = definitions().types.get(parent_url[len(BASE):])
+            parent = definitions().types.get(parent_url[len(BASE) :])
         else:
             parent = self.reduced(parent_url, conformance, depth + 1)
         if parent is None:

@@ -81,15 +81,15 @@ def expand_stored(value_set: dict[str, Any], code_system: Callable[[str], Any]) 
         part = _include(inc, code_system)
         if part is None:
             return None
-        for s, c in part.items():
-            result.setdefault(s, set()).update(c)
+        for system, codes in part.items():
+            result.setdefault(system, set()).update(codes)
     for exc in compose.get("exclude", []) or []:
         part = _include(exc, code_system)
         if part is None:
             return None
-        for s, c in part.items():
-            result[s] = result.get(s, set()) - c
-    return {s: frozenset(c) for s, c in result.items()}
+        for system, codes in part.items():
+            result[system] = result.get(system, set()) - codes
+    return {system: frozenset(codes) for system, codes in result.items()}
 
 
 def _flatten(contains: list[Any]) -> list[dict[str, Any]]:
@@ -108,7 +108,9 @@ def _include(inc: Any, code_system: Callable[[str], Any]) -> dict[str, set[str]]
     out: dict[str, set[str]] = {}
     if isinstance(system, str):
         if inc.get("concept"):
-            out[system] = {c.get("code") for c in inc["concept"] if isinstance(c, dict)}
+            out[system] = {
+                str(c["code"]) for c in inc["concept"] if isinstance(c, dict) and "code" in c
+            }
         else:
             cs = code_system(system)
             if not isinstance(cs, dict) or cs.get("content") not in ("complete", None):

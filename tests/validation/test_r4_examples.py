@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import pytest
 from fhir_examples import Example, fhir_example_files, fhir_examples  # noqa: F401
 from starlette.testclient import TestClient
 

@@ -32,9 +32,8 @@ def observation(**extra: Any) -> dict[str, Any]:
 def _required_code_elements() -> list[tuple[str, str, frozenset[str]]]:
     """(type, element, codes) for every top-level `code` element with a required binding the
     generator expanded, in every resource type."""
-    from fhir_server.validation.valuesets import codes_of
-
     from fhir_server.search.registry import resource_types
+    from fhir_server.validation.valuesets import codes_of
 
     defs = definitions()
     out = []
@@ -61,7 +60,10 @@ def test_every_required_code_binding_refuses_a_code_outside_its_value_set() -> N
             resource[element] = [value]
         found = [e for e in errors(resource) if "code-invalid" in e[1] or "value set" in e[1]]
         assert any(expr.startswith(f"{res_type}.{element}") for expr, _ in found), (
-            res_type, element, errors(resource))
+            res_type,
+            element,
+            errors(resource),
+        )
         good = sorted(codes)[0]
         resource[element] = [good] if isinstance(resource[element], list) else good
         assert not [e for e in errors(resource) if e[0].startswith(f"{res_type}.{element}")]
@@ -72,21 +74,50 @@ def test_every_required_code_binding_refuses_a_code_outside_its_value_set() -> N
     [
         (observation(status="bogus"), "Observation.status"),
         ({"resourceType": "Patient", "gender": "xyz"}, "Patient.gender"),
-        ({"resourceType": "Encounter", "status": "finished", "class": {
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-          "participant": [{"period": {"start": "2020"}}], "statusHistory": [
-              {"status": "gone", "period": {"start": "2020"}}]},
-         "Encounter.statusHistory[0].status"),
-        ({"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/1"},
-          "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                         "allergyintolerance-clinical", "code": "gone"}]}},
-         "AllergyIntolerance.clinicalStatus"),
-        ({"resourceType": "Patient", "telecom": [{"system": "pager", "value": "1"},
-                                                 {"system": "carrier-pigeon", "value": "2"}]},
-         "Patient.telecom[1].system"),
+        (
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+                "participant": [{"period": {"start": "2020"}}],
+                "statusHistory": [{"status": "gone", "period": {"start": "2020"}}],
+            },
+            "Encounter.statusHistory[0].status",
+        ),
+        (
+            {
+                "resourceType": "AllergyIntolerance",
+                "patient": {"reference": "Patient/1"},
+                "clinicalStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/"
+                            "allergyintolerance-clinical",
+                            "code": "gone",
+                        }
+                    ]
+                },
+            },
+            "AllergyIntolerance.clinicalStatus",
+        ),
+        (
+            {
+                "resourceType": "Patient",
+                "telecom": [
+                    {"system": "pager", "value": "1"},
+                    {"system": "carrier-pigeon", "value": "2"},
+                ],
+            },
+            "Patient.telecom[1].system",
+        ),
     ],
 )
-def test_codes_outside_required_value_sets_are_refused(resource: dict[str, Any], where: str) -> None:
+def test_codes_outside_required_value_sets_are_refused(
+    resource: dict[str, Any], where: str
+) -> None:
     found = errors(resource)
     assert any(expr == where and "value set" in text for expr, text in found), found
 
@@ -95,13 +126,19 @@ def test_codes_outside_required_value_sets_are_refused(resource: dict[str, Any],
 
 
 def test_primitive_extensions_wherever_json_allows_them() -> None:
-    translation = {"url": "http://hl7.org/fhir/StructureDefinition/translation", "extension": [
-        {"url": "lang", "valueCode": "nl"}, {"url": "content", "valueString": "Niet"}]}
+    translation = {
+        "url": "http://hl7.org/fhir/StructureDefinition/translation",
+        "extension": [
+            {"url": "lang", "valueCode": "nl"},
+            {"url": "content", "valueString": "Niet"},
+        ],
+    }
     patient = {
         "resourceType": "Patient",
-        "extension": [{"url": "http://example.org/x", "_valueString": {"extension": [translation]}},
-                      {"url": "http://example.org/y", "valueCode": "a",
-                       "_valueCode": {"id": "c1"}}],
+        "extension": [
+            {"url": "http://example.org/x", "_valueString": {"extension": [translation]}},
+            {"url": "http://example.org/y", "valueCode": "a", "_valueCode": {"id": "c1"}},
+        ],
         "name": [{"given": [None, "Peter"], "_given": [{"extension": [translation]}, None]}],
         "_birthDate": {"extension": [{"url": "http://example.org/z", "valueBoolean": True}]},
     }
@@ -117,15 +154,21 @@ def test_primitive_extensions_wherever_json_allows_them() -> None:
 
 
 def test_every_problem_is_reported_with_its_path() -> None:
-    found = dict(errors({
-        "resourceType": "Observation",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "x", "userSelected": "yes"}]},
-        "valueQuantity": {"value": "12"},
-        "effectiveDateTime": "2020-13-01",
-        "component": [{"code": {"text": "a"}, "valueString": ""}],
-        "colour": "red",
-        "issued": "2020-01-01",
-    }))
+    found = dict(
+        errors(
+            {
+                "resourceType": "Observation",
+                "code": {
+                    "coding": [{"system": "http://loinc.org", "code": "x", "userSelected": "yes"}]
+                },
+                "valueQuantity": {"value": "12"},
+                "effectiveDateTime": "2020-13-01",
+                "component": [{"code": {"text": "a"}, "valueString": ""}],
+                "colour": "red",
+                "issued": "2020-01-01",
+            }
+        )
+    )
     assert set(found) >= {
         "Observation.status",
         "Observation.code.coding[0].userSelected",
@@ -140,12 +183,34 @@ def test_every_problem_is_reported_with_its_path() -> None:
 def test_numbers_may_be_int_float_or_decimal() -> None:
     for value in (70, 70.5, Decimal("70.50"), Decimal("1E+2")):
         assert errors(observation(valueQuantity={"value": value})) == [], value
-    assert errors({"resourceType": "RiskAssessment", "status": "final",
-                   "subject": {"reference": "Patient/1"},
-                   "prediction": [{"probabilityDecimal": Decimal("0.5")}]}) == []
-    assert errors({"resourceType": "ImmunizationRecommendation", "patient": {"reference": "P/1"},
-                   "date": "2020", "recommendation": [{"targetDisease": {"text": "x"},
-                   "forecastStatus": {"text": "due"}, "doseNumberPositiveInt": 0}]}) != []
+    assert (
+        errors(
+            {
+                "resourceType": "RiskAssessment",
+                "status": "final",
+                "subject": {"reference": "Patient/1"},
+                "prediction": [{"probabilityDecimal": Decimal("0.5")}],
+            }
+        )
+        == []
+    )
+    assert (
+        errors(
+            {
+                "resourceType": "ImmunizationRecommendation",
+                "patient": {"reference": "P/1"},
+                "date": "2020",
+                "recommendation": [
+                    {
+                        "targetDisease": {"text": "x"},
+                        "forecastStatus": {"text": "due"},
+                        "doseNumberPositiveInt": 0,
+                    }
+                ],
+            }
+        )
+        != []
+    )
     assert errors(observation(valueInteger=2**31)) != []
     assert errors(observation(valueInteger=Decimal("2"))) == []
     assert errors(observation(valueInteger=2.5)) != []
@@ -153,11 +218,16 @@ def test_numbers_may_be_int_float_or_decimal() -> None:
 
 
 def test_contained_and_bundle_entries_are_validated_by_their_own_type() -> None:
-    contained = observation(contained=[{"resourceType": "Patient", "id": "p", "gender": "xyz"}],
-                            subject={"reference": "#p"})
+    contained = observation(
+        contained=[{"resourceType": "Patient", "id": "p", "gender": "xyz"}],
+        subject={"reference": "#p"},
+    )
     assert [e for e, _ in errors(contained)] == ["Observation.contained[0].gender"]
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
-        {"fullUrl": "urn:uuid:1", "resource": observation(status="bogus")}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": "urn:uuid:1", "resource": observation(status="bogus")}],
+    }
     assert [e for e, _ in errors(bundle)] == ["Bundle.entry[0].resource.status"]
 
 
@@ -165,15 +235,23 @@ def test_contained_and_bundle_entries_are_validated_by_their_own_type() -> None:
     ("resource", "key"),
     [
         (observation(valueString="x", dataAbsentReason={"text": "n/a"}), "obs-6"),
-        (observation(valueString="x", component=[{"code": {"coding": [{"code": "a"}]}}],
-                     code={"coding": [{"code": "a"}]}), "obs-7"),
+        (
+            observation(
+                valueString="x",
+                component=[{"code": {"coding": [{"code": "a"}]}}],
+                code={"coding": [{"code": "a"}]},
+            ),
+            "obs-7",
+        ),
         (observation(subject={"reference": "#nowhere"}), "ref-1"),
         (observation(contained=[{"resourceType": "Patient", "id": "p"}]), "dom-3"),
         (observation(effectivePeriod={"start": "2021-01-02", "end": "2021-01-01"}), "per-1"),
         (observation(valueQuantity={"value": 1, "code": "kg"}), "qty-3"),
         ({"resourceType": "Patient", "extension": [{"url": "http://e.org/x"}]}, "ext-1"),
-        ({"resourceType": "Patient", "text": {"status": "generated", "div": "<div>x</div>"}},
-         "txt-1"),
+        (
+            {"resourceType": "Patient", "text": {"status": "generated", "div": "<div>x</div>"}},
+            "txt-1",
+        ),
         ({"resourceType": "Patient", "contact": [{"gender": "male"}]}, "pat-1"),
     ],
 )
@@ -183,8 +261,17 @@ def test_error_invariants_are_evaluated(resource: dict[str, Any], key: str) -> N
 
 
 def test_invariants_no_engine_evaluates_are_listed_not_passed_silently() -> None:
-    errors({"resourceType": "CareTeam", "participant": [
-        {"member": {"reference": "Practitioner/1"}, "onBehalfOf": {"reference": "Organization/1"}}]})
+    errors(
+        {
+            "resourceType": "CareTeam",
+            "participant": [
+                {
+                    "member": {"reference": "Practitioner/1"},
+                    "onBehalfOf": {"reference": "Organization/1"},
+                }
+            ],
+        }
+    )
     assert "ctm-1" in unsupported()  # resolve(): reported as information by $validate
 
 
@@ -199,13 +286,26 @@ def test_invalid_codes_are_refused_alone_and_roll_back_transactions(client: Test
     response = client.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1",
                                                      "gender": "xyz"})  # fmt: skip
     assert response.status_code == 400
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:a", "resource": {"resourceType": "Patient", "gender": "male"},
-         "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Encounter", "status": "walking",
-                      "class": {"code": "AMB"}, "subject": {"reference": "urn:uuid:a"}},
-         "request": {"method": "POST", "url": "Encounter"}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:a",
+                "resource": {"resourceType": "Patient", "gender": "male"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Encounter",
+                    "status": "walking",
+                    "class": {"code": "AMB"},
+                    "subject": {"reference": "urn:uuid:a"},
+                },
+                "request": {"method": "POST", "url": "Encounter"},
+            },
+        ],
+    }
     response = client.post("/fhir", json=bundle)
     assert response.status_code == 400, response.text
     issues = response.json()["issue"]
@@ -214,8 +314,15 @@ def test_invalid_codes_are_refused_alone_and_roll_back_transactions(client: Test
 
 
 def test_every_error_of_a_write_is_in_the_outcome(client: TestClient) -> None:
-    response = client.post("/fhir/Patient", json={
-        "resourceType": "Patient", "gender": "xyz", "birthDate": "1990-02-30x", "nickname": "P"})
+    response = client.post(
+        "/fhir/Patient",
+        json={
+            "resourceType": "Patient",
+            "gender": "xyz",
+            "birthDate": "1990-02-30x",
+            "nickname": "P",
+        },
+    )
     assert response.status_code == 400
     paths = {e for i in response.json()["issue"] for e in i["expression"]}
     assert paths == {"Patient.gender", "Patient.birthDate", "Patient.nickname"}
@@ -223,11 +330,17 @@ def test_every_error_of_a_write_is_in_the_outcome(client: TestClient) -> None:
 
 def test_valid_r4_refused_by_r4b_is_accepted(client: TestClient) -> None:
     """Evidence in R4 has exposureBackground (required) and no variableDefinition (R4B)."""
-    evidence = {"resourceType": "Evidence", "status": "draft",
-                "exposureBackground": {"reference": "EvidenceVariable/1"}}
+    evidence = {
+        "resourceType": "Evidence",
+        "status": "draft",
+        "exposureBackground": {"reference": "EvidenceVariable/1"},
+    }
     assert client.post("/fhir/Evidence", json=evidence).status_code == 201
-    r4b = {"resourceType": "Evidence", "status": "draft",
-           "variableDefinition": [{"variableRole": {"text": "x"}}]}
+    r4b = {
+        "resourceType": "Evidence",
+        "status": "draft",
+        "variableDefinition": [{"variableRole": {"text": "x"}}],
+    }
     assert client.post("/fhir/Evidence", json=r4b).status_code == 400
 
 
@@ -244,33 +357,49 @@ def _issues(response: Any) -> list[dict[str, Any]]:
 def test_validate_operation_levels_and_modes(client: TestClient) -> None:
     ok = _issues(client.post("/fhir/Observation/$validate", json=observation()))
     assert [i["severity"] for i in ok] == ["warning"]  # dom-6: no narrative (best practice)
-    narrated = observation(text={"status": "generated",
-                                 "div": '<div xmlns="http://www.w3.org/1999/xhtml">w</div>'})
+    narrated = observation(
+        text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">w</div>'}
+    )
     ok = _issues(client.post("/fhir/Observation/$validate", json=narrated))
     assert [i["severity"] for i in ok] == ["information"]
-    bad = _issues(client.post("/fhir/Observation/$validate", json={
-        "resourceType": "Parameters", "parameter": [
-            {"name": "resource", "resource": observation(status="bogus")},
-            {"name": "mode", "valueCode": "update"}]}))
+    bad = _issues(
+        client.post(
+            "/fhir/Observation/$validate",
+            json={
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "resource", "resource": observation(status="bogus")},
+                    {"name": "mode", "valueCode": "update"},
+                ],
+            },
+        )
+    )
     assert {i["expression"][0] for i in bad if i["severity"] == "error"} == {
-        "Observation.status", "Observation.id"}
+        "Observation.status",
+        "Observation.id",
+    }
     # extensible bindings only warn, and only here
-    marital = {"resourceType": "Patient", "maritalStatus": {
-        "coding": [{"system": "http://example.org/ms", "code": "x"}]}}
+    marital = {
+        "resourceType": "Patient",
+        "maritalStatus": {"coding": [{"system": "http://example.org/ms", "code": "x"}]},
+    }
     created = client.post("/fhir/Patient", json=marital)
     assert created.status_code == 201
     pid = created.json()["id"]
     got = _issues(client.get(f"/fhir/Patient/{pid}/$validate"))
     assert all(i["severity"] != "error" for i in got)
     assert _issues(client.post(f"/fhir/Patient/{pid}/$validate?mode=delete"))[0]["severity"] == (
-        "information")
-    wrong_id = _issues(client.post(f"/fhir/Patient/{pid}/$validate",
-                                   json={"resourceType": "Patient", "id": "other"}))
+        "information"
+    )
+    wrong_id = _issues(
+        client.post(
+            f"/fhir/Patient/{pid}/$validate", json={"resourceType": "Patient", "id": "other"}
+        )
+    )
     assert any(i["severity"] == "error" for i in wrong_id)
     assert client.post("/fhir/Patient/$validate?mode=nonsense", json=marital).status_code == 400
     assert client.get("/fhir/Patient/nope/$validate").status_code == 404
-    assert client.get("/fhir/Patient/nope/$validate").json()["resourceType"] == (
-        "OperationOutcome")
+    assert client.get("/fhir/Patient/nope/$validate").json()["resourceType"] == ("OperationOutcome")
     nothing_stored = client.get("/fhir/Observation").json()["total"]
     assert nothing_stored == 0
 
@@ -278,17 +407,21 @@ def test_validate_operation_levels_and_modes(client: TestClient) -> None:
 def test_validate_is_in_the_capability_statement(client: TestClient) -> None:
     rest = client.get("/fhir/metadata").json()["rest"][0]
     observation_ops = next(r for r in rest["resource"] if r["type"] == "Observation")["operation"]
-    assert {"name": "validate",
-            "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"} in (
-        observation_ops)
+    assert {
+        "name": "validate",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    } in (observation_ops)
 
 
 # -- profiles -----------------------------------------------------------------------------------
 
 
 def test_us_core_profile_is_known_out_of_the_box(client: TestClient) -> None:
-    claimed = {"resourceType": "Patient", "meta": {"profile": [US_CORE_PATIENT]},
-               "name": [{"family": "Doe"}]}
+    claimed = {
+        "resourceType": "Patient",
+        "meta": {"profile": [US_CORE_PATIENT]},
+        "name": [{"family": "Doe"}],
+    }
     response = client.post("/fhir/Patient", json=claimed)
     assert response.status_code == 400
     paths = {e for i in response.json()["issue"] for e in i["expression"]}
@@ -315,19 +448,42 @@ def test_stored_profile_takes_effect_without_restart(client: TestClient) -> None
     finally:
         configure_profiles("warn")
     profile = {
-        "resourceType": "StructureDefinition", "id": "needs-birthdate", "url": url,
-        "name": "NeedsBirthdate", "status": "active", "kind": "resource", "abstract": False,
-        "type": "Patient", "derivation": "constraint",
+        "resourceType": "StructureDefinition",
+        "id": "needs-birthdate",
+        "url": url,
+        "name": "NeedsBirthdate",
+        "status": "active",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "derivation": "constraint",
         "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "differential": {"element": [
-            {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 1},
-            {"id": "Patient.gender", "path": "Patient.gender", "min": 1,
-             "binding": {"strength": "required", "valueSet": "http://example.org/vs/fm"}}]},
+        "differential": {
+            "element": [
+                {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 1},
+                {
+                    "id": "Patient.gender",
+                    "path": "Patient.gender",
+                    "min": 1,
+                    "binding": {"strength": "required", "valueSet": "http://example.org/vs/fm"},
+                },
+            ]
+        },
     }
-    value_set = {"resourceType": "ValueSet", "id": "fm", "url": "http://example.org/vs/fm",
-                 "status": "active", "compose": {"include": [{
-                     "system": "http://hl7.org/fhir/administrative-gender",
-                     "concept": [{"code": "female"}, {"code": "male"}]}]}}
+    value_set = {
+        "resourceType": "ValueSet",
+        "id": "fm",
+        "url": "http://example.org/vs/fm",
+        "status": "active",
+        "compose": {
+            "include": [
+                {
+                    "system": "http://hl7.org/fhir/administrative-gender",
+                    "concept": [{"code": "female"}, {"code": "male"}],
+                }
+            ]
+        },
+    }
     assert client.put("/fhir/ValueSet/fm", json=value_set).status_code == 201
     assert client.put("/fhir/StructureDefinition/needs-birthdate", json=profile).status_code == 201
     response = client.post("/fhir/Patient", json={**claimed, "gender": "other"})

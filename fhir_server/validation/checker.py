@@ -341,7 +341,7 @@ class Compiled:
         fixed, pattern = spec.get("fixed"), spec.get("pattern")
         bind = self._binding(binding, type_name) if binding else None
 
-        def one(v: Any, path: str, run: Run) -> None:
+        def extra(v: Any, path: str, run: Run) -> None:
             check(v, path, run)
             if bind is not None:
                 bind(v, path, run)
@@ -353,6 +353,10 @@ class Compiled:
                 run.error("value", path, f"must match the pattern {_show(pattern)}")
             for inv in invariants:
                 inv.check(v, path, run)
+
+        # most elements have nothing beyond their type: call the type's checker directly
+        plain = bind is None and fixed is None and pattern is None and not invariants
+        one = check if plain else extra
 
         if maximum == 1:
 

@@ -715,7 +715,7 @@ def print_table(results: dict[str, Any]) -> None:
         ratio_text = f"{ratio:.2f}" if isinstance(ratio, float) else ""
         print(
             f"{backend:<11} {name:<20} {figure['rate']:>10.1f} {figure['unit']:<12} "
-            f"{figure['p50_ms']:>8.2f} {figure['p99_ms']:>8.2f} {ratio_text:>7} "
+            f"{figure.get('p50_ms', 0.0):>8.2f} {figure.get('p99_ms', 0.0):>8.2f} {ratio_text:>7} "
             f"{figure['errors']:>6}  {figure.get('verdict', '-'):<7} {TARGETS.get(name, '')}"
         )
     for backend, figures in results.get("backends", {}).items():

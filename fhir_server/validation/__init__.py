@@ -61,6 +61,29 @@ def definitions() -> Definitions:
 
 
 @cache
+def top_level_keys(res_type: str, flag: str) -> frozenset[str]:
+    """The JSON keys of a resource type's top-level elements whose definition has `flag`
+    (`summary`: isSummary; `min`: mandatory), choice elements expanded (`valueQuantity`, ...)
+    and primitives with their `_name` twin. Empty for an unknown type."""
+    definition = definitions().types.get(res_type)
+    if definition is None:
+        return frozenset()
+    prims = definitions().primitives.checks
+    keys: set[str] = set()
+    for name, spec in definition["nodes"][res_type].items():
+        if not spec.get(flag):
+            continue
+        for t in spec.get("types") or []:
+            key = name + t[0].upper() + t[1:] if spec.get("choice") else name
+            if spec.get("choice") and t in ("SimpleQuantity", "MoneyQuantity"):
+                key = name + "Quantity"
+            keys.add(key)
+            if t in prims:
+                keys.add("_" + key)
+    return frozenset(keys)
+
+
+@cache
 def base() -> Compiled:
     """The R4 base checkers (compiled lazily per type, cached for the process)."""
     return Compiled(definitions())

@@ -15,7 +15,7 @@ Shape of a reduced definition (plain JSON, so it can be committed as package dat
                                       "node": "Observation.component"}, ...},
         "Observation.component": {...}},
      "constraints": {"Observation": [["obs-6", "error", "<FHIRPath>", "<human>"], ...]}}
-`max` -1 is `*`; `min` and `max` are left out when 0 and 1.
+`max` -1 is `*`; `min` and `max` are left out when 0 and 1; `summary` marks isSummary.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, A
         spec: dict[str, Any] = {}
         if el.get("min", 0):
             spec["min"] = int(el["min"])
+        if el.get("isSummary"):
+            spec["summary"] = True  # for `_summary=true` (fhir_server.api.bundling)
         mx = str(el.get("max", "1"))
         if mx != "1":
             spec["max"] = -1 if mx == "*" else int(mx)

@@ -89,6 +89,8 @@ TARGETS: dict[str, str] = {
     "crud": ">= 1500 req/s",
     "read_audited": "<= 10% below read_authenticated (the cost of the AuditEvent trail)",
     "synthea_ingest": ">= 1500 resources/s",
+    "synthea_ingest_basic_validation": "the same ingest with only resourceType/id/limit checks",
+    "validation_cost": "full R4 validation >= 0.8 x basic (synthea_ingest / ..._basic_validation)",
 }
 
 
@@ -221,7 +223,11 @@ def running(server: Server, ready_path: str) -> Iterator[Server]:
 
 
 def fhir_server(
-    name: str, database_url: str, workdir: Path, auth: dict[str, str] | None = None
+    name: str,
+    database_url: str,
+    workdir: Path,
+    auth: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
     """Start `interop serve` with the settings the brief fixes (1 worker, no auth, warnings);
     `auth` turns authentication on with the given extra settings instead."""
@@ -237,6 +243,7 @@ def fhir_server(
         "INTEROP_LOG_LEVEL": "warning",
         "INTEROP_WORKERS": "1",
         "INTEROP_MLLP_PORT": "0",  # FHIR figures only; bench/hl7_bench.py measures MLLP
+        **(extra_env or {}),
     }
     argv = [sys.executable, "-m", "interop.cli", "serve"]
     return start_process(name, argv, env, port, workdir)
@@ -679,6 +686,8 @@ def verdict(
         ok = figure.get("audit_cost", 1.0) <= 0.10
     elif name == "synthea_ingest":
         ok = figure["rate"] >= 1500
+    elif name == "validation_cost":
+        ok = figure["rate"] >= 0.8
     else:
         return "-", ratio
     return ("PASS" if ok else "MISS"), ratio
@@ -710,7 +719,7 @@ def print_table(results: dict[str, Any]) -> None:
         ratio_text = f"{ratio:.2f}" if isinstance(ratio, float) else ""
         print(
             f"{backend:<11} {name:<20} {figure['rate']:>10.1f} {figure['unit']:<12} "
-            f"{figure['p50_ms']:>8.2f} {figure['p99_ms']:>8.2f} {ratio_text:>7} "
+            f"{figure.get('p50_ms', 0.0):>8.2f} {figure.get('p99_ms', 0.0):>8.2f} {ratio_text:>7} "
             f"{figure['errors']:>6}  {figure.get('verdict', '-'):<7} {TARGETS.get(name, '')}"
         )
     for backend, figures in results.get("backends", {}).items():
@@ -753,6 +762,7 @@ def bench_backend(
     if opts.synthea_only:
         with running(server, "/readyz"):
             run_synthea(backend, server, opts, synthea_load, out)
+        validation_cost(backend, database_url, opts, workdir, synthea_load, out)
         return out
     with running(server, "/readyz"):
         print(
@@ -794,6 +804,7 @@ def bench_backend(
         if server.proc.poll() is not None:
             raise BenchError(f"server exited during the run:\n{server.log_tail()}")
     out["server_log_tail"] = server.log_tail(2000)
+    validation_cost(backend, database_url, opts, workdir, synthea_load, out)
     read_file = write_lines(workdir / f"{backend}-read.txt", reads)
     figures.update(audit_cost(backend, database_url, opts, wrk, workdir, read_file))
     return out
@@ -814,6 +825,49 @@ def run_synthea(
         figure["errors"] += 1
         figure["error_samples"].append(f"sanity check failed: {json.dumps(check)}")
     print(f"[{backend}] synthea ingest: {figure['rate']} resources/s", flush=True)
+
+
+@contextlib.contextmanager
+def second_database(backend: str, opts: Options, workdir: Path) -> Iterator[str]:
+    """A fresh database beside the backend's own (same engine), dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    with postgres_database(opts.pg_url) as url:
+        yield url
+
+
+def validation_cost(
+    backend: str,
+    database_url: str,
+    opts: Options,
+    workdir: Path,
+    load: SyntheaLoad,
+    out: dict[str, Any],
+) -> None:
+    """The Synthea ingest again on a fresh database with `INTEROP_VALIDATION=basic` (only the
+    resourceType, id and request-limit checks): the ratio is what full R4 validation costs.
+    `basic` checks less than the old R4B-model validation did, so the ratio is conservative."""
+    full = out["figures"].get("synthea_ingest")
+    if not full or not full.get("rate"):
+        return
+    with second_database(backend, opts, workdir) as url:
+        server = fhir_server(f"server-{backend}-basic", url, workdir,
+                             extra_env={"INTEROP_VALIDATION": "basic"})  # fmt: skip
+        with running(server, "/readyz"):
+            print(f"[{backend}] synthea ingest, basic validation only", flush=True)
+            basic = synthea_ingest(server, opts, load)
+    out["figures"]["synthea_ingest_basic_validation"] = basic
+    ratio = full["rate"] / basic["rate"] if basic["rate"] else 0.0
+    out["figures"]["validation_cost"] = {
+        "rate": round(ratio, 3),
+        "unit": "x (full / basic)",
+        "errors": basic["errors"],
+        "full_rate": full["rate"],
+        "basic_rate": basic["rate"],
+    }
+    print(f"[{backend}] synthea ingest: full R4 validation {full['rate']} resources/s, basic "
+          f"{basic['rate']} resources/s: {ratio:.2f}x", flush=True)  # fmt: skip
 
 
 def audit_cost(

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from ai_worker.runtime import AiRuntime
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
+from fhir_server.api import validate as validate_operation
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
 from fhir_server.api.router import dispatch, failure
@@ -90,6 +91,7 @@ def create_app(
         bulk.submitter = bulk_worker.Submitter(runtime.ai_config())
     ctx = runtime.ctx
     compartment.register(ctx.operations)  # $everything
+    validate_operation.register(ctx.operations)  # $validate on every type
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
     ai = AiRuntime(runtime.ai_config(), ctx)
     ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject

@@ -18,7 +18,7 @@ from ai_worker.config import AiConfig
 from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.pacs import PacsConfig
 from dicomweb_bridge.service import Bridge, proxy_root
-from fhir_server import limits
+from fhir_server import limits, validation
 from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.store.audit import audited
@@ -101,6 +101,7 @@ class Runtime(ChannelConfigs):
     ) -> None:
         super().__init__(settings)
         settings = self.settings
+        validation.configure(settings.validation, settings.unknown_profile)
         self.engine = create_db_engine(
             settings.effective_database_url,
             pool_size or settings.db_pool_size,

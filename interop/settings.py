@@ -60,6 +60,17 @@ class Settings(BaseSettings):
         default=512, ge=1, description="largest $bulk-upload body (MiB), streamed to a file"
     )
     max_json_depth: int = Field(default=64, ge=8, description="deepest nesting of a JSON body")
+    validation: Literal["full", "basic"] = Field(
+        default="full",
+        description="full: every write is validated against FHIR R4 (structure, types, "
+        "required bindings, invariants, claimed profiles); basic: only resourceType, id and the "
+        "request limits (trusted bulk loads; the benchmark's baseline)",
+    )
+    unknown_profile: Literal["accept", "warn", "refuse"] = Field(
+        default="warn",
+        description="a resource claiming a profile the server does not know (meta.profile): "
+        "accept, warn (accepted; $validate warns) or refuse (400)",
+    )
     max_json_nodes: int = Field(
         default=250_000, ge=1000, description="most elements (values) in one JSON document"
     )

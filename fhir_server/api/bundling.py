@@ -9,11 +9,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_server.clock import now_us, to_http_date, to_instant
 from fhir_server.search.query import Row
 from fhir_server.store.repository import StoredResource
+from fhir_server.validation import top_level_keys
 
 _ALWAYS = ("resourceType", "id", "meta")
 
@@ -129,18 +129,9 @@ def shape(body: bytes, summary: str | None, elements: list[str] | None) -> bytes
 
 @cache
 def summary_elements(res_type: str) -> frozenset[str]:
-    """Top-level elements flagged isSummary in the R4B model (for `_summary=true`)."""
-    try:
-        model = get_fhir_model_class(res_type)
-    except (KeyError, ValueError, AttributeError, ImportError):
-        return frozenset(_ALWAYS)
-    names = {
-        info.alias or name
-        for name, info in model.model_fields.items()
-        if isinstance(info.json_schema_extra, dict)
-        and info.json_schema_extra.get("summary_element_property")
-    }
-    return frozenset(names | set(_ALWAYS))
+    """Top-level elements flagged isSummary in the R4 definitions (for `_summary=true`), with
+    their JSON names (`valueQuantity`, `_status`, ...)."""
+    return top_level_keys(res_type, "summary") | frozenset(_ALWAYS)
 
 
 def http_date(us: int) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import ColumnElement, Connection, Select, and_, false, or_, select
 
 from fhir_server.api.bundling import shape
@@ -34,6 +33,7 @@ from fhir_server.store.db import unbounded
 from fhir_server.store.models import idx_reference, resources
 from fhir_server.store.repository import Store
 from fhir_server.subscriptions.ownership import owned_only
+from fhir_server.validation import top_level_keys
 
 R = resources.c
 BATCH = 2000
@@ -270,14 +270,5 @@ def _elements_for(elements: list[str] | None, res_type: str) -> list[str] | None
 
 @cache
 def mandatory_elements(res_type: str) -> tuple[str, ...]:
-    """Top-level elements with cardinality 1..x in the R4B model."""
-    model = get_fhir_model_class(res_type)
-    return tuple(
-        info.alias or name
-        for name, info in model.model_fields.items()
-        if info.is_required()
-        or (
-            isinstance(info.json_schema_extra, dict)
-            and info.json_schema_extra.get("element_required")
-        )
-    )
+    """The JSON keys of the top-level elements with cardinality 1..x in the R4 definitions."""
+    return tuple(sorted(top_level_keys(res_type, "min")))

@@ -357,6 +357,15 @@ def _at(index: int, entry: Entry, exc: FhirError) -> FhirError:
     path = "/".join(p for p in (entry.res_type, entry.res_id) if p)
     exc.diagnostics = f"Bundle.entry[{index}] ({entry.method} {path}): {exc.diagnostics}"
     exc.expression = [f"Bundle.entry[{index}]", *exc.expression]
+    if exc.issues:
+        where = f"Bundle.entry[{index}].resource"
+        exc.issues = [
+            {**i, "diagnostics": f"Bundle.entry[{index}] ({entry.method} {path}): "
+             f"{i.get('diagnostics', '')}",
+             "expression": [where + ("." + e.partition(".")[2] if "." in e else "")
+                            for e in i.get("expression", [])]}
+            for i in exc.issues
+        ]  # fmt: skip
     return exc
 
 

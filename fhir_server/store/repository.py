@@ -26,6 +26,8 @@ from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.search.registry import params_for
+from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
+from fhir_server.store.conformance import StoredConformance
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
@@ -39,6 +41,7 @@ from fhir_server.store.models import (
 )
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
+from fhir_server.validation.profiles import profiles
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Narrow
@@ -383,6 +386,8 @@ class Transaction:
         self.narrow: Narrow | None = None
         # conditional reference -> the ids it matched (see resolve_conditional_references)
         self._ref_ids: dict[str, list[str]] = {}
+        # stored profiles and value sets, for validation (fhir_server.store.conformance)
+        self.conformance = StoredConformance(conn, self.sql, store.base_url, self.flush)
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -506,7 +511,7 @@ class Transaction:
             self._known.pop((resource.get("resourceType", ""), res_id), None)
         res_id = res_id or str(uuid.uuid4())
         if not trusted:
-            resource = validate_resource(resource)
+            resource = validate_resource(resource, None, self.conformance)
             self.resolve_conditional_references(resource)
             self._content_hook(resource["resourceType"], res_id, resource)
         return self._insert_new(resource, resource["resourceType"], res_id, "POST", index)
@@ -520,7 +525,7 @@ class Transaction:
         method: str = "PUT",
     ) -> WriteResult:
         """Replace a resource (creating it when the id is new, which FHIR allows)."""
-        resource = validate_resource(resource, res_type)
+        resource = validate_resource(resource, res_type, self.conformance)
         if resource.get("id") != res_id:
             raise bad_request(
                 f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
@@ -553,6 +558,8 @@ class Transaction:
 
     def delete(self, res_type: str, res_id: str) -> StoredResource | None:
         """Mark a resource deleted (a new, empty version); None when there was nothing to delete."""
+        if res_type in CONFORMANCE_TYPES:
+            profiles().changed()
         found = self.current(res_type, res_id, lock=True)
         if found is None or found[1].deleted:
             return None
@@ -614,6 +621,8 @@ class Transaction:
     # -- internals --------------------------------------------------------------------------
 
     def _content_hook(self, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
+        if res_type in CONFORMANCE_TYPES:
+            profiles().changed()  # a stored profile or value set takes effect at once
         hook = self.store.content_hooks.get(res_type)
         if hook is not None:
             hook(self, res_id, resource)

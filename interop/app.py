@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from ai_worker.runtime import AiRuntime
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
+from fhir_server.api import terminology as terminology_operations
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
 from fhir_server.api.router import dispatch, failure
@@ -85,6 +86,7 @@ def create_app(
         bulk.submitter = bulk_worker.Submitter(runtime.ai_config())
     ctx = runtime.ctx
     compartment.register(ctx.operations)  # $everything
+    terminology_operations.register(ctx.operations, runtime.terminology)  # $expand, ...
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
     ai = AiRuntime(runtime.ai_config(), ctx)
     ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject

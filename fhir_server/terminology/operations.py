@@ -124,7 +124,7 @@ def expand(svc: Terminology, params: Params, res_id: str | None = None) -> dict[
         "parameter": used,
         "contains": [_contains(c) for c in page],
     }
-    out = {k: vs[k] for k in ("id", "url", "version", "name", "title", "status") if k in vs}
+    out: dict[str, Any] = {k: vs[k] for k in ("id", "url", "version", "name", "title", "status") if k in vs}
     return {"resourceType": "ValueSet", **out, "status": vs.get("status", "active"),
             "expansion": expansion}  # fmt: skip
 
@@ -283,8 +283,8 @@ def lookup(svc: Terminology, params: Params, res_id: str | None = None) -> dict[
             props.append((p["code"], value))
     for name, value in props:
         if not wanted or name in wanted:
-            parts.append({"name": "property",
-                          "part": [{"name": "code", "valueCode": name}, {"name": "value", **value}]})  # fmt: skip
+            pair = [{"name": "code", "valueCode": name}, {"name": "value", **value}]
+            parts.append({"name": "property", "part": pair})
     return parameters(*parts)
 
 

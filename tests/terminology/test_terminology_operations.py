@@ -45,17 +45,27 @@ def test_expand_the_value_sets_the_server_uses(client: TestClient) -> None:
     assert {c["system"] for c in gender["expansion"]["contains"]} == {GENDER}
     by_id = client.get("/fhir/ValueSet/observation-status/$expand").json()
     assert set(codes(by_id)) == {
-        "registered", "preliminary", "final", "amended", "corrected", "cancelled",
-        "entered-in-error", "unknown",
-    }  # fmt: skip
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
     flags = client.get("/fhir/ValueSet/$expand", params={"url": V2VS + "0078"}).json()
     assert {"H", "L", "HH", "LL", "N", "A"} <= set(codes(flags))
     status = client.post(
         "/fhir/ValueSet/$expand",
-        json={"resourceType": "Parameters",
-              "parameter": [{"name": "url", "valueUri": V2VS + "0085"},
-                            {"name": "filter", "valueString": "final"}]},
-    ).json()  # fmt: skip
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "url", "valueUri": V2VS + "0085"},
+                {"name": "filter", "valueString": "final"},
+            ],
+        },
+    ).json()
     assert "F" in codes(status) and "P" not in codes(status)
 
 
@@ -91,11 +101,21 @@ def test_validate_code_for_required_bindings_and_v2_tables(client: TestClient) -
     assert param(validate(client, V2VS + "0085", V2 + "0085", "ZZ"), "result") is False
     posted = client.post(
         "/fhir/ValueSet/administrative-gender/$validate-code",
-        json={"resourceType": "Parameters", "parameter": [
-            {"name": "codeableConcept", "valueCodeableConcept": {"coding": [
-                {"system": "http://other.example", "code": "M"},
-                {"system": GENDER, "code": "male", "display": "Male"}]}}]},
-    )  # fmt: skip
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {
+                    "name": "codeableConcept",
+                    "valueCodeableConcept": {
+                        "coding": [
+                            {"system": "http://other.example", "code": "M"},
+                            {"system": GENDER, "code": "male", "display": "Male"},
+                        ]
+                    },
+                }
+            ],
+        },
+    )
     assert posted.status_code == 200 and param(posted.json(), "result") is True
     unknown = client.get(
         "/fhir/ValueSet/$validate-code", params={"url": "http://x/none", "code": "a"}
@@ -110,9 +130,13 @@ def test_lookup_v2_and_fhir_codes(client: TestClient) -> None:
     assert "high" in param(flag.json(), "display").lower()
     final = client.post(
         "/fhir/CodeSystem/$lookup",
-        json={"resourceType": "Parameters", "parameter": [
-            {"name": "coding", "valueCoding": {"system": OBS_STATUS, "code": "final"}}]},
-    )  # fmt: skip
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "coding", "valueCoding": {"system": OBS_STATUS, "code": "final"}}
+            ],
+        },
+    )
     assert param(final.json(), "display") == "Final"
     missing = client.get("/fhir/CodeSystem/$lookup", params={"system": GENDER, "code": "x"})
     assert missing.status_code == 404
@@ -124,9 +148,12 @@ def test_lookup_v2_and_fhir_codes(client: TestClient) -> None:
 def test_translate_with_spec_and_v2_concept_maps(client: TestClient) -> None:
     spec = client.get(
         "/fhir/ConceptMap/$translate",
-        params={"url": "http://hl7.org/fhir/ConceptMap/cm-administrative-gender-v2",
-                "system": GENDER, "code": "female"},
-    ).json()  # fmt: skip
+        params={
+            "url": "http://hl7.org/fhir/ConceptMap/cm-administrative-gender-v2",
+            "system": GENDER,
+            "code": "female",
+        },
+    ).json()
     assert param(spec, "result") is True
     (match,) = [p for p in spec["parameter"] if p["name"] == "match"]
     concept = next(p["valueCoding"] for p in match["part"] if p["name"] == "concept")
@@ -149,47 +176,81 @@ def test_translate_with_spec_and_v2_concept_maps(client: TestClient) -> None:
 
 
 def _animals(*, with_bird: bool = True) -> dict[str, Any]:
-    birds = [{"code": "bird", "display": "Bird",
-              "concept": [{"code": "parrot", "display": "Parrot"}]}] if with_bird else []  # fmt: skip
+    birds = (
+        [{"code": "bird", "display": "Bird", "concept": [{"code": "parrot", "display": "Parrot"}]}]
+        if with_bird
+        else []
+    )
     return {
-        "resourceType": "CodeSystem", "id": "animals", "url": ANIMALS, "status": "active",
-        "content": "complete", "hierarchyMeaning": "is-a", "caseSensitive": True,
+        "resourceType": "CodeSystem",
+        "id": "animals",
+        "url": ANIMALS,
+        "status": "active",
+        "content": "complete",
+        "hierarchyMeaning": "is-a",
+        "caseSensitive": True,
         "concept": [
-            {"code": "animal", "display": "Animal", "concept": [
-                {"code": "mammal", "display": "Mammal", "concept": [
-                    {"code": "dog", "display": "Dog"},
-                    {"code": "cat", "display": "Cat"},
-                    {"code": "bat", "display": "Bat"}]},
-                *birds]},
+            {
+                "code": "animal",
+                "display": "Animal",
+                "concept": [
+                    {
+                        "code": "mammal",
+                        "display": "Mammal",
+                        "concept": [
+                            {"code": "dog", "display": "Dog"},
+                            {"code": "cat", "display": "Cat"},
+                            {"code": "bat", "display": "Bat"},
+                        ],
+                    },
+                    *birds,
+                ],
+            },
             {"code": "rock", "display": "Rock"},
         ],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
 def animals(client: TestClient) -> TestClient:
     assert client.put("/fhir/CodeSystem/animals", json=_animals()).status_code == 201
     pets = {
-        "resourceType": "ValueSet", "id": "pets", "url": "http://example.org/fhir/ValueSet/pets",
+        "resourceType": "ValueSet",
+        "id": "pets",
+        "url": "http://example.org/fhir/ValueSet/pets",
         "status": "active",
         "compose": {
-            "include": [{"system": ANIMALS, "filter": [
-                {"property": "concept", "op": "is-a", "value": "animal"}]}],
+            "include": [
+                {
+                    "system": ANIMALS,
+                    "filter": [{"property": "concept", "op": "is-a", "value": "animal"}],
+                }
+            ],
             "exclude": [
                 {"system": ANIMALS, "concept": [{"code": "bat"}]},
-                {"system": ANIMALS, "filter": [
-                    {"property": "concept", "op": "descendent-of", "value": "bird"}]}],
+                {
+                    "system": ANIMALS,
+                    "filter": [{"property": "concept", "op": "descendent-of", "value": "bird"}],
+                },
+            ],
         },
-    }  # fmt: skip
+    }
     assert client.put("/fhir/ValueSet/pets", json=pets).status_code == 201
     mammals = {
-        "resourceType": "ValueSet", "id": "pet-mammals", "status": "active",
+        "resourceType": "ValueSet",
+        "id": "pet-mammals",
+        "status": "active",
         "url": "http://example.org/fhir/ValueSet/pet-mammals",
-        "compose": {"include": [{
-            "system": ANIMALS,
-            "filter": [{"property": "concept", "op": "is-a", "value": "mammal"}],
-            "valueSet": ["http://example.org/fhir/ValueSet/pets"]}]},
-    }  # fmt: skip
+        "compose": {
+            "include": [
+                {
+                    "system": ANIMALS,
+                    "filter": [{"property": "concept", "op": "is-a", "value": "mammal"}],
+                    "valueSet": ["http://example.org/fhir/ValueSet/pets"],
+                }
+            ]
+        },
+    }
     assert client.put("/fhir/ValueSet/pet-mammals", json=mammals).status_code == 201
     return client
 
@@ -206,21 +267,59 @@ def test_filtered_value_set_over_a_stored_hierarchy(animals: TestClient) -> None
     assert param(validate(animals, url, ANIMALS, "rock"), "result") is False
     adhoc = animals.post(
         "/fhir/ValueSet/$expand",
-        json={"resourceType": "Parameters", "parameter": [{"name": "valueSet", "resource": {
-            "resourceType": "ValueSet", "status": "active", "compose": {"include": [
-                {"system": ANIMALS, "filter": [{"property": "code", "op": "regex",
-                                                "value": "[bc]at"}]},
-                {"system": ANIMALS, "filter": [{"property": "concept", "op": "=",
-                                                "value": "rock"}]}]}}}]},
-    ).json()  # fmt: skip
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {
+                    "name": "valueSet",
+                    "resource": {
+                        "resourceType": "ValueSet",
+                        "status": "active",
+                        "compose": {
+                            "include": [
+                                {
+                                    "system": ANIMALS,
+                                    "filter": [
+                                        {"property": "code", "op": "regex", "value": "[bc]at"}
+                                    ],
+                                },
+                                {
+                                    "system": ANIMALS,
+                                    "filter": [{"property": "concept", "op": "=", "value": "rock"}],
+                                },
+                            ]
+                        },
+                    },
+                }
+            ],
+        },
+    ).json()
     assert sorted(codes(adhoc)) == ["bat", "cat", "rock"]
     not_a = animals.post(
         "/fhir/ValueSet/$expand",
-        json={"resourceType": "Parameters", "parameter": [{"name": "valueSet", "resource": {
-            "resourceType": "ValueSet", "status": "active", "compose": {"include": [
-                {"system": ANIMALS, "filter": [{"property": "concept", "op": "is-not-a",
-                                                "value": "mammal"}]}]}}}]},
-    ).json()  # fmt: skip
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {
+                    "name": "valueSet",
+                    "resource": {
+                        "resourceType": "ValueSet",
+                        "status": "active",
+                        "compose": {
+                            "include": [
+                                {
+                                    "system": ANIMALS,
+                                    "filter": [
+                                        {"property": "concept", "op": "is-not-a", "value": "mammal"}
+                                    ],
+                                }
+                            ]
+                        },
+                    },
+                }
+            ],
+        },
+    ).json()
     assert sorted(codes(not_a)) == ["animal", "bird", "parrot", "rock"]
 
 
@@ -245,8 +344,11 @@ def test_subsumes_and_lookup_on_the_hierarchy(animals: TestClient) -> None:
     looked = animals.get(
         "/fhir/CodeSystem/$lookup", params={"system": ANIMALS, "code": "mammal"}
     ).json()
-    props = [(p["part"][0]["valueCode"], p["part"][1]["valueCode"])
-             for p in looked["parameter"] if p["name"] == "property"]  # fmt: skip
+    props = [
+        (p["part"][0]["valueCode"], p["part"][1]["valueCode"])
+        for p in looked["parameter"]
+        if p["name"] == "property"
+    ]
     assert ("parent", "animal") in props and ("child", "dog") in props
 
 
@@ -273,8 +375,10 @@ def test_the_hl7_mapper_translates_through_the_service(client: TestClient) -> No
         ).encode()
 
     assert b"MSA|AA" in client.post("/hl7/messages", content=oru("T1", "F")).content
-    (obs,) = [e["resource"] for e in
-              client.get("/fhir/Observation", params={"code": "2093-3"}).json()["entry"]]  # fmt: skip
+    (obs,) = [
+        e["resource"]
+        for e in client.get("/fhir/Observation", params={"code": "2093-3"}).json()["entry"]
+    ]
     assert obs["status"] == "final"
     assert obs["valueQuantity"]["value"] == 250.5
     assert obs["interpretation"][0]["coding"][0]["code"] == "HH"
@@ -286,18 +390,34 @@ def test_the_hl7_mapper_translates_through_the_service(client: TestClient) -> No
         "/fhir/ConceptMap/$translate",
         params={"system": V2 + "0085", "code": "F", "targetsystem": OBS_STATUS},
     ).json()
-    source = next(p["valueUri"] for m in override["parameter"] if m["name"] == "match"
-                  for p in m["part"] if p["name"] == "source")  # fmt: skip
+    source = next(
+        p["valueUri"]
+        for m in override["parameter"]
+        if m["name"] == "match"
+        for p in m["part"]
+        if p["name"] == "source"
+    )
     stored = {
-        "resourceType": "ConceptMap", "id": "local-0085", "url": source, "status": "active",
-        "group": [{"source": V2 + "0085", "target": OBS_STATUS,
-                   "element": [{"code": "F", "target": [{"code": "amended",
-                                                         "equivalence": "equivalent"}]}]}],
-    }  # fmt: skip
+        "resourceType": "ConceptMap",
+        "id": "local-0085",
+        "url": source,
+        "status": "active",
+        "group": [
+            {
+                "source": V2 + "0085",
+                "target": OBS_STATUS,
+                "element": [
+                    {"code": "F", "target": [{"code": "amended", "equivalence": "equivalent"}]}
+                ],
+            }
+        ],
+    }
     assert client.put("/fhir/ConceptMap/local-0085", json=stored).status_code == 201
     assert b"MSA|AA" in client.post("/hl7/messages", content=oru("T2", "F")).content
-    (obs,) = [e["resource"] for e in
-              client.get("/fhir/Observation", params={"code": "2093-3"}).json()["entry"]]  # fmt: skip
+    (obs,) = [
+        e["resource"]
+        for e in client.get("/fhir/Observation", params={"code": "2093-3"}).json()["entry"]
+    ]
     assert obs["status"] == "amended"
 
 
@@ -333,7 +453,8 @@ def test_bad_requests_get_an_operation_outcome(client: TestClient) -> None:
         assert response.json()["resourceType"] == "OperationOutcome"
     posted = client.post("/fhir/ValueSet/$expand", json={"resourceType": "Patient"})
     assert posted.status_code == 400
-    snomed = client.get("/fhir/ValueSet/$expand",
-                        params={"url": "http://hl7.org/fhir/ValueSet/clinical-findings"})  # fmt: skip
+    snomed = client.get(
+        "/fhir/ValueSet/$expand", params={"url": "http://hl7.org/fhir/ValueSet/clinical-findings"}
+    )
     assert snomed.status_code == 422
     assert "snomed" in snomed.json()["issue"][0]["diagnostics"].lower()

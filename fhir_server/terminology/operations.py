@@ -124,7 +124,9 @@ def expand(svc: Terminology, params: Params, res_id: str | None = None) -> dict[
         "parameter": used,
         "contains": [_contains(c) for c in page],
     }
-    out: dict[str, Any] = {k: vs[k] for k in ("id", "url", "version", "name", "title", "status") if k in vs}
+    out: dict[str, Any] = {
+        k: vs[k] for k in ("id", "url", "version", "name", "title", "status") if k in vs
+    }
     return {"resourceType": "ValueSet", **out, "status": vs.get("status", "active"),
             "expansion": expansion}  # fmt: skip
 

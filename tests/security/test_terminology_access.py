@@ -25,12 +25,28 @@ from starlette.testclient import TestClient
 
 GENDER = "http://hl7.org/fhir/administrative-gender"
 CALLS = (
-    ("ValueSet", "/fhir/ValueSet/$expand", {"url": "http://hl7.org/fhir/ValueSet/administrative-gender"}),
-    ("ValueSet", "/fhir/ValueSet/administrative-gender/$validate-code", {"system": GENDER, "code": "male"}),
+    (
+        "ValueSet",
+        "/fhir/ValueSet/$expand",
+        {"url": "http://hl7.org/fhir/ValueSet/administrative-gender"},
+    ),
+    (
+        "ValueSet",
+        "/fhir/ValueSet/administrative-gender/$validate-code",
+        {"system": GENDER, "code": "male"},
+    ),
     ("CodeSystem", "/fhir/CodeSystem/$lookup", {"system": GENDER, "code": "male"}),
-    ("CodeSystem", "/fhir/CodeSystem/$subsumes", {"system": GENDER, "codeA": "male", "codeB": "male"}),
-    ("ConceptMap", "/fhir/ConceptMap/cm-administrative-gender-v2/$translate", {"system": GENDER, "code": "male"}),
-)  # fmt: skip
+    (
+        "CodeSystem",
+        "/fhir/CodeSystem/$subsumes",
+        {"system": GENDER, "codeA": "male", "codeB": "male"},
+    ),
+    (
+        "ConceptMap",
+        "/fhir/ConceptMap/cm-administrative-gender-v2/$translate",
+        {"system": GENDER, "code": "male"},
+    ),
+)
 
 
 def as_parameters(query: dict[str, str]) -> dict[str, Any]:

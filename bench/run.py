@@ -89,7 +89,15 @@ TARGETS: dict[str, str] = {
     "crud": ">= 1500 req/s",
     "read_audited": "<= 20% below read_authenticated (the cost of the AuditEvent trail)",
     "synthea_ingest": ">= 1500 resources/s",
+    "validate_code": ">= 5000 req/s (ratio: x baseline)",
 }
+# $validate-code against a required ValueSet (Observation.status): valid and invalid codes,
+# every answer a 200 Parameters (result true or false)
+VALIDATE_CODE = (
+    "/fhir/ValueSet/$validate-code?url=http://hl7.org/fhir/ValueSet/observation-status"
+    "&system=http://hl7.org/fhir/observation-status&code={code}"
+)
+STATUS_CODES = ("final", "preliminary", "amended", "bogus", "registered", "cancelled", "xyz")
 
 
 class BenchError(RuntimeError):
@@ -675,12 +683,14 @@ def verdict(name: str, figure: dict[str, Any], baseline_rate: float) -> tuple[st
         ok = figure.get("audit_cost", 1.0) <= 0.20
     elif name == "synthea_ingest":
         ok = figure["rate"] >= 1500
+    elif name == "validate_code":
+        ok = figure["rate"] >= 5000
     else:
         return "-", ratio
     return ("PASS" if ok else "MISS"), ratio
 
 
-RATIO_OF_BASELINE = ("read", "search_observation", "search_patient_name")
+RATIO_OF_BASELINE = ("read", "search_observation", "search_patient_name", "validate_code")
 # Tokens name the FHIR base they are for; the audit-cost servers all claim this one.
 AUTH_BASE = f"http://{HOST}:8080/fhir"
 
@@ -764,6 +774,7 @@ def bench_backend(
             ("read", reads, False),
             ("search_observation", obs_search, True),
             ("search_patient_name", name_search, True),
+            ("validate_code", [VALIDATE_CODE.format(code=c) for c in STATUS_CODES], False),
         ]
         for name, paths, searchset in plans:
             out["checks"][name] = sample_paths(server, paths, searchset)

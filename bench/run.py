@@ -862,6 +862,32 @@ def audit_cost(
     return figures
 
 
+def validate_code_in_process(seconds: float = 3.0) -> dict[str, Any]:
+    """`$validate-code` answers produced by the operation itself (parameters in, Parameters
+    bytes out) on one thread, without HTTP: what the terminology service can serve, apart
+    from the web stack every figure above shares with `baseline`."""
+    from fhir_server import fhirjson
+    from fhir_server.terminology import Terminology
+    from fhir_server.terminology import operations as ops
+
+    svc = Terminology()
+    queries = []
+    for code in STATUS_CODES:
+        params = ops.Params()
+        params.add("url", "http://hl7.org/fhir/ValueSet/observation-status")
+        params.add("system", "http://hl7.org/fhir/observation-status")
+        params.add("code", code)
+        queries.append(params)
+    fhirjson.dumps(ops.validate_code(svc, queries[0]))  # loads and expands once
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for params in queries:
+            fhirjson.dumps(ops.validate_code(svc, params))
+        done += len(queries)
+    elapsed = time.perf_counter() - start
+    return {"requests": done, "seconds": round(elapsed, 2), "rate": round(done / elapsed, 1)}
+
+
 def measure_baseline(wrk: str, opts: Options, workdir: Path, when: str) -> dict[str, Any]:
     """Start bench/baseline.py, measure it like every endpoint, stop it."""
     base = baseline_server(workdir)
@@ -1033,6 +1059,10 @@ def main(argv: list[str] | None = None) -> int:
             if ratio is not None:
                 figure["ratio_to_baseline"] = round(ratio, 3)
     print_table(results)
+    if not opts.synthea_only:
+        results["validate_code_in_process"] = service = validate_code_in_process()
+        print(f"validate_code without HTTP (the terminology service, one thread): "
+              f"{service['rate']} req/s (target >= 5000)")  # fmt: skip
     for backend, info in results["backends"].items():
         for name, check in info.get("checks", {}).items():
             if check.get("failures") or check.get("empty_results"):

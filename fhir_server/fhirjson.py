@@ -3,16 +3,16 @@
 R4 says a decimal's precision is part of its value (`1.50` is not `1.5`) and forbids IEEE
 floats, so a decimal literal is read as a `FhirDecimal`: a `decimal.Decimal` (what the
 validator and the search index compare) that remembers the literal's exact text, written back
-verbatim by `dumps`. orjson stays the parser for the many documents without a decimal (it
-cannot keep a literal's text); a document with one goes through the standard library's C
-scanner with a `parse_float` hook. Every place that parses or writes resource JSON uses
+verbatim by `dumps`. orjson parses first (it cannot keep a literal's text, but it is fast);
+only a document in which it found a float (a decimal, or an integer past 64 bits) is parsed
+again by the standard library's C scanner with a `parse_float` hook. Reads and searches serve
+stored bytes and parse nothing. Every place that parses or writes resource JSON uses
 `loads`/`dumps` from here.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -20,14 +20,6 @@ import orjson
 
 JSONDecodeError = json.JSONDecodeError  # orjson.JSONDecodeError is a subclass of it
 
-# A number with a fraction or an exponent as a JSON value (after `:`, `,` or `[`, and ended
-# by `,`, `}`, `]` or white space). Text inside strings rarely looks like this (an OID such
-# as "urn:oid:2.16.840" does not: the literal is not ended there); a false match only costs
-# the slower parser, never a wrong result.
-_DECIMAL_LITERAL = re.compile(
-    rb"[:,\[][ \t\r\n]*-?[0-9]+(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)[ \t\r\n]*[,}\]]"
-    rb"|[0-9]{19}"  # and integers past 64 bits, which orjson would turn into floats
-)
 _MAX_INT = 2**64  # what orjson (and so every other reader of our bodies) holds in an integer
 
 
@@ -74,19 +66,39 @@ _decoder = json.JSONDecoder(
 )
 
 
-def has_decimal(data: bytes | str) -> bool:
-    """Does this JSON text (probably) hold a number with a fraction or an exponent?"""
-    raw = data.encode() if isinstance(data, str) else data
-    return _DECIMAL_LITERAL.search(raw) is not None
+def _has_float(document: Any) -> bool:
+    """Did orjson meet a decimal literal anywhere (it reads each one as a float)?"""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        values = node.values() if type(node) is dict else node
+        for value in values:
+            kind = type(value)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(value)
+    return False
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON; decimals become `FhirDecimal`s keeping their text. Raises ValueError
     (a `JSONDecodeError` for malformed JSON) like `orjson.loads`."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:  # a decimal a double cannot hold (1e400) is still a decimal
+            return _slow(data)
+        except ValueError:
+            raise exc from None
+    if type(document) is float or (type(document) in (dict, list) and _has_float(document)):
+        return _slow(data)
+    return document
+
+
+def _slow(data: bytes | bytearray | memoryview | str) -> Any:
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    if not has_decimal(data):
-        return orjson.loads(data)
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     if text.startswith("\ufeff"):
         raise JSONDecodeError("Unexpected UTF-8 BOM", text, 0)

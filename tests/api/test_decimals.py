@@ -180,6 +180,9 @@ def test_fhirjson_keeps_text_and_compares_as_decimal() -> None:
     first: Any = doc["a"][0]
     assert first == fhirjson.FhirDecimal("1.5") and str(first) == "1.50"
     assert orjson.loads(fhirjson.dumps(doc))["a"][0] == 1.5
-    # no decimal literal: the fast parser; an OID in a string is not taken for a number
-    assert not fhirjson.has_decimal(b'{"system": "urn:oid:2.16.840.1.113883", "n": 3}')
-    assert fhirjson.has_decimal(b'{"n": [1, 2.0]}')
+    plain = fhirjson.loads(b'{"system": "urn:oid:2.16.840.1.113883", "n": [3, {"m": 2.0}]}')
+    assert plain["system"] == "urn:oid:2.16.840.1.113883" and plain["n"][0] == 3
+    assert str(plain["n"][1]["m"]) == "2.0"
+    assert str(fhirjson.loads(b"[1e400]")[0]) == "1e400"  # kept, though no double holds it
+    with pytest.raises(ValueError):
+        fhirjson.loads(b'{"a": 1.}')

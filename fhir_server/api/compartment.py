@@ -34,11 +34,12 @@ def everything(ctx: Context, req: FhirRequest, patient_id: str) -> FhirResponse:
     """The patient, its compartment (mode "match") and what those resources reference, one
     level (mode "include": Practitioners, Organizations, Medications, ...), each row passed
     through the access policy (a confined grant sees no other patient's resources through a
-    reference), paged with `_count`/`_offset` across both parts."""
+    reference); one Bundle, or pages when the client gives `_count` (then `_offset` in the
+    next links), across both parts."""
     if ctx.access is not None:
         ctx.access.require("s", "*")
     _read_current(ctx, "Patient", patient_id)
-    count, offset = ctx.default_count, 0
+    count, offset = EVERYTHING_LIMIT, 0  # R4: one Bundle unless the client asks for pages
     for name, value in req.query:
         if name == "_count":
             count = min(limits.parse_int(name, value), ctx.max_count)

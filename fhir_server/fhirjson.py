@@ -87,6 +87,8 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if "number" not in str(exc):
+            raise
         try:  # a decimal a double cannot hold (1e400) is still a decimal
             return _slow(data)
         except ValueError:
@@ -102,7 +104,10 @@ def _slow(data: bytes | bytearray | memoryview | str) -> Any:
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     if text.startswith("\ufeff"):
         raise JSONDecodeError("Unexpected UTF-8 BOM", text, 0)
-    return _decoder.decode(text)
+    try:
+        return _decoder.decode(text)
+    except RecursionError:  # deeper than Python's stack allows (orjson stops at 1024)
+        raise JSONDecodeError("JSON is nested too deeply", text, 0) from None
 
 
 def _default(value: Any) -> Any:

@@ -91,7 +91,15 @@ TARGETS: dict[str, str] = {
     "synthea_ingest": ">= 1500 resources/s",
     "synthea_ingest_basic_validation": "the same ingest with only resourceType/id/limit checks",
     "validation_cost": "full R4 validation >= 0.8 x basic (synthea_ingest / ..._basic_validation)",
+    "validate_code": ">= 5000 req/s (ratio: x baseline)",
 }
+# $validate-code against a required ValueSet (Observation.status): valid and invalid codes,
+# every answer a 200 Parameters (result true or false)
+VALIDATE_CODE = (
+    "/fhir/ValueSet/$validate-code?url=http://hl7.org/fhir/ValueSet/observation-status"
+    "&system=http://hl7.org/fhir/observation-status&code={code}"
+)
+STATUS_CODES = ("final", "preliminary", "amended", "bogus", "registered", "cancelled", "xyz")
 
 
 class BenchError(RuntimeError):
@@ -688,12 +696,14 @@ def verdict(
         ok = figure["rate"] >= 1500
     elif name == "validation_cost":
         ok = figure["rate"] >= 0.8
+    elif name == "validate_code":
+        ok = figure["rate"] >= 5000
     else:
         return "-", ratio
     return ("PASS" if ok else "MISS"), ratio
 
 
-RATIO_OF_BASELINE = ("read", "search_observation", "search_patient_name")
+RATIO_OF_BASELINE = ("read", "search_observation", "search_patient_name", "validate_code")
 # Tokens name the FHIR base they are for; the audit-cost servers all claim this one.
 AUTH_BASE = f"http://{HOST}:8080/fhir"
 
@@ -788,6 +798,7 @@ def bench_backend(
             ("read", reads, False),
             ("search_observation", obs_search, True),
             ("search_patient_name", name_search, True),
+            ("validate_code", [VALIDATE_CODE.format(code=c) for c in STATUS_CODES], False),
         ]
         for name, paths, searchset in plans:
             out["checks"][name] = sample_paths(server, paths, searchset)
@@ -933,6 +944,30 @@ def audit_search(server: Server, token: str) -> dict[str, Any]:
     with urllib.request.urlopen(req, timeout=600) as resp:
         total = json.loads(resp.read()).get("total", 0)
     return {"read_events": total, "first_search_s": round(time.perf_counter() - started, 2)}
+def validate_code_in_process(seconds: float = 3.0) -> dict[str, Any]:
+    """`$validate-code` answers produced by the operation itself (parameters in, Parameters
+    bytes out) on one thread, without HTTP: what the terminology service can serve, apart
+    from the web stack every figure above shares with `baseline`."""
+    from fhir_server import fhirjson
+    from fhir_server.terminology import Terminology
+    from fhir_server.terminology import operations as ops
+
+    svc = Terminology()
+    queries = []
+    for code in STATUS_CODES:
+        params = ops.Params()
+        params.add("url", "http://hl7.org/fhir/ValueSet/observation-status")
+        params.add("system", "http://hl7.org/fhir/observation-status")
+        params.add("code", code)
+        queries.append(params)
+    fhirjson.dumps(ops.validate_code(svc, queries[0]))  # loads and expands once
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for params in queries:
+            fhirjson.dumps(ops.validate_code(svc, params))
+        done += len(queries)
+    elapsed = time.perf_counter() - start
+    return {"requests": done, "seconds": round(elapsed, 2), "rate": round(done / elapsed, 1)}
 
 
 def measure_baseline(wrk: str, opts: Options, workdir: Path, when: str) -> dict[str, Any]:
@@ -1108,6 +1143,10 @@ def main(argv: list[str] | None = None) -> int:
             if ratio is not None:
                 figure["ratio_to_baseline"] = round(ratio, 3)
     print_table(results)
+    if not opts.synthea_only:
+        results["validate_code_in_process"] = service = validate_code_in_process()
+        print(f"validate_code without HTTP (the terminology service, one thread): "
+              f"{service['rate']} req/s (target >= 5000)")  # fmt: skip
     for backend, info in results["backends"].items():
         for name, check in info.get("checks", {}).items():
             if check.get("failures") or check.get("empty_results"):

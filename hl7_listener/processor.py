@@ -27,6 +27,7 @@ from mappers.hl7v2.mapping import (
     patient_key,
 )
 from mappers.hl7v2.parser import Message
+from mappers.hl7v2.vocabulary import Vocabulary
 
 log = logging.getLogger("interop.hl7")
 
@@ -80,6 +81,7 @@ class Processor:
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
     workers: int = 4
+    vocabulary: Vocabulary | None = None  # v2 table translations (the terminology service)
     lanes: Lanes = field(init=False)
     _pending: set[int] = field(init=False, default_factory=set)
     _pending_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -227,7 +229,10 @@ class Processor:
         received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             while True:
-                bundle = to_bundle(msg, systems=self.systems, tz=self.tz, received=received)
+                bundle = to_bundle(
+                    msg, systems=self.systems, tz=self.tz, received=received,
+                    vocabulary=self.vocabulary,
+                )  # fmt: skip
                 if stale:
                     bundle = without(bundle, stale, ident_query)
                 warning = "; ".join([*([note] if note else []), *(s.describe() for s in stale)])

@@ -25,6 +25,7 @@ from ai_worker.runtime import AiRuntime
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
 from fhir_server.api import validate as validate_operation
+from fhir_server.api import terminology as terminology_operations
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
 from fhir_server.api.router import dispatch, failure
@@ -92,6 +93,7 @@ def create_app(
     ctx = runtime.ctx
     compartment.register(ctx.operations)  # $everything
     validate_operation.register(ctx.operations)  # $validate on every type
+    terminology_operations.register(ctx.operations, runtime.terminology)  # $expand, ...
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
     ai = AiRuntime(runtime.ai_config(), ctx)
     ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject

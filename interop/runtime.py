@@ -18,13 +18,14 @@ from ai_worker.config import AiConfig
 from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.pacs import PacsConfig
 from dicomweb_bridge.service import Bridge, proxy_root
-from fhir_server import limits, validation
+from fhir_server import limits, terminology, validation
 from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from fhir_server.subscriptions.service import SubscriptionConfig
+from fhir_server.terminology import V2Vocabulary
 from hl7_listener.config import Hl7Config
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
@@ -116,6 +117,10 @@ class Runtime(ChannelConfigs):
         self.ctx = Context(
             self.store, self.base_url, settings.default_page_size, settings.max_page_size
         )
+        # stored CodeSystems, ValueSets and ConceptMaps count; a committed change to one
+        # empties the caches (other processes notice through a stamp query)
+        self.terminology = terminology.configure(self.engine)
+        self.store.change_listeners.append(self.terminology.invalidate)
         self.services = Services()
 
     def close(self) -> None:
@@ -132,7 +137,7 @@ class Runtime(ChannelConfigs):
         c = self.hl7_config()
         return Processor(
             Inbox(self.engine), self.store, ack_mode or c.mllp_ack_mode, c.hl7_authorities,
-            c.hl7_time_zone, c.hl7_mapping_workers,
+            c.hl7_time_zone, c.hl7_mapping_workers, V2Vocabulary(self.terminology),
         )  # fmt: skip
 
     def imaging_bridge(self) -> Bridge | None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, and_, column, func, literal_column, or_, select, table, text
+from sqlalchemy import Engine, column, func, literal_column, select, table, text, union_all
 
 from hl7_listener.inbox import hl7_messages, parse_time
 
@@ -95,27 +95,39 @@ class MessageQuery:
         return {k: v for k, v in out.items() if v}
 
 
-def _conditions(q: MessageQuery) -> list[Any]:
+# Ids grow with the arrival time, except within transactions open at the same moment; none
+# stays open this long (fhir_server.store.outbox.SETTLE_US), so an id bound found this much
+# wider than the time bound loses no message.
+SETTLE_US = 300 * 1_000_000
+
+
+def _first_id_at(engine: Engine, when: int) -> int | None:
+    """The id of the first message received at or after `when` (one index seek)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(M.pk).where(M.received_at >= when).order_by(M.received_at).limit(1)
+        ).scalar()
+
+
+def _conditions(engine: Engine, q: MessageQuery) -> list[Any]:
     where: list[Any] = []
     if q.ids:
         where.append(M.pk.in_(q.ids))
+    # a time range is also an id range: pages walk the id index newest first, and the exact
+    # time test keeps only the range's messages (no sort of a day's worth of messages)
     if q.since is not None:
         where.append(M.received_at >= q.since)
+        low = _first_id_at(engine, q.since - SETTLE_US)
+        where.append(M.pk >= (low if low is not None else 2**62))
     if q.until is not None:
         where.append(M.received_at < q.until)
+        high = _first_id_at(engine, q.until + SETTLE_US)
+        if high is not None:
+            where.append(M.pk < high)
     if q.sender:
         where.append(M.sender == q.sender)
     if q.message_type:
-        if "^" in q.message_type:
-            where.append(M.message_type == q.message_type)
-        else:  # the whole family: ADT, ADT^A01, ADT^A08, ... (an index range)
-            where.append(
-                or_(
-                    M.message_type == q.message_type,
-                    and_(M.message_type >= q.message_type + "^",
-                         M.message_type < q.message_type + "_"),
-                )
-            )  # fmt: skip
+        where.append(M.message_type == q.message_type)
     if q.status:
         where.append(M.status == q.status)
     if q.control_id:
@@ -132,9 +144,44 @@ def _words(q: MessageQuery) -> str:
     return " ".join(w for w in (q.text, q.patient) if w).translate(_DELIMITERS)
 
 
+def _family(engine: Engine, family: str) -> list[str]:
+    """The message types stored of a family ("ADT": ADT, ADT^A01, ADT^A08, ...): one index
+    seek per type (a loose index scan), not a scan of the messages."""
+    found: list[str] = []
+    cursor: str | None = None
+    high = family + "^\U0010ffff"
+    with engine.connect() as conn:
+        for _ in range(200):
+            after = M.message_type > cursor if cursor is not None else M.message_type >= family
+            cursor = conn.execute(
+                select(func.min(M.message_type)).where(after, M.message_type <= high)
+            ).scalar()
+            if cursor is None:
+                break
+            if cursor == family or cursor.startswith(family + "^"):
+                found.append(cursor)
+    return found
+
+
 def _select(engine: Engine, q: MessageQuery, columns: Any, limit: int) -> Any:
+    """The page's query. A type family becomes one ordered, limited query per stored type,
+    merged: each walks its own index range newest first, so none reads more than a page."""
+    if q.message_type and "^" not in q.message_type:
+        types = _family(engine, q.message_type) or [q.message_type]
+        if len(types) > 1:
+            parts = []
+            for exact in types:
+                sub = _one(engine, replace(q, message_type=exact), columns, limit).subquery()
+                parts.append(select(*sub.c))
+            merged = union_all(*parts).subquery()
+            return select(*merged.c).order_by(merged.c.pk.desc()).limit(limit)
+        q = replace(q, message_type=types[0])
+    return _one(engine, q, columns, limit)
+
+
+def _one(engine: Engine, q: MessageQuery, columns: Any, limit: int) -> Any:
     words = _words(q)
-    where = _conditions(q)
+    where = _conditions(engine, q)
     if not words.strip():
         return select(*columns).where(*where).order_by(M.pk.desc()).limit(limit)
     if engine.dialect.name == "postgresql":

@@ -30,27 +30,30 @@ INDEXES = [
     ("ix_hl7_messages_sender_pk", ["sender", "pk"]),
 ]
 
-# HL7 delimiters become spaces, so `12345^^^HOSP` is the words 12345 and hosp; a message that
-# is not UTF-8 is read as Latin-1, one with NUL bytes escaped; a message too large for a
-# tsvector is indexed by its first 200,000 characters. Never raises: a message is always stored.
+# HL7 delimiters become spaces, so `12345^^^HOSP` is the words 12345 and hosp. Bytes are read
+# as Latin-1 (which cannot fail), and again as UTF-8 only when they hold non-ASCII characters
+# (an exception block costs a subtransaction: not on every message); a message with NUL bytes
+# is read escaped. The first 100,000 characters are indexed (a tsvector holds at most 1 MB).
+# Never raises: a message is always stored.
 PG_FUNCTION = r"""
 CREATE OR REPLACE FUNCTION hl7_search_vector(message bytea) RETURNS tsvector
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     body text;
 BEGIN
-    BEGIN
-        body := convert_from(message, 'UTF8');
-    EXCEPTION WHEN others THEN
-        BEGIN
-            body := convert_from(message, 'LATIN1');
-        EXCEPTION WHEN others THEN
-            body := encode(message, 'escape');
-        END;
-    END;
-    RETURN to_tsvector('simple', translate(left(body, 200000), '|^~&\', '     '));
-EXCEPTION WHEN others THEN
-    RETURN ''::tsvector;
+    IF position('\x00'::bytea IN message) > 0 THEN
+        body := encode(message, 'escape');
+    ELSE
+        body := convert_from(message, 'LATIN1');
+        IF body ~ '[^\x01-\x7f]' THEN
+            BEGIN
+                body := convert_from(message, 'UTF8');
+            EXCEPTION WHEN others THEN
+                NULL;  -- not UTF-8: Latin-1 it is
+            END;
+        END IF;
+    END IF;
+    RETURN to_tsvector('simple', translate(left(body, 100000), '|^~&\', '     '));
 END
 $$;
 CREATE OR REPLACE FUNCTION hl7_messages_search() RETURNS trigger

@@ -56,9 +56,10 @@ def fill(engine, n: int, now_us: int) -> float:  # type: ignore[no-untyped-def]
             "type": "CASE (i / 7) % 4 WHEN 0 THEN 'ADT^A01' WHEN 1 THEN 'ADT^A08' "
             "WHEN 2 THEN 'ORU^R01' ELSE 'ORM^O01' END",
             "raw_text": "'MSH|^~\\&|LAB' || (i % {s}) || '|HOSP|INTEROP|HOSP|20260131080000||'"
-            " || (CASE (i / 7) % 4 WHEN 0 THEN 'ADT^A01' WHEN 1 THEN 'ADT^A08' WHEN 2 THEN 'ORU^R01'"
-            " ELSE 'ORM^O01' END) || '|C' || i || '|P|2.5.1' || char(13)"
-            " || 'PID|1||MRN' || (i % {p}) || '^^^HOSP^MR||Fam' || (i % {f}) || '^Given||19700101|F'"
+            " || (CASE (i / 7) % 4 WHEN 0 THEN 'ADT^A01' WHEN 1 THEN 'ADT^A08'"
+            " WHEN 2 THEN 'ORU^R01' ELSE 'ORM^O01' END) || '|C' || i || '|P|2.5.1' || char(13)"
+            " || 'PID|1||MRN' || (i % {p}) || '^^^HOSP^MR||Fam' || (i % {f})"
+            " || '^Given||19700101|F'"
             " || char(13) || 'OBX|1|NM|2345-7^Glucose^LN||' || (i % 97) || '|mmol/L|||N|||F'"
             " || char(13) || 'NTE|1||note rare' || (i % {r}) || ' common text'",
         }

@@ -51,22 +51,21 @@ def collect(engine: Engine, now: float | None = None) -> dict[str, Any]:
 
 def _hl7(conn: Any, now_us: int) -> dict[str, Any]:
     since = (now_us // MINUTE_US - WINDOW_MINUTES + 1) * MINUTE_US
-    minute = (M.received_at / MINUTE_US).label("minute")
+    minute = (M.received_at // MINUTE_US).label("minute")
     rows = conn.execute(
         select(minute, M.status, func.count())
         .where(M.received_at >= since)
         .group_by(minute, M.status)
     ).all()
     first = since // MINUTE_US
-    per_minute = [
-        {"minute": int((first + i) * 60), "counts": {}} for i in range(WINDOW_MINUTES)
-    ]
+    counts: list[dict[str, int]] = [{} for _ in range(WINDOW_MINUTES)]
     statuses: dict[str, int] = {}
     for at, status, count in rows:
         slot = int(at) - first
         if 0 <= slot < WINDOW_MINUTES:
-            per_minute[slot]["counts"][status] = count
+            counts[slot][status] = counts[slot].get(status, 0) + count
         statuses[status] = statuses.get(status, 0) + count
+    per_minute = [{"minute": (first + i) * 60, "counts": c} for i, c in enumerate(counts)]
     waiting = conn.execute(
         select(func.count()).select_from(hl7_messages).where(M.status == "received")
     ).scalar_one()
@@ -114,15 +113,23 @@ def _imaging(conn: Any, now: float) -> dict[str, Any]:
     studies = conn.execute(select(func.count()).select_from(imaging_studies)).scalar_one()
     return {
         "cursors": [
-            {"name": c.name, "value": c.value, "updated_at": c.updated_at,
-             "age_seconds": max(0, int(now - c.updated_at))}
+            {
+                "name": c.name,
+                "value": c.value,
+                "updated_at": c.updated_at,
+                "age_seconds": max(0, int(now - c.updated_at)),
+            }
             for c in cursors
         ],  # fmt: skip
         "studies": studies,
         "last_study": None
         if last is None
-        else {"uid": last[0], "resource": f"ImagingStudy/{last[1]}", "synced_at": last[2],
-              "instances": last[3]},  # fmt: skip
+        else {
+            "uid": last[0],
+            "resource": f"ImagingStudy/{last[1]}",
+            "synced_at": last[2],
+            "instances": last[3],
+        },  # fmt: skip
     }
 
 
@@ -162,8 +169,12 @@ def _ai(conn: Any) -> dict[str, Any]:
     return {
         "by_status": {s: by_status.get(s, 0) for s in ("queued", "running", "done", "failed")},
         "models": [
-            {"model": m, "done": n, "avg_seconds": round(float(a or 0) / 1e6, 2),
-             "max_seconds": round(float(x or 0) / 1e6, 2)}
+            {
+                "model": m,
+                "done": n,
+                "avg_seconds": round(float(a or 0) / 1e6, 2),
+                "max_seconds": round(float(x or 0) / 1e6, 2),
+            }
             for m, n, a, x in models
         ],  # fmt: skip
         "recent_failures": [

@@ -130,8 +130,8 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = _when
-    env.filters["fhir_link"] = lambda ref: "/console/fhir/" + "/".join(
-        escape(p) for p in str(ref).split("/")[:2]
+    env.filters["fhir_link"] = lambda ref: (
+        "/console/fhir/" + "/".join(escape(p) for p in str(ref).split("/")[:2])
     )
     return env
 
@@ -148,7 +148,9 @@ class Console:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def render(self, name: str, status: int = 200, call: Call | None = None, **values: Any) -> Response:  # noqa: E501
+    def render(
+        self, name: str, status: int = 200, call: Call | None = None, **values: Any
+    ) -> Response:  # noqa: E501
         html = self.env.get_template(name).render(
             user=call.user if call else None, csrf=call.csrf if call else "", **values
         )
@@ -242,11 +244,14 @@ class Console:
             Route("/console/dashboard", self.page(read, self.dashboard), methods=get),
             Route("/console/dashboard/figures", self.page(read, self.figures), methods=get),
             Route("/console/messages", self.page(read, self.messages), methods=get),
-            Route("/console/messages/export", self.page(read, self.export), methods=["GET", "POST"]),
+            Route(
+                "/console/messages/export", self.page(read, self.export), methods=["GET", "POST"]
+            ),
             Route("/console/messages/replay", self.page(read, self.replay_many), methods=post),
             Route("/console/messages/{id:int}", self.page(read, self.message), methods=get),
-            Route("/console/messages/{id:int}/replay", self.page(read, self.replay_one),
-                  methods=post),  # fmt: skip
+            Route(
+                "/console/messages/{id:int}/replay", self.page(read, self.replay_one), methods=post
+            ),  # fmt: skip
             Route("/console/fhir", self.page(read, self.fhir_types), methods=get),
             Route("/console/fhir/{type}", self.page(read, self.fhir_search), methods=get),
             Route("/console/fhir/{type}/{id}", self.page(read, self.fhir_resource), methods=get),
@@ -254,13 +259,20 @@ class Console:
             Route("/console/admin", self.page(admin, self.admin), methods=get),
             Route("/console/admin/clients", self.page(admin, self.client_add), methods=post),
             Route("/console/admin/clients/{id}", self.page(admin, self.client_edit), methods=post),
-            Route("/console/admin/clients/{id}/revoke", self.page(admin, self.client_revoke),
-                  methods=post),  # fmt: skip
+            Route(
+                "/console/admin/clients/{id}/revoke",
+                self.page(admin, self.client_revoke),
+                methods=post,
+            ),  # fmt: skip
             Route("/console/admin/users", self.page(admin, self.user_add), methods=post),
-            Route("/console/admin/users/{name}/role", self.page(admin, self.user_role),
-                  methods=post),  # fmt: skip
-            Route("/console/admin/users/{name}/remove", self.page(admin, self.user_remove),
-                  methods=post),  # fmt: skip
+            Route(
+                "/console/admin/users/{name}/role", self.page(admin, self.user_role), methods=post
+            ),  # fmt: skip
+            Route(
+                "/console/admin/users/{name}/remove",
+                self.page(admin, self.user_remove),
+                methods=post,
+            ),  # fmt: skip
             Route("/console/admin/keys/rotate", self.page(admin, self.keys_rotate), methods=post),
             Route("/console/admin/audit", self.page(admin, self.audit_log), methods=get),
             Mount("/console/static", StaticFiles(directory=STATIC), name="console-static"),
@@ -424,7 +436,7 @@ class Console:
             raise QueryError("Tick messages or set a filter before replaying a set.")
         ids = matching_ids(self.deps.engine, query, MAX_REPLAY + 1)
         more = len(ids) > MAX_REPLAY
-        outcomes = []
+        outcomes: list[dict[str, Any]] = []
         for pk in reversed(ids[:MAX_REPLAY]):  # oldest first, as they arrived
             try:
                 status = self.deps.processor.replay(pk)
@@ -435,7 +447,7 @@ class Console:
         self.record(call, "hl7-replay", res_type="HL7 message")
         summary: dict[str, int] = {}
         for o in outcomes:
-            summary[o["status"]] = summary.get(o["status"], 0) + 1
+            summary[str(o["status"])] = summary.get(str(o["status"]), 0) + 1
         return self.render(
             "replayed.html", call=call, nav="messages", outcomes=outcomes, summary=summary,
             more=more, limit=MAX_REPLAY,
@@ -713,8 +725,8 @@ def _summary(resource: dict[str, Any]) -> str:
         parts.append(resource["name"])
     code = resource.get("code")
     if isinstance(code, dict):
-        parts.append(code.get("text") or next(
-            (c.get("display") or c.get("code", "") for c in code.get("coding", [])), ""))  # fmt: skip
+        codings = [c.get("display") or c.get("code", "") for c in code.get("coding", [])]
+        parts.append(code.get("text") or next(iter(codings), ""))
     for key in ("status", "birthDate", "gender"):
         if isinstance(resource.get(key), str):
             parts.append(resource[key])

@@ -231,7 +231,6 @@ class Registry:
             conn.execute(delete(sessions).where(sessions.c.username == username))
         return True
 
-
     def add_user(self, username: str, password: str, role: str, fhir_user: str | None) -> User:
         if role not in ROLES:
             raise RegistryError(f"role must be one of {', '.join(ROLES)}")

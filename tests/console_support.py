@@ -19,6 +19,7 @@ from store_support import clear_tables
 from interop.app import create_app
 from interop.settings import Settings
 
+
 @dataclass
 class ConsoleUser:
     username: str

@@ -11,6 +11,7 @@ from console_support import adt, csrf_of, store
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
+from console import figures
 from fhir_server.api.context import FhirRequest
 from fhir_server.api.router import dispatch
 from hl7_listener.inbox import hl7_messages
@@ -74,8 +75,10 @@ def test_export_selected(console_app: Any, operator: TestClient) -> None:
     a = store(console_app, adt("X-1", "M1", "Exp"))
     store(console_app, adt("X-2", "M2", "Exp"))
     page = operator.get("/console/messages")
-    got = operator.post("/console/messages/export",
-                        data={"csrf": csrf_of(page.text), "scope": "selected", "id": [str(a)]})
+    got = operator.post(
+        "/console/messages/export",
+        data={"csrf": csrf_of(page.text), "scope": "selected", "id": [str(a)]},
+    )
     assert got.status_code == 200 and b"X-1" in got.content and b"X-2" not in got.content
     assert "attachment" in got.headers["content-disposition"]
     everything = operator.get("/console/messages/export", params={"q": "exp"})
@@ -90,6 +93,20 @@ def test_dashboard_and_its_refresh(console_app: Any, operator: TestClient) -> No
     fragment = operator.get("/console/dashboard/figures")
     assert "no such patient identifier system" in fragment.text and "<html" not in fragment.text
     assert "LAB^HOSP" in fragment.text
+
+
+def test_figures_count_each_message_once(console_app: Any) -> None:
+    for i in range(3):
+        store(console_app, adt(f"N-{i}", f"M{i}", "Count"))
+    fail(console_app, store(console_app, adt("N-9", "M9", "Count")))
+    hl7 = figures.collect(console_app.state.store.engine)["hl7"]
+    assert hl7["window_by_status"] == {"processed": 3, "failed": 1}
+    totals: dict[str, int] = {}
+    for minute in hl7["per_minute"]:
+        for status, count in minute["counts"].items():
+            totals[status] = totals.get(status, 0) + count
+    assert totals == {"processed": 3, "failed": 1}
+    assert [e["sender"] for e in hl7["last_errors"]] == ["LAB^HOSP"]
 
 
 def test_fhir_browser_search_history_and_diff(console_app: Any, operator: TestClient) -> None:
@@ -117,16 +134,22 @@ def test_admin_manages_clients_users_and_keys(console_app: Any, admin: TestClien
         "redirect_uris": "https://chart.example/cb", "scope": "launch patient/*.rs"})  # fmt: skip
     assert added.status_code == 200 and "registered" in added.text
     client_id = re.search(r"client_id ([\w-]+)", added.text).group(1)  # type: ignore[union-attr]
-    edited = admin.post(f"/console/admin/clients/{client_id}", data={
-        "csrf": csrf, "redirect_uris": "https://chart.example/cb2", "scope": "patient/*.rs"})
+    edited = admin.post(
+        f"/console/admin/clients/{client_id}",
+        data={"csrf": csrf, "redirect_uris": "https://chart.example/cb2", "scope": "patient/*.rs"},
+    )
     assert edited.status_code == 200
     client = console_app.state.auth.registry.client(client_id)
-    assert client.redirect_uris == ["https://chart.example/cb2"] and client.scope == ["patient/*.rs"]
+    assert client.redirect_uris == ["https://chart.example/cb2"] and client.scope == [
+        "patient/*.rs"
+    ]
     bad = admin.post(f"/console/admin/clients/{client_id}", data={
         "csrf": csrf, "redirect_uris": "javascript:alert(1)", "scope": "x"})  # fmt: skip
     assert bad.status_code == 400 and "absolute http(s) URL" in bad.text
-    user = admin.post("/console/admin/users", data={
-        "csrf": csrf, "username": "newbie", "password": "long enough pw", "role": "nurse"})
+    user = admin.post(
+        "/console/admin/users",
+        data={"csrf": csrf, "username": "newbie", "password": "long enough pw", "role": "nurse"},
+    )
     assert user.status_code == 200 and "newbie" in user.text
     role = admin.post("/console/admin/users/newbie/role", data={"csrf": csrf, "role": "operator"})
     assert role.status_code == 200 and console_app.state.auth.registry.user("newbie").role == (

@@ -44,7 +44,7 @@ def test_every_filter_finds_exactly_its_messages(console_app: Any) -> None:
 
 def test_query_text_that_the_index_cannot_parse_is_no_error(console_app: Any) -> None:
     a = store(console_app, adt("Q-1", "M1", "Odd", extra='NTE|1||say "hello" & (bye)'))
-    for text in ('"', "*", "(", "hello\" OR", "AND", "NEAR(", "^^^", "-", "'", "\\"):
+    for text in ('"', "*", "(", 'hello" OR', "AND", "NEAR(", "^^^", "-", "'", "\\"):
         found = ids(console_app, text=text)
         assert found in ([], [a]), text
     assert ids(console_app, text='"hello"') == [a]

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import update
 
 from hl7_listener.inbox import hl7_messages
@@ -76,8 +75,11 @@ def test_operator_finds_opens_follows_and_replays(browser_tools: None, server: A
     found = app.state.hl7.handle(hl7(f"F{tag}", f"M{tag}", f"Hopper{tag}", word), "e2e").pk
     failed = app.state.hl7.handle(hl7(f"R{tag}", f"N{tag}", f"Lovelace{tag}", "later"), "e2e").pk
     with app.state.store.engine.begin() as conn:  # as a database outage leaves a message
-        conn.execute(update(hl7_messages).where(hl7_messages.c.pk == failed)
-                     .values(status="failed", error="database unavailable", resources=None))
+        conn.execute(
+            update(hl7_messages)
+            .where(hl7_messages.c.pk == failed)
+            .values(status="failed", error="database unavailable", resources=None)
+        )
 
     result = play(origin, [
         *sign_in(origin, user),

@@ -2,6 +2,8 @@
 operator opens it; administration is for admins; a SMART access token opens nothing; every
 POST needs the session's CSRF token; the sign-in is throttled like the SMART login."""
 
+# ruff: noqa: F811 - the fixtures imported from console_support are parameters by name
+
 from __future__ import annotations
 
 from typing import Any
@@ -71,8 +73,17 @@ def test_operator_cannot_open_administration(
         assert operator.get(path).status_code == 403, path
     before = console_app.state.auth.registry.users()
     for path in ADMIN_ACTIONS:
-        answer = operator.post(path, data={"csrf": csrf, "username": "x", "password": "y" * 9,
-                                           "role": "admin", "name": "n", "scope": "s"})
+        answer = operator.post(
+            path,
+            data={
+                "csrf": csrf,
+                "username": "x",
+                "password": "y" * 9,
+                "role": "admin",
+                "name": "n",
+                "scope": "s",
+            },
+        )
         assert answer.status_code == 403, path
     assert console_app.state.auth.registry.users() == before
     assert console_app.state.auth.registry.user("olga").role == "operator"
@@ -86,9 +97,7 @@ def test_other_roles_cannot_sign_in(console_app: Any, users: dict[str, ConsoleUs
             assert http.get("/console/dashboard", follow_redirects=False).status_code == 303
 
 
-def test_a_demoted_user_loses_the_console_at_once(
-    console_app: Any, operator: TestClient
-) -> None:
+def test_a_demoted_user_loses_the_console_at_once(console_app: Any, operator: TestClient) -> None:
     assert operator.get("/console/messages").status_code == 200
     console_app.state.auth.registry.set_role("olga", "nurse")
     assert operator.get("/console/messages").status_code == 403
@@ -98,8 +107,10 @@ def test_post_without_the_csrf_token_is_refused(console_app: Any, admin: TestCli
     other = admin.get("/console/admin")
     assert other.status_code == 200
     for data in ({}, {"csrf": ""}, {"csrf": "0" * 64}):
-        answer = admin.post("/console/admin/users", data={
-            **data, "username": "mallory", "password": "password123", "role": "admin"})
+        answer = admin.post(
+            "/console/admin/users",
+            data={**data, "username": "mallory", "password": "password123", "role": "admin"},
+        )
         assert answer.status_code == 403 and "CSRF" in answer.text
     assert console_app.state.auth.registry.user("mallory") is None
     # a token from another session does not do either
@@ -137,9 +148,16 @@ def test_sign_in_goes_only_to_console_pages(
     for target in ("https://evil.example/", "//evil.example/x", "/auth/token", "/console\\@x"):
         with TestClient(console_app, base_url="http://testserver") as http:
             page = http.get("/console/login")
-            answer = http.post("/console/login", data={
-                "csrf": csrf_of(page.text), "username": "olga",
-                "password": "console-password-1", "next": target}, follow_redirects=False)
+            answer = http.post(
+                "/console/login",
+                data={
+                    "csrf": csrf_of(page.text),
+                    "username": "olga",
+                    "password": "console-password-1",
+                    "next": target,
+                },
+                follow_redirects=False,
+            )
             assert answer.status_code == 303
             assert answer.headers["location"] == "/console/dashboard", target
 

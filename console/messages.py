@@ -192,18 +192,57 @@ def _one(engine: Engine, q: MessageQuery, columns: Any, limit: int) -> Any:
     tokens = _WORD.findall(words)
     if not tokens:  # nothing the index knows (punctuation only): the other filters decide
         return select(*columns).where(*where).order_by(M.pk.desc()).limit(limit)
-    # FTS5: each word a quoted string, all required; walked newest first by rowid
-    fts_query = " ".join('"' + t.replace('"', '""') + '"' for t in tokens)
+    # FTS5: each word a quoted string, all required; walked newest first by rowid. Words that
+    # most messages hold (MSH, a common test name) are not walked: each candidate of the rare
+    # words is checked for them by rowid (an FTS5 seek), so no long list is read.
+    rare, common = _by_frequency(engine, tokens)
     fts = table("hl7_messages_fts", column("rowid"))  # the FTS5 table (migration 0014)
     rowid = fts.c.rowid
+    checks = []
+    for i, word in enumerate(common):
+        other = table("hl7_messages_fts", column("rowid")).alias(f"f{i}")
+        checks.append(
+            select(literal_column("1"))
+            .select_from(other)
+            .where(literal_column(f"f{i}.hl7_messages_fts").op("MATCH")(_phrase([word])),
+                   other.c.rowid == rowid)
+            .exists()
+        )  # fmt: skip
     return (
         select(*columns)
         .select_from(fts)
         .join(hl7_messages, M.pk == rowid)
-        .where(literal_column("hl7_messages_fts").op("MATCH")(fts_query), *where)
+        .where(literal_column("hl7_messages_fts").op("MATCH")(_phrase(rare)), *checks, *where)
         .order_by(rowid.desc())
         .limit(limit)
     )
+
+
+def _phrase(tokens: list[str]) -> str:
+    return " ".join('"' + t.replace('"', '""') + '"' for t in tokens)
+
+
+COMMON_SHARE = 0.2  # a word in more than this share of the messages counts as common
+
+
+def _by_frequency(engine: Engine, tokens: list[str]) -> tuple[list[str], list[str]]:
+    """The query's words split into the rarest (walked by the index) and the common ones
+    (checked per candidate), from the index's own counts (fts5vocab, migration 0014)."""
+    words = list(dict.fromkeys(t.lower() for t in tokens))
+    if len(words) < 2:
+        return words, []
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                text("SELECT term, doc FROM hl7_messages_fts_terms WHERE term IN "
+                     f"({', '.join(f':w{i}' for i in range(len(words)))})"),
+                {f"w{i}": w for i, w in enumerate(words)},
+            ).all()
+        )  # fmt: skip
+        total = conn.execute(text("SELECT max(rowid) FROM hl7_messages_fts")).scalar() or 0
+    ranked = sorted(words, key=lambda w: counts.get(w, 0))
+    common = [w for w in ranked[1:] if counts.get(w, 0) > COMMON_SHARE * total]
+    return [w for w in ranked if w not in common], common
 
 
 def search(engine: Engine, q: MessageQuery, limit: int = 50) -> list[dict[str, Any]]:

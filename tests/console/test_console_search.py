@@ -104,3 +104,16 @@ def test_retention_prunes_processed_first_and_failed_later(console_app: Any) -> 
     assert prune(engine, processed_days=30, failed_days=0) == 0  # failed: kept
     assert prune(engine, processed_days=30, failed_days=35) == 1
     assert ids(console_app) == [new_ok]
+
+
+def test_words_in_most_messages_still_narrow_the_search(console_app: Any) -> None:
+    """Common words are checked per candidate instead of walked: same answers."""
+    made = [
+        store(console_app, adt(f"W-{i}", f"M{i}", "Common", extra=f"NTE|1||glucose {note}"))
+        for i, note in enumerate(["quince", "plain", "plain", "quince fig", "plain"])
+    ]
+    assert ids(console_app, text="glucose quince") == [made[3], made[0]]
+    assert ids(console_app, text="quince glucose common fig") == [made[3]]
+    assert ids(console_app, text="glucose common") == made[::-1]
+    assert ids(console_app, text="glucose absentword") == []
+    assert ids(console_app, text="GLUCOSE Plain", before=made[2]) == [made[1]]

@@ -232,7 +232,7 @@ def _by_frequency(engine: Engine, tokens: list[str]) -> tuple[list[str], list[st
     if len(words) < 2:
         return words, []
     with engine.connect() as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 text("SELECT term, doc FROM hl7_messages_fts_terms WHERE term IN "
                      f"({', '.join(f':w{i}' for i in range(len(words)))})"),

@@ -153,7 +153,9 @@ class Runtime(ChannelConfigs):
                 if listener.start() is None:
                     raise OSError(f"the MLLP listener could not listen on port {s.mllp_port}")
 
-            self.services.add(Managed("mllp", listen, listener.stop, required=True))
+            self.services.add(
+                Managed("mllp", listen, listener.stop, listener.health, required=True)
+            )
         if s.hl7_retention_days or s.hl7_failed_retention_days:
             from hl7_listener.retention import prune
 

@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ai_worker.runtime import AiRuntime
+from console.web import ConsoleDeps
+from console.web import routes as console_routes
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
 from fhir_server.api import validate as validate_operation
@@ -138,7 +140,7 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    _, access_for, security = install(app, engine, runtime.auth_config(), policy)
+    auth_server, access_for, security = install(app, engine, runtime.auth_config(), policy)
     if settings.auth_enabled:
         subscriptions.access_from = lambda grant: access_for(grant_from(grant))
 
@@ -271,6 +273,34 @@ def create_app(
 
     register_openemr_push(outbox_runner, openemr, ctx)
     app.router.routes.extend(openemr_routes(openemr, app.state.openemr_launch))
+
+    def console_fhir(
+        grant: Grant, path: list[str], params: list[tuple[str, str]]
+    ) -> tuple[int, dict[str, Any]]:
+        """A console user's FHIR read: the REST dispatch with that user's access."""
+        request_ctx = replace(ctx, access=access_for(grant)) if settings.auth_enabled else ctx
+        try:
+            response = dispatch(request_ctx, FhirRequest("GET", path, params, {}))
+            status, body = response.status, response.body
+        except Exception as exc:  # noqa: BLE001 - `failure` decides what the user sees
+            error = failure(exc)
+            status, body = error.status, orjson.dumps(error.outcome())
+        return status, orjson.loads(body or b"{}")
+
+    app.router.routes.extend(
+        console_routes(
+            ConsoleDeps(
+                engine=engine,
+                auth=auth_server,
+                processor=hl7,
+                fhir=console_fhir,
+                audit=audit or AuditTrail(store),
+                health=services.health,
+                session_seconds=settings.console_session_hours * 3600,
+                secure_cookies=runtime.auth_config().secure_cookies,
+            )
+        )
+    )
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -159,7 +159,20 @@ class Runtime(ChannelConfigs):
                 if listener.start() is None:
                     raise OSError(f"the MLLP listener could not listen on port {s.mllp_port}")
 
-            self.services.add(Managed("mllp", listen, listener.stop, required=True))
+            self.services.add(
+                Managed("mllp", listen, listener.stop, listener.health, required=True)
+            )
+        if s.hl7_retention_days or s.hl7_failed_retention_days:
+            from hl7_listener.retention import prune
+
+            self.services.add(
+                Loop(
+                    "hl7-retention",
+                    lambda: prune(self.engine, s.hl7_retention_days, s.hl7_failed_retention_days),
+                    3600.0,
+                    max_backoff=3600.0,
+                )
+            )
         bridge = self.imaging_bridge()
         if bridge is not None:
             sync = ImagingSync(bridge)

@@ -177,6 +177,15 @@ class Settings(BaseSettings):
         le=64,
         description="HL7 mapping threads (one patient each at a time)",
     )
+    hl7_retention_days: int = Field(
+        default=0, ge=0, description="delete processed HL7 messages after this many days (0: keep)"
+    )
+    hl7_failed_retention_days: int = Field(
+        default=0, ge=0, description="delete failed HL7 messages after this many days (0: keep)"
+    )
+    console_session_hours: int = Field(
+        default=8, ge=1, le=168, description="how long a console sign-in lasts"
+    )
     mllp_tls_cert: str = Field(default="", description="PEM server certificate; enables TLS")
     mllp_tls_key: str = Field(default="", description="PEM private key for mllp_tls_cert")
     mllp_tls_ca: str = Field(default="", description="PEM CA bundle; requires client certificates")

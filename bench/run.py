@@ -944,6 +944,8 @@ def audit_search(server: Server, token: str) -> dict[str, Any]:
     with urllib.request.urlopen(req, timeout=600) as resp:
         total = json.loads(resp.read()).get("total", 0)
     return {"read_events": total, "first_search_s": round(time.perf_counter() - started, 2)}
+
+
 def validate_code_in_process(seconds: float = 3.0) -> dict[str, Any]:
     """`$validate-code` answers produced by the operation itself (parameters in, Parameters
     bytes out) on one thread, without HTTP: what the terminology service can serve, apart

@@ -26,8 +26,8 @@ from console.web import ConsoleDeps
 from console.web import routes as console_routes
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
-from fhir_server.api import validate as validate_operation
 from fhir_server.api import terminology as terminology_operations
+from fhir_server.api import validate as validate_operation
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
 from fhir_server.api.router import dispatch, failure

@@ -8,7 +8,6 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
-
 from fhir_server import fhirjson
 from fhir_server.clock import now_us, to_http_date, to_instant
 from fhir_server.search.query import Row

@@ -26,3 +26,4 @@ class AiConfig:
     ai_max_retries: int = 5
     ai_retry_backoff: float = 10.0
     ai_visibility_timeout: int = 3600
+    lease_seconds: float = 30.0  # how often the sweeper looks for jobs nobody works on

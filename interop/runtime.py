@@ -81,7 +81,11 @@ class ChannelConfigs:
         return config_for(BridgeSettings, self.settings, outbound=self.outbound.openemr)
 
     def ai_config(self) -> AiConfig:
-        return config_for(AiConfig, self.settings)
+        """The AI worker's config; its PACS is the imaging channel's (Orthanc's DICOMweb root
+        when only INTEROP_ORTHANC_URL is set)."""
+        imaging = self.imaging_config()
+        dicomweb = imaging.pacs.dicomweb_url if imaging is not None else ""
+        return config_for(AiConfig, self.settings, dicomweb_url=dicomweb)
 
     def auth_config(self) -> AuthConfig:
         return auth_config(self.settings)

@@ -34,8 +34,8 @@ from sqlalchemy import (
 )
 
 from fhir_server.store.db import write_transaction
-from fhir_server.store.work import WorkQueue
 from fhir_server.store.models import PrimaryKey, metadata
+from fhir_server.store.work import WorkQueue
 
 ai_jobs = Table(
     "ai_jobs",
@@ -174,8 +174,10 @@ class Jobs:
         stamp = now_us()
         return bool(
             QUEUE.claim(
-                self.engine, worker, lease, [J.task_id == task_id, J.stage == stage,
-                                             J.status.in_(ACTIVE)],
+                self.engine,
+                worker,
+                lease,
+                [J.task_id == task_id, J.stage == stage, J.status.in_(ACTIVE)],
                 values={"status": "running", "attempts": J.attempts + 1, "updated": stamp},
             )  # fmt: skip
         )

@@ -102,6 +102,13 @@ def create_app(
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
     hub = Hub()
     deliverer = Deliverer(subscriptions, hub, lease)
+    relay = None
+    if settings.redis_url:  # consumers and deliveries run on `interop worker` (Celery)
+        from ai_worker.celery_app import make_celery
+        from interop.outbox_relay import Relay, sweep_deliveries
+
+        relay = Relay(make_celery(runtime.ai_config()))
+        subscriptions.wake = relay.deliver_soon
     # started in this order when the app starts, stopped in reverse (interop.services)
     if audit is not None:
         services.add(Managed("audit-trail", lambda: None, audit.close))
@@ -113,7 +120,11 @@ def create_app(
         services.add(Managed("bulk-jobs", bulk.start, bulk.close))
         sweep_bulk = Loop("bulk-sweeper", lambda: bulk.sweep(lease), min(30.0, lease))
         services.add(Singleton(sweep_bulk, leases, lease))
-        services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
+        if relay is None:
+            services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
+        else:  # workers deliver; one process asks them when retries fall due
+            sweep = Loop("subscription-sweep", lambda: sweep_deliveries(relay, deliverer), 1.0)
+            services.add(Singleton(sweep, leases, lease))
     else:  # a pure API replica: jobs it accepts wait in their tables for the sweepers
         if bulk.submitter is None:
             bulk.runner = None
@@ -165,6 +176,7 @@ def create_app(
     app.state.ai = ai
     app.state.audit = audit
     app.state.outbox_runner = outbox_runner
+    app.state.deliverer = deliverer
     app.state.access_for = access_for
     app.state.imaging = imaging
     if not settings.auth_enabled:
@@ -268,6 +280,8 @@ def create_app(
     from openemr_bridge.consumer import register as register_openemr_push
 
     register_openemr_push(outbox_runner, openemr, ctx)
+    if relay is not None:
+        relay.install(outbox_runner)  # every consumer registered: each now publishes
     app.router.routes.extend(openemr_routes(openemr, app.state.openemr_launch))
 
     @app.get("/healthz", include_in_schema=False)

@@ -311,7 +311,10 @@ def _worker(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         return _background_worker(settings)
     from ai_worker.celery_app import bind
-    from interop import bulk_worker  # noqa: F401 - registers the bulk.run task
+    from interop import (
+        bulk_worker,  # noqa: F401 - registers the bulk.run task
+        outbox_relay,  # noqa: F401 - registers outbox.handle, subscriptions.deliver
+    )
 
     celery = bind(_runtime_config(settings).ai_config(), bulk_worker.ai_service)
 

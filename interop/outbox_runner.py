@@ -58,6 +58,7 @@ class OutboxRunner:
     def __init__(self, engine: Engine, lease_seconds: float = LEASE_SECONDS) -> None:
         self.outbox = Outbox(engine, lease_seconds)
         self.consumers: dict[str, Consumer] = {}
+        self.local: dict[str, Handler] = {}
         self._stop = threading.Event()
         self._running = False
 
@@ -66,6 +67,7 @@ class OutboxRunner:
         Changes of types it does not want are skipped for good, and do not wake it."""
         fixed = types if callable(types) or types is None else frozenset(types)
         consumer = Consumer(name, handle, fixed, batch)
+        self.local[name] = handle  # the handler itself, even when a relay publishes instead
         self.consumers[name] = consumer
         if self._running:
             self._start(consumer)

@@ -135,8 +135,8 @@ class Runtime(ChannelConfigs):
         """The HL7 v2 processor; `ack_mode` "map" for HTTP (the caller waits for the mapping)."""
         c = self.hl7_config()
         return Processor(
-            Inbox(self.engine, 4 * c.lease_seconds), self.store, ack_mode or c.mllp_ack_mode, c.hl7_authorities,
-            c.hl7_time_zone, c.hl7_mapping_workers,
+            Inbox(self.engine, 4 * c.lease_seconds), self.store, ack_mode or c.mllp_ack_mode,
+            c.hl7_authorities, c.hl7_time_zone, c.hl7_mapping_workers,
         )  # fmt: skip
 
     def imaging_bridge(self) -> Bridge | None:

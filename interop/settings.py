@@ -300,9 +300,9 @@ class Settings(BaseSettings):
         default=1, ge=0, description="in-process AI jobs at once without Redis; 0: none run"
     )
     ai_queues: str = Field(
-        default="ai.decode,ai.infer,bulk",
+        default="ai.decode,ai.infer,bulk,outbox",
         description="queues `interop worker` consumes (GPU hosts: ai.infer only; bulk: "
-        "Bulk Data jobs)",
+        "Bulk Data jobs; outbox: outbox consumers and subscription deliveries)",
     )
     ai_cache_dir: str = Field(
         default="", description="decoded volumes between queues; empty: ./var/ai-cache"

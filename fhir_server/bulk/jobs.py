@@ -153,7 +153,9 @@ class JobStore:
         """accepted -> running, for exactly one runner."""
         return bool(
             QUEUE.claim(
-                self.store.engine, self.owner, STALE_SECONDS,
+                self.store.engine,
+                self.owner,
+                STALE_SECONDS,
                 [J.job_id == job_id, J.status == "accepted", J.cancel.is_(False)],
                 values={"status": "running", "progress": "started", "heartbeat": now_us()},
             )  # fmt: skip

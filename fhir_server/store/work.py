@@ -121,9 +121,7 @@ class WorkQueue:
             keys = list(conn.execute(candidates).scalars())
             if not keys:
                 return []
-            conn.execute(
-                update(self.table).where(key.in_(keys), self.free(now)).values(**stamp)
-            )
+            conn.execute(update(self.table).where(key.in_(keys), self.free(now)).values(**stamp))
             return keys
 
         if isinstance(engine, Connection):

@@ -23,10 +23,10 @@ from sqlalchemy import delete, select, update
 
 import outbound
 from fhir_server.clock import now_us
+from fhir_server.store.work import Lease, Leases
 from fhir_server.subscriptions.channel import Spec
 from fhir_server.subscriptions.models import subscription_queue
 from fhir_server.subscriptions.service import SubscriptionService
-from fhir_server.store.work import Lease, Leases
 from fhir_server.subscriptions.websocket import Hub
 
 log = logging.getLogger("interop.subscriptions")
@@ -65,6 +65,11 @@ class Deliverer:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        self.release_leases()
+
+    def release_leases(self) -> None:
+        """Hand back every subscription lease this process holds (a Celery worker after a
+        round: the next round may run on any worker)."""
         for lease in self._leases.values():
             lease.release()
 

@@ -51,9 +51,12 @@ class Process:
         self.log = folder / f"{name}.log"
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [INTEROP, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                [INTEROP, *args],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
 
     @property
     def pid(self) -> int:
@@ -190,8 +193,13 @@ def send_hl7(replicas: Callable[[], list[Replica]], raw: bytes, start: int, log:
     raise AssertionError("no replica acknowledged the message")
 
 
-def put(replicas: Callable[[], list[Replica]], path: str, body: dict[str, Any], start: int,
-        log: list[str]) -> int:  # fmt: skip
+def put(
+    replicas: Callable[[], list[Replica]],
+    path: str,
+    body: dict[str, Any],
+    start: int,
+    log: list[str],
+) -> int:
     """PUT (idempotent) to the replicas in turn from `start` until one answers."""
     deadline = time.monotonic() + 120
     attempt = start
@@ -252,6 +260,7 @@ def search_all(base: str, query: str) -> list[dict[str, Any]]:
     while url:
         page = httpx.get(url, timeout=30).json()
         found += [e["resource"] for e in page.get("entry", []) if "resource" in e]
-        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"),
-                   None)  # fmt: skip
+        url = next(
+            (link["url"] for link in page.get("link", []) if link["relation"] == "next"), None
+        )
     return found

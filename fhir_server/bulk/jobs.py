@@ -135,7 +135,12 @@ class JobStore:
                 conn.execute(
                     update(bulk_jobs)
                     .where(J.job_id.in_(exports), J.status == "running")
-                    .values(status="accepted", progress="restarted after an interruption")
+                    .values(
+                        status="accepted",
+                        progress="restarted after an interruption",
+                        lease_owner=None,
+                        lease_until=None,
+                    )
                 )
             if imports:
                 note = "interrupted by a server restart; run the import again"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, text
@@ -85,9 +85,12 @@ def test_one_holder_per_lease_and_takeover_after_it_runs_out(app) -> None:  # ty
 def test_a_singleton_runs_on_one_process_and_fails_over(app) -> None:  # type: ignore[no-untyped-def]
     engine = app.state.store.engine
     ran: list[str] = []
+
+    def step(name: str) -> Callable[[], None]:
+        return lambda: ran.append(name)
+
     singletons = [
-        Singleton(Loop("test-singleton", lambda n=n: ran.append(n), 0.05), Leases(engine), 0.6)
-        for n in ("a", "b")
+        Singleton(Loop("test-singleton", step(n), 0.05), Leases(engine), 0.6) for n in ("a", "b")
     ]
     for s in singletons:
         s.start()
@@ -116,7 +119,8 @@ def fresh_database(database_url: str, tmp_path) -> Iterator[str]:  # type: ignor
         yield f"sqlite:///{tmp_path}/fresh.db"
         return
     name = f"interop_fresh_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(database_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    server = database_url.rsplit("/", 1)[0]
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:

@@ -121,6 +121,7 @@ class Options:
     pg_url: str
     synthea_patients: int
     synthea_only: bool
+    workers: int = 1
 
 
 @dataclass
@@ -236,9 +237,11 @@ def fhir_server(
     workdir: Path,
     auth: dict[str, str] | None = None,
     extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Server:
     """Start `interop serve` with the settings the brief fixes (1 worker, no auth, warnings);
-    `auth` turns authentication on with the given extra settings instead."""
+    `auth` turns authentication on with the given extra settings instead; `workers` API
+    processes (uvicorn workers) for the --workers comparison."""
     port = free_port()
     env = {
         **os.environ,
@@ -249,7 +252,7 @@ def fhir_server(
         "INTEROP_PORT": str(port),
         "INTEROP_HOST": HOST,
         "INTEROP_LOG_LEVEL": "warning",
-        "INTEROP_WORKERS": "1",
+        "INTEROP_WORKERS": str(workers),
         "INTEROP_MLLP_PORT": "0",  # FHIR figures only; bench/hl7_bench.py measures MLLP
         **(extra_env or {}),
     }
@@ -782,24 +785,9 @@ def bench_backend(
         figures["ingest"] = ingest(server, opts, patient_bundles, obs_bundles)
         print(f"[{backend}] ingest: {figures['ingest']['rate']} resources/s", flush=True)
 
-        rng = random.Random(7)
-        reads = [
-            f"/fhir/Observation/{oid}"
-            for oid in rng.sample(data.observation_ids, min(20000, len(data.observation_ids)))
-        ]
-        pairs = rng.sample(data.subject_codes, min(20000, len(data.subject_codes)))
-        obs_search = [
-            f"/fhir/Observation?subject=Patient/{pid}&code=http://loinc.org%7C{code}"
-            for pid, code in pairs
-        ]
-        prefixes = sorted({family[:3] for family in data.families})
-        name_search = [f"/fhir/Patient?name={prefix}" for prefix in prefixes]
-        plans = [
-            ("read", reads, False),
-            ("search_observation", obs_search, True),
-            ("search_patient_name", name_search, True),
-            ("validate_code", [VALIDATE_CODE.format(code=c) for c in STATUS_CODES], False),
-        ]
+        plans = read_search_plans(data)
+        reads = plans[0][1]
+        plans.append(("validate_code", [VALIDATE_CODE.format(code=c) for c in STATUS_CODES], False))
         for name, paths, searchset in plans:
             out["checks"][name] = sample_paths(server, paths, searchset)
             path_file = write_lines(workdir / f"{backend}-{name}.txt", paths)
@@ -818,6 +806,60 @@ def bench_backend(
     validation_cost(backend, database_url, opts, workdir, synthea_load, out)
     read_file = write_lines(workdir / f"{backend}-read.txt", reads)
     figures.update(audit_cost(backend, database_url, opts, wrk, workdir, read_file))
+    return out
+
+
+def read_search_plans(data: Dataset) -> list[tuple[str, list[str], bool]]:
+    """The read and search path lists (fixed seed), shared by every measurement of them."""
+    rng = random.Random(7)
+    reads = [
+        f"/fhir/Observation/{oid}"
+        for oid in rng.sample(data.observation_ids, min(20000, len(data.observation_ids)))
+    ]
+    pairs = rng.sample(data.subject_codes, min(20000, len(data.subject_codes)))
+    obs_search = [
+        f"/fhir/Observation?subject=Patient/{pid}&code=http://loinc.org%7C{code}"
+        for pid, code in pairs
+    ]
+    prefixes = sorted({family[:3] for family in data.families})
+    name_search = [f"/fhir/Patient?name={prefix}" for prefix in prefixes]
+    return [
+        ("read", reads, False),
+        ("search_observation", obs_search, True),
+        ("search_patient_name", name_search, True),
+    ]
+
+
+def bench_workers(
+    backend: str,
+    database_url: str,
+    opts: Options,
+    wrk: str,
+    workdir: Path,
+    built: tuple[Dataset, list[bytes], list[bytes]],
+) -> dict[str, Any]:
+    """Read and search throughput with `opts.workers` API processes against one, on the same
+    database in the same run (one process is the baseline: the ratio is what adding API
+    processes buys on this machine)."""
+    data, patient_bundles, obs_bundles = built
+    out: dict[str, Any] = {"database": database_url.split("@")[-1], "figures": {}, "ratios": {}}
+    plans = read_search_plans(data)
+    for count in (1, opts.workers):
+        server = fhir_server(f"server-{backend}-{count}w", database_url, workdir, workers=count)
+        with running(server, "/readyz"):
+            if count == 1:
+                print(f"[{backend}] ingesting for the --workers comparison", flush=True)
+                ingest(server, opts, patient_bundles, obs_bundles)
+            for name, paths, _ in plans:
+                path_file = write_lines(workdir / f"{backend}-{name}-{count}.txt", paths)
+                print(f"[{backend}] {name} with {count} API process(es)", flush=True)
+                figure = measure(wrk, server, opts, "paths.lua", [path_file])
+                figure["verdict"] = "-"
+                out["figures"][f"{name}_{count}w"] = figure
+    for name, _, _ in plans:
+        one = out["figures"][f"{name}_1w"]["rate"]
+        many = out["figures"][f"{name}_{opts.workers}w"]["rate"]
+        out["ratios"][name] = round(many / one, 3) if one else 0.0
     return out
 
 
@@ -1018,6 +1060,13 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--pg-url", default=PG_ADMIN_URL, help="admin URL used to create/drop the database"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="compare read and search throughput with this many API processes against one "
+        "(only that comparison is run)",
+    )
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.patients, ns.observations, ns.duration = 100, 2000, 3
@@ -1040,6 +1089,7 @@ def parse_args(argv: list[str] | None) -> Options:
         pg_url=ns.pg_url,
         synthea_patients=ns.synthea_patients,
         synthea_only=ns.synthea_only,
+        workers=max(1, ns.workers),
     )
 
 
@@ -1068,6 +1118,37 @@ def environment(wrk: str) -> dict[str, Any]:
     }
 
 
+def main_workers(opts: Options, wrk: str) -> int:
+    """`--workers N`: read and search with N API processes against one, per backend."""
+    results: dict[str, Any] = {"environment": environment(wrk), "workers": opts.workers,
+                               "backends": {}}  # fmt: skip
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
+        workdir = Path(tmp)
+        built = make_dataset(opts)
+        for backend in opts.backends:
+            if backend == "sqlite":
+                url = f"sqlite:///{workdir / 'bench.db'}"
+                out = bench_workers(backend, url, opts, wrk, workdir, built)
+            else:
+                with postgres_database(opts.pg_url) as url:
+                    out = bench_workers(backend, url, opts, wrk, workdir, built)
+            results["backends"][backend] = out
+            failed = failed or any(f.get("errors") for f in out["figures"].values())
+    print()
+    print(f"{'backend':<11} {'measurement':<22} {'1 process':>11} {f'{opts.workers} processes':>13}"
+          f" {'ratio':>6}   (req/s, same run; {os.cpu_count()} cores)")  # fmt: skip
+    for backend, out in results["backends"].items():
+        for name, ratio in out["ratios"].items():
+            one = out["figures"][f"{name}_1w"]["rate"]
+            many = out["figures"][f"{name}_{opts.workers}w"]["rate"]
+            print(f"{backend:<11} {name:<22} {one:>11.1f} {many:>13.1f} {ratio:>6.2f}")
+    output = opts.output.with_name(f"workers_{opts.output.name}")
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {output}")
+    return 1 if failed else 0
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Turn SIGTERM into KeyboardInterrupt so the `finally` blocks stop servers and drop the DB."""
     raise KeyboardInterrupt
@@ -1078,6 +1159,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     wrk = ensure_wrk()
+    if opts.workers > 1:
+        return main_workers(opts, wrk)
     results: dict[str, Any] = {
         "environment": environment(wrk),
         "settings": {

@@ -28,6 +28,7 @@ from sqlalchemy import (
 
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
+from fhir_server.store.work import WorkQueue, process_id
 from mappers.hl7v2.parser import Message, ParseError, parse
 
 log = logging.getLogger("interop.hl7")
@@ -50,6 +51,8 @@ hl7_messages = Table(
     Column("flags", String(255), nullable=True, doc="space-separated: control-id-reuse, ..."),
     Column("warning", Text, nullable=True, doc="applied, but something was left out: why"),
     Column("patient_ids", Text, nullable=True, doc='PID-2/PID-3 values: " id1 id2 "'),
+    Column("lease_owner", String(128), nullable=True, doc="the process mapping it"),
+    Column("lease_until", BigInteger, nullable=True, doc="its lease end (work.WorkQueue)"),
     Index("ix_hl7_messages_sender_control", "sender", "control_id"),
     Index("ix_hl7_messages_status_received", "status", "received_at"),
     Index("ix_hl7_messages_content_hash", "content_hash"),
@@ -62,6 +65,8 @@ hl7_messages = Table(
 )
 
 CONTROL_ID_REUSE = "control-id-reuse"
+# unmapped messages are work: the storing process holds each under a lease while it maps it
+UNMAPPED = WorkQueue(hl7_messages, "pk", "lease_owner", "lease_until")
 
 
 def patient_ids(raw: bytes) -> str | None:
@@ -190,8 +195,10 @@ class Inbox:
     message is still committed before its ACK goes out.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lease_seconds: float = 120.0) -> None:
         self.engine = engine
+        self.owner = process_id()
+        self.lease_seconds = lease_seconds  # how long a stored message is ours to map
         self._cond = threading.Condition()
         self._queue: list[Arrival] = []
         self._writing = False
@@ -235,7 +242,7 @@ class Inbox:
                     earlier = _earlier(conn, part)
                     for a in part:
                         _classify(a, earlier)
-                    pks += _insert(conn, part)
+                    pks += _insert(conn, part, self.owner, self.lease_seconds)
         except Exception as exc:  # every waiter learns its message was not stored
             for a in batch:
                 a.failure = exc
@@ -265,6 +272,14 @@ class Inbox:
             return
         with write_transaction(self.engine) as own:
             own.execute(stmt)
+
+    def claim_unmapped(self, limit: int = 1000) -> list[int]:
+        """Messages left `received` whose mapper is gone (its lease ran out), oldest first,
+        now ours to map: one listener of the deployment takes each."""
+        return UNMAPPED.claim(
+            self.engine, self.owner, self.lease_seconds, [hl7_messages.c.status == "received"],
+            limit, hl7_messages.c.pk,
+        )  # fmt: skip
 
     def get(self, pk: int) -> InboxRow | None:
         with self.engine.connect() as conn:
@@ -300,7 +315,8 @@ class Inbox:
 # still takes the write lock and returns the connection): per batch that is a third of the
 # CPU of the same statements through SQLAlchemy Core, which the ACK path waits for.
 _STORED = ("raw", "sender", "control_id", "message_type", "version", "received_at", "status",
-           "ack", "error", "content_hash", "flags", "warning", "patient_ids")  # fmt: skip
+           "ack", "error", "content_hash", "flags", "warning", "patient_ids", "lease_owner",
+           "lease_until")  # fmt: skip
 _READ = ("pk", "sender", "control_id", "message_type", "version", "received_at", "status",
          "error", "ack", "resources", "content_hash")  # fmt: skip
 
@@ -310,13 +326,17 @@ def _cursor(conn: Any) -> tuple[Any, str]:
     return conn.connection.dbapi_connection.cursor(), "?" if conn.dialect.name == "sqlite" else "%s"
 
 
-def _insert(conn: Any, part: list[Arrival]) -> list[int]:
-    """Insert the messages as classified; their primary keys, in order."""
+def _insert(conn: Any, part: list[Arrival], owner: str, lease: float) -> list[int]:
+    """Insert the messages as classified; their primary keys, in order. A message still to
+    be mapped here at once is leased to this process (its mapper) from the start; one left
+    for the pending sweep is not leased."""
     now = int(time.time() * 1_000_000)
+    until = now + int(lease * 1_000_000)
     rows = [
         (a.raw, a.sender[:255], a.control_id[:199], a.message_type[:32], a.version[:16], now,
          a.status, a.ack, a.error, a.content_hash or None, " ".join(a.flags) or None, a.warning,
-         patient_ids(a.raw))
+         patient_ids(a.raw),
+         *((owner, until) if a.status == "received" and a.on_stored else (None, None)))
         for a in part
     ]  # fmt: skip
     cur, p = _cursor(conn)

@@ -290,11 +290,13 @@ class Processor:
         self.store.apply(bundle, actor, before_commit=record)
 
     def process_pending(self) -> int:
-        """Map messages left 'received' (ack-after-store, or a crash before mapping), oldest
-        first through the patient lanes; waits until they are done."""
-        rows = self.inbox.list(status="received", limit=1000, oldest_first=True)
+        """Map messages left 'received' whose mapper is gone (a crash before mapping, here
+        or on another replica: their lease ran out), oldest first through the patient lanes;
+        waits until they are done. Each is claimed first, so one listener maps it."""
         with self._pending_lock:
-            rows = [r for r in rows if r.pk not in self._pending]
+            mine = set(self._pending)
+        claimed = [pk for pk in self.inbox.claim_unmapped() if pk not in mine]
+        rows = [r for r in map(self.inbox.get, claimed) if r is not None]
         futures = []
         for row in rows:
             try:

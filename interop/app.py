@@ -51,7 +51,7 @@ from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
 from interop.outbox_runner import OutboxRunner
 from interop.runtime import Runtime, request_limits
-from interop.services import Managed
+from interop.services import Loop, Managed, Singleton
 from interop.settings import Settings, get_settings, read_tokens
 from smart_auth.agent import actor_for
 from smart_auth.policy import AccessPolicy, Grant
@@ -102,7 +102,9 @@ def create_app(
     policy = AccessPolicy(settings.auth_enabled)
     # every change the store commits, from any channel, gets its AuditEvent
     audit = store.audit if isinstance(store.audit, AuditTrail) else None  # the runtime's trail
-    outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
+    lease = settings.lease_seconds  # singletons' leadership and claimed work (store.work)
+    leases = runtime.leases
+    outbox_runner = OutboxRunner(engine, lease)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
     imaging = runtime.imaging_bridge()
     outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
@@ -110,15 +112,35 @@ def create_app(
     ctx.operations.hook("Subscription", subscriptions)  # vets and owns Subscription writes
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
     hub = Hub()
-    deliverer = Deliverer(subscriptions, hub)
+    deliverer = Deliverer(subscriptions, hub, lease)
+    relay = None
+    if settings.redis_url:  # consumers and deliveries run on `interop worker` (Celery)
+        from ai_worker.celery_app import make_celery
+        from interop.outbox_relay import Relay, sweep_deliveries
+
+        relay = Relay(make_celery(runtime.ai_config()))
+        subscriptions.wake = relay.deliver_soon
     # started in this order when the app starts, stopped in reverse (interop.services)
     if audit is not None:
         services.add(Managed("audit-trail", lambda: None, audit.close))
-    services.add(Managed("ai-runner", ai.start, ai.stop))
-    services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
-                         outbox_runner.health))  # fmt: skip
-    services.add(Managed("bulk-jobs", bulk.start, bulk.close))
-    services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
+    if settings.background:
+        services.add(Managed("ai-runner", ai.start, ai.stop))
+        services.add(Singleton(Loop("ai-sweeper", ai.sweep, ai.sweep_seconds), leases, lease))
+        services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
+                             outbox_runner.health))  # fmt: skip
+        services.add(Managed("bulk-jobs", bulk.start, bulk.close))
+        sweep_bulk = Loop("bulk-sweeper", lambda: bulk.sweep(lease), min(30.0, lease))
+        services.add(Singleton(sweep_bulk, leases, lease))
+        if relay is None:
+            services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
+        else:  # workers deliver; one process asks them when retries fall due
+            sweep = Loop("subscription-sweep", lambda: sweep_deliveries(relay, deliverer), 1.0)
+            services.add(Singleton(sweep, leases, lease))
+    else:  # a pure API replica: jobs it accepts wait in their tables for the sweepers
+        if bulk.submitter is None:
+            bulk.runner = None
+        if ai.runner is not None:
+            ai.runner, ai.service.submitter = None, None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +148,7 @@ def create_app(
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         if channels:
-            runtime.add_channel_services()
+            runtime.add_channel_services(background=settings.background)
         services.start()
         yield
         await run_in_threadpool(runtime.close)  # the services in reverse, then the engine
@@ -165,6 +187,7 @@ def create_app(
     app.state.ai = ai
     app.state.audit = audit
     app.state.outbox_runner = outbox_runner
+    app.state.deliverer = deliverer
     app.state.access_for = access_for
     app.state.imaging = imaging
     if not settings.auth_enabled:
@@ -272,6 +295,8 @@ def create_app(
     from openemr_bridge.consumer import register as register_openemr_push
 
     register_openemr_push(outbox_runner, openemr, ctx)
+    if relay is not None:
+        relay.install(outbox_runner)  # every consumer registered: each now publishes
     app.router.routes.extend(openemr_routes(openemr, app.state.openemr_launch))
 
     def console_fhir(

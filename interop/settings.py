@@ -44,6 +44,18 @@ class Settings(BaseSettings):
     )
     auth: Literal["on", "off"] = Field(default="on", description="'off' only for development")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    background: bool = Field(
+        default=True,
+        description="run background work (outbox consumers, jobs, deliveries, syncs, sweeps) "
+        "in `interop serve`; false: a pure API replica (MLLP still listens), leaving it to "
+        "the other replicas and `interop worker`",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="lease of a singleton's leader and of claimed work: a crashed process's "
+        "work moves to a survivor this long after its last renewal",
+    )
     log_level: str = Field(default="info", description="debug, info, warning, error")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="auto: JSON unless stderr is a terminal"
@@ -308,9 +320,9 @@ class Settings(BaseSettings):
         default=1, ge=0, description="in-process AI jobs at once without Redis; 0: none run"
     )
     ai_queues: str = Field(
-        default="ai.decode,ai.infer,bulk",
+        default="ai.decode,ai.infer,bulk,outbox",
         description="queues `interop worker` consumes (GPU hosts: ai.infer only; bulk: "
-        "Bulk Data jobs)",
+        "Bulk Data jobs; outbox: outbox consumers and subscription deliveries)",
     )
     ai_cache_dir: str = Field(
         default="", description="decoded volumes between queues; empty: ./var/ai-cache"

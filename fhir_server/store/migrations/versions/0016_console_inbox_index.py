@@ -8,7 +8,7 @@ Either way the inbox's writers need not know: every insert and delete keeps the 
 PID names that identifier.
 
 Revision ID: 0016_console_inbox_index
-Revises: 0013_text_index
+Revises: 0015_audit_pending
 """
 
 import re

@@ -62,7 +62,11 @@ class FileSecrets(PydanticBaseSettingsSource):
                 raise ValueError(
                     f"{variable}_FILE: cannot read {path} ({type(exc).__name__})"
                 ) from None
-            values[name] = content.rstrip("\r\n")
+            value: Any = content.rstrip("\r\n")
+            field = fields[name]
+            if self.field_is_complex(field):  # a JSON setting (a dict, a list) from a file
+                value = self.decode_complex_value(name, field, value)
+            values[name] = value
         return values
 
 

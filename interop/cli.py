@@ -120,9 +120,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from interop import process_metrics
     from interop.logs import configure
     from interop.runtime import Runtime
 
+    process_metrics.prepare()  # before the workers fork: they all write their counts there
     for flag, env in (
         ("host", "INTEROP_HOST"),
         ("port", "INTEROP_PORT"),
@@ -299,8 +301,14 @@ def _worker(args: argparse.Namespace) -> int:
               "jobs itself)", file=sys.stderr)  # fmt: skip
         return 2
     configure(settings.log_level, settings.log_format)
+    from interop import process_metrics
+
+    process_metrics.prepare()  # before the pool forks: /metrics sums every pool process
     from ai_worker.celery_app import bind
     from interop import bulk_worker  # noqa: F401 - registers the bulk.run task
+    from interop.metrics import serve_worker_metrics
+
+    serve_worker_metrics(settings)
 
     celery = bind(_runtime_config(settings).ai_config(), bulk_worker.ai_service)
 

@@ -284,7 +284,7 @@ def create_app(
         return JSONResponse({"status": "ready", "services": health})
 
     metrics_guard = metrics_refusal(settings)
-    from_database = DatabaseCollector(engine)
+    from_database = DatabaseCollector(engine, outbox_runner.wanted)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request) -> Response:

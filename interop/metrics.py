@@ -13,7 +13,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -38,8 +38,13 @@ Refusal = tuple[int, str, dict[str, str]]  # status, text, headers
 class DatabaseCollector:
     """Gauges read from the database when Prometheus scrapes (a handful of indexed queries)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, wanted: Callable[[str], Collection[str] | None] | None = None
+    ) -> None:
+        """`wanted(consumer)`: the resource types an outbox consumer handles (None: all), so
+        changes it skips do not count as its lag."""
         self.engine = engine
+        self.wanted = wanted or (lambda _name: None)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("interop_database_up", "1 when the scrape could read the database")
@@ -70,11 +75,13 @@ class DatabaseCollector:
                 done = exists().where(
                     and_(outbox_done.c.consumer == name, outbox_done.c.outbox_pk == outbox.c.pk)
                 )
-                row = conn.execute(
-                    select(func.count(), func.min(outbox.c.created)).where(
-                        outbox.c.pk > floor, ~done
-                    )
-                ).one()
+                query = select(func.count(), func.min(outbox.c.created)).where(
+                    outbox.c.pk > floor, ~done
+                )
+                types = self.wanted(name)
+                if types is not None:
+                    query = query.where(outbox.c.res_type.in_(sorted(types)))
+                row = conn.execute(query).one()
                 lags.append((name, row[0], row[1]))
             ai = conn.execute(
                 select(ai_jobs.c.model, ai_jobs.c.status, func.count())

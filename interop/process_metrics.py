@@ -9,7 +9,9 @@ it first would fix its value storage to in-memory.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +30,7 @@ def prepare() -> Path:
     else:
         folder = Path(tempfile.mkdtemp(prefix="interop-metrics-"))
         os.environ[VARIABLE] = str(folder)
+        atexit.register(shutil.rmtree, folder, True)  # ours: gone with the command
     if "prometheus_client" in sys.modules:  # imported already (a test, an embedding program)
         from prometheus_client import values
 

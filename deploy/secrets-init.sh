@@ -3,7 +3,7 @@
 # docker-compose.yml before anything else). Files already there are kept: to use your own,
 # write them into the volume first. Every service reads only the files it needs (`_FILE`).
 set -eu
-cd /run/secrets/interop
+cd "${SECRETS_DIR:-/run/secrets/interop}"
 random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 for name in postgres_password redis_password orthanc_password orthanc_callback_token metrics_token; do
   [ -s "$name" ] || { random > "$name"; echo "made $name"; }

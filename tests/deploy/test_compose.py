@@ -4,7 +4,10 @@ health checks, shared volumes, secrets from files, pinned images."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import yaml
 
 from interop.cli import main
 from interop.settings import Settings
+from smart_auth.sealing import load_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,3 +176,21 @@ def test_the_proxy_spreads_http_and_mllp_over_the_replicas(compose: dict[str, An
     assert {"8080", "2575"} <= published
     for service in servers(compose).values():
         assert "ports" not in service  # replicas are reached through the proxy only
+
+
+def test_the_secrets_service_makes_usable_secrets_once(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the script gives the files to the containers' users (chown): run as root")
+    script = ROOT / "deploy" / "secrets-init.sh"
+    env = {"SECRETS_DIR": str(tmp_path), "PATH": os.environ["PATH"]}
+    subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
+    files = {p.name: p for p in tmp_path.iterdir()}
+    assert {"database_url", "redis_url", "secret_key", "orthanc_password"} <= set(files)
+    for path in files.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o400, path.name
+    password = files["postgres_password"].read_text()
+    assert len(password) >= 32 and f":{password}@postgres:" in files["database_url"].read_text()
+    assert len(load_key(str(files["secret_key"]))) == 32  # what INTEROP_SECRET_KEY_FILE needs
+    assert files["secret_key"].stat().st_uid == 10001 == files["database_url"].stat().st_uid
+    subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)
+    assert files["postgres_password"].read_text() == password  # kept: the database has it

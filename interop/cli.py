@@ -172,6 +172,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            # uvicorn kills a worker that does not answer its ping in time (default 5 s): a
+            # worker building its runtime on a busy host takes longer and was killed, again
+            timeout_worker_healthcheck=30,
         )
     finally:
         if channels is not None:

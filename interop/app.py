@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
@@ -49,10 +48,11 @@ from hl7_listener.http import routes as hl7_routes
 from interop import ai_operations
 from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
+from interop.metrics import DatabaseCollector, metrics_refusal
 from interop.outbox_runner import OutboxRunner
 from interop.runtime import Runtime, request_limits
 from interop.services import Loop, Managed, Singleton
-from interop.settings import Settings, get_settings, read_tokens
+from interop.settings import Settings, get_settings
 from smart_auth.agent import actor_for
 from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
@@ -271,8 +271,8 @@ def create_app(
                     audit.record(event)
             except Exception:
                 log.exception("could not write the audit event")
-        metrics.REQUESTS.inc((interaction, res_type, str(status)))
-        metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
+        metrics.REQUESTS.labels(interaction, res_type, str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(interaction, res_type).observe(time.perf_counter() - started)
         if request.method == "HEAD":
             body, stream = None, None
         if stream is not None:
@@ -351,14 +351,17 @@ def create_app(
             )
         return JSONResponse({"status": "ready", "services": health})
 
-    metrics_guard = metrics_access(settings)
+    metrics_guard = metrics_refusal(settings)
+    from_database = DatabaseCollector(engine, outbox_runner.wanted)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request) -> Response:
         refused = metrics_guard(request.headers.get("authorization"))
         if refused is not None:
-            return refused
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+            status, text, headers = refused
+            return PlainTextResponse(text, status, headers)
+        body, content_type = metrics.render([from_database])
+        return Response(body, 200, media_type=content_type)
 
     app.add_middleware(FhirFastPath, endpoint=fhir_endpoint)
     # SMART apps run in browsers on other origins; bearer tokens, not cookies, carry authority
@@ -372,32 +375,6 @@ def create_app(
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
-
-
-def metrics_access(settings: Settings) -> Callable[[str | None], Response | None]:
-    """Who may read /metrics (INTEROP_METRICS): nobody (off), a scraper presenting the bearer
-    token of INTEROP_METRICS_TOKEN_FILE (token, the default; closed while no file is set), or
-    anyone who reaches the port (on). Returns the refusal for a request, or None to serve."""
-    tokens: tuple[str, ...] = ()
-    if settings.metrics == "token" and settings.metrics_token_file:
-        tokens = read_tokens(settings.metrics_token_file, "INTEROP_METRICS_TOKEN_FILE")
-
-    def refusal(authorization: str | None) -> Response | None:
-        if settings.metrics == "on":
-            return None
-        if not tokens:
-            return PlainTextResponse(
-                "metrics are off (INTEROP_METRICS, INTEROP_METRICS_TOKEN_FILE)\n", 404
-            )
-        scheme, _, presented = (authorization or "").partition(" ")
-        matched = [hmac.compare_digest(presented.strip().encode(), t.encode()) for t in tokens]
-        if scheme.lower() == "bearer" and any(matched):
-            return None
-        return PlainTextResponse(
-            "a bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
-        )
-
-    return refusal
 
 
 def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:

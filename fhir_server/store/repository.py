@@ -307,8 +307,8 @@ class Store:
                 tx.flush()
             outcome = "commit"
         finally:
-            metrics.STORE_TRANSACTIONS.inc((outcome,))
-            metrics.STORE_SECONDS.observe((outcome,), time.perf_counter() - started)
+            metrics.STORE_TRANSACTIONS.labels(outcome).inc()
+            metrics.STORE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
         if tx.outbox_count:
             for listener in self.listeners:
                 listener(tx.outbox_count)

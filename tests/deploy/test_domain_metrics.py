@@ -75,7 +75,7 @@ def test_outbox_lag_per_consumer_counts_only_what_it_handles(app: Any) -> None:
     engine = app.state.store.engine
     old = int((time.time() - 120) * 1_000_000)
     with engine.begin() as conn:
-        conn.execute(insert(outbox_consumers).values(name="lab-push", floor=0, lease_until=0))
+        conn.execute(insert(outbox_consumers).values(name="lab-push", floor=0))
         for pk, res_type in ((1, "Observation"), (2, "Patient")):
             conn.execute(
                 insert(outbox).values(

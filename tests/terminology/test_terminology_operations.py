@@ -381,6 +381,8 @@ def test_the_hl7_mapper_translates_through_the_service(client: TestClient) -> No
     ]
     assert obs["status"] == "final"
     assert obs["valueQuantity"]["value"] == 250.5
+    stored = client.get(f"/fhir/Observation/{obs['id']}").content
+    assert b'"value":250.50' in stored  # OBX-5 "250.50" keeps its precision
     assert obs["interpretation"][0]["coding"][0]["code"] == "HH"
     patient = client.get("/fhir/Patient").json()["entry"][0]["resource"]
     assert patient["identifier"][0]["type"]["coding"][0]["display"] == "Medical record number"

@@ -460,3 +460,17 @@ def test_bad_requests_get_an_operation_outcome(client: TestClient) -> None:
     )
     assert snomed.status_code == 422
     assert "snomed" in snomed.json()["issue"][0]["diagnostics"].lower()
+
+
+def test_another_process_sees_a_stored_change(animals: TestClient, app: Any) -> None:
+    """A second service on the same database (another worker) notices the operator's change
+    through its stamp query, without a restart or an in-process signal."""
+    from fhir_server.terminology import Terminology
+
+    other = Terminology(app.state.store.engine, recheck_seconds=0)
+    url = "http://example.org/fhir/ValueSet/pets"
+    assert other.contains(url, ANIMALS, "bird") is True
+    assert animals.put("/fhir/CodeSystem/animals", json=_animals(with_bird=False)).is_success
+    assert other.contains(url, ANIMALS, "bird") is False
+    assert animals.delete("/fhir/ValueSet/pets").status_code in (200, 204)
+    assert other.contains(url, ANIMALS, "dog") is None  # the value set is gone

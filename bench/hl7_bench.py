@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 import orjson
 
+from fhir_server import fhirjson
 from hl7_listener.mllp import EB, MllpServer, frame
 from hl7_listener.processor import Processor, Reply
 from interop.runtime import Runtime
@@ -103,7 +104,7 @@ def rest_rate(url: str, per_sender: int, tag: str) -> tuple[float, int]:
     while not server.started:
         time.sleep(0.05)
     bodies = [
-        [orjson.dumps(to_bundle(parse(message(s, i, tag)))) for i in range(per_sender)]
+        [fhirjson.dumps(to_bundle(parse(message(s, i, tag)))) for i in range(per_sender)]
         for s in range(SENDERS)
     ]
     resources = sum(len(orjson.loads(b)["entry"]) for bs in bodies for b in bs)
@@ -119,7 +120,7 @@ def rest_rate(url: str, per_sender: int, tag: str) -> tuple[float, int]:
                 errors.append(data[:200].decode("utf-8", "replace"))
         conn.close()
 
-    post_all([orjson.dumps(to_bundle(parse(message(s, 0, f"warm{tag}")))) for s in range(2)])
+    post_all([fhirjson.dumps(to_bundle(parse(message(s, 0, f"warm{tag}")))) for s in range(2)])
     threads = [threading.Thread(target=post_all, args=(bs,)) for bs in bodies]
     started = time.perf_counter()
     for t in threads:

@@ -3,7 +3,8 @@ tables and the stored ones (`service.Terminology`), the operations over them
 (`operations`), and the small API other code asks:
 
 - `contains(valueset_url, system, code) -> bool | None` (the validator's required bindings;
-  None: cannot be decided here, e.g. a SNOMED CT value set);
+  None: cannot be decided here, e.g. a SNOMED CT value set), and `codes(valueset_url)` (the
+  whole set by system, or None);
 - `V2Vocabulary`: what the HL7 v2 mapper translates v2 table codes through.
 
 `service()` is the process's default instance; the composition root (`interop`) configures
@@ -16,7 +17,7 @@ from sqlalchemy import Engine
 
 from fhir_server.terminology.service import Expansion, NotExpandable, Terminology
 
-__all__ = ["Expansion", "NotExpandable", "Terminology", "V2Vocabulary", "configure",
+__all__ = ["Expansion", "NotExpandable", "Terminology", "V2Vocabulary", "codes", "configure",
            "contains", "service"]  # fmt: skip
 
 _default = Terminology()
@@ -38,6 +39,12 @@ def contains(valueset_url: str, system: str | None, code: str) -> bool | None:
     """Is `system|code` in the ValueSet `valueset_url` (`url|version` accepted)? None when
     this server cannot tell (unknown value set, or a code system it does not hold)."""
     return _default.contains(valueset_url, system, code)
+
+
+def codes(valueset_url: str) -> dict[str, frozenset[str]] | None:
+    """Every code of the ValueSet by system; None when it cannot be listed in full (fits
+    `fhir_server.validation.valuesets.set_code_source`)."""
+    return _default.codes(valueset_url)
 
 
 class V2Vocabulary:

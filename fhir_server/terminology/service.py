@@ -312,6 +312,20 @@ class Terminology:
 
     # -- the questions -------------------------------------------------------------------
 
+    def codes(self, valueset_url: str) -> dict[str, frozenset[str]] | None:
+        """The ValueSet's codes by system; None unless every one of them is known (the shape
+        of the validator's `set_code_source` hook)."""
+        self._stored_content()
+        if valueset_url not in self._by_url:
+            self.contains(valueset_url, None, "")
+        exp = self._by_url.get(valueset_url)
+        if exp is None or exp.unknown:
+            return None
+        out: dict[str, set[str]] = {}
+        for code in exp.codes:
+            out.setdefault(code.system, set()).add(code.code)
+        return {system: frozenset(found) for system, found in out.items()}
+
     def contains(self, valueset_url: str, system: str | None, code: str) -> bool | None:
         """Is `system|code` in the ValueSet? None when that cannot be decided here (unknown
         value set, or a code system the server does not hold). The validator's question."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -110,12 +111,17 @@ def dt(value: str, tz: str = "UTC") -> str:
     return f"{y}-{mo}-{d}T{h}:{mi or '00'}:{sec}{offset}"
 
 
-def _number(text: str) -> float | int | None:
+def _number(text: str) -> Decimal | int | None:
+    """An NM value: an int, or a Decimal keeping the sender's precision (`250.50` stays
+    `250.50`: FHIR decimals are not floats); anything else (empty, `inf`, text) is None."""
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
     try:
-        f = float(text)
-    except ValueError:
+        number = Decimal(text)
+    except InvalidOperation:
         return None
-    return int(f) if re.fullmatch(r"[+-]?\d+", text.strip()) else f
+    return number if number.is_finite() else None
 
 
 def quantity(num: str, unit_reps: Reps) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def test_configured_authority_table_wins() -> None:
     ("obx", "expected"),
     [
         ("OBX|1|NM|1^A^LN||5.4|mg/dL^^UCUM",
-         {"valueQuantity": {"value": 5.4, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
+         {"valueQuantity": {"value": Decimal("5.4"), "unit": "mg/dL", "system": "http://unitsofmeasure.org",
                             "code": "mg/dL"}}),
         ("OBX|1|ST|1^A^LN||hello \\T\\ bye", {"valueString": "hello & bye"}),
         ("OBX|1|TX|1^A^LN||free text", {"valueString": "free text"}),

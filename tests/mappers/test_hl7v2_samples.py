@@ -5,6 +5,7 @@ down from the messages themselves, checked against the mapped Bundle."""
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,13 @@ FACTS: dict[str, tuple[list[str], dict[str, int], list[tuple[str, Any, str, str]
     ),
     "oru_r01_23_nhapi_1.hl7": (
         ["7005728"], {"Observation": 2, "DiagnosticReport": 1},
-        [("Z049107", 2.30, "mmol/L", "final"), ("Z101068", "Lab STP", "", "final")], ["final"],
+        [("Z049107", Decimal("2.30"), "mmol/L", "final"), ("Z101068", "Lab STP", "", "final")],
+        ["final"],
     ),
     "oru_r01_24_mirth_1.hl7": (
         ["4223161584"], {"Observation": 17, "DiagnosticReport": 1},
-        [("84295", 145, "mmol/L", "final"), ("82565", 1.3, "MG/DL", "final")], ["unknown"],
+        [("84295", 145, "mmol/L", "final"), ("82565", Decimal("1.3"), "MG/DL", "final")],
+        ["unknown"],
     ),
     "oru_r01_24_pythonhl7_1.hl7": (
         ["555-44-4444"], {"Observation": 2, "DiagnosticReport": 1},

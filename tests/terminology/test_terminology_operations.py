@@ -381,6 +381,8 @@ def test_the_hl7_mapper_translates_through_the_service(client: TestClient) -> No
     ]
     assert obs["status"] == "final"
     assert obs["valueQuantity"]["value"] == 250.5
+    stored = client.get(f"/fhir/Observation/{obs['id']}").content
+    assert b'"value":250.50' in stored  # OBX-5 "250.50" keeps its precision
     assert obs["interpretation"][0]["coding"][0]["code"] == "HH"
     patient = client.get("/fhir/Patient").json()["entry"][0]["resource"]
     assert patient["identifier"][0]["type"]["coding"][0]["display"] == "Medical record number"
@@ -458,3 +460,17 @@ def test_bad_requests_get_an_operation_outcome(client: TestClient) -> None:
     )
     assert snomed.status_code == 422
     assert "snomed" in snomed.json()["issue"][0]["diagnostics"].lower()
+
+
+def test_another_process_sees_a_stored_change(animals: TestClient, app: Any) -> None:
+    """A second service on the same database (another worker) notices the operator's change
+    through its stamp query, without a restart or an in-process signal."""
+    from fhir_server.terminology import Terminology
+
+    other = Terminology(app.state.store.engine, recheck_seconds=0)
+    url = "http://example.org/fhir/ValueSet/pets"
+    assert other.contains(url, ANIMALS, "bird") is True
+    assert animals.put("/fhir/CodeSystem/animals", json=_animals(with_bird=False)).is_success
+    assert other.contains(url, ANIMALS, "bird") is False
+    assert animals.delete("/fhir/ValueSet/pets").status_code in (200, 204)
+    assert other.contains(url, ANIMALS, "dog") is None  # the value set is gone

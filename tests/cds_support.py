@@ -82,8 +82,9 @@ class Ehr:
 
     http: TestClient
     app: Any
-    key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-384",
-                                                                   parameters={"kid": "ehr-1"}))
+    key: ECKey = field(
+        default_factory=lambda: ECKey.generate_key("P-384", parameters={"kid": "ehr-1"})
+    )
     iss: str = EHR
 
     def register(self, **extra: Any) -> None:
@@ -93,30 +94,53 @@ class Ehr:
         self.app.state.cds.clients.add(self.iss, "Test EHR", jwks=jwks, **extra)
 
     def jwt(self, aud: str, key: ECKey | None = None, **claims: Any) -> str:
-        body = {"iss": self.iss, "aud": aud, "exp": int(time.time()) + 120,
-                "iat": int(time.time()), "jti": uuid.uuid4().hex, **claims}
+        body = {
+            "iss": self.iss,
+            "aud": aud,
+            "exp": int(time.time()) + 120,
+            "iat": int(time.time()),
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
         signer = key or self.key
-        return jwt.encode({"alg": "ES384", "kid": signer.kid, "typ": "JWT"}, body, signer,
-                          ["ES384"])
+        return jwt.encode(
+            {"alg": "ES384", "kid": signer.kid, "typ": "JWT"}, body, signer, ["ES384"]
+        )
 
-    def call(self, service: str, hook: str, context: dict[str, Any], token: str | None = None,
-             **body: Any) -> Any:
+    def call(
+        self,
+        service: str,
+        hook: str,
+        context: dict[str, Any],
+        token: str | None = None,
+        **body: Any,
+    ) -> Any:
         signed = token or self.jwt(f"{ROOT}/cds-services/{service}")
-        payload = {"hook": hook, "hookInstance": str(uuid.uuid4()), "fhirServer": BASE,
-                   "context": context, **body}
-        return self.http.post(f"/cds-services/{service}", json=payload,
-                              headers={"Authorization": f"Bearer {signed}"})
+        payload = {
+            "hook": hook,
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": BASE,
+            "context": context,
+            **body,
+        }
+        return self.http.post(
+            f"/cds-services/{service}", json=payload, headers={"Authorization": f"Bearer {signed}"}
+        )
 
     def patient_view(self, service: str, patient: str, **body: Any) -> list[dict[str, Any]]:
-        response = self.call(service, "patient-view",
-                             {"patientId": patient, "userId": "Practitioner/p1"}, **body)
+        response = self.call(
+            service, "patient-view", {"patientId": patient, "userId": "Practitioner/p1"}, **body
+        )
         assert response.status_code == 200, response.text
         return list(response.json()["cards"])
 
     def feedback(self, service: str, items: list[dict[str, Any]], token: str | None = None) -> Any:
         signed = token or self.jwt(f"{ROOT}/cds-services/{service}")
-        return self.http.post(f"/cds-services/{service}/feedback", json={"feedback": items},
-                              headers={"Authorization": f"Bearer {signed}"})
+        return self.http.post(
+            f"/cds-services/{service}/feedback",
+            json={"feedback": items},
+            headers={"Authorization": f"Bearer {signed}"},
+        )
 
 
 @pytest.fixture
@@ -134,8 +158,13 @@ class Data:
 
     def put(self, resource: dict[str, Any]) -> dict[str, Any]:
         url = f"{resource['resourceType']}/{resource['id']}"
-        self.store.apply({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": resource, "request": {"method": "PUT", "url": url}}]})
+        self.store.apply(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{"resource": resource, "request": {"method": "PUT", "url": url}}],
+            }
+        )
         stored = self.store.read(resource["resourceType"], resource["id"])
         return dict(orjson.loads(stored.body))
 
@@ -143,57 +172,110 @@ class Data:
         self.put({"resourceType": "Patient", "id": pid, "name": [{"family": f"Fam{pid}"}]})
         return pid
 
-    def lab(self, oid: str, patient: str, code: str, value: float, unit: str,
-            flag: str | None = None, issued: str | None = None, name: str = "") -> dict[str, Any]:
+    def lab(
+        self,
+        oid: str,
+        patient: str,
+        code: str,
+        value: float,
+        unit: str,
+        flag: str | None = None,
+        issued: str | None = None,
+        name: str = "",
+    ) -> dict[str, Any]:
         obs: dict[str, Any] = {
-            "resourceType": "Observation", "id": oid, "status": "final",
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
             "code": {"coding": [{"system": LOINC, "code": code, "display": name or code}]},
             "subject": {"reference": f"Patient/{patient}"},
-            "effectiveDateTime": issued or iso(0.1), "issued": issued or iso(0.05),
-            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org",
-                              "code": unit},
+            "effectiveDateTime": issued or iso(0.1),
+            "issued": issued or iso(0.05),
+            "valueQuantity": {
+                "value": value,
+                "unit": unit,
+                "system": "http://unitsofmeasure.org",
+                "code": unit,
+            },
         }
         if flag:
             obs["interpretation"] = [{"coding": [{"system": V3, "code": flag}]}]
         return self.put(obs)
 
-    def ai_report(self, rid: str, patient: str, flag: str = "HH",
-                  conclusion: str = "Large pericardial fat volume") -> dict[str, Any]:
-        self.put({"resourceType": "Device", "id": f"model-{rid}",
-                  "deviceName": [{"name": "fat-volume", "type": "model-name"}],
-                  "version": [{"value": "2.1.0"}]})
-        self.put({"resourceType": "ImagingStudy", "id": f"st-{rid}", "status": "available",
-                  "subject": {"reference": f"Patient/{patient}"}, "started": iso(1)})
-        self.put({
-            "resourceType": "Observation", "id": f"obs-{rid}", "status": "preliminary",
-            "identifier": [{"system": "urn:interop:ai:observation", "value": f"st-{rid}/x"}],
-            "code": {"text": "Pericardial fat volume"},
-            "subject": {"reference": f"Patient/{patient}"},
-            "device": {"reference": f"Device/model-{rid}"},
-            "valueQuantity": {"value": 231.5, "unit": "mL"},
-            "interpretation": [{"coding": [{"system": V3, "code": flag}]}],
-        })
+    def ai_report(
+        self,
+        rid: str,
+        patient: str,
+        flag: str = "HH",
+        conclusion: str = "Large pericardial fat volume",
+    ) -> dict[str, Any]:
+        self.put(
+            {
+                "resourceType": "Device",
+                "id": f"model-{rid}",
+                "deviceName": [{"name": "fat-volume", "type": "model-name"}],
+                "version": [{"value": "2.1.0"}],
+            }
+        )
+        self.put(
+            {
+                "resourceType": "ImagingStudy",
+                "id": f"st-{rid}",
+                "status": "available",
+                "subject": {"reference": f"Patient/{patient}"},
+                "started": iso(1),
+            }
+        )
+        self.put(
+            {
+                "resourceType": "Observation",
+                "id": f"obs-{rid}",
+                "status": "preliminary",
+                "identifier": [{"system": "urn:interop:ai:observation", "value": f"st-{rid}/x"}],
+                "code": {"text": "Pericardial fat volume"},
+                "subject": {"reference": f"Patient/{patient}"},
+                "device": {"reference": f"Device/model-{rid}"},
+                "valueQuantity": {"value": 231.5, "unit": "mL"},
+                "interpretation": [{"coding": [{"system": V3, "code": flag}]}],
+            }
+        )
         report = {
-            "resourceType": "DiagnosticReport", "id": rid, "status": "preliminary",
+            "resourceType": "DiagnosticReport",
+            "id": rid,
+            "status": "preliminary",
             "identifier": [{"system": AI_REPORT, "value": f"st-{rid}/fat-volume"}],
             "code": {"text": "AI analysis (fat-volume)"},
-            "subject": {"reference": f"Patient/{patient}"}, "issued": iso(0.5),
+            "subject": {"reference": f"Patient/{patient}"},
+            "issued": iso(0.5),
             "imagingStudy": [{"reference": f"ImagingStudy/st-{rid}"}],
-            "result": [{"reference": f"Observation/obs-{rid}"}], "conclusion": conclusion,
+            "result": [{"reference": f"Observation/obs-{rid}"}],
+            "conclusion": conclusion,
         }
         if not conclusion:
             del report["conclusion"]
         return self.put(report)
 
-    def study(self, sid: str, patient: str, modality: str, site: dict[str, Any],
-              days_ago: float) -> dict[str, Any]:
-        return self.put({
-            "resourceType": "ImagingStudy", "id": sid, "status": "available",
-            "subject": {"reference": f"Patient/{patient}"}, "started": iso(days_ago),
-            "modality": [{"system": DCM, "code": modality}], "description": f"{modality} study",
-            "series": [{"uid": f"1.2.3.{abs(hash(sid)) % 10000}", "bodySite": site,
-                        "modality": {"system": DCM, "code": modality}}],
-        })
+    def study(
+        self, sid: str, patient: str, modality: str, site: dict[str, Any], days_ago: float
+    ) -> dict[str, Any]:
+        return self.put(
+            {
+                "resourceType": "ImagingStudy",
+                "id": sid,
+                "status": "available",
+                "subject": {"reference": f"Patient/{patient}"},
+                "started": iso(days_ago),
+                "modality": [{"system": DCM, "code": modality}],
+                "description": f"{modality} study",
+                "series": [
+                    {
+                        "uid": f"1.2.3.{abs(hash(sid)) % 10000}",
+                        "bodySite": site,
+                        "modality": {"system": DCM, "code": modality},
+                    }
+                ],
+            }
+        )
 
 
 @pytest.fixture
@@ -203,7 +285,10 @@ def data(cds_app: Any) -> Data:
 
 def draft_order(oid: str, patient: str, modality: str, site: dict[str, Any]) -> dict[str, Any]:
     return {
-        "resourceType": "ServiceRequest", "id": oid, "status": "draft", "intent": "order",
+        "resourceType": "ServiceRequest",
+        "id": oid,
+        "status": "draft",
+        "intent": "order",
         "subject": {"reference": f"Patient/{patient}"},
         "code": {"coding": [{"system": DCM, "code": modality}], "text": f"{modality} imaging"},
         "bodySite": [{"coding": [site], "text": site.get("display", "")}],
@@ -211,13 +296,18 @@ def draft_order(oid: str, patient: str, modality: str, site: dict[str, Any]) -> 
 
 
 def orders_context(patient: str, *orders: dict[str, Any]) -> dict[str, Any]:
-    return {"patientId": patient, "userId": "Practitioner/p1",
-            "draftOrders": {"resourceType": "Bundle", "type": "collection",
-                            "entry": [{"resource": o} for o in orders]}}
+    return {
+        "patientId": patient,
+        "userId": "Practitioner/p1",
+        "draftOrders": {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": o} for o in orders],
+        },
+    }
 
 
-def user_token(smart: Any, username: str, role: str, scope: str,
-               patient: str | None = None) -> str:
+def user_token(smart: Any, username: str, role: str, scope: str, patient: str | None = None) -> str:
     """An access token of a user of `role` signed in to a new public app."""
     if smart.server.registry.user(username) is None:
         smart.server.registry.add_user(username, flows.PASSWORD, role, f"Practitioner/{username}")
@@ -228,9 +318,16 @@ def user_token(smart: Any, username: str, role: str, scope: str,
         step = smart.pick(step, patient)
     done = smart.consent(step)
     code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
-    response = smart.http.post("/auth/token", data={
-        "grant_type": "authorization_code", "code": code, "redirect_uri": flows.REDIRECT,
-        "code_verifier": start.verifier, "client_id": client_id})
+    response = smart.http.post(
+        "/auth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": flows.REDIRECT,
+            "code_verifier": start.verifier,
+            "client_id": client_id,
+        },
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 

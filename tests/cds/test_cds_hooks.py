@@ -69,12 +69,20 @@ def test_ai_card_per_unreviewed_report_until_approved(
     assert second["indicator"] == "info"
 
     token = user_token(smart, "drhouse", "physician", "user/*.cruds")
-    approved = http.post("/fhir/DiagnosticReport/r1/$approve", json={"resourceType": "Parameters"},
-                         headers={"Authorization": f"Bearer {token}"})
+    approved = http.post(
+        "/fhir/DiagnosticReport/r1/$approve",
+        json={"resourceType": "Parameters"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert approved.status_code == 200, approved.text
-    rejected = http.post("/fhir/DiagnosticReport/r2/$reject", headers={
-        "Authorization": f"Bearer {token}"}, json={"resourceType": "Parameters", "parameter": [
-            {"name": "reason", "valueString": "motion artefact"}]})
+    rejected = http.post(
+        "/fhir/DiagnosticReport/r2/$reject",
+        headers={"Authorization": f"Bearer {token}"},
+        json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "reason", "valueString": "motion artefact"}],
+        },
+    )
     assert rejected.status_code == 200, rejected.text
     assert ehr.patient_view("ai-findings-review", p) == []
     assert len(ehr.patient_view("ai-findings-review", other)) == 1
@@ -83,13 +91,23 @@ def test_ai_card_per_unreviewed_report_until_approved(
 def test_ai_cards_from_prefetch_when_sent(ehr: Ehr, data: Data) -> None:
     p = data.patient("p1")
     report = data.ai_report("r1", p, flag="H")
-    obs = {"resourceType": "Observation", "id": "obs-r1", "status": "preliminary",
-           "code": {"text": "Fat"}, "subject": {"reference": f"Patient/{p}"},
-           "valueQuantity": {"value": 12, "unit": "mL"},
-           "interpretation": [{"coding": [{"code": "H"}]}]}
-    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": report, "search": {"mode": "match"}},
-        {"resource": obs, "search": {"mode": "include"}}]}
+    obs = {
+        "resourceType": "Observation",
+        "id": "obs-r1",
+        "status": "preliminary",
+        "code": {"text": "Fat"},
+        "subject": {"reference": f"Patient/{p}"},
+        "valueQuantity": {"value": 12, "unit": "mL"},
+        "interpretation": [{"coding": [{"code": "H"}]}],
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": report, "search": {"mode": "match"}},
+            {"resource": obs, "search": {"mode": "include"}},
+        ],
+    }
     cards = ehr.patient_view("ai-findings-review", p, prefetch={"aiReports": bundle})
     assert [c["indicator"] for c in cards] == ["warning"]
     assert "Fat: 12 mL (High)" in cards[0]["detail"]
@@ -129,14 +147,30 @@ def test_acknowledged_result_disappears_and_a_correction_alerts_again(
     data.lab("ca", p, "17861-6", 14.1, "mg/dL", flag="HH", name="Calcium")
     cards = {c["summary"].split()[2]: c for c in ehr.patient_view("critical-labs", p)}
     k = cards["Potassium"]
-    response = ehr.feedback("critical-labs", [{
-        "card": k["uuid"], "outcome": "accepted", "outcomeTimestamp": iso(),
-        "acceptedSuggestions": [{"id": k["suggestions"][0]["uuid"]}]}])
+    response = ehr.feedback(
+        "critical-labs",
+        [
+            {
+                "card": k["uuid"],
+                "outcome": "accepted",
+                "outcomeTimestamp": iso(),
+                "acceptedSuggestions": [{"id": k["suggestions"][0]["uuid"]}],
+            }
+        ],
+    )
     assert response.status_code == 200, response.text
     override = cards["Calcium"]["overrideReasons"][0]
-    response = ehr.feedback("critical-labs", [{
-        "card": cards["Calcium"]["uuid"], "outcome": "overridden", "outcomeTimestamp": iso(),
-        "overrideReason": {"reason": override, "userComment": "called the ward"}}])
+    response = ehr.feedback(
+        "critical-labs",
+        [
+            {
+                "card": cards["Calcium"]["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": iso(),
+                "overrideReason": {"reason": override, "userComment": "called the ward"},
+            }
+        ],
+    )
     assert response.status_code == 200, response.text
     # acknowledged (accepted) is gone; overridden stays until someone acknowledges it
     assert [c["summary"].split()[2] for c in ehr.patient_view("critical-labs", p)] == ["Calcium"]
@@ -146,8 +180,10 @@ def test_acknowledged_result_disappears_and_a_correction_alerts_again(
     assert again == ["Calcium", "Potassium"]
 
     token = user_token(smart, "auditor", "admin", "user/*.rs")
-    events = http.get("/fhir/AuditEvent?subtype=urn:interop:cds:outcome|overridden",
-                      headers={"Authorization": f"Bearer {token}"}).json()
+    events = http.get(
+        "/fhir/AuditEvent?subtype=urn:interop:cds:outcome|overridden",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
     [event] = [e["resource"] for e in events["entry"]]
     details = {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}
     assert event["entity"][0]["what"]["reference"] == "Observation/ca"
@@ -160,17 +196,25 @@ def test_acknowledged_result_disappears_and_a_correction_alerts_again(
 def test_labs_from_prefetch(ehr: Ehr, data: Data) -> None:
     p = data.patient("p1")
     data.lab("k", p, "2823-3", 6.9, "mmol/L", flag="HH")  # in the store, not in the prefetch
-    sent = {"resourceType": "Observation", "id": "x1", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2",
-                                 "display": "Sodium"}]},
-            "subject": {"reference": f"Patient/{p}"}, "issued": iso(1),
-            "valueQuantity": {"value": 165, "unit": "mmol/L", "code": "mmol/L"}}
+    sent = {
+        "resourceType": "Observation",
+        "id": "x1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2", "display": "Sodium"}]},
+        "subject": {"reference": f"Patient/{p}"},
+        "issued": iso(1),
+        "valueQuantity": {"value": 165, "unit": "mmol/L", "code": "mmol/L"},
+    }
     other = dict(sent, id="x2", subject={"reference": "Patient/someone-else"})
-    bundle = {"resourceType": "Bundle", "type": "searchset",
-              "entry": [{"resource": sent}, {"resource": other}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": sent}, {"resource": other}],
+    }
     cards = ehr.patient_view("critical-labs", p, prefetch={"observations": bundle})
     assert [c["summary"] for c in cards] == [
-        "Critical result: Sodium 165 mmol/L (above the critical limit 160 mmol/L)"]
+        "Critical result: Sodium 165 mmol/L (above the critical limit 160 mmol/L)"
+    ]
 
 
 # -- duplicate imaging orders -------------------------------------------------------------------
@@ -181,16 +225,24 @@ def test_duplicate_order_warns_with_a_delete_suggestion(ehr: Ehr, data: Data) ->
     data.study("ct-recent", p, "CT", CHEST, days_ago=5)
     data.study("ct-old", p, "CT", CHEST, days_ago=90)
     data.study("mr-head", p, "MR", HEAD, days_ago=2)
-    orders = [draft_order("o1", p, "CT", CHEST), draft_order("o2", p, "MR", CHEST),
-              draft_order("o3", p, "CT", HEAD)]
+    orders = [
+        draft_order("o1", p, "CT", CHEST),
+        draft_order("o2", p, "MR", CHEST),
+        draft_order("o3", p, "CT", HEAD),
+    ]
     response = ehr.call("imaging-order-duplicate", "order-sign", orders_context(p, *orders))
     assert response.status_code == 200, response.text
     [card] = response.json()["cards"]
     assert card["indicator"] == "warning"
     assert card["summary"] == "Possible duplicate: CT Chest already done 5 days ago"
     [suggestion] = card["suggestions"]
-    assert suggestion["actions"] == [{"type": "delete", "resourceId": ["ServiceRequest/o1"],
-                                      "description": "Remove the draft order ServiceRequest/o1"}]
+    assert suggestion["actions"] == [
+        {
+            "type": "delete",
+            "resourceId": ["ServiceRequest/o1"],
+            "description": "Remove the draft order ServiceRequest/o1",
+        }
+    ]
     assert card["selectionBehavior"] == "at-most-one"
     assert "ImagingStudy/ct-recent" in card["links"][0]["appContext"]
 
@@ -211,8 +263,9 @@ def test_duplicate_order_from_prefetch(ehr: Ehr, data: Data) -> None:
     data.study("ct", p, "CT", CHEST, days_ago=1)
     empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
     context = orders_context(p, draft_order("o1", p, "CT", CHEST))
-    response = ehr.call("imaging-order-duplicate", "order-sign", context,
-                        prefetch={"studies": empty})
+    response = ehr.call(
+        "imaging-order-duplicate", "order-sign", context, prefetch={"studies": empty}
+    )
     assert response.json()["cards"] == []
     response = ehr.call("imaging-order-duplicate", "order-sign", context)
     assert len(response.json()["cards"]) == 1
@@ -221,17 +274,39 @@ def test_duplicate_order_from_prefetch(ehr: Ehr, data: Data) -> None:
 # -- bad requests --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, expected", [
-    ({"hook": "order-sign"}, "answers the patient-view hook"),
-    ({"context": {"patientId": "../Patient/x"}}, "context.patientId must be a FHIR id"),
-    ({"context": "p1"}, "context must be a JSON object"),
-    ({"prefetch": {"observations": [1, 2]}}, "prefetch.observations must be"),
-    ({"prefetch": {"observations": {"resourceType": "Bundle", "entry": [{"resource": {
-        "resourceType": "Observation", "id": "x", "code": "not-a-concept",
-        "interpretation": [{"coding": "oops"}], "meta": "v1"}}]}}}, "wrong shape"),
-])
-def test_malformed_calls_get_a_clear_400(ehr: Ehr, data: Data, body: dict[str, Any],
-                                         expected: str) -> None:
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"hook": "order-sign"}, "answers the patient-view hook"),
+        ({"context": {"patientId": "../Patient/x"}}, "context.patientId must be a FHIR id"),
+        ({"context": "p1"}, "context must be a JSON object"),
+        ({"prefetch": {"observations": [1, 2]}}, "prefetch.observations must be"),
+        (
+            {
+                "prefetch": {
+                    "observations": {
+                        "resourceType": "Bundle",
+                        "entry": [
+                            {
+                                "resource": {
+                                    "resourceType": "Observation",
+                                    "id": "x",
+                                    "code": "not-a-concept",
+                                    "interpretation": [{"coding": "oops"}],
+                                    "meta": "v1",
+                                }
+                            }
+                        ],
+                    }
+                }
+            },
+            "wrong shape",
+        ),
+    ],
+)
+def test_malformed_calls_get_a_clear_400(
+    ehr: Ehr, data: Data, body: dict[str, Any], expected: str
+) -> None:
     data.patient("p1")
     payload = {"hook": "patient-view", "context": {"patientId": "p1"}} | body
     hook = payload.pop("hook")
@@ -242,8 +317,9 @@ def test_malformed_calls_get_a_clear_400(ehr: Ehr, data: Data, body: dict[str, A
 
 
 def test_feedback_on_unknown_card_or_bad_outcome(ehr: Ehr) -> None:
-    response = ehr.feedback("critical-labs", [{"card": "0c0c0c0c-0000-4000-8000-000000000000",
-                                               "outcome": "accepted"}])
+    response = ehr.feedback(
+        "critical-labs", [{"card": "0c0c0c0c-0000-4000-8000-000000000000", "outcome": "accepted"}]
+    )
     assert response.status_code == 404
     response = ehr.feedback("critical-labs", [{"card": "x", "outcome": "ignored"}])
     assert response.status_code == 400

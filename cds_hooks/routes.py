@@ -33,6 +33,7 @@ from cds_hooks.hooks import SERVICES, HookCall, patient_of
 from cds_hooks.security import JwtVerifier, bearer, refused
 from fhir_server import limits
 from fhir_server.errors import FhirError
+from fhir_server.store.audit import Actor, AuditTrail, Interaction
 from fhir_server.store.repository import FhirReads, Store
 from smart_auth.assertion import JwksCache
 from smart_auth.policy import AccessPolicy, Grant
@@ -67,12 +68,14 @@ class CdsHooks:
         reads: FhirReads,
         policy: AccessPolicy,
         access_for: Callable[[Grant], Any],
+        audit: AuditTrail | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.reads = reads
         self.policy = policy
         self.access_for = access_for
+        self.audit = audit
         self.clients = CdsClients(store.engine)
         cache = JwksCache(config.jwks_fetch) if config.jwks_fetch is not None else None
         self.verifier = JwtVerifier(store.engine, self.clients, cache, config.jwt_max_seconds)
@@ -142,8 +145,31 @@ class CdsHooks:
         return JSONResponse({"services": [s.discovery() for s in SERVICES.values()]})
 
     async def call(self, request: Request) -> Response:
+        """One hook call; with the audit trail on, it leaves an AuditEvent (refusals too)
+        naming the client and the patient whose data it read."""
+        seen: dict[str, Any] = {}
+        try:
+            response = await self._call(request, seen)
+        except FhirError as exc:
+            response = _error(exc)
+        if self.audit is not None:
+            client = seen.get("client")
+            who = f"cds:{client.iss}" if client is not None else None
+            address = request.client.host if request.client else None
+            actor = Actor(subject=who, client_id=who, patient=seen.get("patient"), address=address)
+            event = Interaction("POST", "operation", "Patient", seen.get("patient"),
+                                response.status_code, actor)  # fmt: skip
+            try:
+                await run_in_threadpool(self.audit.record, event)
+            except Exception:  # noqa: BLE001 - an audit failure must not fail the call
+                log.exception("could not write the audit event")
+        return response
+
+    async def _call(self, request: Request, seen: dict[str, Any]) -> Response:
         service = self.service(request)
-        client = await self.authenticate(request, (self.config.service_url(service.id),))
+        client = seen["client"] = await self.authenticate(
+            request, (self.config.service_url(service.id),)
+        )
         body = await self.body(request)
         if body.get("hook") != service.hook:
             raise bad_request(
@@ -155,7 +181,7 @@ class CdsHooks:
         if not isinstance(prefetch, dict):
             raise bad_request("prefetch must be an object of the declared keys")
         context = body.get("context")
-        patient = patient_of(context)
+        patient = seen["patient"] = patient_of(context)
         access = await run_in_threadpool(self.access, client, body, patient)
         data = HookData(prefetch, self.reads.with_access(access), self.reads.with_access(None))
         call = HookCall(service.id, service.hook, context, patient, data)  # type: ignore[arg-type]

@@ -252,7 +252,9 @@ def create_app(
         app.router.routes.extend(imaging_routes(app, imaging))
     from cds_hooks.routes import CdsHooks
 
-    app.state.cds = CdsHooks(runtime.cds_config(), store, app.state.fhir_reads, policy, access_for)
+    app.state.cds = CdsHooks(
+        runtime.cds_config(), store, app.state.fhir_reads, policy, access_for, audit
+    )
     app.router.routes.extend(app.state.cds.routes())
     from openemr_bridge.routes import build_bridge
     from openemr_bridge.routes import routes as openemr_routes

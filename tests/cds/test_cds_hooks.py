@@ -324,3 +324,15 @@ def test_feedback_on_unknown_card_or_bad_outcome(ehr: Ehr) -> None:
     response = ehr.feedback("critical-labs", [{"card": "x", "outcome": "ignored"}])
     assert response.status_code == 400
     assert "accepted or overridden" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_each_call_is_audited_with_client_and_patient(ehr: Ehr, data: Data, cds_app: Any) -> None:
+    p = data.patient("p1")
+    ehr.patient_view("critical-labs", p)
+    cds_app.state.audit.flush()
+    reads = cds_app.state.fhir_reads.with_access(None)
+    events = reads.search("AuditEvent", [("patient", f"Patient/{p}"),
+                                         ("subtype", "operation")])  # fmt: skip
+    assert len(events) == 1
+    agent = events[0]["agent"][0]
+    assert ehr.iss in str(agent)

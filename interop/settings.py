@@ -274,7 +274,8 @@ class Settings(BaseSettings):
         default=300, ge=30, le=3600, description="longest lifetime of a CDS client's JWT"
     )
     openemr_launch_client: str = Field(
-        default="", description="client_id of the hosted app /openemr/launch starts"
+        default="interop-imaging",
+        description="client_id of the hosted app /openemr/launch starts (default: /apps/imaging)",
     )
     openemr_allowed_iss: list[str] = Field(
         default_factory=list, description="iss values /openemr/launch accepts (JSON); empty: ours"

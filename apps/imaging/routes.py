@@ -26,10 +26,8 @@ PATH = "/apps/imaging"
 SCOPE = (
     "openid fhirUser launch launch/patient online_access "
     "patient/Patient.rs patient/ImagingStudy.rs patient/DiagnosticReport.rus "
-    "patient/Observation.rs patient/Device.rs patient/Provenance.rs "
-    "user/Patient.rs user/ImagingStudy.rs user/DiagnosticReport.rus user/Observation.rs "
-    "user/Device.rs user/Provenance.rs"
-)
+    "patient/Observation.rs patient/Device.rs patient/Provenance.rs"
+)  # patient scopes only: a launch sees its patient's data and nobody else's
 FILES = {"app.js": "text/javascript", "app.css": "text/css", "app.js.map": "application/json"}
 
 

@@ -79,8 +79,11 @@ def find_frame(browser: Chromium, prefix: str, seconds: float = 60) -> Frame:
     """The frame whose document is at `prefix` once its page has loaded, and its default
     JavaScript context (Runtime.enable announces every live context as an event)."""
     deadline = time.time() + seconds
+    seen: list[str] = []
+    state = ""
     while time.time() < deadline:
         tree = browser.call("Page.getFrameTree")["result"]["frameTree"]
+        seen = [f["url"] for f in _frames(tree)]
         frame = next((f for f in _frames(tree) if f["url"].startswith(prefix)), None)
         if frame is not None:
             browser.call("Runtime.disable")
@@ -100,8 +103,9 @@ def find_frame(browser: Chromium, prefix: str, seconds: float = 60) -> Frame:
                 app = Frame(browser, context)
                 if app.run("document.readyState === 'complete' && !!window.imagingApp"):
                     return app
+                state = str(app.run("document.body && document.body.innerText"))[:500]
         time.sleep(0.3)
-    raise AssertionError(f"the app never loaded at {prefix}")
+    raise AssertionError(f"the app never loaded at {prefix}: frames {seen}; page: {state}")
 
 
 def screenshot(browser: Chromium, name: str) -> Path:
@@ -118,19 +122,42 @@ def study_for(app: Any, patient_id: str, datasets: list[Any]) -> str:
     """The ImagingStudy of a series stored in Orthanc, as the imaging bridge writes it."""
     first = datasets[0]
     study = {
-        "resourceType": "ImagingStudy", "status": "available",
+        "resourceType": "ImagingStudy",
+        "status": "available",
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{first.StudyInstanceUID}"}],
-        "subject": {"reference": f"Patient/{patient_id}"}, "started": "2026-01-02T10:00:00Z",
-        "modality": [{"system": DCM, "code": "CT"}], "description": str(first.StudyDescription),
-        "numberOfSeries": 1, "numberOfInstances": len(datasets),
-        "series": [{"uid": str(first.SeriesInstanceUID), "modality": {"system": DCM, "code": "CT"},
-                    "numberOfInstances": len(datasets), "description": "phantom",
-                    "instance": [{"uid": str(d.SOPInstanceUID), "number": i + 1,
-                                  "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{d.SOPClassUID}"}}
-                                 for i, d in enumerate(datasets)]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "started": "2026-01-02T10:00:00Z",
+        "modality": [{"system": DCM, "code": "CT"}],
+        "description": str(first.StudyDescription),
+        "numberOfSeries": 1,
+        "numberOfInstances": len(datasets),
+        "series": [
+            {
+                "uid": str(first.SeriesInstanceUID),
+                "modality": {"system": DCM, "code": "CT"},
+                "numberOfInstances": len(datasets),
+                "description": "phantom",
+                "instance": [
+                    {
+                        "uid": str(d.SOPInstanceUID),
+                        "number": i + 1,
+                        "sopClass": {
+                            "system": "urn:ietf:rfc:3986",
+                            "code": f"urn:oid:{d.SOPClassUID}",
+                        },
+                    }
+                    for i, d in enumerate(datasets)
+                ],
+            }
+        ],
     }
-    results = app.state.store.apply({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": study, "request": {"method": "POST", "url": "ImagingStudy"}}]})
+    results = app.state.store.apply(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": study, "request": {"method": "POST", "url": "ImagingStudy"}}],
+        }
+    )
     return str(results[0].res_id)
 
 
@@ -152,33 +179,52 @@ class Ehr:
     def __init__(self, app: Any, origin: str) -> None:
         self.origin = origin
         self.key = ECKey.generate_key("P-384", parameters={"kid": "oe-cds"})
-        app.state.cds.clients.add("https://openemr.example", "OpenEMR",
-                                  jwks={"keys": [self.key.as_dict(private=False)]})
+        app.state.cds.clients.add(
+            "https://openemr.example", "OpenEMR", jwks={"keys": [self.key.as_dict(private=False)]}
+        )
 
     def ai_cards(self, patient: str) -> list[dict[str, Any]]:
         url = f"{self.origin}/cds-services/ai-findings-review"
-        claims = {"iss": "https://openemr.example", "aud": url, "exp": int(time.time()) + 60,
-                  "jti": uuid.uuid4().hex}
+        claims = {
+            "iss": "https://openemr.example",
+            "aud": url,
+            "exp": int(time.time()) + 60,
+            "jti": uuid.uuid4().hex,
+        }
         token = jwt.encode({"alg": "ES384", "kid": "oe-cds"}, claims, self.key, ["ES384"])
-        body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
-                "context": {"patientId": patient, "userId": "Practitioner/x"}}
+        body = {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "context": {"patientId": patient, "userId": "Practitioner/x"},
+        }
         response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200, response.text
         return list(response.json()["cards"])
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_imaging_app_from_openemr_chart(database_url: str, sim: OpenEmrSimulator,
-                                        browser: Chromium) -> None:
+def test_imaging_app_from_openemr_chart(
+    database_url: str, sim: OpenEmrSimulator, browser: Chromium
+) -> None:
     our_port = free_port()
     ours = f"http://127.0.0.1:{our_port}"
     with running_orthanc() as orthanc:
-        app = create_app(Settings(
-            database_url=database_url, auth="on", base_url=f"{ours}/fhir", mllp_port=0,
-            orthanc_url=orthanc.url, dicomweb_url=orthanc.dicomweb, orthanc_user=USER, orthanc_password=PASSWORD,  # type: ignore[arg-type]
-            imaging_reconcile_seconds=0, imaging_poll_seconds=3600,
-            ai_rules=[{"model": "ct-classical", "modality": "CT"}],  # type: ignore[arg-type]
-            **bridge_settings(sim.base)))
+        app = create_app(
+            Settings(
+                database_url=database_url,
+                auth="on",
+                base_url=f"{ours}/fhir",
+                mllp_port=0,
+                orthanc_url=orthanc.url,
+                dicomweb_url=orthanc.dicomweb,
+                orthanc_user=USER,
+                orthanc_password=PASSWORD,  # type: ignore[arg-type]
+                imaging_reconcile_seconds=0,
+                imaging_poll_seconds=3600,
+                ai_rules=[{"model": "ct-classical", "modality": "CT"}],  # type: ignore[arg-type]
+                **bridge_settings(sim.base),
+            )
+        )
         clear_tables(app.state.store.engine, keep={"auth_signing_keys", "auth_clients"})
         oe_client = sim.clients[CLIENT_ID]
         oe_client.redirect_uris = [f"{ours}/openemr/callback"]
@@ -186,8 +232,10 @@ def test_imaging_app_from_openemr_chart(database_url: str, sim: OpenEmrSimulator
         sim.add_user(CLINICIAN, CLINICIAN_PASSWORD)
         syncer = build_syncer(app.state.runtime.openemr_settings(), app.state.context)
         assert syncer is not None
-        rows = [sim.add_patient(fname="Mai", lname="Nguyen", DOB="1975-03-04", sex="Female"),
-                sim.add_patient(fname="Ola", lname="Berg", DOB="1960-01-01", sex="Male")]
+        rows = [
+            sim.add_patient(fname="Mai", lname="Nguyen", DOB="1975-03-04", sex="Female"),
+            sim.add_patient(fname="Ola", lname="Berg", DOB="1960-01-01", sex="Male"),
+        ]
         patients = [syncer.sync_patient(r["uuid"])[1] for r in rows]
         session = requests.Session()
         session.auth = (USER, PASSWORD)
@@ -207,11 +255,17 @@ def test_imaging_app_from_openemr_chart(database_url: str, sim: OpenEmrSimulator
             assert len(ehr.ai_cards(mine)) == 1
 
             dashboard = "/interface/patient_file/summary/demographics.php?" + urlencode(
-                {"puuid": rows[0]["uuid"], "client_id": CLIENT_ID})
+                {"puuid": rows[0]["uuid"], "client_id": CLIENT_ID}
+            )
             login = f"{sim.base}/interface/login/login.php?" + urlencode({"next": dashboard})
             browser.call("Page.enable")
-            browser.call("Emulation.setDeviceMetricsOverride", width=1000, height=760,
-                         deviceScaleFactor=1, mobile=False)
+            browser.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=1000,
+                height=760,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             browser.call("Page.navigate", url=login)
             browser.wait_for("!!document.querySelector('input[name=authUser]')")
             browser.evaluate(
@@ -221,30 +275,50 @@ def test_imaging_app_from_openemr_chart(database_url: str, sim: OpenEmrSimulator
             )  # the only sign-in: at OpenEMR
             frame = find_frame(browser, f"{ours}/apps/imaging/?")
             frame.wait_for("document.querySelectorAll('.study img[data-loaded]').length > 0", 60)
-            listed = frame.evaluate("[...document.querySelectorAll('.study')].map(b => b.dataset.study)")
+            listed = frame.evaluate(
+                "[...document.querySelectorAll('.study')].map(b => b.dataset.study)"
+            )
             assert listed == [studies[0]]  # confined: only this patient's study
             assert frame.evaluate("document.querySelectorAll('.report').length") == 1
-            assert frame.evaluate("document.querySelector('.report').dataset.report") == reports[0]["id"]
+            assert (
+                frame.evaluate("document.querySelector('.report').dataset.report")
+                == reports[0]["id"]
+            )
 
             frame.evaluate("document.querySelector('.study').click(); true")
             frame.wait_for("document.getElementById('viewport').dataset.index !== undefined", 60)
             frame.wait_for("!!document.querySelector('#viewport canvas')")
             start = int(frame.evaluate("document.getElementById('viewport').dataset.index"))
-            frame.evaluate("document.getElementById('viewport').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown', bubbles: true})); true")
+            frame.evaluate(
+                "document.getElementById('viewport').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown', bubbles: true})); true"
+            )
             frame.wait_for(f"document.getElementById('viewport').dataset.index === '{start + 1}'")
             before = frame.evaluate("document.getElementById('viewport').dataset.voi")
-            frame.evaluate("document.getElementById('viewport').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight', bubbles: true})); true")
-            frame.wait_for(f"document.getElementById('viewport').dataset.voi !== {json.dumps(before)}")
+            frame.evaluate(
+                "document.getElementById('viewport').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight', bubbles: true})); true"
+            )
+            frame.wait_for(
+                f"document.getElementById('viewport').dataset.voi !== {json.dumps(before)}"
+            )
             time.sleep(0.5)
             screenshot(browser, "imaging-app-openemr.png")
 
             # the token is confined to the launch patient: another patient's data is refused
-            other = frame.run(f"imagingApp.client.request('ImagingStudy/{studies[1]}').then(() => 'read', e => String(e.status || e.message))")
+            other = frame.run(
+                f"imagingApp.client.request('ImagingStudy/{studies[1]}').then(() => 'read', e => String(e.status || e.message))"
+            )
             assert other != "read"
-            assert frame.run(f"fetch('{ours}/fhir/DiagnosticReport?subject=Patient/{theirs}', {{headers: {{Authorization: 'Bearer ' + imagingApp.token()}}}}).then(r => r.json()).then(b => (b.entry || []).length)") == 0
+            assert (
+                frame.run(
+                    f"fetch('{ours}/fhir/DiagnosticReport?subject=Patient/{theirs}', {{headers: {{Authorization: 'Bearer ' + imagingApp.token()}}}}).then(r => r.json()).then(b => (b.entry || []).length)"
+                )
+                == 0
+            )
 
             frame.evaluate("document.querySelector('.report .approve').click(); true")
-            frame.wait_for("document.querySelector('.report .badge').dataset.status === 'final'", 30)
+            frame.wait_for(
+                "document.querySelector('.report .badge').dataset.status === 'final'", 30
+            )
             screenshot(browser, "imaging-app-approved.png")
             assert ehr.ai_cards(mine) == []  # the card is gone
             assert len(ehr.ai_cards(theirs)) == 1  # the other patient's still waits

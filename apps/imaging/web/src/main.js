@@ -34,10 +34,13 @@ function status(text, error = false) {
 async function launch() {
   const config = await (await fetch("config.json")).json();
   const params = new URLSearchParams(location.search);
+  // `launch` belongs to an EHR launch only; opened directly, the user picks the patient
+  const scope = params.get("launch") ? config.scope : config.scope.split(" ").filter((s) => s !== "launch").join(" ");
   await FHIR.oauth2.authorize({
     clientId: config.clientId,
-    scope: config.scope,
+    scope,
     redirectUri: "./",
+    completeInTarget: true, // in OpenEMR's iframe too, the app opens where it was launched
     iss: params.get("iss") || config.fhirBase,
   });
 }

@@ -65,7 +65,12 @@ class Frame:
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError(f"never true in the app: {expression}")
+        shown = self.run(
+            "JSON.stringify({status: document.getElementById('status').textContent, "
+            "studies: [...document.querySelectorAll('.study')].map(b => b.innerText + ' ' + "
+            "(b.querySelector('img') || {}).alt + (b.querySelector('img') || {}).title), reports: document.getElementById('reports').innerText})"
+        )
+        raise AssertionError(f"never true in the app: {expression}; the app shows {shown}")
 
 
 def _frames(tree: dict[str, Any]) -> list[dict[str, Any]]:
@@ -273,7 +278,7 @@ def test_imaging_app_from_openemr_chart(
                 f"document.querySelector('input[name=clearPass]').value = {json.dumps(CLINICIAN_PASSWORD)};"
                 "document.querySelector('form').submit(); true"
             )  # the only sign-in: at OpenEMR
-            frame = find_frame(browser, f"{ours}/apps/imaging/?")
+            frame = find_frame(browser, f"{ours}/apps/imaging/")
             frame.wait_for("document.querySelectorAll('.study img[data-loaded]').length > 0", 60)
             listed = frame.evaluate(
                 "[...document.querySelectorAll('.study')].map(b => b.dataset.study)"
@@ -319,6 +324,8 @@ def test_imaging_app_from_openemr_chart(
             frame.wait_for(
                 "document.querySelector('.report .badge').dataset.status === 'final'", 30
             )
+            frame.evaluate("document.querySelector('.report').scrollIntoView(); true")
+            time.sleep(0.3)
             screenshot(browser, "imaging-app-approved.png")
             assert ehr.ai_cards(mine) == []  # the card is gone
             assert len(ehr.ai_cards(theirs)) == 1  # the other patient's still waits

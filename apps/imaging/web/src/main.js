@@ -129,10 +129,10 @@ class App {
       if (uid && series) {
         const inst = series.instance[Math.floor(series.instance.length / 2)];
         const url = `${this.root}/dicomweb/studies/${uid}/series/${series.uid}/instances/${inst.uid}/rendered`;
-        this.fetchAuthed(url, "image/jpeg, image/png")
+        this.fetchAuthed(url, "image/jpeg")
           .then((r) => r.blob())
           .then((b) => { img.src = URL.createObjectURL(b); img.dataset.loaded = "1"; })
-          .catch(() => { img.alt = "(no preview)"; });
+          .catch((e) => { img.alt = "(no preview)"; img.title = e.message; });
       }
     }
   }

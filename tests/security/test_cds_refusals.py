@@ -172,3 +172,16 @@ def test_discovery_is_public_and_reveals_no_patient_data(http: TestClient, data:
     data.patient("p1")
     body = http.get("/cds-services").text
     assert "p1" not in body and "Fam" not in body
+
+
+def test_imaging_app_pages_refuse_foreign_framing_and_stray_paths(http: TestClient) -> None:
+    """The hosted app's pages carry no data (the app reads with its own token); they may be
+    framed only by this server and OpenEMR's origins, and serve only their own files."""
+    page = http.get("/apps/imaging/")
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'self';" in policy  # no OpenEMR configured: only this server
+    assert "connect-src 'self'" in policy
+    for path in ("/apps/imaging/..%2f..%2fpyproject.toml", "/apps/imaging/routes.py",
+                 "/apps/imaging/static", "/apps/imaging/web/package.json"):  # fmt: skip
+        assert http.get(path).status_code == 404, path
+    assert http.post("/apps/imaging/config.json").status_code == 405

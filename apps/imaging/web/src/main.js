@@ -175,10 +175,10 @@ class App {
         if (name) model = `${name} ${version || ""}`.trim();
       } catch (e) { /* the model stays as the report names it */ }
     }
-    let provenance = [];
+    let provenance = null;
     try {
       provenance = await this.client.request(`Provenance?target=DiagnosticReport/${report.id}`, { flat: true, pageLimit: 1 });
-    } catch (e) { /* no Provenance permission */ }
+    } catch (e) { /* this launch may not read Provenance */ }
     const studyRef = ((report.imagingStudy || [])[0] || {}).reference || "";
     const panel = el("section", { class: "report", "data-report": report.id, "data-study": studyRef.split("/")[1] || "", "aria-label": `AI report ${report.id}` });
     const statusBadge = el("span", { class: `badge ${report.status}`, "data-status": report.status }, report.status);
@@ -189,12 +189,12 @@ class App {
         el("thead", {}, el("tr", {}, el("th", {}, "Finding"), el("th", {}, "Value"), el("th", {}, "Flag"))),
         el("tbody", {}, results.map((o) => el("tr", { class: flags(o).some((f) => ABNORMAL.has(f)) ? "abnormal" : "" },
           el("td", {}, text(o.code)), el("td", {}, value(o).text), el("td", {}, flags(o).join(", ")))))),
-      el("p", { class: "provenance" }, "Provenance: ", provenance.length ? provenance.map((p) => {
+      el("p", { class: "provenance" }, "Provenance: ", provenance === null ? "not readable with this launch's access" : provenance.length ? provenance.map((p) => {
         const agent = (p.agent || [])[0] || {};
         const who = (agent.who || {}).reference || (agent.who || {}).display || "?";
         const act = (((p.activity || {}).coding || [])[0] || {}).code || "";
         return `${(p.recorded || "").slice(0, 19)} ${act} by ${who}`;
-      }).join("; ") : "none visible"));
+      }).join("; ") : `none visible (generated ${(report.issued || "").slice(0, 16).replace("T", " ")} by ${model})`));
     if (studyRef) panel.append(el("button", { on: { click: () => this.openStudy(studyRef.split("/")[1]) } }, "Show images"));
     if (report.status === "preliminary") {
       const reason = el("input", { type: "text", "aria-label": "Reason", placeholder: "Reason (required to reject)", class: "reason" });

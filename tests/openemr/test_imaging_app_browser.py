@@ -253,6 +253,14 @@ def test_imaging_app_from_openemr_chart(
             stow.store_instances(datasets)
             studies.append(study_for(app, str(patient), datasets))
         mine, theirs = str(patients[0]), str(patients[1])
+        labs = [(4.1, "N", "2026-11-01"), (5.2, "H", "2026-11-15"), (6.9, "HH", "2026-12-01")]
+        app.state.store.apply({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {
+                "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{mine}"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3", "display": "Potassium"}]},
+                "valueQuantity": {"value": value, "unit": "mmol/L"}, "effectiveDateTime": f"{day}T08:00:00Z",
+                "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": flag}]}]},
+             "request": {"method": "POST", "url": "Observation"}} for value, flag, day in labs]})  # fmt: skip
         with Served(app, our_port):
             reports = [ai_report_of(app, s) for s in studies]  # the real AI worker, ct-classical
             assert reports[0]["status"] == "preliminary"
@@ -285,6 +293,12 @@ def test_imaging_app_from_openemr_chart(
             )
             assert listed == [studies[0]]  # confined: only this patient's study
             assert frame.evaluate("document.querySelectorAll('.report').length") == 1
+            # lab results: a table with the abnormal ones flagged, and a trend chart per test
+            assert frame.evaluate("document.querySelectorAll('#labs tbody tr').length") == 3
+            assert frame.evaluate("document.querySelectorAll('#labs tr.abnormal').length") == 2
+            assert frame.evaluate("document.querySelectorAll('#labs tr.critical').length") == 1
+            assert frame.evaluate("imagingApp.charts.data.datasets[0].data") == [4.1, 5.2, 6.9]
+            assert frame.evaluate("document.getElementById('trend').width") > 0
             assert (
                 frame.evaluate("document.querySelector('.report').dataset.report")
                 == reports[0]["id"]

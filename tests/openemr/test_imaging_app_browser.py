@@ -344,3 +344,49 @@ def test_imaging_app_from_openemr_chart(
             assert ehr.ai_cards(mine) == []  # the card is gone
             assert len(ehr.ai_cards(theirs)) == 1  # the other patient's still waits
     app.state.store.engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_imaging_app_standalone_launch(database_url: str, browser: Chromium) -> None:
+    """Opened directly, the app signs the user in, lets them pick a patient, and then shows
+    only that patient's studies."""
+    our_port = free_port()
+    ours = f"http://127.0.0.1:{our_port}"
+    app = create_app(Settings(database_url=database_url, auth="on", base_url=f"{ours}/fhir",
+                              mllp_port=0))  # fmt: skip
+    clear_tables(app.state.store.engine, keep={"auth_signing_keys", "auth_clients"})
+    app.state.auth.registry.add_user("drstand", CLINICIAN_PASSWORD, "physician", "Practitioner/s")
+    store = app.state.store
+    ids = []
+    for family in ("Alpha", "Beta"):
+        [patient] = store.apply({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "name": [{"family": family}]},
+             "request": {"method": "POST", "url": "Patient"}}]})  # fmt: skip
+        [study] = store.apply({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "ImagingStudy", "status": "available",
+                          "description": f"study of {family}",
+                          "subject": {"reference": f"Patient/{patient.res_id}"}},
+             "request": {"method": "POST", "url": "ImagingStudy"}}]})  # fmt: skip
+        ids.append((str(patient.res_id), str(study.res_id)))
+    with Served(app, our_port):
+        browser.call("Page.navigate", url=f"{ours}/apps/imaging/launch")
+        browser.wait_for("!!document.querySelector('input[name=username]')")
+        browser.evaluate(
+            "document.querySelector('input[name=username]').value = 'drstand';"
+            f"document.querySelector('input[name=password]').value = {json.dumps(CLINICIAN_PASSWORD)};"
+            "document.querySelector('form').submit(); true"
+        )
+        browser.wait_for(f"!!document.querySelector('input[value=\"{ids[0][0]}\"]')")
+        browser.evaluate(
+            f"document.querySelector('input[value=\"{ids[0][0]}\"]').checked = true;"
+            "document.querySelector('form[action=pick][method=post]').submit(); true"
+        )
+        browser.wait_for("!!document.querySelector('button[value=allow]')")
+        browser.evaluate("document.querySelector('button[value=allow]').click(); true")
+        browser.wait_for("!!window.imagingApp && document.querySelectorAll('.study').length > 0")
+        listed = browser.evaluate(
+            "[...document.querySelectorAll('.study')].map(b => b.dataset.study)"
+        )
+        assert listed == [ids[0][1]]
+        assert "Alpha" in browser.evaluate("document.getElementById('patient').textContent")
+    app.state.store.engine.dispose()

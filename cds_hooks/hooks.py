@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from cds_hooks.cards import card, card_uuid, concept_text, quantity_text, smart_link
 from cds_hooks.config import CdsConfig
@@ -122,7 +123,7 @@ def _since(days: int) -> tuple[datetime, str]:
 
 
 def _app_link(config: CdsConfig, label: str, reference: str) -> dict[str, Any]:
-    url = f"{config.public_root}{config.app_path}"
+    url = f"{config.public_root}{config.app_path}?{urlencode({'focus': reference})}"
     return smart_link(label, url, json.dumps({"focus": reference}))
 
 

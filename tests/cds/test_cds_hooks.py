@@ -63,7 +63,10 @@ def test_ai_card_per_unreviewed_report_until_approved(
     assert "fat-volume 2.1.0" in first["source"]["label"]
     assert "Pericardial fat volume: 231.5 mL (Critical high)" in first["detail"]
     link = first["links"][0]
-    assert link["type"] == "smart" and link["url"] == f"{ROOT}/apps/imaging/launch"
+    assert (
+        link["type"] == "smart"
+        and link["url"] == f"{ROOT}/apps/imaging/launch?focus=DiagnosticReport%2Fr1"
+    )
     assert "DiagnosticReport/r1" in link["appContext"]
     second = by_summary["AI analysis by fat-volume 2.1.0 awaiting review"]
     assert second["indicator"] == "info"

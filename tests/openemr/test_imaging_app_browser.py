@@ -369,7 +369,8 @@ def test_imaging_app_standalone_launch(database_url: str, browser: Chromium) -> 
              "request": {"method": "POST", "url": "ImagingStudy"}}]})  # fmt: skip
         ids.append((str(patient.res_id), str(study.res_id)))
     with Served(app, our_port):
-        browser.call("Page.navigate", url=f"{ours}/apps/imaging/launch")
+        focus = f"{ours}/apps/imaging/launch?focus=ImagingStudy%2F{ids[0][1]}"  # a card's link
+        browser.call("Page.navigate", url=focus)
         browser.wait_for("!!document.querySelector('input[name=username]')")
         browser.evaluate(
             "document.querySelector('input[name=username]').value = 'drstand';"
@@ -389,4 +390,6 @@ def test_imaging_app_standalone_launch(database_url: str, browser: Chromium) -> 
         )
         assert listed == [ids[0][1]]
         assert "Alpha" in browser.evaluate("document.getElementById('patient').textContent")
+        title = "document.getElementById('viewer-title').textContent"
+        assert browser.wait_for(f"{title} === 'study of Alpha'")  # opened on the focus
     app.state.store.engine.dispose()

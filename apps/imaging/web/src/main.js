@@ -34,6 +34,8 @@ function status(text, error = false) {
 async function launch() {
   const config = await (await fetch("config.json")).json();
   const params = new URLSearchParams(location.search);
+  // a CDS card's link names what to open (?focus=DiagnosticReport/...): kept for the app page
+  if (params.get("focus")) sessionStorage.setItem("interop-imaging-focus", params.get("focus"));
   // `launch` belongs to an EHR launch only; opened directly, the user picks the patient
   const scope = params.get("launch") ? config.scope : config.scope.split(" ").filter((s) => s !== "launch").join(" ");
   await FHIR.oauth2.authorize({
@@ -103,8 +105,17 @@ class App {
     await this.renderReports(reports);
     this.renderLabs(labs.filter((o) => !(o.identifier || []).some((i) => i.system === AI_OBSERVATION)));
     status(`${studies.length} studies, ${this.reports.length} AI reports, ${this.labs.length} lab results`);
-    const focus = new URLSearchParams(location.search).get("focus");
-    if (focus && focus.startsWith("ImagingStudy/")) this.openStudy(focus.split("/")[1]);
+    const focus = sessionStorage.getItem("interop-imaging-focus") || "";
+    sessionStorage.removeItem("interop-imaging-focus");
+    if (focus.startsWith("ImagingStudy/")) this.openStudy(focus.split("/")[1]);
+    const report = focus.startsWith("DiagnosticReport/") && document.querySelector(`.report[data-report="${CSS.escape(focus.split("/")[1])}"]`);
+    if (report) {
+      if (report.dataset.study) this.openStudy(report.dataset.study);
+      report.classList.add("current");
+      report.scrollIntoView({ block: "nearest" });
+      const approve = report.querySelector(".approve");
+      if (approve) approve.focus();
+    }
   }
 
   studyUid(study) {

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -48,7 +49,7 @@ def register(registry: Registry, root: str) -> None:
             launch_url=launch,
             client_id=CLIENT_ID,
         )
-    except RegistryError as exc:  # another worker registered it at the same moment
+    except (RegistryError, IntegrityError) as exc:  # another worker, at the same moment
         if registry.client(CLIENT_ID) is None:
             raise
         log.debug("imaging app registered concurrently: %s", exc)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from cds_hooks.models import cds_cards
 from fhir_server.errors import FhirError
@@ -40,29 +41,39 @@ MAX_FEEDBACK = 100
 
 
 def remember(engine: Engine, service: str, iss: str, issued: list[dict[str, Any]]) -> None:
-    """Record the cards issued (once per uuid); forget cards older than CARD_DAYS."""
+    """Record the cards issued (once per uuid); forget cards older than CARD_DAYS. Two calls
+    issuing the same card at once: the loser of the race finds it recorded on its retry."""
     if not issued:
         return
-    now = int(time.time())
-    uids = [c["uuid"] for c in issued]
-    with write_transaction(engine) as conn:
-        conn.execute(delete(cds_cards).where(cds_cards.c.issued < now - CARD_DAYS * 86400))
-        known = {
-            r[0] for r in conn.execute(select(cds_cards.c.uuid).where(cds_cards.c.uuid.in_(uids)))
-        }
-        rows = [
-            {
-                "uuid": c["uuid"],
-                "service": service,
-                "iss": iss,
-                "issued": now,
-                "focus": json.dumps({k: c[k] for k in ("reference", "version", "patient")}),
-            }
-            for c in {c["uuid"]: c for c in issued}.values()
-            if c["uuid"] not in known
-        ]
-        if rows:
-            conn.execute(insert(cds_cards), rows)
+    cards = {c["uuid"]: c for c in issued}
+    for attempt in (1, 2):
+        now = int(time.time())
+        try:
+            with write_transaction(engine) as conn:
+                conn.execute(delete(cds_cards).where(cds_cards.c.issued < now - CARD_DAYS * 86400))
+                known = {
+                    r[0]
+                    for r in conn.execute(
+                        select(cds_cards.c.uuid).where(cds_cards.c.uuid.in_(list(cards)))
+                    )
+                }
+                rows = [
+                    {
+                        "uuid": uid,
+                        "service": service,
+                        "iss": iss,
+                        "issued": now,
+                        "focus": json.dumps({k: c[k] for k in ("reference", "version", "patient")}),
+                    }
+                    for uid, c in cards.items()
+                    if uid not in known
+                ]
+                if rows:
+                    conn.execute(insert(cds_cards), rows)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
 
 
 def acknowledged(reads: FhirReads, references: list[str]) -> dict[str, set[str]]:

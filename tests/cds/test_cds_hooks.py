@@ -334,8 +334,23 @@ def test_each_call_is_audited_with_client_and_patient(ehr: Ehr, data: Data, cds_
     ehr.patient_view("critical-labs", p)
     cds_app.state.audit.flush()
     reads = cds_app.state.fhir_reads.with_access(None)
-    events = reads.search("AuditEvent", [("patient", f"Patient/{p}"),
-                                         ("subtype", "operation")])  # fmt: skip
+    events = reads.search("AuditEvent", [("patient", f"Patient/{p}"), ("subtype", "operation")])
     assert len(events) == 1
     agent = events[0]["agent"][0]
     assert ehr.iss in str(agent)
+
+
+def test_concurrent_calls_issuing_the_same_cards(ehr: Ehr, data: Data) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = data.patient("p1")
+    data.lab("k", p, "2823-3", 6.9, "mmol/L", flag="HH")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ehr.patient_view("critical-labs", p), range(8)))
+    assert {r[0]["uuid"] for r in results} == {results[0][0]["uuid"]}
+    assert (
+        ehr.feedback(
+            "critical-labs", [{"card": results[0][0]["uuid"], "outcome": "accepted"}]
+        ).status_code
+        == 200
+    )

@@ -57,7 +57,7 @@ def routes(processor: Processor, policy: Any) -> list[Route]:
             return js({"error": "since and until take an ISO date or date-time"}, 400)
         rows = await run_in_threadpool(
             processor.inbox.list, q.get("status"), q.get("type"), q.get("sender"), limit, offset,
-            since, until,
+            since, until, False, None, q.get("control"),
         )  # fmt: skip
         return js({"messages": [r.as_dict() for r in rows], "offset": offset, "count": limit})
 

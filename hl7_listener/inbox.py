@@ -289,10 +289,11 @@ class Inbox:
     def list(
         self, status: str | None = None, mtype: str | None = None, sender: str | None = None,
         limit: int = 50, offset: int = 0, since: int | None = None, until: int | None = None,
-        oldest_first: bool = False, flag: str | None = None,
+        oldest_first: bool = False, flag: str | None = None, control: str | None = None,
     ) -> list[InboxRow]:  # fmt: skip
         """Newest first (or oldest first, the order to map them in); since/until bound the
-        received time (epoch microseconds, until exclusive); flag picks flagged messages."""
+        received time (epoch microseconds, until exclusive); flag picks flagged messages;
+        control: messages with this MSH-10 (what a Provenance's source entity names)."""
         order = hl7_messages.c.pk.asc() if oldest_first else hl7_messages.c.pk.desc()
         q = select(hl7_messages).order_by(order).limit(limit).offset(offset)
         if flag:
@@ -307,6 +308,8 @@ class Inbox:
             q = q.where(hl7_messages.c.message_type == mtype)
         if sender:
             q = q.where(hl7_messages.c.sender == sender)
+        if control:
+            q = q.where(hl7_messages.c.control_id == control[:199])
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(q)]
 

@@ -288,6 +288,18 @@ def create_app(
         from dicomweb_bridge.http import routes as imaging_routes
 
         app.router.routes.extend(imaging_routes(app, imaging))
+    from cds_hooks.routes import CdsHooks
+
+    app.state.cds = CdsHooks(
+        runtime.cds_config(), store, app.state.fhir_reads, policy, access_for, audit
+    )
+    app.router.routes.extend(app.state.cds.routes())
+    from apps.imaging import routes as imaging_app
+    from cds_hooks.config import public_root
+    from openemr_bridge.setup import frame_origins
+
+    imaging_app.register(app.state.auth.registry, public_root(base_url))  # at first start
+    app.router.routes.extend(imaging_app.routes(base_url, frame_origins(openemr)))
     from openemr_bridge.routes import build_bridge
     from openemr_bridge.routes import routes as openemr_routes
 

@@ -89,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = ai_commands.add_parser("models", help="list the installed model plugins")
     models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    from interop import openemr_cli
+    from interop import cds_cli, openemr_cli
 
     openemr_cli.add_parsers(commands)
+    cds_cli.add_parsers(commands)
     load = commands.add_parser("import", help="load NDJSON files through the write path")
     load.add_argument("files", nargs="+", help="NDJSON files, one resource per line")
     load.add_argument("--batch", type=int, default=500, help="resources per transaction")
@@ -102,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(args)
     if args.command == "ai":
         return _ai(args)
+    if args.command == "cds":
+        from cds_hooks.clients import CdsClients
+
+        return cds_cli.run(args, CdsClients(_runtime(1).engine))
     if args.command == "openemr":
         return openemr_cli.run(args, get_settings())
     if args.command == "import":

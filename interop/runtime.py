@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ai_worker.config import AiConfig
+from cds_hooks.config import CdsConfig, parse_ranges, public_root
 from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.pacs import PacsConfig
 from dicomweb_bridge.service import Bridge, proxy_root
@@ -96,6 +97,19 @@ class ChannelConfigs:
 
     def subscription_config(self) -> SubscriptionConfig:
         return subscription_config(self.settings)
+
+    def cds_config(self) -> CdsConfig:
+        s = self.settings
+        return CdsConfig(
+            public_root=public_root(self.base_url),
+            fhir_base=self.base_url,
+            auth_enabled=s.auth_enabled,
+            lab_days=s.cds_lab_days,
+            imaging_window_days=s.cds_imaging_window_days,
+            jwt_max_seconds=s.cds_jwt_max_seconds,
+            critical_ranges=parse_ranges(s.cds_critical_ranges),
+            jwks_fetch=self.outbound.jwks,
+        )
 
 
 class Runtime(ChannelConfigs):

@@ -359,8 +359,22 @@ class Settings(BaseSettings):
     openemr_refresh_age: int = Field(
         default=0, ge=0, description="re-read an OpenEMR Patient older than this (s); 0: off"
     )
+    cds_lab_days: int = Field(
+        default=7, ge=1, le=365, description="critical lab results this recent get CDS cards"
+    )
+    cds_critical_ranges: str = Field(
+        default="",
+        description="JSON {LOINC code: {low, high, unit}} critical ranges; empty: built-in",
+    )
+    cds_imaging_window_days: int = Field(
+        default=30, ge=1, le=3650, description="a comparable study this recent: duplicate order"
+    )
+    cds_jwt_max_seconds: int = Field(
+        default=300, ge=30, le=3600, description="longest lifetime of a CDS client's JWT"
+    )
     openemr_launch_client: str = Field(
-        default="", description="client_id of the hosted app /openemr/launch starts"
+        default="interop-imaging",
+        description="client_id of the hosted app /openemr/launch starts (default: /apps/imaging)",
     )
     openemr_allowed_iss: list[str] = Field(
         default_factory=list, description="iss values /openemr/launch accepts (JSON); empty: ours"

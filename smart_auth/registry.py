@@ -92,9 +92,11 @@ class Registry:
         pkce_exempt: bool = False,
         can_launch: bool = False,
         verified: bool = True,
+        client_id: str | None = None,
     ) -> tuple[Client, str | None]:
         """Register a client; returns it and, for a secret client, the secret (shown once).
-        Operators register verified clients; apps registering themselves are unverified."""
+        Operators register verified clients; apps registering themselves are unverified.
+        `client_id`: a fixed id, for the apps this server hosts itself."""
         texts = [name, scope, jwks_url or "", launch_url or "", *redirect_uris]
         if any(isinstance(t, str) and "\x00" in t for t in texts) or "\\u0000" in json.dumps(jwks):
             raise RegistryError("client metadata may not contain NUL characters")
@@ -118,7 +120,7 @@ class Registry:
             raise RegistryError(
                 f"the name '{name.strip()}' belongs to an app your administrator registered"
             )
-        client_id = _new_client_id()
+        client_id = client_id or _new_client_id()
         secret = secrets.token_urlsafe(32) if client_type == "confidential-secret" else None
         with write_transaction(self.engine) as conn:
             conn.execute(

@@ -2,12 +2,13 @@
 signs in, finds an HL7 message by a word inside it, opens it, follows the link to the Patient
 it created, replays a failed message and sees it succeed; an operator cannot open the
 administration; a patient app's token opens nothing under /console. Each page is saved as a
-screenshot under tests/artifacts/screenshots/console/ (see README, "Operator console").
+screenshot under artifacts/screenshots/console/ (see README, "Operator console").
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,7 +19,10 @@ from sqlalchemy import update
 from hl7_listener.inbox import hl7_messages
 
 HERE = Path(__file__).resolve().parent
-SHOTS = HERE.parent / "artifacts" / "screenshots" / "console"
+ROOT = HERE.parent.parent
+SHOTS = (
+    Path(os.environ.get("INTEROP_ARTIFACTS_DIR", ROOT / "artifacts")) / "screenshots" / "console"
+)
 PASSWORD = "operator password 1"
 
 

@@ -97,6 +97,7 @@ def test_list_filters_by_type_sender_and_date(client: TestClient) -> None:
         return [m["controlId"] for m in resp.json()["messages"]]
 
     assert ids(sender="RAD^HOSP") == ["H2"]
+    assert ids(control="H1") == ["H1"]  # a Provenance's source entity names MSH-10
     assert ids(type="ADT^A04") == ["H2", "H1"]
     assert ids(since=today.isoformat()) == ["H2", "H1"]
     assert ids(until=today.isoformat()) == []

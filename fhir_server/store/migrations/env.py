@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import cds_hooks.models  # noqa: F401 - its tables share the store metadata
 import openemr_bridge.models  # noqa: F401 - its tables share the store metadata
 import smart_auth.models  # noqa: F401 - its tables share the store metadata
 from fhir_server.schema import metadata

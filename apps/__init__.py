@@ -1,0 +1,1 @@
+"""SMART apps this server hosts itself, with their built assets (package data)."""

@@ -57,11 +57,7 @@ def quantity_text(resource: dict[str, Any]) -> str:
     if isinstance(q, dict) and q.get("value") is not None:
         unit = q.get("unit") or q.get("code") or ""
         comparator = q.get("comparator") or ""
-        return (
-            f"{comparator}{q['value']:g} {unit}".strip()
-            if isinstance(q["value"], int | float)
-            else f"{comparator}{q['value']} {unit}".strip()
-        )
+        return f"{comparator}{q['value']} {unit}".strip()  # the value as sent (its precision)
     cc = resource.get("valueCodeableConcept")
     if isinstance(cc, dict):
         return str(

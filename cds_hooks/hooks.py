@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -267,13 +268,15 @@ def critical_reason(config: CdsConfig, obs: dict[str, Any]) -> str | None:
     if flags:
         return ", ".join(FLAGS[f].lower() for f in sorted(flags))
     q = obs.get("valueQuantity")
-    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
+    if not isinstance(q, dict):
+        return None
+    value = q.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
     for system, code in _codes(obs.get("code")):
         limits = config.critical_ranges.get(code) if system in (LOINC, "") else None
         if limits is None or limits.unit not in (q.get("code"), q.get("unit")):
             continue
-        value = q["value"]
         if limits.low is not None and value < limits.low:
             return f"below the critical limit {limits.low:g} {limits.unit}"
         if limits.high is not None and value > limits.high:

@@ -21,7 +21,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ai_worker.runtime import AiRuntime
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
 from fhir_server.api.capability import capability_bytes
@@ -37,7 +36,7 @@ from fhir_server.subscriptions.delivery import Deliverer
 from fhir_server.subscriptions.service import SubscriptionService
 from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
-from interop import ai_operations
+from interop import features
 from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
 from interop.outbox_runner import OutboxRunner
@@ -86,15 +85,15 @@ def create_app(
     ctx = runtime.ctx
     compartment.register(ctx.operations)  # $everything
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
-    ai = AiRuntime(runtime.ai_config(), ctx)
-    ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject
+    ai = _ai_runtime(runtime, ctx)
     policy = AccessPolicy(settings.auth_enabled)
     # every change the store commits, from any channel, gets its AuditEvent
     audit = store.audit if isinstance(store.audit, AuditTrail) else None  # the runtime's trail
     outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
     imaging = runtime.imaging_bridge()
-    outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
+    if ai is not None:
+        outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
     subscriptions = SubscriptionService(store, base_url, runtime.subscription_config())
     ctx.operations.hook("Subscription", subscriptions)  # vets and owns Subscription writes
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
@@ -103,7 +102,8 @@ def create_app(
     # started in this order when the app starts, stopped in reverse (interop.services)
     if audit is not None:
         services.add(Managed("audit-trail", lambda: None, audit.close))
-    services.add(Managed("ai-runner", ai.start, ai.stop))
+    if ai is not None:
+        services.add(Managed("ai-runner", ai.start, ai.stop))
     services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
                          outbox_runner.health))  # fmt: skip
     services.add(Managed("bulk-jobs", bulk.start, bulk.close))
@@ -304,6 +304,20 @@ def create_app(
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
+
+
+def _ai_runtime(runtime: Runtime, ctx: Any) -> Any:
+    """The AI worker and its operations ($analyze, $approve, $reject), or None (logged once)
+    when the `ai` extra is not installed: FHIR, HL7 and imaging run without it."""
+    if not features.AI.available:
+        logging.getLogger("interop").warning("%s; AI analyses are off", features.AI.hint())
+        return None
+    from ai_worker.runtime import AiRuntime
+    from interop import ai_operations
+
+    ai = AiRuntime(runtime.ai_config(), ctx)
+    ai_operations.register(ctx.operations, ai.service)
+    return ai
 
 
 def metrics_access(settings: Settings) -> Callable[[str | None], Response | None]:

@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     metrics_token_file: str = Field(
         default="", description="file holding the bearer token /metrics requires"
     )
+    admin_password_file: str = Field(
+        default="",
+        description="first start on an empty database: the admin user's password is read from "
+        "this file (else one is generated and printed once on the console)",
+    )
     docs: Literal["off", "on"] = Field(
         default="off", description="serve /docs and /openapi.json (the HTTP API description)"
     )

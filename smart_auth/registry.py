@@ -211,6 +211,43 @@ class Registry:
             )
         return User(username, role, fhir_user or None)
 
+    def users(self) -> list[User]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(users.c.username, users.c.role, users.c.fhir_user).order_by(
+                    users.c.username
+                )
+            ).all()
+        return [User(*row) for row in rows]
+
+    def remove_user(self, username: str) -> bool:
+        """Remove a user; their sign-in sessions and refresh tokens end with them."""
+        with write_transaction(self.engine) as conn:
+            gone = conn.execute(delete(users).where(users.c.username == username)).rowcount
+            if gone:
+                conn.execute(delete(sessions).where(sessions.c.username == username))
+                conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.username == username)
+                    .values(revoked=True)
+                )
+        return bool(gone)
+
+    def set_password(self, username: str, password: str) -> bool:
+        """A new password (same rules as `add_user`); the user's sessions end."""
+        if len(password) < 8:
+            raise RegistryError("a password needs at least 8 characters")
+        password_hash = hash_password(password)
+        with write_transaction(self.engine) as conn:
+            changed = conn.execute(
+                update(users).where(users.c.username == username).values(
+                    password_hash=password_hash
+                )
+            ).rowcount
+            if changed:
+                conn.execute(delete(sessions).where(sessions.c.username == username))
+        return bool(changed)
+
     def user(self, username: str) -> User | None:
         if "\x00" in username:
             return None

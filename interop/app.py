@@ -36,7 +36,7 @@ from fhir_server.subscriptions.delivery import Deliverer
 from fhir_server.subscriptions.service import SubscriptionService
 from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
-from interop import features
+from interop import features, pages
 from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
 from interop.outbox_runner import OutboxRunner
@@ -124,8 +124,8 @@ def create_app(
     app = FastAPI(
         title="Interop server",
         version=software_version(),
-        docs_url="/docs" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        docs_url=None,  # interop.pages serves /docs and /openapi.json (from the capability)
+        openapi_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -142,6 +142,7 @@ def create_app(
         capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     )
     ctx.capability = lambda: capability
+    pages.install(app, capability, base_url, docs)  # `/`, and /docs + /openapi.json when on
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.services = services

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = _parser(commands, "config", "print the effective configuration, secrets masked",
                      "interop config --json")  # fmt: skip
     _json_flag(config)
+    config.add_argument("--example", action="store_true",
+                        help="print .env.example: every setting with its meaning and default")  # fmt: skip
 
     from interop import auth_cli
 
@@ -225,6 +227,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "db":
         return _db(args)
     if args.command == "config":
+        if args.example:
+            from interop.settings import env_example
+
+            print(env_example(), end="")
+            return 0
         return _config(args.json)
     if args.command == "demo":
         from interop import demo

@@ -159,27 +159,30 @@ def _hl7_time(when: datetime) -> str:
     return when.strftime("%Y%m%d%H%M%S")
 
 
-def _pid(p: DemoPatient, phone: str | None = None) -> str:
+def _pid(p: DemoPatient, street: str | None = None) -> str:
     sex = {"female": "F", "male": "M"}.get(p.gender, "U")
     return (f"PID|1||{p.mrn}^^^{AUTHORITY}^MR||{p.family}^{p.given}||{p.birth:%Y%m%d}|{sex}|||"
-            f"{p.street}^^Springfield^^01101||{phone or p.phone}")  # fmt: skip
+            f"{street or p.street}^^Springfield^^01101||{p.phone}")  # fmt: skip
 
 
 def hl7_messages(p: DemoPatient) -> list[tuple[str, str, bytes]]:
-    """(sender, control id, message): an admission, an update of it and a lab result."""
+    """(sender, control id, message): an admission, an address change and a lab result."""
     when = p.visits[-1]
     rng = random.Random(p.mrn + "/hl7")
     visit = f"V{p.mrn[5:]}{when:%m%d}"
-    pv1 = f"PV1|1|I|WARD1^101^A^{AUTHORITY}||||1234^Smith^Alex^^^Dr|||MED||||||||||{visit}"
+    fields = ["PV1", "1", "I", f"WARD1^101^A^{AUTHORITY}", "", "", "", "1234^Smith^Alex^^^Dr",
+              "", "", "MED"] + [""] * 8 + [visit]  # PV1-19: the visit number
+    pv1 = "|".join(fields + [""] * 24 + [_hl7_time(when)])  # PV1-44: admitted at
     adt_head = "MSH|^~\\&|{app}|{fac}|INTEROP|{fac}|{t}||ADT^{ev}^ADT_A01|{ctrl}|P|2.5.1"
     out = []
-    for event, minutes, phone in (("A01", 0, None), ("A08", 45, f"555-02{rng.randrange(10, 99)}")):
+    moved = f"{rng.randrange(2, 180)} {STREETS[(int(p.mrn[5:]) + 2) % len(STREETS)]}"
+    for event, minutes, street in (("A01", 0, None), ("A08", 45, moved)):  # A08: a new address
         ctrl = f"{p.mrn}-ADT-{event}"
         t = _hl7_time(when + timedelta(minutes=minutes))
         lines = [
             adt_head.format(app=ADT_SENDER[0], fac=AUTHORITY, t=t, ev=event, ctrl=ctrl),
             f"EVN|{event}|{t}",
-            _pid(p, phone),
+            _pid(p, street),
             pv1,
         ]
         out.append(("^".join(ADT_SENDER), ctrl, "\r".join(lines).encode()))
@@ -188,7 +191,7 @@ def hl7_messages(p: DemoPatient) -> list[tuple[str, str, bytes]]:
     t = _hl7_time(when + timedelta(hours=3))
     lines = [
         f"MSH|^~\\&|{LAB_SENDER[0]}|{AUTHORITY}|INTEROP|{AUTHORITY}|{t}||ORU^R01^ORU_R01|{ctrl}|P|2.5.1",
-        _pid(p),
+        _pid(p, moved),  # the lab already has the new address
         f"ORC|RE|{order}^{AUTHORITY}|{order}^{AUTHORITY}",
         f"OBR|1|{order}^{AUTHORITY}|{order}^{AUTHORITY}|51990-0^Basic metabolic panel^LN|||"
         f"{_hl7_time(when + timedelta(hours=1))}" + "|" * 15 + f"{t}||CH|F",

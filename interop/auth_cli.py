@@ -195,10 +195,10 @@ def _clients(args: argparse.Namespace, server: AuthServer) -> int:
                 print(f"{c.client_id}  {c.client_type:<20} {c.name}  [{' '.join(c.scope)}]")
         return 0
     if args.clients_command == "show":
-        client = server.registry.client(args.client_id)
-        if client is None:
+        shown = server.registry.client(args.client_id)
+        if shown is None:
             raise ValueError(f"no client {args.client_id} (see `interop clients list`)")
-        payload = client.as_json()
+        payload = shown.as_json()
         text = "\n".join(f"{k}: {v}" for k, v in payload.items())
         _emit(args.json, payload, text)
         return 0

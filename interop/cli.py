@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     config = _parser(commands, "config", "print the effective configuration, secrets masked",
                      "interop config --json")  # fmt: skip
     _json_flag(config)
-    config.add_argument("--example", action="store_true",
-                        help="print .env.example: every setting with its meaning and default")  # fmt: skip
+    config.add_argument(
+        "--example", action="store_true", help="print .env.example: every setting and its default"
+    )
 
     from interop import auth_cli
 

@@ -170,8 +170,23 @@ def hl7_messages(p: DemoPatient) -> list[tuple[str, str, bytes]]:
     when = p.visits[-1]
     rng = random.Random(p.mrn + "/hl7")
     visit = f"V{p.mrn[5:]}{when:%m%d}"
-    fields = ["PV1", "1", "I", f"WARD1^101^A^{AUTHORITY}", "", "", "", "1234^Smith^Alex^^^Dr",
-              "", "", "MED"] + [""] * 8 + [visit]  # PV1-19: the visit number
+    fields = (
+        [
+            "PV1",
+            "1",
+            "I",
+            f"WARD1^101^A^{AUTHORITY}",
+            "",
+            "",
+            "",
+            "1234^Smith^Alex^^^Dr",
+            "",
+            "",
+            "MED",
+        ]
+        + [""] * 8
+        + [visit]
+    )  # PV1-19: the visit number
     pv1 = "|".join(fields + [""] * 24 + [_hl7_time(when)])  # PV1-44: admitted at
     adt_head = "MSH|^~\\&|{app}|{fac}|INTEROP|{fac}|{t}||ADT^{ev}^ADT_A01|{ctrl}|P|2.5.1"
     out = []

@@ -214,9 +214,7 @@ class Registry:
     def users(self) -> list[User]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(users.c.username, users.c.role, users.c.fhir_user).order_by(
-                    users.c.username
-                )
+                select(users.c.username, users.c.role, users.c.fhir_user).order_by(users.c.username)
             ).all()
         return [User(*row) for row in rows]
 
@@ -240,9 +238,9 @@ class Registry:
         password_hash = hash_password(password)
         with write_transaction(self.engine) as conn:
             changed = conn.execute(
-                update(users).where(users.c.username == username).values(
-                    password_hash=password_hash
-                )
+                update(users)
+                .where(users.c.username == username)
+                .values(password_hash=password_hash)
             ).rowcount
             if changed:
                 conn.execute(delete(sessions).where(sessions.c.username == username))

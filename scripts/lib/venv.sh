@@ -24,6 +24,11 @@ ensure_venv() {
   fi
 }
 
+# The uv version the test lock pins (serve.txt has none: uv is a dev tool there).
+uv_version() {
+  sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements/test.txt | head -1
+}
+
 # install_locked LOCKFILE EXTRAS: the project (editable) with the given extras (comma list),
 # every package at the version LOCKFILE pins (a pip constraints file).
 install_locked() {
@@ -37,8 +42,15 @@ install_locked() {
   stamp=.venv/.installed-$name-$(cat pyproject.toml "$lock" | sha256sum | cut -c1-12)-$(echo "$extras" | sha256sum | cut -c1-8)
   [ -f "$stamp" ] && return 0
   echo "Installing $spec into .venv (versions from $lock) ..." >&2
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -c "$lock" -e "$spec"
+  # uv (from PyPI, the tool that made the lock files) downloads in parallel: about three times
+  # faster than pip here; pip is the fallback where uv cannot be installed.
+  if [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q "uv==$(uv_version "$lock")" \
+      >/dev/null 2>&1; then
+    .venv/bin/uv pip install -q --python .venv/bin/python -c "$lock" -e "$spec"
+  else
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -c "$lock" -e "$spec"
+  fi
   rm -f .venv/.installed-"$name"-*
   touch "$stamp"
 }

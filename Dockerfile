@@ -7,7 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     INTEROP_PORT=8080
 
 WORKDIR /app
+# the optional features this image carries (pyproject extras); versions from the lock file
+ARG EXTRAS=ai,imaging,worker,openemr-db
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY interop ./interop
 COPY fhir_server ./fhir_server
 COPY smart_auth ./smart_auth
@@ -16,7 +19,8 @@ COPY hl7_listener ./hl7_listener
 COPY dicomweb_bridge ./dicomweb_bridge
 COPY openemr_bridge ./openemr_bridge
 COPY ai_worker ./ai_worker
-RUN pip install --no-cache-dir . \
+COPY outbound ./outbound
+RUN pip install --no-cache-dir -c requirements/serve.txt ".[${EXTRAS}]" \
     && useradd --system --home /app interop \
     && mkdir -p /app/var && chown interop /app/var
 

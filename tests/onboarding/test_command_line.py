@@ -178,3 +178,27 @@ def test_a_feature_without_its_extra_says_which_extra(argv: list[str]) -> None:
     assert done.returncode in (1, 2)
     assert "extra" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_first_run_takes_the_admin_password_from_the_named_file(tmp_path: Path) -> None:
+    import io
+
+    from fhir_server.store.db import create_db_engine, upgrade
+    from interop.bootstrap import first_run
+    from interop.settings import Settings
+    from smart_auth.registry import Registry
+
+    secret = tmp_path / "admin-password"
+    secret.write_text("correct horse battery\n")
+    url = f"sqlite:///{tmp_path / 'boot.db'}"
+    engine = create_db_engine(url)
+    upgrade(engine)
+    registry = Registry(engine)
+    settings = Settings(database_url=url, admin_password_file=str(secret))
+    out = io.StringIO()
+    assert first_run(registry, settings, out)
+    assert "correct horse" not in out.getvalue() and str(secret) in out.getvalue()
+    assert registry.login("admin", "correct horse battery") is not None
+    again = io.StringIO()
+    assert not first_run(registry, settings, again) and again.getvalue() == ""
+    engine.dispose()

@@ -18,8 +18,17 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_ONLY = {"pytest", "pytest-xdist", "mypy", "ruff", "hypothesis", "import-linter", "onnx",
-             "fhirpathpy", "hl7"}  # fmt: skip (uv is the installer: it stays)
+TEST_ONLY = {
+    "pytest",
+    "pytest-xdist",
+    "mypy",
+    "ruff",
+    "hypothesis",
+    "import-linter",
+    "onnx",
+    "fhirpathpy",
+    "hl7",
+}  # fmt: skip (uv is the installer: it stays)
 OPTIONAL = {"onnxruntime", "numpy", "celery", "pymysql", "dicomweb-client", "pylibjpeg"}
 
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import _postgres_database
 from sqlalchemy import create_engine, func, select, text
 
 from hl7_listener.inbox import hl7_messages
@@ -27,6 +27,29 @@ from interop import demo
 from smart_auth.registry import Registry
 
 BIN = Path(sys.executable).parent
+POSTGRES_ADMIN_URL = os.environ.get(
+    "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def fresh_postgres() -> Iterator[str]:
+    """A new, empty PostgreSQL database (the first start needs one), dropped afterwards.
+    Like tests/conftest.py: skipped locally without PostgreSQL, a failure in CI."""
+    name = f"interop_demo_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not reachable ({exc})")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def free_port() -> int:
@@ -53,7 +76,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("serve")
-    databases = _postgres_database() if request.param == "postgresql" else None
+    databases = fresh_postgres() if request.param == "postgresql" else None
     url = next(databases) if databases else f"sqlite:///{folder / 'interop.db'}"
     port, mllp = free_port(), free_port()
     env = {**os.environ, "INTEROP_DATABASE_URL": url, "INTEROP_PORT": str(port),

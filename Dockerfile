@@ -7,7 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     INTEROP_PORT=8080
 
 WORKDIR /app
+# the optional features this image carries (pyproject extras); versions from the lock file
+ARG EXTRAS=ai,imaging,worker,openemr-db
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY interop ./interop
 COPY fhir_server ./fhir_server
 COPY smart_auth ./smart_auth
@@ -17,7 +20,10 @@ COPY dicomweb_bridge ./dicomweb_bridge
 COPY openemr_bridge ./openemr_bridge
 COPY ai_worker ./ai_worker
 COPY outbound ./outbound
-RUN pip install --no-cache-dir . \
+COPY console ./console
+COPY cds_hooks ./cds_hooks
+COPY apps ./apps
+RUN pip install --no-cache-dir -c requirements/serve.txt ".[${EXTRAS}]" \
     && useradd --system --uid 10001 --home /app interop \
     && mkdir -p /app/var/bulk /app/var/ai-cache && chown -R interop /app/var
 # uid 10001: the secrets (deploy/secrets-init.sh, Kubernetes fsGroup) are made for it; the

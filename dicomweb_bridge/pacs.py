@@ -128,7 +128,14 @@ class Pacs:
     def stow(self, datasets: Sequence[Dataset]) -> Dataset:
         """STOW-RS through dicomweb-client; returns the PACS's response dataset."""
         import requests
-        from dicomweb_client import DICOMwebClient
+
+        try:
+            from dicomweb_client import DICOMwebClient
+        except ImportError as exc:  # an optional extra (pyproject: imaging)
+            raise PacsError(
+                "storing in the PACS needs the 'imaging' extra: "
+                "pip install 'interop-server[imaging]'"
+            ) from exc
 
         from outbound.requests_adapter import session as outbound_session
 

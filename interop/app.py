@@ -20,7 +20,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ai_worker.runtime import AiRuntime
 from console.web import ConsoleDeps
 from console.web import routes as console_routes
 from fhir_server import limits, metrics
@@ -45,7 +44,7 @@ from fhir_server.subscriptions.delivery import Deliverer
 from fhir_server.subscriptions.service import SubscriptionService
 from fhir_server.subscriptions.websocket import Hub, websocket_route
 from hl7_listener.http import routes as hl7_routes
-from interop import ai_operations
+from interop import features, pages
 from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
 from interop.metrics import DatabaseCollector, metrics_refusal
@@ -97,8 +96,7 @@ def create_app(
     validate_operation.register(ctx.operations)  # $validate on every type
     terminology_operations.register(ctx.operations, runtime.terminology)  # $expand, ...
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
-    ai = AiRuntime(runtime.ai_config(), ctx)
-    ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject
+    ai = _ai_runtime(runtime, ctx)
     policy = AccessPolicy(settings.auth_enabled)
     # every change the store commits, from any channel, gets its AuditEvent
     audit = store.audit if isinstance(store.audit, AuditTrail) else None  # the runtime's trail
@@ -107,7 +105,8 @@ def create_app(
     outbox_runner = OutboxRunner(engine, lease)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
     imaging = runtime.imaging_bridge()
-    outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
+    if ai is not None:
+        outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
     subscriptions = SubscriptionService(store, base_url, runtime.subscription_config())
     ctx.operations.hook("Subscription", subscriptions)  # vets and owns Subscription writes
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
@@ -124,8 +123,9 @@ def create_app(
     if audit is not None:
         services.add(Managed("audit-trail", lambda: None, audit.close))
     if settings.background:
-        services.add(Managed("ai-runner", ai.start, ai.stop))
-        services.add(Singleton(Loop("ai-sweeper", ai.sweep, ai.sweep_seconds), leases, lease))
+        if ai is not None:
+            services.add(Managed("ai-runner", ai.start, ai.stop))
+            services.add(Singleton(Loop("ai-sweeper", ai.sweep, ai.sweep_seconds), leases, lease))
         services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
                              outbox_runner.health))  # fmt: skip
         services.add(Managed("bulk-jobs", bulk.start, bulk.close))
@@ -139,7 +139,7 @@ def create_app(
     else:  # a pure API replica: jobs it accepts wait in their tables for the sweepers
         if bulk.submitter is None:
             bulk.runner = None
-        if ai.runner is not None:
+        if ai is not None and ai.runner is not None:
             ai.runner, ai.service.submitter = None, None
 
     @asynccontextmanager
@@ -157,8 +157,8 @@ def create_app(
     app = FastAPI(
         title="Interop server",
         version=software_version(),
-        docs_url="/docs" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        docs_url=None,  # interop.pages serves /docs and /openapi.json (from the capability)
+        openapi_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -175,6 +175,7 @@ def create_app(
         capability_bytes(base_url, software_version(), settings.auth_enabled, security)
     )
     ctx.capability = lambda: capability
+    pages.install(app, capability, base_url, docs)  # `/`, and /docs + /openapi.json when on
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.services = services
@@ -387,6 +388,20 @@ def create_app(
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
+
+
+def _ai_runtime(runtime: Runtime, ctx: Any) -> Any:
+    """The AI worker and its operations ($analyze, $approve, $reject), or None (logged once)
+    when the `ai` extra is not installed: FHIR, HL7 and imaging run without it."""
+    if not features.AI.available:
+        logging.getLogger("interop").warning("%s; AI analyses are off", features.AI.hint())
+        return None
+    from ai_worker.runtime import AiRuntime
+    from interop import ai_operations
+
+    ai = AiRuntime(runtime.ai_config(), ctx)
+    ai_operations.register(ctx.operations, ai.service)
+    return ai
 
 
 def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,16 @@ from cds_hooks.clients import DEFAULT_SCOPE, CdsClients
 from smart_auth.registry import RegistryError
 
 
-def add_parsers(commands: Any) -> None:
-    cds = commands.add_parser("cds", help="the CDS Hooks service (/cds-services)")
-    cds_commands = cds.add_subparsers(dest="cds_command", required=True)
-    clients = cds_commands.add_parser("clients", help="CDS clients (EHRs) allowed to call")
-    sub = clients.add_subparsers(dest="cds_clients_command", required=True)
-    add = sub.add_parser("add", help="register (or replace) a CDS client by its JWT issuer")
+def add_parsers(commands: Any, parser: Callable[..., Any]) -> None:
+    cds = parser(commands, "cds", "the CDS Hooks service (/cds-services): its clients",
+                 "interop cds clients list")  # fmt: skip
+    cds_commands = cds.add_subparsers(dest="cds_command", required=True, metavar="SUBCOMMAND")
+    clients = parser(cds_commands, "clients", "CDS clients (EHRs) allowed to call",
+                     "interop cds clients list --json")  # fmt: skip
+    sub = clients.add_subparsers(dest="cds_clients_command", required=True, metavar="SUBCOMMAND")
+    add = parser(sub, "add", "register (or replace) a CDS client by its JWT issuer",
+                 "interop cds clients add --iss https://ehr.example.org "
+                 "--jwks-url https://ehr.example.org/jwks.json")  # fmt: skip
     add.add_argument("--iss", required=True, help="the `iss` claim of the client's JWTs")
     add.add_argument("--name", default="", help="a name for people (default: the iss)")
     keys = add.add_mutually_exclusive_group(required=True)
@@ -34,12 +39,16 @@ def add_parsers(commands: Any) -> None:
         help="read scopes used when a call carries no access token of ours "
         f"(default: {DEFAULT_SCOPE})",
     )
-    add.add_argument("--json", action="store_true")
-    lst = sub.add_parser("list", help="list CDS clients")
-    lst.add_argument("--json", action="store_true")
-    rm = sub.add_parser("remove", help="remove a CDS client")
-    rm.add_argument("iss")
-    rm.add_argument("--json", action="store_true")
+    _json_flag(add)
+    lst = parser(sub, "list", "list CDS clients", "interop cds clients list")
+    _json_flag(lst)
+    rm = parser(sub, "remove", "remove a CDS client", "interop cds clients remove ISS")
+    rm.add_argument("iss", help="the client's JWT issuer, as registered")
+    _json_flag(rm)
+
+
+def _json_flag(p: Any) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def run(args: argparse.Namespace, clients: CdsClients) -> int:

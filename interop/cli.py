@@ -7,17 +7,58 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from interop import imaging_cli, openemr_cli
 from interop.settings import get_settings
 
+EXAMPLES = """examples:
+  interop serve                                  run the server (./scripts/serve does this)
+  interop demo                                   load a small demo data set into a running server
+  interop hl7 send examples/hl7/oru-r01.hl7      send an HL7 v2 message over MLLP
+  interop clients add --name cli --type confidential-secret --scope 'system/*.rs'
+  interop db check                               is the database schema current?
+"""
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+class CliError(Exception):
+    """A failure the operator can fix: printed as one line (`error: ...`), exit status 1."""
+
+
+def _parser(commands: Any, name: str, help: str, example: str, **kw: Any) -> Any:
+    """A subcommand with its help and an example in its epilog (`interop CMD --help`)."""
+    return commands.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
+    )
+
+
+def _json_flag(p: Any) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
     from hl7_listener.inbox import parse_time
 
-    parser = argparse.ArgumentParser(prog="interop", description="HL7/FHIR interoperability server")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="interop",
+        description="HL7/FHIR interoperability server: FHIR R4 API, SMART auth, HL7 v2 MLLP, "
+        "DICOMweb and AI write-back",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"interop {_version()}",
+                        help="print the version and exit")  # fmt: skip
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an unexpected error, show the Python traceback")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the FHIR API (migrates the database first)")
+    serve = _parser(commands, "serve", "run the FHIR API (migrates the database first)",
+                    "interop serve --port 8080")  # fmt: skip
     serve.add_argument("--host", help="listen address (INTEROP_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (INTEROP_PORT, default 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (INTEROP_WORKERS, default 1)")
@@ -28,85 +69,157 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(INTEROP_BACKGROUND=false); other replicas and `interop worker` run them",
     )
 
-    db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("upgrade", help="apply pending migrations")
+    db = _parser(commands, "db", "database schema: upgrade, current, check", "interop db check")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    _parser(db_commands, "upgrade", "apply pending migrations", "interop db upgrade")
+    current = _parser(db_commands, "current", "print the schema revision of the database",
+                      "interop db current")  # fmt: skip
+    _json_flag(current)
+    check = _parser(db_commands, "check",
+                    "exit 0 when the schema is current, 1 when migrations are pending",
+                    "interop db check || interop db upgrade")  # fmt: skip
+    _json_flag(check)
 
-    config = commands.add_parser("config", help="print the effective configuration, secrets masked")
-    config.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    config = _parser(commands, "config", "print the effective configuration, secrets masked",
+                     "interop config --json")  # fmt: skip
+    _json_flag(config)
+    config.add_argument(
+        "--example", action="store_true", help="print .env.example: every setting and its default"
+    )
 
     from interop import auth_cli
 
-    auth_cli.add_parsers(commands)
+    auth_cli.add_parsers(commands, _parser)
 
-    commands.add_parser("mllp", help="run the HL7 v2 MLLP listener alone")
-    hl7 = commands.add_parser("hl7", help="HL7 v2 messages")
-    hl7_commands = hl7.add_subparsers(dest="hl7_command", required=True)
-    send = hl7_commands.add_parser("send", help="frame and send files over MLLP, print ACKs")
-    send.add_argument("files", nargs="+")
+    _parser(commands, "mllp", "run the HL7 v2 MLLP listener alone (serve runs it too)",
+            "INTEROP_MLLP_PORT=2575 interop mllp")  # fmt: skip
+    hl7 = _parser(commands, "hl7", "HL7 v2 messages: send, list, show, replay",
+                  "interop hl7 list --status failed")  # fmt: skip
+    hl7_commands = hl7.add_subparsers(dest="hl7_command", required=True, metavar="SUBCOMMAND")
+    send = _parser(hl7_commands, "send", "frame and send files over MLLP, print the ACK codes",
+                   "interop hl7 send examples/hl7/oru-r01.hl7 --port 2575")  # fmt: skip
+    send.add_argument("files", nargs="+", help="files of HL7 v2 messages (batches are split)")
     send.add_argument("--host", help="MLLP host (INTEROP_MLLP_HOST)")
     send.add_argument("--port", type=int, help="MLLP port (INTEROP_MLLP_PORT)")
-    send.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    send.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for each ACK (default 30)")  # fmt: skip
+    _json_flag(send)
 
-    lst = hl7_commands.add_parser("list", help="list inbox messages, newest first")
-    lst.add_argument("--status", choices=["received", "processed", "failed", "duplicate"])
+    lst = _parser(hl7_commands, "list", "list inbox messages, newest first",
+                  "interop hl7 list --type ORU^R01 --since 2024-01-01")  # fmt: skip
+    lst.add_argument("--status", choices=["received", "processed", "failed", "duplicate"],
+                     help="only messages in this state")  # fmt: skip
     lst.add_argument("--type", help="message type, e.g. ORU^R01")
     lst.add_argument("--sender", help="MSH-3^MSH-4")
     lst.add_argument("--since", type=parse_time, help="received at or after (ISO date/time)")
     lst.add_argument("--until", type=parse_time, help="received before (ISO date/time)")
     lst.add_argument("--flag", help="flagged messages only, e.g. control-id-reuse")
-    lst.add_argument("--limit", type=int, default=50)
-    lst.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    show = hl7_commands.add_parser("show", help="one message: raw, status, error, resources")
-    show.add_argument("id", type=int)
-    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    replay = hl7_commands.add_parser("replay", help="map a stored message again")
-    replay.add_argument("id", type=int, nargs="?")
+    lst.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _json_flag(lst)
+    show = _parser(hl7_commands, "show", "one message: raw, status, error, resources",
+                   "interop hl7 show 42")  # fmt: skip
+    show.add_argument("id", type=int, help="the message id (first column of `hl7 list`)")
+    _json_flag(show)
+    replay = _parser(hl7_commands, "replay", "map a stored message again",
+                     "interop hl7 replay --failed")  # fmt: skip
+    replay.add_argument("id", type=int, nargs="?", help="the message id")
     replay.add_argument("--failed", action="store_true", help="replay every failed message")
-    replay.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _json_flag(replay)
 
     from interop import imaging_cli
 
-    imaging_cli.add_parsers(commands)
-    worker = commands.add_parser(
-        "worker",
-        help="run background work: with INTEROP_REDIS_URL a Celery worker (AI, Bulk Data, "
-        "outbox consumers, subscription deliveries); without, the server's background "
-        "services with no HTTP API",
-    )
+    imaging_cli.add_parsers(commands, _parser)
+    worker = _parser(commands, "worker", "run background work: with INTEROP_REDIS_URL a Celery "
+                     "worker (AI, Bulk Data, outbox consumers, subscription deliveries; needs the "
+                     "'worker' extra); without, the server's background services and no HTTP API",
+                     "INTEROP_REDIS_URL=redis://127.0.0.1:6379/0 interop worker")  # fmt: skip
     worker.add_argument(
         "--queues", help="comma-separated queues (INTEROP_AI_QUEUES; GPU hosts: ai.infer)"
     )
     worker.add_argument("--concurrency", type=int, default=1, help="processes (default 1)")
-    ai = commands.add_parser("ai", help="AI analyses")
-    ai_commands = ai.add_subparsers(dest="ai_command", required=True)
-    jobs = ai_commands.add_parser(
-        "jobs", help="list AI jobs (Task, study, model, step), newest first"
-    )
-    jobs.add_argument("--status", choices=["queued", "running", "done", "failed"])
-    jobs.add_argument("--limit", type=int, default=50)
-    jobs.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    models = ai_commands.add_parser("models", help="list the installed model plugins")
-    models.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ai = _parser(commands, "ai", "AI analyses: jobs, models", "interop ai jobs --status failed")
+    ai_commands = ai.add_subparsers(dest="ai_command", required=True, metavar="SUBCOMMAND")
+    jobs = _parser(ai_commands, "jobs", "list AI jobs (Task, study, model, step), newest first",
+                   "interop ai jobs --limit 10")  # fmt: skip
+    jobs.add_argument("--status", choices=["queued", "running", "done", "failed"],
+                      help="only jobs in this state")  # fmt: skip
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _json_flag(jobs)
+    models = _parser(ai_commands, "models", "list the installed model plugins",
+                     "interop ai models --json")  # fmt: skip
+    _json_flag(models)
 
     from interop import cds_cli, openemr_cli
 
-    openemr_cli.add_parsers(commands)
-    cds_cli.add_parsers(commands)
-    load = commands.add_parser("import", help="load NDJSON files through the write path")
+    openemr_cli.add_parsers(commands, _parser)
+    cds_cli.add_parsers(commands, _parser)
+    load = _parser(commands, "import", "load NDJSON files through the write path",
+                   "interop import examples/ndjson/patients.ndjson")  # fmt: skip
     load.add_argument("files", nargs="+", help="NDJSON files, one resource per line")
     load.add_argument("--batch", type=int, default=500, help="resources per transaction")
-    load.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _json_flag(load)
 
-    args = parser.parse_args(argv)
+    from interop import demo
+
+    demo.add_parser(commands, _parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line the operator can act on, no traceback
+        if args.traceback:
+            raise
+        print(f"error: {explain(exc)}", file=sys.stderr)
+        return 1
+
+
+def explain(exc: BaseException) -> str:
+    """One line saying what failed and what to do about it."""
+    from sqlalchemy.exc import OperationalError
+
+    from interop.features import FeatureMissing
+    from interop.runtime import SchemaBehind
+
+    if isinstance(exc, CliError | FeatureMissing | SchemaBehind):
+        return str(exc)
+    if isinstance(exc, OperationalError):
+        url = get_settings().masked()["INTEROP_DATABASE_URL"]
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        return f"cannot use the database {url}: {first} (check INTEROP_DATABASE_URL)"
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first} (run `interop --traceback ...` for details)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("interop-server")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
         return _worker(args)
     if args.command == "ai":
         return _ai(args)
     if args.command == "cds":
         from cds_hooks.clients import CdsClients
+        from interop import cds_cli
 
-        return cds_cli.run(args, CdsClients(_runtime(1).engine))
+        write = args.cds_clients_command != "list"
+        return cds_cli.run(args, CdsClients(_runtime(1, write=write).engine))
     if args.command == "openemr":
         return openemr_cli.run(args, get_settings())
     if args.command == "import":
@@ -114,7 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return import_cli.run(get_settings(), args.files, max(1, args.batch), args.json)
     if args.command in ("keys", "users", "clients", "token", "launch"):
-        return auth_cli.run(args, _auth_server())
+        from interop import auth_cli
+
+        write = auth_cli.writes(args)
+        return auth_cli.run(args, _runtime(1, write=write).auth_server())
     if args.command == "mllp":
         return _mllp()
     if args.command == "hl7":
@@ -124,9 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
-        return _db_upgrade()
+        return _db(args)
     if args.command == "config":
+        if args.example:
+            from interop.settings import env_example
+
+            print(env_example(), end="")
+            return 0
         return _config(args.json)
+    if args.command == "demo":
+        from interop import demo
+
+        return demo.run(args, get_settings())
     return 2
 
 
@@ -155,8 +280,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
     log = logging.getLogger("interop")
+    from interop import bootstrap, features
+
+    for feature in features.required_by(settings):
+        features.require(feature)
     setup = Runtime(settings, migrate=True, pool_size=1)
-    setup.auth_server().keys.load()  # the first signing key, before workers fork: they share it
+    auth = setup.auth_server()
+    auth.keys.load()  # the first signing key, before workers fork: they share it
+    bootstrap.first_run(auth.registry, settings)  # an empty database gets its admin user
     setup.close()
     log.info(
         "starting",
@@ -200,15 +331,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime(pool_size: int = 2):  # type: ignore[no-untyped-def]
-    """The one runtime a command works on (migrated: a command may be the first run)."""
-    from interop.runtime import Runtime
+def _runtime(pool_size: int = 2, write: bool = False):  # type: ignore[no-untyped-def]
+    """The runtime a command works on; never migrates a schema (interop.runtime.open_runtime)."""
+    from interop.runtime import open_runtime
 
-    return Runtime(get_settings(), migrate=True, pool_size=pool_size)
-
-
-def _auth_server():  # type: ignore[no-untyped-def]
-    return _runtime(1).auth_server()
+    return open_runtime(get_settings(), write, pool_size)
 
 
 def _mllp() -> int:
@@ -219,7 +346,7 @@ def _mllp() -> int:
 
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
-    runtime = _runtime(settings.db_pool_size)
+    runtime = _runtime(settings.db_pool_size, write=True)
     try:
         asyncio.run(serve(runtime.hl7_config(), runtime.hl7_processor()))
     finally:
@@ -232,14 +359,25 @@ def _hl7_send(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hl7_listener.mllp import EB, frame
+    from interop.progress import bar
     from mappers.hl7v2.parser import split_batch
 
     settings = get_settings()
     host, port = args.host or settings.mllp_host, args.port or settings.mllp_port
+    messages = [(name, raw) for name in args.files for raw in split_batch(Path(name).read_bytes())]
     results = []
-    with socket.create_connection((host, port), timeout=30) as sock:
-        for name in args.files:
-            for raw in split_batch(Path(name).read_bytes()):
+    try:
+        sock = socket.create_connection((host, port), timeout=args.timeout)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CliError(
+            f"cannot connect to the MLLP listener at {host}:{port} ({reason}): is the server "
+            "running (./scripts/serve)? Otherwise pass --host/--port or set INTEROP_MLLP_PORT"
+        ) from exc
+    with sock, bar(args.json) as progress:
+        task = progress.add_task("sending", total=len(messages), note="")
+        for name, raw in messages:
+            try:
                 sock.sendall(frame(raw))
                 buf = b""
                 while EB not in buf:
@@ -247,9 +385,17 @@ def _hl7_send(args: argparse.Namespace) -> int:
                     if not chunk:
                         break
                     buf += chunk
-                ack = buf.strip(b"\x0b\x1c\r").decode("utf-8", "replace")
-                msa = next((s for s in ack.split("\r") if s.startswith("MSA")), "MSA||")
-                results.append({"file": name, "ack": ack, "code": msa.split(msa[3:4] or "|")[1]})
+            except OSError as exc:
+                raise CliError(
+                    f"the MLLP connection to {host}:{port} failed while sending {name} "
+                    f"({exc.strerror or type(exc).__name__}): check the server's log"
+                ) from exc
+            if not buf:
+                raise CliError(f"{host}:{port} closed the connection without an ACK for {name}")
+            ack = buf.strip(b"\x0b\x1c\r").decode("utf-8", "replace")
+            msa = next((s for s in ack.split("\r") if s.startswith("MSA")), "MSA||")
+            results.append({"file": name, "ack": ack, "code": msa.split(msa[3:4] or "|")[1]})
+            progress.advance(task)
     if args.json:
         print(json.dumps({"sent": len(results), "results": results}))
     else:
@@ -259,7 +405,7 @@ def _hl7_send(args: argparse.Namespace) -> int:
 
 
 def _hl7_inbox(args: argparse.Namespace) -> int:
-    proc = _runtime().hl7_processor()
+    proc = _runtime(write=args.hl7_command == "replay").hl7_processor()
     if args.hl7_command == "list":
         found = proc.inbox.list(
             args.status,
@@ -297,12 +443,17 @@ def _hl7_inbox(args: argparse.Namespace) -> int:
     else:
         print("give a message id or --failed", file=sys.stderr)
         return 2
+    from interop.progress import bar
+
     results = {}
-    for pk in ids:
-        try:
-            results[str(pk)] = proc.replay(pk)
-        except KeyError:
-            results[str(pk)] = "not found"
+    with bar(args.json or not args.failed) as progress:
+        task = progress.add_task("replaying", total=len(ids), note="")
+        for pk in ids:
+            try:
+                results[str(pk)] = proc.replay(pk)
+            except KeyError:
+                results[str(pk)] = "not found"
+            progress.advance(task)
     if args.json:
         print(json.dumps({"replayed": results}))
     else:
@@ -317,6 +468,11 @@ def _worker(args: argparse.Namespace) -> int:
     from interop.logs import configure
 
     settings = get_settings()
+    if settings.redis_url:
+        from interop import features
+
+        features.require(features.WORKER)
+        features.require(features.AI)
     configure(settings.log_level, settings.log_format)
     from interop import process_metrics
     from interop.metrics import serve_worker_metrics
@@ -377,6 +533,9 @@ def _background_worker(settings) -> int:  # type: ignore[no-untyped-def]
 def _ai(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.ai_command == "models":
+        from interop import features
+
+        features.require(features.AI)
         from ai_worker.plugins import Registry
 
         plugins = [
@@ -407,11 +566,33 @@ def _ai(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_upgrade() -> int:
+def _db(args: argparse.Namespace) -> int:
+    """`upgrade` migrates; `current` and `check` only read where the schema stands."""
+    from fhir_server.store.db import schema_revisions, upgrade
+    from interop.runtime import Runtime
+
     settings = get_settings()
-    _runtime(1).close()  # building the runtime applies the migrations
-    print(f"database at newest schema: {settings.masked()['INTEROP_DATABASE_URL']}")
-    return 0
+    url = settings.masked()["INTEROP_DATABASE_URL"]
+    runtime = Runtime(settings, migrate=False, pool_size=1)
+    try:
+        if args.db_command == "upgrade":
+            upgrade(runtime.engine)
+            print(f"database at newest schema: {url}")
+            return 0
+        current, newest = schema_revisions(runtime.engine)
+    finally:
+        runtime.close()
+    behind = current != newest
+    state = "current" if not behind else ("empty" if not current else "behind")
+    if args.json:
+        print(json.dumps({"database": url, "current": sorted(current), "newest": sorted(newest),
+                          "state": state}))  # fmt: skip
+    else:
+        print(f"{url}: {', '.join(sorted(current)) or 'no schema'} "
+              f"(newest {', '.join(sorted(newest))}; {state})")  # fmt: skip
+        if behind and args.db_command == "check":
+            print("run `interop db upgrade` (or start the server) to migrate", file=sys.stderr)
+    return 1 if behind and args.db_command == "check" else 0
 
 
 def _runtime_config(settings):  # type: ignore[no-untyped-def]

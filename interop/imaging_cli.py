@@ -6,49 +6,46 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 from interop.settings import get_settings
 
 
-def add_parsers(commands: Any) -> None:
-    imaging = commands.add_parser("imaging", help="DICOM / Orthanc -> ImagingStudy")
-    sub = imaging.add_subparsers(dest="imaging_command", required=True)
-    backfill = sub.add_parser("backfill", help="sync every study the PACS has")
+def add_parsers(commands: Any, parser: Callable[..., Any]) -> None:
+    imaging = parser(commands, "imaging", "DICOM / PACS -> ImagingStudy: backfill, reconcile",
+                     "interop imaging backfill --since 2024-01-01")  # fmt: skip
+    sub = imaging.add_subparsers(dest="imaging_command", required=True, metavar="SUBCOMMAND")
+    backfill = parser(sub, "backfill", "sync every study the PACS has",
+                      "interop imaging backfill --since 2024-01-01")  # fmt: skip
     backfill.add_argument("--since", type=date.fromisoformat, help="only studies from DATE on")
-    backfill.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    reconcile = sub.add_parser("reconcile", help="delete/update ImagingStudies the PACS changed")
-    reconcile.add_argument("--json", action="store_true", help="one JSON object on stdout")
-
-
-def _bar(done: int, total: int, started: float) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    rate = done / max(time.perf_counter() - started, 1e-6)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                     f"{rate:.1f} studies/s")  # fmt: skip
-    sys.stderr.flush()
+    backfill.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    reconcile = parser(sub, "reconcile", "delete/update ImagingStudies the PACS changed",
+                       "interop imaging reconcile --json")  # fmt: skip
+    reconcile.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
     from dicomweb_bridge.poller import Poller
-    from interop.runtime import Runtime
+    from interop.progress import bar
+    from interop.runtime import open_runtime
 
-    runtime = Runtime(get_settings(), migrate=True, pool_size=2)
+    runtime = open_runtime(get_settings(), write=True, pool_size=2)
     bridge = runtime.imaging_bridge()
     if bridge is None:
         runtime.close()
-        print("imaging is off: set INTEROP_DICOMWEB_URL or INTEROP_ORTHANC_URL", file=sys.stderr)
+        print("error: imaging is off: set INTEROP_DICOMWEB_URL or INTEROP_ORTHANC_URL",
+              file=sys.stderr)  # fmt: skip
         return 2
     poller = Poller(bridge.pacs, bridge.syncer, bridge.state)
     started = time.perf_counter()
     if args.imaging_command == "backfill":
-        show = None if args.json or not sys.stderr.isatty() else (
-            lambda done, total: _bar(done, total, started))  # fmt: skip
-        summary = poller.backfill(args.since, show)
-        if show is not None:
-            sys.stderr.write("\n")
+        with bar(args.json) as progress:
+            task = progress.add_task("studies", total=None, note="")
+            summary = poller.backfill(
+                args.since, lambda done, total: progress.update(task, completed=done, total=total)
+            )
     else:
         summary = poller.reconcile()
     seconds = time.perf_counter() - started

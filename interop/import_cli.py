@@ -7,39 +7,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
 from fhir_server.bulk.importer import ImportCounts, LineError, file_lines, import_lines
-from interop.runtime import Runtime
+from interop.progress import bar
+from interop.runtime import open_runtime
 from interop.settings import Settings
 
 MAX_SHOWN_ERRORS = 20
-
-
-class ProgressBar:
-    """One redrawn line: bytes read of all files, resources loaded, rate."""
-
-    def __init__(self, total_bytes: int, out: TextIO, enabled: bool) -> None:
-        self.total = max(total_bytes, 1)
-        self.out = out
-        self.enabled = enabled
-        self.started = time.monotonic()
-
-    def show(self, done_bytes: int, counts: ImportCounts) -> None:
-        if not self.enabled:
-            return
-        share = min(done_bytes / self.total, 1.0)
-        bar = "#" * int(share * 30)
-        rate = counts.loaded / max(time.monotonic() - self.started, 1e-6)
-        self.out.write(
-            f"\r[{bar:<30}] {share:6.1%} {counts.loaded} loaded, "
-            f"{counts.failed} failed, {rate:,.0f}/s"
-        )
-        self.out.flush()
-
-    def end(self) -> None:
-        if self.enabled:
-            self.out.write("\n")
 
 
 def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
@@ -48,30 +22,34 @@ def run(settings: Settings, files: list[str], batch: int, as_json: bool) -> int:
     if missing:
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    runtime = Runtime(settings, migrate=True, pool_size=2)
+    runtime = open_runtime(settings, write=True, pool_size=2)
     ctx = runtime.ctx
     counts = ImportCounts()
     errors: list[LineError] = []
-    bar = ProgressBar(sum(p.stat().st_size for p in paths), sys.stderr, sys.stderr.isatty())
     started = time.monotonic()
     before = 0
-    try:
-        for path in paths:
-            with open(path, "rb") as handle:
-                import_lines(
-                    ctx.store,
-                    str(path),
-                    file_lines(handle),
-                    batch,
-                    errors.append,
-                    on_batch=lambda c, h=handle, b=before: bar.show(b + h.tell(), c),  # type: ignore[misc]
-                    counts=counts,
-                )
-            before += path.stat().st_size
-            bar.show(before, counts)
-    finally:
-        bar.end()
-        runtime.close()
+    with bar(as_json, counts=False) as progress:
+        task = progress.add_task("importing", total=sum(p.stat().st_size for p in paths), note="")
+
+        def show(done: int, c: ImportCounts) -> None:
+            progress.update(task, completed=done, note=f"{c.loaded} loaded, {c.failed} failed")
+
+        try:
+            for path in paths:
+                with open(path, "rb") as handle:
+                    import_lines(
+                        ctx.store,
+                        str(path),
+                        file_lines(handle),
+                        batch,
+                        errors.append,
+                        on_batch=lambda c, h=handle, b=before: show(b + h.tell(), c),  # type: ignore[misc]
+                        counts=counts,
+                    )
+                before += path.stat().st_size
+                show(before, counts)
+        finally:
+            runtime.close()
     seconds = time.monotonic() - started
     for error in errors[:MAX_SHOWN_ERRORS]:
         print(f"{error.source}:{error.line}: {error.diagnostics}", file=sys.stderr)

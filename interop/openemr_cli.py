@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interop.settings import Settings
@@ -14,18 +15,22 @@ if TYPE_CHECKING:
     from openemr_bridge.config import BridgeSettings
 
 
-def add_parsers(commands: Any) -> None:
-    oe = commands.add_parser("openemr", help="the OpenEMR bridge")
-    oe_commands = oe.add_subparsers(dest="openemr_command", required=True)
-    sync = oe_commands.add_parser("sync", help="OpenEMR -> this server, through the write path")
+def add_parsers(commands: Any, parser: Callable[..., Any]) -> None:
+    oe = parser(commands, "openemr", "the OpenEMR bridge: sync, pending, push",
+                "interop openemr sync --full")  # fmt: skip
+    oe_commands = oe.add_subparsers(dest="openemr_command", required=True, metavar="SUBCOMMAND")
+    sync = parser(oe_commands, "sync", "OpenEMR -> this server, through the write path",
+                  "interop openemr sync --patient pid:42")  # fmt: skip
     sync.add_argument("--full", action="store_true", help="re-apply every patient from the start")
     sync.add_argument("--patient", help="only this OpenEMR patient (uuid, or pid:N)")
-    sync.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    pending = oe_commands.add_parser("pending", help="patients that could not be created there")
-    pending.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    push = oe_commands.add_parser("push", help="create one canonical Patient in OpenEMR now")
+    sync.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    pending = parser(oe_commands, "pending", "patients that could not be created there",
+                     "interop openemr pending --json")  # fmt: skip
+    pending.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    push = parser(oe_commands, "push", "create one canonical Patient in OpenEMR now",
+                  "interop openemr push PATIENT_ID")  # fmt: skip
     push.add_argument("patient", help="canonical Patient id")
-    push.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    push.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,11 +50,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-def _context(settings: Settings) -> Context:
-    """The canonical store's context, from the one runtime (migrated first)."""
-    from interop.runtime import Runtime
+def _context(settings: Settings, write: bool = True) -> Context:
+    """The canonical store's context (interop.runtime.open_runtime: never migrates a schema)."""
+    from interop.runtime import open_runtime
 
-    return Runtime(settings, migrate=True, pool_size=2).ctx
+    return open_runtime(settings, write, pool_size=2).ctx
 
 
 def _sync(args: argparse.Namespace, bridge: BridgeSettings, settings: Settings) -> int:
@@ -58,15 +63,16 @@ def _sync(args: argparse.Namespace, bridge: BridgeSettings, settings: Settings) 
 
     setup.config(bridge)  # a missing setting is reported before the database is touched
 
-    show = sys.stderr.isatty() and not args.json
+    from interop.progress import bar
 
-    def progress(summary: Any) -> None:
-        if show:
-            print("\r" + progress_line(summary), end="", file=sys.stderr, flush=True)
+    with bar(args.json) as progress:
+        task = progress.add_task("patients", total=None, note="")
 
-    summary = run_sync(bridge, _context(settings), args.full, args.patient, progress)
-    if show:
-        print(file=sys.stderr)
+        def show(summary: Any) -> None:
+            progress.update(task, completed=summary.total, total=summary.expected or None,
+                            note=progress_line(summary))  # fmt: skip
+
+        summary = run_sync(bridge, _context(settings), args.full, args.patient, show)
     if args.json:
         print(json.dumps(summary.as_json()))
     else:
@@ -79,25 +85,19 @@ def _sync(args: argparse.Namespace, bridge: BridgeSettings, settings: Settings) 
     return 0 if summary.failed == 0 else 1
 
 
-def progress_line(summary: Any, width: int = 30) -> str:
-    """A bar when the source knows how many patients there are, else a running count."""
-    counts = (
+def progress_line(summary: Any) -> str:
+    """What the sync did so far, beside its bar."""
+    return (
         f"{summary.created} created, {summary.updated} updated, "
         f"{summary.unchanged} unchanged, {summary.failed} failed"
     )
-    if summary.expected:
-        done = min(summary.total, summary.expected)
-        filled = width * done // summary.expected
-        bar = "#" * filled + "." * (width - filled)
-        return f"[{bar}] {done}/{summary.expected} patients ({counts})"
-    return f"{summary.total} patients ({counts})"
 
 
 def _pending(args: argparse.Namespace, settings: Settings) -> int:
     from interop.fhir_reads import ApiReads
     from openemr_bridge.push import pending
 
-    rows = pending(ApiReads(_context(settings)))
+    rows = pending(ApiReads(_context(settings, write=False)))
     if args.json:
         print(json.dumps({"pending": rows}))
     else:

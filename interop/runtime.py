@@ -23,7 +23,7 @@ from fhir_server import limits, terminology, validation
 from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.store.audit import audited
-from fhir_server.store.db import create_db_engine, upgrade
+from fhir_server.store.db import create_db_engine, schema_revisions, upgrade
 from fhir_server.store.repository import Store
 from fhir_server.store.work import Leases
 from fhir_server.subscriptions.service import SubscriptionConfig
@@ -217,6 +217,32 @@ class Runtime(ChannelConfigs):
                 max_backoff=max(60.0, s.openemr_sync_interval),
             )
             self.services.add(Singleton(schedule, self.leases, lease))
+
+
+class SchemaBehind(RuntimeError):
+    """The database is older than this code and the command may not migrate it."""
+
+
+def open_runtime(settings: Settings, write: bool, pool_size: int = 2) -> Runtime:
+    """A command's runtime. Only `serve` and `interop db upgrade` migrate a database that
+    has a schema; a command that writes may create the schema of a never-migrated one (it
+    can be the first run); a read-only command on an old schema refuses (`SchemaBehind`)."""
+    runtime = Runtime(settings, migrate=False, pool_size=pool_size)
+    try:
+        current, newest = schema_revisions(runtime.engine)
+        if current == newest:
+            return runtime
+        if write and not current:
+            upgrade(runtime.engine)
+            return runtime
+        where = ", ".join(sorted(current)) or "empty (never migrated)"
+        raise SchemaBehind(
+            f"the database schema is {where}; this version needs {', '.join(sorted(newest))}: "
+            "run `interop db upgrade` (or start the server) first"
+        )
+    except BaseException:
+        runtime.close()
+        raise
 
 
 def subscription_config(settings: Settings) -> SubscriptionConfig:

@@ -57,6 +57,21 @@ class KeyStore:
             self._current = active[-1] if active else rows[-1][0]
             self._loaded_at = time.monotonic()
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each key's id, algorithm and dates (never the key itself), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.created,
+                    signing_keys.c.retired,
+                ).order_by(signing_keys.c.created, signing_keys.c.kid)
+            ).all()  # fmt: skip
+        return [
+            {"kid": kid, "alg": alg, "created": created, "retired": retired,
+             "signing": retired is None}
+            for kid, alg, created, retired in rows
+        ]  # fmt: skip
+
     def rotate(self) -> str:
         """Make a new signing key; the previous ones are retired but kept for verification."""
         kid = secrets.token_hex(8)

@@ -224,15 +224,6 @@ class Registry:
             conn.execute(update(users).where(users.c.username == username).values(role=role))
         return User(username, role, user.fhir_user)
 
-    def remove_user(self, username: str) -> bool:
-        """Remove a user and their browser sessions; refresh tokens made for them stop
-        working at their next use (the token endpoint checks that the user exists)."""
-        with write_transaction(self.engine) as conn:
-            if not conn.execute(delete(users).where(users.c.username == username)).rowcount:
-                return False
-            conn.execute(delete(sessions).where(sessions.c.username == username))
-        return True
-
     def add_user(self, username: str, password: str, role: str, fhir_user: str | None) -> User:
         if role not in ROLES:
             raise RegistryError(f"role must be one of {', '.join(ROLES)}")
@@ -258,6 +249,34 @@ class Registry:
                 )
             )
         return User(username, role, fhir_user or None)
+
+    def remove_user(self, username: str) -> bool:
+        """Remove a user; their sign-in sessions and refresh tokens end with them."""
+        with write_transaction(self.engine) as conn:
+            gone = conn.execute(delete(users).where(users.c.username == username)).rowcount
+            if gone:
+                conn.execute(delete(sessions).where(sessions.c.username == username))
+                conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.username == username)
+                    .values(revoked=True)
+                )
+        return bool(gone)
+
+    def set_password(self, username: str, password: str) -> bool:
+        """A new password (same rules as `add_user`); the user's sessions end."""
+        if len(password) < 8:
+            raise RegistryError("a password needs at least 8 characters")
+        password_hash = hash_password(password)
+        with write_transaction(self.engine) as conn:
+            changed = conn.execute(
+                update(users)
+                .where(users.c.username == username)
+                .values(password_hash=password_hash)
+            ).rowcount
+            if changed:
+                conn.execute(delete(sessions).where(sessions.c.username == username))
+        return bool(changed)
 
     def user(self, username: str) -> User | None:
         if "\x00" in username:

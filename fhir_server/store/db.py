@@ -146,9 +146,16 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def schema_is_current(engine: Engine) -> bool:
-    """True when the database is at the newest migration (for /readyz)."""
+def schema_revisions(engine: Engine) -> tuple[set[str], set[str]]:
+    """(the database's migration heads, the newest this code knows); empty: never migrated.
+    Reads only: `interop db current|check` and read-only commands never migrate."""
     script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
     with engine.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
-    return current == set(script.get_heads())
+    return current, set(script.get_heads())
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database is at the newest migration (for /readyz)."""
+    current, newest = schema_revisions(engine)
+    return current == newest

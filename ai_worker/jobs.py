@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from fhir_server import metrics
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
 from fhir_server.store.work import WorkQueue
@@ -214,10 +215,21 @@ class Jobs:
     def finish(
         self, task_id: str, status: str, error: str | None = None, report_id: str | None = None
     ) -> None:
-        self._set(
+        job = self._timing(task_id)
+        ended = self._set(
             task_id, None, status=status, step="done" if status == "done" else "failed",
             active_key=None, lease_until=None, error=error, report_id=report_id,
         )  # fmt: skip
+        if ended and job is not None and job.status in ACTIVE:  # counted once, when it ends
+            model, created = job.model, job.created
+            metrics.AI_JOBS_FINISHED.labels(model, status).inc()
+            metrics.AI_JOB_SECONDS.labels(model).observe(max(0, now_us() - created) / 1e6)
+
+    def _timing(self, task_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(J.model, J.status, J.created).where(J.task_id == task_id)
+            ).first()
 
     def stale(self, queued_before: int, limit: int = 100) -> list[Job]:
         """Jobs nobody works on: queued since before `queued_before`, or with a lease expired."""

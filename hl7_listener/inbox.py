@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,16 +50,44 @@ hl7_messages = Table(
     Column("content_hash", String(64), nullable=True, doc="sha256 of the message but MSH-7"),
     Column("flags", String(255), nullable=True, doc="space-separated: control-id-reuse, ..."),
     Column("warning", Text, nullable=True, doc="applied, but something was left out: why"),
+    Column("patient_ids", Text, nullable=True, doc='PID-2/PID-3 values: " id1 id2 "'),
     Column("lease_owner", String(128), nullable=True, doc="the process mapping it"),
     Column("lease_until", BigInteger, nullable=True, doc="its lease end (work.WorkQueue)"),
     Index("ix_hl7_messages_sender_control", "sender", "control_id"),
     Index("ix_hl7_messages_status_received", "status", "received_at"),
     Index("ix_hl7_messages_content_hash", "content_hash"),
+    # the console's message search (migration 0014; plus a full-text index of `raw`)
+    Index("ix_hl7_messages_received", "received_at"),
+    Index("ix_hl7_messages_control", "control_id", "pk"),
+    Index("ix_hl7_messages_type_pk", "message_type", "pk"),
+    Index("ix_hl7_messages_status_pk", "status", "pk"),
+    Index("ix_hl7_messages_sender_pk", "sender", "pk"),
 )
 
 CONTROL_ID_REUSE = "control-id-reuse"
 # unmapped messages are work: the storing process holds each under a lease while it maps it
 UNMAPPED = WorkQueue(hl7_messages, "pk", "lease_owner", "lease_until")
+
+
+def patient_ids(raw: bytes) -> str | None:
+    """The patient identifiers a message names (PID-2 and PID-3, the first component of each
+    repetition), as " id1 id2 " so that a search can test one with LIKE '% id %'."""
+    if not raw.startswith(b"MSH") or len(raw) < 8:
+        return None
+    fs, comp, rep = raw[3:4], raw[4:5], raw[5:6]
+    found: list[str] = []
+    for segment in _SEGMENTS.split(raw):
+        if segment[:3] == b"PID":
+            for value in segment.split(fs)[2:4]:
+                for repetition in value.split(rep):
+                    ident = repetition.split(comp)[0].strip().replace(b" ", b"_")
+                    if ident:
+                        found.append(ident.decode("utf-8", "replace").replace("\x00", ""))
+    found = list(dict.fromkeys(found))
+    return (" " + " ".join(found) + " ")[:1000] if found else None
+
+
+_SEGMENTS = re.compile(rb"[\r\n]+")
 
 
 def content_hash(msg: Message | bytes) -> str:
@@ -286,7 +315,7 @@ class Inbox:
 # still takes the write lock and returns the connection): per batch that is a third of the
 # CPU of the same statements through SQLAlchemy Core, which the ACK path waits for.
 _STORED = ("raw", "sender", "control_id", "message_type", "version", "received_at", "status",
-           "ack", "error", "content_hash", "flags", "warning", "lease_owner",
+           "ack", "error", "content_hash", "flags", "warning", "patient_ids", "lease_owner",
            "lease_until")  # fmt: skip
 _READ = ("pk", "sender", "control_id", "message_type", "version", "received_at", "status",
          "error", "ack", "resources", "content_hash")  # fmt: skip
@@ -306,6 +335,7 @@ def _insert(conn: Any, part: list[Arrival], owner: str, lease: float) -> list[in
     rows = [
         (a.raw, a.sender[:255], a.control_id[:199], a.message_type[:32], a.version[:16], now,
          a.status, a.ack, a.error, a.content_hash or None, " ".join(a.flags) or None, a.warning,
+         patient_ids(a.raw),
          *((owner, until) if a.status == "received" and a.on_stored else (None, None)))
         for a in part
     ]  # fmt: skip

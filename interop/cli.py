@@ -131,9 +131,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from interop import process_metrics
     from interop.logs import configure
     from interop.runtime import Runtime
 
+    process_metrics.prepare()  # before the workers fork: they all write their counts there
     for flag, env in (
         ("host", "INTEROP_HOST"),
         ("port", "INTEROP_PORT"),
@@ -183,6 +185,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            # uvicorn kills a worker that does not answer its ping in time (default 5 s): a
+            # worker building its runtime on a busy host takes longer and was killed, again
+            timeout_worker_healthcheck=30,
         )
     finally:
         if channels is not None:
@@ -308,6 +313,11 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
+    from interop import process_metrics
+    from interop.metrics import serve_worker_metrics
+
+    process_metrics.prepare()  # before the pool forks: /metrics sums every pool process
+    serve_worker_metrics(settings)
     if not settings.redis_url:
         return _background_worker(settings)
     from ai_worker.celery_app import bind

@@ -75,6 +75,11 @@ class OutboxRunner:
         if self._running:
             self._start(consumer)
 
+    def wanted(self, name: str) -> frozenset[str] | None:
+        """The types consumer `name` handles now (None: every type, or no such consumer)."""
+        consumer = self.consumers.get(name)
+        return _wanted(consumer) if consumer is not None else None
+
     def wake(self, changed: Collection[str] | None = None) -> None:
         """A Store change listener: changes of these types were committed (None: any)."""
         for consumer in list(self.consumers.values()):

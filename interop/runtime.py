@@ -18,7 +18,7 @@ from ai_worker.config import AiConfig
 from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.pacs import PacsConfig
 from dicomweb_bridge.service import Bridge, proxy_root
-from fhir_server import limits
+from fhir_server import limits, terminology, validation
 from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.store.audit import audited
@@ -26,6 +26,7 @@ from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
 from fhir_server.store.work import Leases
 from fhir_server.subscriptions.service import SubscriptionConfig
+from fhir_server.terminology import V2Vocabulary
 from hl7_listener.config import Hl7Config
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
@@ -106,6 +107,7 @@ class Runtime(ChannelConfigs):
     ) -> None:
         super().__init__(settings)
         settings = self.settings
+        validation.configure(settings.validation, settings.unknown_profile)
         self.engine = create_db_engine(
             settings.effective_database_url,
             pool_size or settings.db_pool_size,
@@ -120,6 +122,10 @@ class Runtime(ChannelConfigs):
         self.ctx = Context(
             self.store, self.base_url, settings.default_page_size, settings.max_page_size
         )
+        # stored CodeSystems, ValueSets and ConceptMaps count; a committed change to one
+        # empties the caches (other processes notice through a stamp query)
+        self.terminology = terminology.configure(self.engine)
+        self.store.change_listeners.append(self.terminology.invalidate)
         self.services = Services()
 
     def close(self) -> None:
@@ -137,6 +143,7 @@ class Runtime(ChannelConfigs):
         return Processor(
             Inbox(self.engine, 4 * c.lease_seconds), self.store, ack_mode or c.mllp_ack_mode,
             c.hl7_authorities, c.hl7_time_zone, c.hl7_mapping_workers,
+            V2Vocabulary(self.terminology),
         )  # fmt: skip
 
     def imaging_bridge(self) -> Bridge | None:
@@ -166,9 +173,21 @@ class Runtime(ChannelConfigs):
                 if listener.start() is None:
                     raise OSError(f"the MLLP listener could not listen on port {s.mllp_port}")
 
-            self.services.add(Managed("mllp", listen, listener.stop, required=True))
+            self.services.add(
+                Managed("mllp", listen, listener.stop, listener.health, required=True)
+            )
         if not background:
             return
+        if s.hl7_retention_days or s.hl7_failed_retention_days:
+            from hl7_listener.retention import prune
+
+            retention = Loop(
+                "hl7-retention",
+                lambda: prune(self.engine, s.hl7_retention_days, s.hl7_failed_retention_days),
+                3600.0,
+                max_backoff=3600.0,
+            )
+            self.services.add(Singleton(retention, self.leases, lease))
         bridge = self.imaging_bridge()
         if bridge is not None:
             sync = ImagingSync(bridge)

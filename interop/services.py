@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fhir_server import metrics
 from fhir_server.store.work import Lease, Leases
 
 log = logging.getLogger("interop.services")
@@ -86,11 +87,14 @@ class Loop(Service):
             self.step()
         except Exception as exc:  # noqa: BLE001 - a loop keeps running; health tells
             self.failures += 1
+            metrics.SERVICE_FAILURES.labels(self.name).set(self.failures)
             self.last_error, self.last_error_at = _describe(exc), time.time()
             self.retry_in = min(self.interval * 2.0**self.failures, self.max_backoff)
             log.exception("%s failed; retrying in %.0f s", self.name, self.retry_in)
             return False
         self.failures, self.retry_in, self.last_success = 0, None, time.time()
+        metrics.SERVICE_FAILURES.labels(self.name).set(0)
+        metrics.SERVICE_LAST_SUCCESS.labels(self.name).set(self.last_success)
         return True
 
     def _run(self) -> None:

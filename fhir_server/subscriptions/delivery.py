@@ -22,6 +22,7 @@ import httpx
 from sqlalchemy import delete, select, update
 
 import outbound
+from fhir_server import metrics
 from fhir_server.clock import now_us
 from fhir_server.store.work import Lease, Leases
 from fhir_server.subscriptions.channel import Spec
@@ -159,6 +160,7 @@ class Deliverer:
                 self._failed(spec, row, str(exc))
                 continue
             self._remove(row.pk)
+            metrics.SUBSCRIPTION_DELIVERIES.labels(spec.channel, "delivered").inc()
             waiting.pop(0)
             delivered += 1
             if self.failures.pop(spec.sub_id, 0) or spec.status == "error":
@@ -198,6 +200,7 @@ class Deliverer:
             raise DeliveryFailed(f"{spec.endpoint} answered HTTP {response.status_code}")
 
     def _failed(self, spec: Spec, row: Any, reason: str) -> None:
+        metrics.SUBSCRIPTION_DELIVERIES.labels(spec.channel, "failed").inc()
         config = self.service.config
         attempts = row.attempts + 1
         delay = min(config.retry_seconds * 2 ** (attempts - 1), config.max_backoff_seconds)

@@ -7,15 +7,15 @@ lease end that `fhir_server.store.work.WorkQueue` claims rows by, as `ai_jobs` a
 `outbox:{name}`. `subscription_owners.since` keeps when the client last wrote the
 Subscription: the server's own status updates (handshake, error) must not move it.
 
-Revision ID: 0014_leases
-Revises: 0013_text_index
+Revision ID: 0017_leases
+Revises: 0016_console_inbox_index
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_leases"
-down_revision = "0013_text_index"
+revision = "0017_leases"
+down_revision = "0016_console_inbox_index"
 branch_labels = None
 depends_on = None
 

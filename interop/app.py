@@ -117,7 +117,8 @@ def create_app(
         from ai_worker.celery_app import make_celery
         from interop.outbox_relay import Relay, sweep_deliveries
 
-        relay = Relay(make_celery(runtime.ai_config()))
+        resend = 2 * lease + settings.ai_visibility_timeout  # past the broker's redelivery
+        relay = Relay(make_celery(runtime.ai_config()), resend)
         subscriptions.wake = relay.deliver_soon
     # started in this order when the app starts, stopped in reverse (interop.services)
     if audit is not None:

@@ -1,12 +1,13 @@
 """The outbox relayed to Celery (INTEROP_REDIS_URL set): consumers run on `interop worker`.
 
 API replicas keep draining the outbox (per consumer, the holder of its lease), but a
-consumer's handler there only publishes the change as a task on the `outbox` queue and marks
-it done once Redis has it. Any `interop worker` consuming that queue runs the consumer's own
-handler (AI trigger, Subscriptions, OpenEMR push), so they scale by adding workers. Late
-acknowledgement: a worker killed mid-task leaves the message to be delivered again (after the
-visibility timeout), so each change reaches its consumer at least once; a handler that fails
-is retried with backoff. Subscription notifications are sent by `subscriptions.deliver` tasks
+consumer's handler there only publishes the change as a task on the `outbox` queue. Any
+`interop worker` consuming that queue runs the consumer's own handler (AI trigger,
+Subscriptions, OpenEMR push), so they scale by adding workers, and marks the change done when
+the handler returned. Until then the change stays pending, and the relay publishes it again
+when it is still pending a while later (its message went down with a killed worker): each
+change reaches its consumer at least once, end to end; a handler that fails is retried with
+backoff. Subscription notifications are sent by `subscriptions.deliver` tasks
 on the same queue (each subscription by one worker at a time: its lease), asked for by the
 Subscription consumer when it queues one and by a singleton sweep for retries that fall due.
 
@@ -43,20 +44,37 @@ log = logging.getLogger("interop.outbox")
 class Relay:
     """The API side: publishes changes and delivery requests to the `outbox` queue."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, resend_seconds: float) -> None:
         self.app = app
+        self.resend_seconds = resend_seconds
         self._asked = 0.0
         self._lock = threading.Lock()
+        self._sent: dict[tuple[str, int], float] = {}  # (consumer, pk) -> when published
 
     def install(self, runner: OutboxRunner) -> None:
-        """Every consumer registered so far now publishes instead of handling here."""
+        """Every consumer registered so far now publishes instead of handling here. A change
+        stays pending until a worker has handled it (the worker marks it done); one still
+        pending `resend_seconds` after it was published (its message was lost with a killed
+        worker) is published again: at least once, end to end."""
         for consumer in runner.consumers.values():
             consumer.handle = self.publisher(consumer.name)
+            consumer.acks = False
+            consumer.batch = 1000  # changes in flight stay in the pending window
 
     def publisher(self, name: str) -> Any:
         def publish(change: Change) -> None:
+            now = time.monotonic()
+            key = (name, change.pk)
+            with self._lock:
+                if now - self._sent.get(key, -1e18) < self.resend_seconds:
+                    return  # on its way
+                if len(self._sent) > 100_000:  # forget the old ones (long done)
+                    cutoff = now - self.resend_seconds
+                    self._sent = {k: t for k, t in self._sent.items() if t > cutoff}
             # raises while Redis is away: the change stays pending and is retried
             self.app.send_task("outbox.handle", args=[name, list(_fields(change))], queue=QUEUE)
+            with self._lock:
+                self._sent[key] = now
 
         return publish
 
@@ -104,8 +122,10 @@ def worker_app() -> FastAPI:
 def handle(self: Task, consumer: str, fields: list[Any]) -> None:
     app = worker_app()
     runner = app.state.outbox_runner
+    change = Change(*fields)
     try:
-        runner.local[consumer](Change(*fields))
+        runner.local[consumer](change)
+        runner.outbox.done_once(consumer, change)  # only now: the relay resends until then
     except Exception as exc:
         retries = int(self.request.retries or 0)
         delay = min(2.0**retries, MAX_BACKOFF)

@@ -47,6 +47,9 @@ class Consumer:
     wake: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lease: Lease | None = None
+    # False for a relay: the change is done when the Celery worker has handled it (it marks
+    # it), not when it was published
+    acks: bool = True
 
 
 class OutboxRunner:
@@ -170,13 +173,15 @@ class OutboxRunner:
                     consumer.name,
                     delay,
                 )
-                self.outbox.done(consumer.name, finished)
+                if consumer.acks:
+                    self.outbox.done(consumer.name, finished)
                 return handled + len(finished)
-            self.outbox.done(consumer.name, finished)
+            if consumer.acks:
+                self.outbox.done(consumer.name, finished)
             handled += len(finished)
             consumer.failures = 0
-            if len(finished) < consumer.batch:
-                break
+            if len(finished) < consumer.batch or not consumer.acks:
+                break  # (a relay's changes stay pending until the worker is done with them)
         if handled and time.monotonic() - consumer.settled_at > SETTLE_EVERY_SECONDS:
             self.outbox.settle(consumer.name, _wanted(consumer))
             consumer.settled_at = time.monotonic()

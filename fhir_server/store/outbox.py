@@ -16,6 +16,7 @@ once), and without a crash none is handed over twice.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -141,6 +142,11 @@ class Outbox:
         if rows:
             with write_transaction(self.engine) as conn:
                 conn.execute(insert(outbox_done), rows)
+
+    def done_once(self, consumer: str, change: Change) -> None:
+        """Mark one change done, if it is not already (a relayed change handled twice)."""
+        with contextlib.suppress(IntegrityError):
+            self.done(consumer, [change])
 
     def settle(self, consumer: str, types: Collection[str] | None = None) -> int:
         """Move the floor past settled, finished changes and forget their done-marks."""

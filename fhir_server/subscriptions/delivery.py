@@ -105,6 +105,9 @@ class Deliverer:
                 continue
             if not self.lease(sub_id).held():
                 continue  # its deliverer, in another process, shakes hands
+            stored = self.service.store.read("Subscription", sub_id)
+            if stored is None or stored.deleted or stored.json().get("status") != "requested":
+                continue  # done meanwhile (this process's view was a moment old)
             if spec.channel == "rest-hook":
                 try:
                     self._post(spec, None, "handshake")

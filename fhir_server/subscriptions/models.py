@@ -18,6 +18,7 @@ subscription_owners = Table(
     Column("sub_id", String(64), primary_key=True),
     Column("requester", String(255), nullable=False, doc="client id (websocket binds)"),
     Column("grant", Text, nullable=False, doc="the creator's grant as JSON"),
+    Column("since", BigInteger, nullable=True, doc="its client's last write: notify from then"),
 )
 
 subscription_secrets = Table(

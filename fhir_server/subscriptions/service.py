@@ -121,7 +121,8 @@ class SubscriptionService:
         access = ctx.access
         grant = access.describe() if access is not None else {}
         requester = access.requester() if access is not None else ""
-        values = {"sub_id": sub_id, "requester": requester, "grant": orjson.dumps(grant).decode()}
+        values = {"sub_id": sub_id, "requester": requester, "grant": orjson.dumps(grant).decode(),
+                  "since": _written(response.body)}  # fmt: skip
         if ctx.tx is not None:
             self._save_owner(ctx.tx.conn, values)
         else:
@@ -146,13 +147,14 @@ class SubscriptionService:
         live = {s.res_type for s in self.specs().values() if s.status in ("active", "error")}
         return frozenset({"Subscription", *live})
 
-    def specs(self) -> dict[str, Spec]:
+    def specs(self, fresh: bool = False) -> dict[str, Spec]:
         """The live subscriptions, reloaded when any process of the deployment changed one
-        (checked at most every `RECHECK_SECONDS`): the process that consumes a change is not
-        always the one that saw the Subscription written."""
+        (checked at most every `RECHECK_SECONDS`, or now when `fresh`): the process that
+        consumes a change is not always the one that saw the Subscription written (Celery
+        workers handle changes in parallel)."""
         now = time.monotonic()
         with self._lock:
-            if self._specs is not None and now - self._checked < RECHECK_SECONDS:
+            if self._specs is not None and now - self._checked < RECHECK_SECONDS and not fresh:
                 return self._specs
             self._checked = now
         mark = self._fingerprint()
@@ -176,18 +178,23 @@ class SubscriptionService:
         specs: dict[str, Spec] = {}
         with self.store.connection() as conn:
             secrets = dict(conn.execute(select(S.sub_id, S.headers)).all())
+            since = dict(conn.execute(select(O.sub_id, O.since)).all())
             rows = conn.execute(
                 select(R.body).where(R.res_type == "Subscription", R.deleted == false())
             )
             for (body,) in rows:
                 resource = orjson.loads(body)
-                spec = self._spec(resource, secrets.get(str(resource.get("id"))))
+                sub_id = str(resource.get("id"))
+                spec = self._spec(resource, secrets.get(sub_id), since.get(sub_id))
                 if spec is not None:
                     specs[spec.sub_id] = spec
         return specs
 
-    def _spec(self, resource: dict[str, Any], secret: str | None) -> Spec | None:
-        """What delivery needs: the stored resource, with the header values put back."""
+    def _spec(
+        self, resource: dict[str, Any], secret: str | None, since: int | None = None
+    ) -> Spec | None:
+        """What delivery needs: the stored resource, with the header values put back.
+        `since`: when its client last wrote it (the server's status updates do not count)."""
         if resource.get("status") not in LIVE:
             return None
         end = resource.get("end")
@@ -206,11 +213,12 @@ class SubscriptionService:
             spec = parse(resource, self.base_url)
         except FhirError:
             return None  # written before a rule changed; it simply does not notify
-        written = (resource.get("meta") or {}).get("lastUpdated")
-        try:
-            since = date_range(written)[0] if isinstance(written, str) else 0
-        except ValueError:
-            since = 0
+        if since is None:
+            written = (resource.get("meta") or {}).get("lastUpdated")
+            try:
+                since = date_range(written)[0] if isinstance(written, str) else 0
+            except ValueError:
+                since = 0
         # a subscription is about what happens from now on: changes committed before it was
         # written (a backlog the outbox consumer has not reached yet) never notify it
         return replace(spec, since=since)
@@ -221,7 +229,8 @@ class SubscriptionService:
         if stored is not None and not stored.deleted:
             with self.store.connection() as conn:
                 secret = conn.execute(select(S.headers).where(S.sub_id == sub_id)).scalar()
-            spec = self._spec(stored.json(), secret)
+                since = conn.execute(select(O.since).where(O.sub_id == sub_id)).scalar()
+            spec = self._spec(stored.json(), secret, since)
         specs = self.specs()
         with self._lock:
             if spec is None:
@@ -250,7 +259,7 @@ class SubscriptionService:
             return
         candidates = [
             s
-            for s in self.specs().values()
+            for s in self.specs(fresh=True).values()  # as of this change's commit, at least
             if s.res_type == change.res_type
             and s.status in ("active", "error")
             and change.created >= s.since
@@ -308,6 +317,15 @@ class SubscriptionService:
                 resource.pop("error", None)
             tx.update("Subscription", sub_id, resource)
         log.info("subscription status", extra={"subscription": sub_id, "status": status})
+
+
+def _written(body: bytes | None) -> int:
+    """When the client's write was stored (its meta.lastUpdated), else now."""
+    try:
+        written = orjson.loads(body or b"{}").get("meta", {}).get("lastUpdated")
+        return date_range(written)[0] if isinstance(written, str) else now_us()
+    except (ValueError, AttributeError):
+        return now_us()
 
 
 def keep_secrets(tx: Transaction, sub_id: str, resource: dict[str, Any]) -> None:

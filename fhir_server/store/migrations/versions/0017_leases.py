@@ -4,7 +4,8 @@
 schedules, sweepers, each outbox consumer). `hl7_messages` and `bulk_jobs` get the owner and
 lease end that `fhir_server.store.work.WorkQueue` claims rows by, as `ai_jobs` already had.
 `outbox_consumers` keeps only its floor: a consumer's lease is the named lease
-`outbox:{name}`.
+`outbox:{name}`. `subscription_owners.since` keeps when the client last wrote the
+Subscription: the server's own status updates (handshake, error) must not move it.
 
 Revision ID: 0017_leases
 Revises: 0016_console_inbox_index
@@ -35,9 +36,13 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox_consumers") as batch:
         batch.drop_column("lease_owner")
         batch.drop_column("lease_until")
+    with op.batch_alter_table("subscription_owners") as batch:
+        batch.add_column(sa.Column("since", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("subscription_owners") as batch:
+        batch.drop_column("since")
     with op.batch_alter_table("outbox_consumers") as batch:
         batch.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
         batch.add_column(

@@ -95,6 +95,7 @@ class SearchPlan:
     # compile the general way instead if a caller adds conditions to `where` afterwards.
     direct: DirectQuery | None = None
     source: tuple[Compiler, list[tuple[str, str]]] | None = None
+    driven: bool = False  # an index condition drives the query (see `_plan_joins`)
 
 
 def parse_query_string(query: str) -> list[tuple[str, str]]:
@@ -375,6 +376,7 @@ def _plan_joins(plan: SearchPlan) -> None:
     )
     has_id = any(name == "_id" for name, _ in plan.applied)
     keep = None if has_id or not ranked else ranked[0][1]
+    plan.driven = keep is not None
     for _, i in ranked:
         if i != keep:
             plan.where[i] = plan.correlated[id(plan.where[i])][1]()
@@ -417,7 +419,9 @@ def _execute(conn: Connection, plan: SearchPlan) -> SearchResult:
         compiler, items = plan.source
         extra, plan = plan.where, compiler.compile(plan.res_type, items)
         plan.where.extend(extra)
-    base = [R.res_type == plan.res_type, R.deleted == false(), *plan.where]
+    # driven by index rows: `res_type || ''` keeps SQLite off the res_type index (direct.py)
+    of_type = R.res_type.concat("") if plan.driven else R.res_type
+    base = [of_type == plan.res_type, R.deleted == false(), *plan.where]
     want_total = plan.total != "none"
     if plan.summary == "count" or plan.count == 0:
         total = _count(conn, base) if want_total or plan.summary == "count" else None

@@ -359,6 +359,9 @@ class AuditTrail:
         returns whether rows may remain."""
         self._drain()
         sql = self.store.sql
+        with self.store.connection() as conn:  # a read first: usually nothing is pending
+            if conn.exec_driver_sql("SELECT 1 FROM audit_pending LIMIT 1").first() is None:
+                return False
         done = 0
         while batches is None or done < batches:
             done += 1

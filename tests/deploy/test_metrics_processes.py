@@ -1,4 +1,4 @@
-"""/metrics of a real `interop serve` with two API worker processes on PostgreSQL.
+"""/metrics of a real `interop serve` with two API worker processes (SQLite, PostgreSQL).
 
 A hand-written per-process registry answered a scrape with the counts of whichever worker
 took it; with `prometheus_client` in multiprocess mode every process's counts are summed: the
@@ -43,10 +43,6 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    if database_url.startswith("sqlite"):
-        # several replicas and workers share PostgreSQL in production; on this loaded machine
-        # uvicorn's 5 s worker health check kept restarting one SQLite worker (see the report)
-        pytest.skip("several API processes: PostgreSQL")
     folder = tmp_path_factory.mktemp("serve")
     metrics_dir = folder / "metrics"
     metrics_dir.mkdir()

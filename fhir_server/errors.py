@@ -18,8 +18,10 @@ class FhirError(Exception):
         expression: list[str] | None = None,
         severity: str = "error",
         headers: dict[str, str] | None = None,
+        issues: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(diagnostics)
+        self.issues = issues  # every issue, when there is more than one to report
         self.status = status
         self.diagnostics = diagnostics
         self.code = code
@@ -28,6 +30,8 @@ class FhirError(Exception):
         self.headers = headers or {}
 
     def outcome(self) -> dict[str, Any]:
+        if self.issues:
+            return {"resourceType": "OperationOutcome", "issue": self.issues}
         return operation_outcome(self.diagnostics, self.code, self.severity, self.expression)
 
 

@@ -29,6 +29,7 @@ from mappers.hl7v2.mapping import (
     patient_key,
 )
 from mappers.hl7v2.parser import Message
+from mappers.hl7v2.vocabulary import Vocabulary
 
 log = logging.getLogger("interop.hl7")
 
@@ -82,6 +83,7 @@ class Processor:
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
     workers: int = 4
+    vocabulary: Vocabulary | None = None  # v2 table translations (the terminology service)
     lanes: Lanes = field(init=False)
     _pending: set[int] = field(init=False, default_factory=set)
     _pending_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -246,7 +248,10 @@ class Processor:
         received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             while True:
-                bundle = to_bundle(msg, systems=self.systems, tz=self.tz, received=received)
+                bundle = to_bundle(
+                    msg, systems=self.systems, tz=self.tz, received=received,
+                    vocabulary=self.vocabulary,
+                )  # fmt: skip
                 if stale:
                     bundle = without(bundle, stale, ident_query)
                 warning = "; ".join([*([note] if note else []), *(s.describe() for s in stale)])
@@ -304,11 +309,13 @@ class Processor:
         self.store.apply(bundle, actor, before_commit=record)
 
     def process_pending(self) -> int:
-        """Map messages left 'received' (ack-after-store, or a crash before mapping), oldest
-        first through the patient lanes; waits until they are done."""
-        rows = self.inbox.list(status="received", limit=1000, oldest_first=True)
+        """Map messages left 'received' whose mapper is gone (a crash before mapping, here
+        or on another replica: their lease ran out), oldest first through the patient lanes;
+        waits until they are done. Each is claimed first, so one listener maps it."""
         with self._pending_lock:
-            rows = [r for r in rows if r.pk not in self._pending]
+            mine = set(self._pending)
+        claimed = [pk for pk in self.inbox.claim_unmapped() if pk not in mine]
+        rows = [r for r in map(self.inbox.get, claimed) if r is not None]
         futures = []
         for row in rows:
             try:

@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     )
     auth: Literal["on", "off"] = Field(default="on", description="'off' only for development")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    background: bool = Field(
+        default=True,
+        description="run background work (outbox consumers, jobs, deliveries, syncs, sweeps) "
+        "in `interop serve`; false: a pure API replica (MLLP still listens), leaving it to "
+        "the other replicas and `interop worker`",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="lease of a singleton's leader and of claimed work: a crashed process's "
+        "work moves to a survivor this long after its last renewal",
+    )
     log_level: str = Field(default="info", description="debug, info, warning, error")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="auto: JSON unless stderr is a terminal"
@@ -120,6 +132,17 @@ class Settings(BaseSettings):
         default=512, ge=1, description="largest $bulk-upload body (MiB), streamed to a file"
     )
     max_json_depth: int = Field(default=64, ge=8, description="deepest nesting of a JSON body")
+    validation: Literal["full", "basic"] = Field(
+        default="full",
+        description="full: every write is validated against FHIR R4 (structure, types, "
+        "required bindings, invariants, claimed profiles); basic: only resourceType, id and the "
+        "request limits (trusted bulk loads; the benchmark's baseline)",
+    )
+    unknown_profile: Literal["accept", "warn", "refuse"] = Field(
+        default="warn",
+        description="a resource claiming a profile the server does not know (meta.profile): "
+        "accept, warn (accepted; $validate warns) or refuse (400)",
+    )
     max_json_nodes: int = Field(
         default=250_000, ge=1000, description="most elements (values) in one JSON document"
     )
@@ -232,6 +255,15 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="HL7 mapping threads (one patient each at a time)",
+    )
+    hl7_retention_days: int = Field(
+        default=0, ge=0, description="delete processed HL7 messages after this many days (0: keep)"
+    )
+    hl7_failed_retention_days: int = Field(
+        default=0, ge=0, description="delete failed HL7 messages after this many days (0: keep)"
+    )
+    console_session_hours: int = Field(
+        default=8, ge=1, le=168, description="how long a console sign-in lasts"
     )
     mllp_tls_cert: str = Field(default="", description="PEM server certificate; enables TLS")
     mllp_tls_key: str = Field(default="", description="PEM private key for mllp_tls_cert")
@@ -355,9 +387,9 @@ class Settings(BaseSettings):
         default=1, ge=0, description="in-process AI jobs at once without Redis; 0: none run"
     )
     ai_queues: str = Field(
-        default="ai.decode,ai.infer,bulk",
+        default="ai.decode,ai.infer,bulk,outbox",
         description="queues `interop worker` consumes (GPU hosts: ai.infer only; bulk: "
-        "Bulk Data jobs)",
+        "Bulk Data jobs; outbox: outbox consumers and subscription deliveries)",
     )
     ai_cache_dir: str = Field(
         default="", description="decoded volumes between queues; empty: ./var/ai-cache"

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, FromClause
 
+from fhir_server import fhirjson
 from fhir_server.errors import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.search.registry import resource_types
 from fhir_server.store.models import resources
@@ -357,6 +357,15 @@ def _at(index: int, entry: Entry, exc: FhirError) -> FhirError:
     path = "/".join(p for p in (entry.res_type, entry.res_id) if p)
     exc.diagnostics = f"Bundle.entry[{index}] ({entry.method} {path}): {exc.diagnostics}"
     exc.expression = [f"Bundle.entry[{index}]", *exc.expression]
+    if exc.issues:
+        where = f"Bundle.entry[{index}].resource"
+        exc.issues = [
+            {**i, "diagnostics": f"Bundle.entry[{index}] ({entry.method} {path}): "
+             f"{i.get('diagnostics', '')}",
+             "expression": [where + ("." + e.partition(".")[2] if "." in e else "")
+                            for e in i.get("expression", [])]}
+            for i in exc.issues
+        ]  # fmt: skip
     return exc
 
 
@@ -521,4 +530,4 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> None:
 
 def _copy(value: Any) -> Any:
     """The entry's own copy of caller content (the store changes ids and references)."""
-    return orjson.loads(orjson.dumps(value))
+    return fhirjson.loads(fhirjson.dumps(value))

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select, true
 
-from fhir_server import limits, metrics
+from fhir_server import fhirjson, limits, metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.search.registry import params_for
+from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
+from fhir_server.store.conformance import StoredConformance
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
@@ -39,6 +40,7 @@ from fhir_server.store.models import (
 )
 from fhir_server.store.statistics import PlannerStatistics
 from fhir_server.validation import validate_resource
+from fhir_server.validation.profiles import profiles
 
 if TYPE_CHECKING:
     from fhir_server.search.query import Narrow
@@ -80,7 +82,7 @@ class StoredResource:
         return f"{self.res_type}/{self.res_id}/_history/{self.version_id}"
 
     def json(self) -> dict[str, Any]:
-        return orjson.loads(self.body) if self.body else {}
+        return fhirjson.loads(self.body) if self.body else {}
 
 
 @dataclass(slots=True)
@@ -163,6 +165,9 @@ class Statements:
         )
         self.insert_version = insert_sql(resource_versions)
         self.insert_outbox = insert_sql(outbox)
+        self.insert_audit_pending = f"INSERT INTO audit_pending (recorded, event) VALUES ({m}, {m})"
+        self.pending_audit = f"SELECT pk, recorded, event FROM audit_pending ORDER BY pk LIMIT {m}"
+        self.expanded_audit = f"DELETE FROM audit_pending WHERE pk <= {m}"
         self.insert_index = {kind: insert_sql(t) for kind, t in INDEX_TABLES.items()}
         self.clear_index = {
             kind: f"DELETE FROM {t.name} WHERE resource_pk = {m}"
@@ -380,6 +385,8 @@ class Transaction:
         self.narrow: Narrow | None = None
         # conditional reference -> the ids it matched (see resolve_conditional_references)
         self._ref_ids: dict[str, list[str]] = {}
+        # stored profiles and value sets, for validation (fhir_server.store.conformance)
+        self.conformance = StoredConformance(conn, self.sql, store.base_url, self.flush)
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -503,7 +510,7 @@ class Transaction:
             self._known.pop((resource.get("resourceType", ""), res_id), None)
         res_id = res_id or str(uuid.uuid4())
         if not trusted:
-            resource = validate_resource(resource)
+            resource = validate_resource(resource, None, self.conformance)
             self.resolve_conditional_references(resource)
             self._content_hook(resource["resourceType"], res_id, resource)
         return self._insert_new(resource, resource["resourceType"], res_id, "POST", index)
@@ -517,7 +524,7 @@ class Transaction:
         method: str = "PUT",
     ) -> WriteResult:
         """Replace a resource (creating it when the id is new, which FHIR allows)."""
-        resource = validate_resource(resource, res_type)
+        resource = validate_resource(resource, res_type, self.conformance)
         if resource.get("id") != res_id:
             raise bad_request(
                 f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
@@ -550,6 +557,8 @@ class Transaction:
 
     def delete(self, res_type: str, res_id: str) -> StoredResource | None:
         """Mark a resource deleted (a new, empty version); None when there was nothing to delete."""
+        if res_type in CONFORMANCE_TYPES:
+            profiles().changed()
         found = self.current(res_type, res_id, lock=True)
         if found is None or found[1].deleted:
             return None
@@ -611,6 +620,8 @@ class Transaction:
     # -- internals --------------------------------------------------------------------------
 
     def _content_hook(self, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
+        if res_type in CONFORMANCE_TYPES:
+            profiles().changed()  # a stored profile or value set takes effect at once
         hook = self.store.content_hooks.get(res_type)
         if hook is not None:
             hook(self, res_id, resource)
@@ -647,7 +658,7 @@ class Transaction:
         meta["versionId"] = str(version)
         meta["lastUpdated"] = to_instant(stamp)
         resource["meta"] = meta
-        body = orjson.dumps(resource)
+        body = fhirjson.dumps(resource)
         return StoredResource(res_type, res_id, version, stamp, False, body, method)
 
     def _record(
@@ -673,7 +684,7 @@ class Transaction:
         kinds: list[str] = list(INDEX_TABLES)
         if previous.body:
             try:
-                old = extract(orjson.loads(previous.body), self.store.base_url)
+                old = extract(fhirjson.loads(previous.body), self.store.base_url)
                 kinds = [k for k in INDEX_TABLES if getattr(old, k)]
             except Exception:  # noqa: BLE001 - an unreadable old body just means "clear all"
                 kinds = list(INDEX_TABLES)
@@ -760,7 +771,7 @@ def _version_row(stored: StoredResource) -> tuple[Any, ...]:
 
 def _same_content(old_body: bytes, new: dict[str, Any]) -> bool:
     """An update that changes nothing but meta keeps the version (no history noise)."""
-    old = orjson.loads(old_body)
+    old = fhirjson.loads(old_body)
     old_meta = {
         k: v
         for k, v in (old.pop("meta", None) or {}).items()

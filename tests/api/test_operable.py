@@ -6,6 +6,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from metrics_support import value
 from starlette.testclient import TestClient
 
+from fhir_server.search.registry import params_for
 from interop.app import create_app
 from interop.settings import Settings
 
@@ -48,7 +49,7 @@ def test_every_advertised_search_parameter_is_accepted(client: TestClient) -> No
         ):
             continue
         for param in resource["searchParam"]:
-            value = {
+            examples = {
                 "token": "x",
                 "string": "x",
                 "date": "2020",
@@ -56,7 +57,12 @@ def test_every_advertised_search_parameter_is_accepted(client: TestClient) -> No
                 "quantity": "1",
                 "number": "1",
                 "uri": "http://x",
-            }[param["type"]]
+            }
+            if param["type"] == "composite":  # one value per component, `$`-separated
+                parts = params_for(resource["type"])[param["name"]].components
+                value = "$".join(examples[kind] for _, kind, _ in parts)
+            else:
+                value = examples[param["type"]]
             response = client.get(
                 f"/fhir/{resource['type']}",
                 params={param["name"]: value, "_summary": "count"},

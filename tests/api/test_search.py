@@ -260,6 +260,10 @@ def test_tag_profile_security(client: TestClient) -> None:
         client,
         {
             "resourceType": "Patient",
+            # what US Core requires of the profile it claims (identifier, name, gender)
+            "identifier": [{"system": "urn:example", "value": "1"}],
+            "name": [{"family": "Tagged"}],
+            "gender": "unknown",
             "meta": {
                 "tag": [{"system": "urn:source", "code": "lab-feed"}],
                 "profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"],

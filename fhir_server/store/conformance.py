@@ -1,0 +1,66 @@
+"""Stored conformance resources (StructureDefinition, ValueSet, CodeSystem) by canonical URL,
+as the current transaction sees them: what `fhir_server.validation` asks for the profiles and
+value sets an operator stored (PUT, `interop import`), so they take effect without a restart.
+
+Why inside the transaction: a Bundle may store a profile and then a resource claiming it,
+and on SQLite a second connection would wait for this one's write lock.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from fhir_server.validation.valuesets import Codes, expand_stored
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy import Connection
+
+    from fhir_server.store.repository import Statements
+
+TYPES = frozenset({"StructureDefinition", "ValueSet", "CodeSystem"})
+
+
+class StoredConformance:
+    """Looks up through `conn` (a transaction's, which `flush` brings up to date first)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        sql: Statements,
+        base_url: str,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
+        self.conn, self.sql, self.base_url, self.flush = conn, sql, base_url, flush
+
+    def find(self, res_type: str, url: str) -> dict[str, Any] | None:
+        """The stored resource of `res_type` whose `url` is `url` (`|version` ignored)."""
+        from fhir_server.search.query import matching_ids
+
+        url = url.split("|", 1)[0]
+        if not url:
+            return None
+        if self.flush is not None:
+            self.flush()
+        ids = matching_ids(self.conn, res_type, [("url", url)], self.base_url)
+        cursor = self.conn.connection.cursor()
+        for res_id in sorted(ids):
+            cursor.execute(self.sql.current, (res_type, res_id))
+            row = cursor.fetchone()
+            if row is not None and not row[3] and row[4]:
+                body: dict[str, Any] = orjson.loads(row[4])
+                if body.get("url") == url:
+                    return body
+        return None
+
+    def structure_definition(self, url: str) -> dict[str, Any] | None:
+        return self.find("StructureDefinition", url)
+
+    def value_set_codes(self, url: str) -> Codes | None:
+        value_set = self.find("ValueSet", url)
+        if value_set is None:
+            return None
+        return expand_stored(value_set, lambda system: self.find("CodeSystem", system))

@@ -1,0 +1,479 @@
+"""Compiled per-type checkers: the reduced R4 definitions turned into closures, once per type.
+
+Why compiled: a write validates every element of every resource; walking the definitions
+per element would cost more than the write itself. Each element node becomes a dict from JSON
+key to a small handler that knows its cardinality, its type's checker, its binding and the
+invariants on it, so checking a resource is one pass over its JSON with dict lookups.
+
+Every problem is collected (`Run.issues`), each with the FHIRPath of the element
+(`Patient.name[0].given[1]`, `Observation.value.ofType(Quantity)`), not only the first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from fhir_server.validation import fhirpath
+from fhir_server.validation.invariants import Invariant, compile_constraints
+
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+MAX_STRING = 1024 * 1024  # R4: strings SHALL NOT exceed 1 MB
+
+
+# profiled data types keep their base type's name in JSON (doseQuantity is a SimpleQuantity)
+_JSON_TYPE = {"SimpleQuantity": "Quantity", "MoneyQuantity": "Quantity"}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    severity: str  # error | warning | information
+    code: str  # FHIR IssueType: structure, required, value, code-invalid, invariant, ...
+    expression: str
+    diagnostics: str
+
+    @property
+    def text(self) -> str:
+        """The diagnostics, naming the element (a reader may not look at `expression`)."""
+        return f"{self.expression}: {self.diagnostics}" if self.expression else self.diagnostics
+
+    def json(self) -> dict[str, Any]:
+        return {"severity": self.severity, "code": self.code,
+                "diagnostics": self.text, "expression": [self.expression]}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Run:
+    """One validation: the issues found and the resources FHIRPath's %resource names."""
+
+    warnings: bool = False  # also report extensible/preferred bindings and warning invariants
+    issues: list[Issue] = field(default_factory=list)
+    resource: dict[str, Any] = field(default_factory=dict)
+    root: dict[str, Any] = field(default_factory=dict)
+    conformance: Any = None  # profiles.Conformance: stored value sets, for bindings
+
+    def error(self, code: str, expression: str, diagnostics: str) -> None:
+        self.issues.append(Issue("error", code, expression, diagnostics))
+
+    def warn(self, code: str, expression: str, diagnostics: str) -> None:
+        self.issues.append(Issue("warning", code, expression, diagnostics))
+
+
+Check = Callable[[Any, str, Run], None]  # (value, FHIRPath of the value, run)
+Handler = Callable[[dict[str, Any], Any, str, Run], None]  # (parent object, value, path, run)
+# binding membership: (value set url) -> {system: codes} or None when it cannot be expanded
+CodesOf = Callable[[str], "dict[str, frozenset[str]] | None"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | Decimal) and not isinstance(v, bool)
+
+
+def _integral(v: Any) -> bool:
+    if type(v) is int:
+        return True
+    if isinstance(v, Decimal) and not isinstance(v, bool):
+        return v.is_finite() and v == v.to_integral_value() and "." not in str(v)
+    return False
+
+
+class Primitives:
+    """The primitive types' checkers, from the regexes of the R4 definitions."""
+
+    def __init__(self, regexes: dict[str, str]) -> None:
+        self.forms = {
+            name: re.compile(rx, re.ASCII) for name, rx in regexes.items() if rx
+        }  # fmt: skip
+        fhirpath.set_primitive_forms(self.forms)
+        self.checks: dict[str, Check] = {name: self._build(name) for name in regexes}
+
+    def _build(self, name: str) -> Check:
+        if name == "boolean":
+
+            def boolean(v: Any, path: str, run: Run) -> None:
+                if type(v) is not bool:
+                    run.error("value", path, f"'{_show(v)}' is not a boolean (true or false)")
+
+            return boolean
+        if name in ("integer", "positiveInt", "unsignedInt"):
+            low = {"integer": INT_MIN, "positiveInt": 1, "unsignedInt": 0}[name]
+
+            def integer(v: Any, path: str, run: Run) -> None:
+                if not _integral(v):
+                    run.error("value", path, f"'{_show(v)}' is not a JSON integer ({name})")
+                elif not low <= int(v) <= INT_MAX:
+                    run.error("value", path, f"{v} is out of range for {name} "
+                                             f"({low}..{INT_MAX})")  # fmt: skip
+
+            return integer
+        if name == "decimal":
+
+            def decimal(v: Any, path: str, run: Run) -> None:
+                if not _is_number(v):
+                    run.error("value", path, f"'{_show(v)}' is not a JSON number (decimal)")
+                elif isinstance(v, float | Decimal) and not _finite(v):
+                    run.error("value", path, f"'{v}' is not a finite decimal")
+
+            return decimal
+        form = self.forms.get(name)
+        what = "a string" if name in ("string", "markdown", "xhtml") else f"a valid {name}"
+
+        def text(v: Any, path: str, run: Run) -> None:
+            if type(v) is not str:
+                run.error("value", path, f"'{_show(v)}' is not a JSON string ({name})")
+            elif form is not None and form.fullmatch(v) is None:
+                run.error("value", path, f"'{_show(v)}' is not {what} "
+                                         f"(R4 {name}: {form.pattern})")  # fmt: skip
+            elif len(v) > MAX_STRING and name != "xhtml":
+                run.error("value", path, f"the {name} is longer than 1 MB")
+            elif name == "xhtml" and not v.lstrip().startswith("<div"):
+                run.error("value", path, "Narrative.div must be an XHTML <div> element")
+
+        return text
+
+
+def _finite(v: float | Decimal) -> bool:
+    return v.is_finite() if isinstance(v, Decimal) else v == v and v not in (
+        float("inf"), float("-inf"))  # fmt: skip
+
+
+def _show(v: Any) -> str:
+    text = repr(v) if not isinstance(v, str) else v
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _matches_pattern(value: Any, pattern: Any) -> bool:
+    """FHIR pattern[x]: every element the pattern has, the value has too (lists: each pattern
+    item matched by some item)."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(
+            k in value and _matches_pattern(value[k], p) for k, p in pattern.items()
+        )
+    if isinstance(pattern, list):
+        items = value if isinstance(value, list) else [value]
+        return all(any(_matches_pattern(v, p) for v in items) for p in pattern)
+    if _is_number(pattern) and _is_number(value):
+        return Decimal(str(pattern)) == Decimal(str(value))
+    return bool(value == pattern) and type(value) is type(pattern)
+
+
+@dataclass
+class Definitions:
+    """Reduced definitions (`structure.reduce`) by type name, and value set codes."""
+
+    types: dict[str, dict[str, Any]]
+    primitives: Primitives
+    codes_of: CodesOf
+    choices: frozenset[str]
+
+
+class Compiled:
+    """Checkers for one set of reduced definitions (the R4 base, or a profile over it).
+
+    `overrides`: a profile's reduced definition, whose nodes replace the base type's nodes
+    of the same path (the data types inside stay the base R4 ones).
+    """
+
+    def __init__(
+        self,
+        defs: Definitions,
+        profile: dict[str, Any] | None = None,
+        base: Compiled | None = None,
+    ) -> None:
+        self.defs = defs
+        self.profile = profile
+        self.base = base or self
+        self._types: dict[str, Check] = {}
+        self._nodes: dict[tuple[str, str], Check] = {}
+
+    # -- types ---------------------------------------------------------------------------
+
+    def type_check(self, name: str) -> Check:
+        found = self._types.get(name)
+        if found is None:
+            found = self._types[name] = self._build_type(name)
+        return found
+
+    def _build_type(self, name: str) -> Check:
+        if self.base is not self and (self.profile is None or self.profile["type"] != name):
+            return self.base.type_check(name)
+        prim = self.defs.primitives.checks.get(name)
+        if prim is not None:
+            return prim
+        if name == "Resource":
+            return self._any_resource
+        definition = self.defs.types.get(name)
+        if definition is None:
+
+            def unknown(v: Any, path: str, run: Run) -> None:
+                run.error("structure", path, f"no R4 definition of the type {name}")
+
+            return unknown
+        if self.profile is not None and self.profile["type"] == name:
+            definition = self.profile
+        return self.node_check(definition, definition["type"])
+
+    def _any_resource(self, v: Any, path: str, run: Run) -> None:
+        """A resource inside another (contained, Bundle entry, Parameters): by its own type."""
+        if type(v) is not dict:
+            run.error("structure", path, "a resource must be a JSON object")
+            return
+        rt = v.get("resourceType")
+        definition = self.defs.types.get(rt) if isinstance(rt, str) else None
+        if definition is None or definition.get("kind") != "resource" or definition["abstract"]:
+            run.error("structure", path, f"unknown resourceType {rt!r}")
+            return
+        outer_resource, outer_root = run.resource, run.root
+        run.resource = v
+        if not path.endswith("]") or ".contained[" not in path:
+            run.root = v  # a Bundle entry or a parameter is a root of its own
+        try:
+            self.base.type_check(str(rt))(v, path, run)
+        finally:
+            run.resource, run.root = outer_resource, outer_root
+
+    # -- element nodes -------------------------------------------------------------------
+
+    def node_check(self, definition: dict[str, Any], node_path: str) -> Check:
+        key = (definition["url"], node_path)
+        found = self._nodes.get(key)
+        if found is not None:
+            return found
+        holder: list[Check] = []
+
+        def deferred(v: Any, path: str, run: Run) -> None:  # recursion (Questionnaire.item)
+            holder[0](v, path, run)
+
+        self._nodes[key] = deferred
+        built = self._build_node(definition, node_path)
+        holder.append(built)
+        self._nodes[key] = built
+        return built
+
+    def _build_node(self, definition: dict[str, Any], node_path: str) -> Check:
+        children: dict[str, dict[str, Any]] = definition["nodes"].get(node_path, {})
+        is_resource = node_path == definition["type"] and definition.get("kind") == "resource"
+        handlers: dict[str, Handler] = {}
+        required: list[tuple[str, tuple[str, ...], int]] = []
+        choice_groups: list[tuple[str, tuple[str, ...]]] = []
+        constraints = definition.get("constraints", {})
+        for name, spec in children.items():
+            types = spec.get("types") or []
+            if is_resource and name == "id":
+                types = ["id"]
+            el_path = f"{node_path}.{name}" + ("[x]" if spec.get("choice") else "")
+            invariants = compile_constraints(constraints.get(el_path, ()), self.defs.choices)
+            if spec.get("node") and not spec.get("choice"):
+                invariants = []  # evaluated by the node checker itself
+            keys: list[str] = []
+            for t in types:
+                suffix = _JSON_TYPE.get(t, t)
+                key = name + suffix[0].upper() + suffix[1:] if spec.get("choice") else name
+                shown = f"{name}.ofType({suffix})" if spec.get("choice") else name
+                child = (
+                    self.node_check(definition, spec["node"]) if spec.get("node")
+                    else self.type_check(t)
+                )  # fmt: skip
+                primitive = t in self.defs.primitives.checks
+                handlers[key] = self._element(spec, shown, child, primitive, t, invariants)
+                keys.append(key)
+                if primitive:
+                    handlers["_" + key] = self._primitive_extension(spec, shown, key)
+                    keys.append("_" + key)
+                if not spec.get("choice"):
+                    break
+            if spec.get("min", 0) > 0:
+                required.append((name, tuple(keys), spec["min"]))
+            if spec.get("choice"):
+                choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
+        own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
+
+        def check(v: Any, path: str, run: Run) -> None:
+            if type(v) is not dict:
+                run.error("structure", path, f"expected a JSON object, found '{_show(v)}'")
+                return
+            if not v:
+                run.error("invariant", path, "ele-1: an element must have a value or children")
+                return
+            for key, value in v.items():
+                handler = handlers.get(key)
+                if handler is not None:
+                    handler(v, value, path, run)
+                elif key == "resourceType" and is_resource:
+                    continue
+                else:
+                    run.error("structure", f"{path}.{key}", f"unknown element '{key}'")
+            for name, keys, minimum in required:
+                n = 0
+                for k in keys:
+                    got = v.get(k)
+                    if got is not None:
+                        n = max(n, len(got) if type(got) is list else 1)
+                if n < minimum:
+                    what = "is required" if minimum == 1 else f"needs at least {minimum} items"
+                    run.error("required", f"{path}.{name}", f"{name} {what} (minimum "
+                              f"cardinality {minimum})")  # fmt: skip
+            for name, keys in choice_groups:
+                present = [k for k in keys if k in v]
+                if len(present) > 1:
+                    run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
+                              "may be present (a choice element)")  # fmt: skip
+            for inv in own:
+                inv.check(v, path, run)
+
+        return check
+
+    def _element(
+        self,
+        spec: dict[str, Any],
+        shown: str,
+        check: Check,
+        primitive: bool,
+        type_name: str,
+        invariants: list[Invariant],
+    ) -> Handler:
+        maximum = spec.get("max", 1)
+        name = shown.split(".", 1)[0]
+        binding = spec.get("binding")
+        fixed, pattern = spec.get("fixed"), spec.get("pattern")
+        bind = self._binding(binding, type_name) if binding else None
+
+        def extra(v: Any, path: str, run: Run) -> None:
+            check(v, path, run)
+            if bind is not None:
+                bind(v, path, run)
+            if fixed is not None and not (
+                _matches_pattern(v, fixed) and _matches_pattern(fixed, v)
+            ):
+                run.error("value", path, f"must be exactly {_show(fixed)} (fixed value)")
+            if pattern is not None and not _matches_pattern(v, pattern):
+                run.error("value", path, f"must match the pattern {_show(pattern)}")
+            for inv in invariants:
+                inv.check(v, path, run)
+
+        # most elements have nothing beyond their type: call the type's checker directly
+        plain = bind is None and fixed is None and pattern is None and not invariants
+        one = check if plain else extra
+
+        if maximum == 1:
+
+            def single(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+                here = f"{path}.{shown}"
+                if type(v) is list:
+                    run.error("structure", here, f"{name} takes one value, not an array")
+                elif v is None:
+                    run.error("structure", here, f"{name} is null")
+                else:
+                    one(v, here, run)
+
+            return single
+
+        def many(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+            base = f"{path}.{shown}"
+            if type(v) is not list:
+                run.error("structure", base, f"{name} must be an array (it repeats)")
+                return
+            if not v:
+                run.error("structure", base, f"{name} is an empty array")
+                return
+            if 0 < maximum < len(v):
+                run.error("structure", base, f"{name} has {len(v)} items, at most {maximum}")
+            ext = parent.get("_" + shown) if primitive else None
+            for i, item in enumerate(v):
+                if item is None:
+                    if not (type(ext) is list and i < len(ext) and ext[i] is not None):
+                        text = f"null in an array (only with extensions in _{name}[{i}])"
+                        run.error("structure", f"{base}[{i}]", text)
+                    continue
+                one(item, f"{base}[{i}]", run)
+
+        return many
+
+    def _primitive_extension(self, spec: dict[str, Any], shown: str, key: str) -> Handler:
+        """`_name`: the id and extensions of a primitive (arrays aligned with `name`)."""
+        element = self.type_check("Element")
+        repeats = spec.get("max", 1) != 1
+
+        def ext(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+            base = f"{path}.{shown}"
+            if not repeats:
+                if type(v) is not dict:
+                    run.error("structure", base, f"_{key} must be an object (id, extension)")
+                else:
+                    element(v, base, run)
+                return
+            if type(v) is not list:
+                run.error("structure", base, f"_{key} must be an array like {key}")
+                return
+            values = parent.get(key)
+            if values is not None and (type(values) is not list or len(values) != len(v)):
+                run.error("structure", base, f"_{key} must have as many items as {key}")
+            for i, item in enumerate(v):
+                if item is None:
+                    if values is None:
+                        run.error("structure", f"{base}[{i}]", f"_{key}[{i}] and {key}[{i}] "
+                                  "are both null")  # fmt: skip
+                    continue
+                element(item, f"{base}[{i}]", run)
+
+        return ext
+
+    def _binding(self, binding: list[str], type_name: str) -> Check | None:
+        strength, url = binding
+        codes_of = self.defs.codes_of
+        required = strength == "required"
+        if type_name not in ("code", "Coding", "CodeableConcept", "string", "uri", "Quantity"):
+            return None
+
+        def report(run: Run, path: str, what: str) -> None:
+            text = f"{what} is not in the value set {url} ({strength} binding)"
+            if required:
+                run.error("code-invalid", path, text)
+            else:
+                run.warn("code-invalid", path, text)
+
+        def bind(v: Any, path: str, run: Run) -> None:
+            if not required and not run.warnings:
+                return
+            codes = codes_of(url)
+            if codes is None and run.conformance is not None:
+                codes = run.conformance.value_set_codes(url)
+            if codes is None:
+                return  # a value set known only to an external terminology server
+            if type_name in ("code", "string", "uri"):
+                if isinstance(v, str) and not any(v in c for c in codes.values()):
+                    report(run, path, f"the code '{_show(v)}'")
+                return
+            if type_name in ("Coding", "Quantity"):
+                checked = isinstance(v, dict) and (type_name == "Coding" or "code" in v)
+                if checked and not _coding_in(v, codes):
+                    report(run, path, f"the code '{v.get('system', '')}#{v.get('code', '')}'")
+                return
+            if not isinstance(v, dict):
+                return
+            codings = v.get("coding")
+            if type(codings) is not list or not codings:
+                if required:
+                    report(run, path, "a concept without a coding")
+                return
+            if not any(isinstance(c, dict) and _coding_in(c, codes) for c in codings):
+                shown = ", ".join(f"{c.get('system', '')}#{c.get('code', '')}"
+                                  for c in codings if isinstance(c, dict))  # fmt: skip
+                report(run, path, f"none of the codings ({shown})")
+
+        return bind
+
+
+def _coding_in(coding: dict[str, Any], codes: dict[str, frozenset[str]]) -> bool:
+    code, system = coding.get("code"), coding.get("system")
+    if not isinstance(code, str):
+        return False
+    if isinstance(system, str):
+        return code in codes.get(system, ())
+    return any(code in c for c in codes.values())
+
+
+__all__ = ["Check", "Compiled", "Definitions", "Issue", "Primitives", "Run", "fhirpath"]

@@ -1,0 +1,189 @@
+"""The invariants (constraints with a FHIRPath expression) of the definitions, compiled once.
+
+Each expression is compiled by `fhirpath.compile_invariant` (fast closures); one it cannot
+compile is handed to fhirpathpy (an independent full engine, slower); one neither can
+evaluate is recorded in `unsupported()` and reported as an `information` issue by `$validate`,
+never silently passed as if checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from fhir_server.validation.fhirpath import Node, Unsupported, compile_invariant, holds
+
+if TYPE_CHECKING:
+    from fhir_server.validation.checker import Run
+
+# Invariants that hold whenever the resource has no `contained`: their expressions all start
+# from `contained` and are true on an empty collection (dom-2..dom-5), so they are evaluated
+# only when there is something contained (the common case has nothing to evaluate).
+_NEEDS = {"dom-2": "contained", "dom-3": "contained", "dom-4": "contained", "dom-5": "contained"}
+# Likewise for the two commonest element invariants: ref-1 holds unless the reference is
+# local ('#...'), per-1 unless the Period has both start and end.
+_GUARDS: dict[str, Callable[[Any], bool]] = {
+    "ref-1": lambda v: type(v) is dict and str(v.get("reference", "")).startswith("#"),
+    "per-1": lambda v: type(v) is dict and "start" in v and "end" in v,
+}
+_UNSUPPORTED: dict[str, str] = {}  # key -> expression neither engine evaluates
+DOM_3 = (
+    "contained.where((('#'+id in (%resource.descendants().reference | "
+    "%resource.descendants().as(canonical) | %resource.descendants().as(uri) | "
+    "%resource.descendants().as(url))) or descendants().where(reference = '#').exists() or "
+    "descendants().where(as(canonical) = '#').exists() or descendants().where(as(canonical) = "
+    "'#').exists()).not()).trace('unmatched', id).empty()"
+)
+
+
+def _strings(node: Any, out: set[str]) -> None:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            stack.extend(v for k, v in item.items() if k != "resourceType")
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is str:
+            out.add(item)
+
+
+# the guards apply only to the official texts (a profile may reuse a key for another rule)
+_GUARDED_TEXT = {
+    "ref-1": (
+        "reference.startsWith('#').not() or (reference.substring(1).trace('url') in "
+        "%rootResource.contained.id.trace('ids'))",
+    ),
+    "per-1": ("start.hasValue().not() or end.hasValue().not() or (start <= end)",),
+}
+
+
+def dom_3(focus: list[Any], env: dict[str, Any]) -> list[Any]:
+    """dom-3 in one walk instead of four `descendants()` per contained resource (it runs on
+    every resource with `contained`, e.g. each Synthea Claim). Same meaning: every contained
+    resource is referenced (`#id`) from somewhere in the resource, or refers to its container
+    (`#`); `as(canonical|uri|url)` keeps any string without blanks, so "referenced" is "some
+    string of the resource is `#id`". Checked against the FHIRPath text on the R4 examples
+    (tests/validation/test_fhirpath_invariants.py)."""
+    resource = focus[0] if focus else None
+    contained = resource.get("contained") if type(resource) is dict else None
+    if type(contained) is not list:
+        return [True]
+    everything: set[str] = set()
+    _strings(resource, everything)
+    for item in contained:
+        if type(item) is not dict:
+            continue
+        cid = item.get("id")
+        if isinstance(cid, str) and "#" + cid in everything:
+            continue
+        inside: set[str] = set()
+        _strings(item, inside)
+        if "#" not in inside:
+            return [False]
+    return [True]
+
+
+NATIVE: dict[tuple[str, str], Node] = {("dom-3", DOM_3): dom_3}
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    key: str
+    severity: str
+    human: str
+    expression: str
+    node: Node | None
+    needs: str | None
+    guard: Callable[[Any], bool] | None = None
+
+    def check(self, value: Any, path: str, run: Run) -> None:
+        if self.severity != "error" and not run.warnings:
+            return
+        if self.needs is not None and (type(value) is not dict or self.needs not in value):
+            return
+        if self.guard is not None and not self.guard(value):
+            return
+        if self.node is None:
+            if run.warnings:
+                run.issues.append(
+                    _issue(
+                        "information",
+                        path,
+                        f"{self.key} was not evaluated (no engine here supports {self.expression})",
+                    )
+                )
+            return
+        try:
+            ok = holds(self.node, value, run.resource, run.root)
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+            run.issues.append(_issue("error", path, f"{self.key}: cannot be evaluated on this "
+                                     f"content ({exc}): {self.expression}"))  # fmt: skip
+            return
+        if not ok:
+            severity = "error" if self.severity == "error" else "warning"
+            run.issues.append(_issue(severity, path, f"{self.key}: {self.human} "
+                                     f"[{self.expression}]"))  # fmt: skip
+
+
+def _issue(severity: str, path: str, text: str) -> Any:
+    from fhir_server.validation.checker import Issue
+
+    return Issue(severity, "invariant", path, text)
+
+
+def _fhirpathpy(expression: str) -> Node | None:
+    """fhirpathpy for what the fast compiler does not know (None if it cannot either)."""
+    try:
+        import fhirpathpy
+        from fhirpathpy.models import models
+
+        compiled = fhirpathpy.compile(expression, models["r4"])
+    except Exception:  # noqa: BLE001 - any parse failure means "cannot evaluate"
+        return None
+
+    def node(focus: list[Any], env: dict[str, Any]) -> list[Any]:
+        context = {"resource": env["resource"], "rootResource": env["rootResource"],
+                   "context": env["context"]}  # fmt: skip
+        try:
+            return list(compiled(focus[0], context))
+        except Exception as exc:  # noqa: BLE001 - reported as "cannot be evaluated"
+            raise ValueError(f"fhirpathpy: {exc}") from None
+
+    return node
+
+
+@lru_cache(maxsize=4096)
+def _compile(key: str, expression: str, choices: frozenset[str]) -> Node | None:
+    native = NATIVE.get((key, expression))
+    if native is not None:
+        return native
+    try:
+        return compile_invariant(expression, choices)
+    except Unsupported:
+        pass
+    if "resolve()" in expression or "conformsTo(" in expression or "memberOf(" in expression:
+        node = None  # fhirpathpy has no resolve(), conformsTo() or memberOf() either
+    else:
+        node = _fhirpathpy(expression)
+    if node is None:
+        _UNSUPPORTED[key] = expression
+    return node
+
+
+def compile_constraints(constraints: Any, choices: frozenset[str]) -> list[Invariant]:
+    out = []
+    for key, severity, expression, human in constraints:
+        if severity not in ("error", "warning"):
+            continue
+        node = _compile(key, expression, choices)
+        guard = _GUARDS.get(key) if expression in _GUARDED_TEXT.get(key, ()) else None
+        out.append(Invariant(key, severity, human, expression, node, _NEEDS.get(key), guard))
+    return out
+
+
+def unsupported() -> dict[str, str]:
+    """Invariants compiled so far that no engine here evaluates (key -> expression)."""
+    return dict(_UNSUPPORTED)

@@ -90,7 +90,7 @@ def server(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # migrations and two workers on a busy machine
     while True:
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:

@@ -1,4 +1,4 @@
-"""/metrics of a real `interop serve` with two API worker processes on PostgreSQL.
+"""/metrics of a real `interop serve` with two API worker processes (SQLite, PostgreSQL).
 
 A hand-written per-process registry answered a scrape with the counts of whichever worker
 took it; with `prometheus_client` in multiprocess mode every process's counts are summed: the
@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from metrics_support import value
 from prometheus_client.mmap_dict import MmapedDict
+from sqlalchemy import create_engine, text
 
 from hl7_listener.mllp import EB, frame
 
@@ -42,11 +44,26 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def own_database(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of this module's own, of the session's kind: the server below makes its
+    signing keys with a secret key file of its own, which the session's apps could not read."""
     if database_url.startswith("sqlite"):
-        # several replicas and workers share PostgreSQL in production; on this loaded machine
-        # uvicorn's 5 s worker health check kept restarting one SQLite worker (see the report)
-        pytest.skip("several API processes: PostgreSQL")
+        yield f"sqlite:///{tmp_path_factory.mktemp('serve-db') / 'interop.db'}"
+        return
+    name = f"interop_serve_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield database_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     folder = tmp_path_factory.mktemp("serve")
     metrics_dir = folder / "metrics"
     metrics_dir.mkdir()
@@ -54,7 +71,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     http_port, mllp_port = free_port(), free_port()
     env = {
         **os.environ,
-        "INTEROP_DATABASE_URL": database_url,
+        "INTEROP_DATABASE_URL": own_database,
         "INTEROP_AUTH": "off",
         "INTEROP_METRICS": "on",
         "INTEROP_WORKERS": "2",
@@ -73,7 +90,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # migrations and two workers on a busy machine
     while True:
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, column, func, literal_column, select, table, text, union_all
+from sqlalchemy import (
+    Engine,
+    column,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+    true,
+    union_all,
+)
 
 from hl7_listener.inbox import hl7_messages, parse_time
 
@@ -218,13 +228,16 @@ def _one(engine: Engine, q: MessageQuery, columns: Any, limit: int) -> Any:
             return select(*columns).where(*conditions).order_by(M.pk.desc()).limit(limit)
         # rare words: their messages from the GIN index first (planned on its own, so the
         # planner cannot choose to walk every message looking for them), then the filters
+        # and each looked up by id (LATERAL: a nested loop, never a walk of the id index)
         hits = select(M.pk.label("hit")).where(rare_match).cte("hits").prefix_with("MATERIALIZED")
+        found = (  # LIMIT 1 (one row per id anyway) keeps the planner from flattening it
+            select(*columns).where(M.pk == hits.c.hit, *conditions).limit(1).lateral("found")
+        )
         return (
-            select(*columns)
+            select(*found.c)
             .select_from(hits)
-            .join(hl7_messages, M.pk == hits.c.hit)
-            .where(*conditions)
-            .order_by(M.pk.desc())
+            .join(found, true())
+            .order_by(found.c.pk.desc())
             .limit(limit)
         )
     tokens = _WORD.findall(words)

@@ -318,26 +318,31 @@ def _phrase(tokens: list[str]) -> str:
 
 
 COMMON_SHARE = 0.2  # a word in more than this share of the messages counts as common
+SAMPLE = 1000  # SQLite: a word's share is taken over this many of the newest messages
 PG_COMMON_SHARE = 0.02  # PostgreSQL: above this, walking the newest messages finds it sooner
 
 
 def _by_frequency(engine: Engine, tokens: list[str]) -> tuple[list[str], list[str]]:
     """The query's words split into the rarest (walked by the index) and the common ones
-    (checked per candidate), from the index's own counts (fts5vocab, migration 0014)."""
+    (checked per candidate). A word's share is sampled over the newest SAMPLE messages (a
+    seek to the end of its list in the index, cheap even for a word every message holds)."""
     words = list(dict.fromkeys(t.lower() for t in tokens))
     if len(words) < 2:
         return words, []
+    share: dict[str, float] = {}
     with engine.connect() as conn:
-        counts: dict[str, int] = dict(
-            conn.execute(
-                text("SELECT term, doc FROM hl7_messages_fts_terms WHERE term IN "
-                     f"({', '.join(f':w{i}' for i in range(len(words)))})"),
-                {f"w{i}": w for i, w in enumerate(words)},
-            ).all()
-        )  # fmt: skip
-        total = conn.execute(text("SELECT max(rowid) FROM hl7_messages_fts")).scalar() or 0
-    ranked = sorted(words, key=lambda w: counts.get(w, 0))
-    common = [w for w in ranked[1:] if counts.get(w, 0) > COMMON_SHARE * total]
+        last = conn.execute(text("SELECT max(rowid) FROM hl7_messages_fts")).scalar() or 0
+        for word in words:
+            held = conn.execute(
+                text(
+                    "SELECT count(*) FROM hl7_messages_fts WHERE hl7_messages_fts MATCH :q "
+                    "AND rowid > :since"
+                ),
+                {"q": _phrase([word]), "since": last - SAMPLE},
+            ).scalar_one()
+            share[word] = held / max(1, min(SAMPLE, last))
+    ranked = sorted(words, key=lambda w: share[w])
+    common = [w for w in ranked[1:] if share[w] > COMMON_SHARE]
     return [w for w in ranked if w not in common], common
 
 

@@ -8,6 +8,7 @@ screenshot under tests/artifacts/screenshots/console/ (see README, "Operator con
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,14 +19,13 @@ from sqlalchemy import update
 from hl7_listener.inbox import hl7_messages
 
 HERE = Path(__file__).resolve().parent
+CHROMIUM = os.environ.get("INTEROP_E2E_CHROMIUM", "/usr/bin/chromium")  # as conftest.py
 SHOTS = HERE.parent / "artifacts" / "screenshots" / "console"
 PASSWORD = "operator password 1"
 
 
 def play(origin: str, steps: list[dict[str, Any]], headers: dict[str, str] | None = None,
          ) -> dict[str, Any]:  # fmt: skip
-    from conftest import CHROMIUM
-
     done = subprocess.run(
         ["node", str(HERE / "console.mjs"), CHROMIUM],
         input=json.dumps({"steps": steps, "headers": headers or {}}),

@@ -138,10 +138,12 @@ def measure(engine, n: int, rounds: int, seed: int = 7) -> list[tuple[str, float
     return out
 
 
-def run(backend: str, n: int, rounds: int) -> bool:
+def run(backend: str, n: int, rounds: int, database_url: str = "") -> bool:
     tmp = tempfile.TemporaryDirectory()
     admin = None
-    if backend == "postgresql":
+    if database_url:  # an existing database: filled only when its inbox is empty, kept
+        url = database_url
+    elif backend == "postgresql":
         name = f"bench_console_{uuid.uuid4().hex[:8]}"
         admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
@@ -152,9 +154,15 @@ def run(backend: str, n: int, rounds: int) -> bool:
     try:
         runtime = Runtime(Settings(database_url=url, auth="off"), migrate=True, pool_size=2)
         engine = runtime.engine
-        print(f"{backend}: filling the inbox with {n:,} messages", flush=True)
-        took = fill(engine, n, int(time.time() * 1_000_000))
-        print(f"{backend}: filled in {took:.0f} s ({n / took:,.0f} messages/s)")
+        with engine.connect() as conn:
+            held = conn.execute(text("SELECT count(*) FROM hl7_messages")).scalar_one()
+        if held:
+            n = held
+            print(f"{backend}: the inbox holds {n:,} messages already", flush=True)
+        else:
+            print(f"{backend}: filling the inbox with {n:,} messages", flush=True)
+            took = fill(engine, n, int(time.time() * 1_000_000))
+            print(f"{backend}: filled in {took:.0f} s ({n / took:,.0f} messages/s)")
         results = measure(engine, n, rounds)
         baseline = results[0][2]
         print(f"\n{backend}, {n:,} messages, {rounds} searches per kind, one page of 50:")
@@ -183,10 +191,15 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=100, help="searches per kind")
     parser.add_argument("--quick", action="store_true", help="50,000 messages, 30 rounds")
+    parser.add_argument(
+        "--database-url", default="", help="an existing database (filled if empty, kept)"
+    )
     args = parser.parse_args()
     n, rounds = (50_000, 30) if args.quick else (args.messages, args.rounds)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    results = [run(b, n, rounds) for b in backends]
+    if args.database_url:
+        backends = ["postgresql" if args.database_url.startswith("postgresql") else "sqlite"]
+    results = [run(b, n, rounds, args.database_url) for b in backends]
     return 0 if all(results) else 1
 
 

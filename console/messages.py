@@ -9,12 +9,23 @@ COUNT over a million rows.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, column, func, literal_column, select, table, text, union_all
+from sqlalchemy import (
+    Engine,
+    column,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+    true,
+    union_all,
+)
 
 from hl7_listener.inbox import hl7_messages, parse_time
 
@@ -144,9 +155,24 @@ def _words(q: MessageQuery) -> str:
     return " ".join(w for w in (q.text, q.patient) if w).translate(_DELIMITERS)
 
 
+_FAMILIES: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+
 def _family(engine: Engine, family: str) -> list[str]:
     """The message types stored of a family ("ADT": ADT, ADT^A01, ADT^A08, ...): one index
-    seek per type (a loose index scan), not a scan of the messages."""
+    seek per type (a loose index scan), not a scan of the messages; kept a minute."""
+    key = (str(engine.url), family)
+    cached = _FAMILIES.get(key)
+    if cached is not None and time.monotonic() - cached[0] < 60:
+        return cached[1]
+    found = _family_now(engine, family)
+    if len(_FAMILIES) > 1000:
+        _FAMILIES.clear()
+    _FAMILIES[key] = (time.monotonic(), found)
+    return found
+
+
+def _family_now(engine: Engine, family: str) -> list[str]:
     found: list[str] = []
     cursor: str | None = None
     high = family + "^\U0010ffff"
@@ -185,10 +211,35 @@ def _one(engine: Engine, q: MessageQuery, columns: Any, limit: int) -> Any:
     if not words.strip():
         return select(*columns).where(*where).order_by(M.pk.desc()).limit(limit)
     if engine.dialect.name == "postgresql":
-        match = literal_column("hl7_messages.search").op("@@")(
-            func.plainto_tsquery(text("'simple'"), words)
+        rare, common, lookup = _pg_by_frequency(engine, words)
+        if not rare:  # nothing the index knows (punctuation only): the other filters decide
+            return select(*columns).where(*where).order_by(M.pk.desc()).limit(limit)
+        search_column: Any = literal_column("hl7_messages.search")
+        conditions = list(where)
+        if common:  # tested on each candidate, not looked up (an expression no index has)
+            conditions.append(
+                func.tsvector_concat(search_column, text("''::tsvector")).op("@@")(
+                    func.plainto_tsquery(text("'simple'"), " ".join(common))
+                )
+            )
+        rare_match = search_column.op("@@")(func.plainto_tsquery(text("'simple'"), " ".join(rare)))
+        if not lookup:  # only common words: walk the newest messages
+            conditions.append(rare_match)
+            return select(*columns).where(*conditions).order_by(M.pk.desc()).limit(limit)
+        # rare words: their messages from the GIN index first (planned on its own, so the
+        # planner cannot choose to walk every message looking for them), then the filters
+        # and each looked up by id (LATERAL: a nested loop, never a walk of the id index)
+        hits = select(M.pk.label("hit")).where(rare_match).cte("hits").prefix_with("MATERIALIZED")
+        found = (  # LIMIT 1 (one row per id anyway) keeps the planner from flattening it
+            select(*columns).where(M.pk == hits.c.hit, *conditions).limit(1).lateral("found")
         )
-        return select(*columns).where(match, *where).order_by(M.pk.desc()).limit(limit)
+        return (
+            select(*found.c)
+            .select_from(hits)
+            .join(found, true())
+            .order_by(found.c.pk.desc())
+            .limit(limit)
+        )
     tokens = _WORD.findall(words)
     if not tokens:  # nothing the index knows (punctuation only): the other filters decide
         return select(*columns).where(*where).order_by(M.pk.desc()).limit(limit)
@@ -218,38 +269,92 @@ def _one(engine: Engine, q: MessageQuery, columns: Any, limit: int) -> Any:
     )
 
 
+_PG_COMMON: dict[str, tuple[float, dict[str, float]]] = {}  # engine url -> (when, freqs)
+
+
+def _pg_frequencies(engine: Engine) -> dict[str, float]:
+    """Share of messages holding each of the most common words, from PostgreSQL's own
+    statistics of the column (ANALYZE); kept ten minutes. Words not listed are rare."""
+    key = str(engine.url)
+    cached = _PG_COMMON.get(key)
+    if cached is not None and time.monotonic() - cached[0] < 600:
+        return cached[1]
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
+                "WHERE tablename = 'hl7_messages' AND attname = 'search'"
+            )
+        ).first()
+    freqs: dict[str, float] = {}
+    if row is not None and row[0] is not None:
+        freqs = dict(zip(row[0], row[1], strict=False))
+    _PG_COMMON[key] = (time.monotonic(), freqs)
+    return freqs
+
+
+def _pg_by_frequency(engine: Engine, words: str) -> tuple[list[str], list[str], bool]:
+    """The query's words (as PostgreSQL splits them) into rare ones, looked up in the GIN
+    index, and common ones (in more than PG_COMMON_SHARE of the messages), tested per
+    candidate; and whether to look the rare ones up (True) or walk the newest messages.
+    The planner guesses the share of a word it has no statistics for (0.5 %): given a rare
+    word it would walk every message newest first looking for it."""
+    with engine.connect() as conn:
+        lexemes = list(
+            conn.execute(
+                text("SELECT unnest(tsvector_to_array(to_tsvector('simple', :w)))"), {"w": words}
+            ).scalars()
+        )
+    freqs = _pg_frequencies(engine)
+    common = [w for w in lexemes if freqs.get(w, 0.0) > PG_COMMON_SHARE]
+    rare = [w for w in lexemes if w not in common]
+    if not rare:
+        return lexemes, [], False  # only common words: walking the newest finds them soonest
+    return rare, common, True
+
+
 def _phrase(tokens: list[str]) -> str:
     return " ".join('"' + t.replace('"', '""') + '"' for t in tokens)
 
 
 COMMON_SHARE = 0.2  # a word in more than this share of the messages counts as common
+SAMPLE = 1000  # SQLite: a word's share is taken over this many of the newest messages
+PG_COMMON_SHARE = 0.02  # PostgreSQL: above this, walking the newest messages finds it sooner
 
 
 def _by_frequency(engine: Engine, tokens: list[str]) -> tuple[list[str], list[str]]:
     """The query's words split into the rarest (walked by the index) and the common ones
-    (checked per candidate), from the index's own counts (fts5vocab, migration 0014)."""
+    (checked per candidate). A word's share is sampled over the newest SAMPLE messages (a
+    seek to the end of its list in the index, cheap even for a word every message holds)."""
     words = list(dict.fromkeys(t.lower() for t in tokens))
     if len(words) < 2:
         return words, []
+    share: dict[str, float] = {}
     with engine.connect() as conn:
-        counts: dict[str, int] = dict(
-            conn.execute(
-                text("SELECT term, doc FROM hl7_messages_fts_terms WHERE term IN "
-                     f"({', '.join(f':w{i}' for i in range(len(words)))})"),
-                {f"w{i}": w for i, w in enumerate(words)},
-            ).all()
-        )  # fmt: skip
-        total = conn.execute(text("SELECT max(rowid) FROM hl7_messages_fts")).scalar() or 0
-    ranked = sorted(words, key=lambda w: counts.get(w, 0))
-    common = [w for w in ranked[1:] if counts.get(w, 0) > COMMON_SHARE * total]
+        last = conn.execute(text("SELECT max(rowid) FROM hl7_messages_fts")).scalar() or 0
+        for word in words:
+            held = conn.execute(
+                text(
+                    "SELECT count(*) FROM hl7_messages_fts WHERE hl7_messages_fts MATCH :q "
+                    "AND rowid > :since"
+                ),
+                {"q": _phrase([word]), "since": last - SAMPLE},
+            ).scalar_one()
+            share[word] = held / max(1, min(SAMPLE, last))
+    ranked = sorted(words, key=lambda w: share[w])
+    common = [w for w in ranked[1:] if share[w] > COMMON_SHARE]
     return [w for w in ranked if w not in common], common
+
+
+def _run(engine: Engine, stmt: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(stmt).all())
 
 
 def search(engine: Engine, q: MessageQuery, limit: int = 50) -> list[dict[str, Any]]:
     """One page of messages matching every filter, newest first (without their bytes)."""
     limit = max(1, min(limit, MAX_PAGE))
-    with engine.connect() as conn:
-        rows = conn.execute(_select(engine, q, LISTED, limit)).all()
+    rows = _run(engine, _select(engine, q, LISTED, limit))
     return [
         {
             "id": r.pk, "received_at": r.received_at / 1e6, "sender": r.sender,
@@ -262,8 +367,7 @@ def search(engine: Engine, q: MessageQuery, limit: int = 50) -> list[dict[str, A
 
 
 def matching_ids(engine: Engine, q: MessageQuery, limit: int) -> list[int]:
-    with engine.connect() as conn:
-        return [r[0] for r in conn.execute(_select(engine, q, (M.pk,), limit))]
+    return [r[0] for r in _run(engine, _select(engine, q, (M.pk,), limit))]
 
 
 def export(engine: Engine, q: MessageQuery, limit: int = MAX_EXPORT) -> Iterator[bytes]:

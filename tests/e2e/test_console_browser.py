@@ -23,13 +23,12 @@ ROOT = HERE.parent.parent
 SHOTS = (
     Path(os.environ.get("INTEROP_ARTIFACTS_DIR", ROOT / "artifacts")) / "screenshots" / "console"
 )
+CHROMIUM = os.environ.get("INTEROP_E2E_CHROMIUM", "/usr/bin/chromium")  # as conftest.py
 PASSWORD = "operator password 1"
 
 
 def play(origin: str, steps: list[dict[str, Any]], headers: dict[str, str] | None = None,
          ) -> dict[str, Any]:  # fmt: skip
-    from conftest import CHROMIUM
-
     done = subprocess.run(
         ["node", str(HERE / "console.mjs"), CHROMIUM],
         input=json.dumps({"steps": steps, "headers": headers or {}}),

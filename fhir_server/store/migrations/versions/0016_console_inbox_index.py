@@ -135,10 +135,6 @@ def upgrade() -> None:
             "CREATE VIRTUAL TABLE hl7_messages_fts USING fts5("
             "raw, content='hl7_messages', content_rowid='pk')"
         )
-        # the index's own word counts: the search walks its rarest words
-        op.execute(
-            "CREATE VIRTUAL TABLE hl7_messages_fts_terms USING fts5vocab(hl7_messages_fts, 'row')"
-        )
         for trigger in SQLITE_TRIGGERS:
             op.execute(trigger)
         op.execute("INSERT INTO hl7_messages_fts(hl7_messages_fts) VALUES ('rebuild')")
@@ -154,7 +150,6 @@ def downgrade() -> None:
     else:
         for name in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER IF EXISTS hl7_messages_fts_{name}")
-        op.execute("DROP TABLE IF EXISTS hl7_messages_fts_terms")
         op.execute("DROP TABLE IF EXISTS hl7_messages_fts")
     for name, _ in INDEXES:
         op.drop_index(name, table_name="hl7_messages")

@@ -19,6 +19,17 @@ def _timeout(policy: Policy) -> httpx.Timeout:
     return httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
 
 
+def _options(policy: Policy, auth: Any, timeout: httpx.Timeout | None) -> dict[str, Any]:
+    """What both clients pass httpx: redirects and deadlines from the purpose, no proxies."""
+    return {
+        "auth": auth,
+        "timeout": timeout or _timeout(policy),
+        "follow_redirects": policy.max_redirects > 0,
+        "max_redirects": policy.max_redirects,
+        "trust_env": False,
+    }
+
+
 def _build(build: Any, method: str, url: Any, **kwargs: Any) -> httpx.Request:
     """A URL httpx cannot parse (`0177.0.0.1`, bad ports) is refused like any other."""
     try:
@@ -36,11 +47,7 @@ class Client(httpx.Client):
                  timeout: httpx.Timeout | None = None) -> None:  # fmt: skip
         super().__init__(
             transport=GuardedTransport(policy, verify, limits),
-            auth=auth,
-            timeout=timeout or _timeout(policy),
-            follow_redirects=policy.max_redirects > 0,
-            max_redirects=policy.max_redirects,
-            trust_env=False,
+            **_options(policy, auth, timeout),
         )
         self.policy = policy
 
@@ -61,11 +68,7 @@ class AsyncClient(httpx.AsyncClient):
                  timeout: httpx.Timeout | None = None) -> None:  # fmt: skip
         super().__init__(
             transport=AsyncGuardedTransport(policy, verify, limits),
-            auth=auth,
-            timeout=timeout or _timeout(policy),
-            follow_redirects=policy.max_redirects > 0,
-            max_redirects=policy.max_redirects,
-            trust_env=False,
+            **_options(policy, auth, timeout),
         )
         self.policy = policy
 

@@ -443,7 +443,8 @@ def test_slow_jwks_uri_does_not_stall_the_server(database_url: str, tmp_path: Pa
                         started = time.monotonic()
                         answer = http.get(path, headers=headers, timeout=5)
                         assert answer.status_code == 200, (path, answer.text)
-                        assert time.monotonic() - started < 1.0, path
+                        # a stall lasts the 5 s JWKS deadline; 2.5 s leaves room for a busy CI
+                        assert time.monotonic() - started < 2.5, path
                     assert not all(p.done() for p in pending)  # still stalled meanwhile
                     time.sleep(0.3)
                 results = [p.result(timeout=60) for p in pending]

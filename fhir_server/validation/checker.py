@@ -340,6 +340,9 @@ class Compiled:
         binding = spec.get("binding")
         fixed, pattern = spec.get("fixed"), spec.get("pattern")
         bind = self._binding(binding, type_name) if binding else None
+        targets = spec.get("targets")
+        if type_name == "Reference" and targets:
+            bind = _target_check(frozenset(targets), bind)
 
         def extra(v: Any, path: str, run: Run) -> None:
             check(v, path, run)
@@ -465,6 +468,27 @@ class Compiled:
                 report(run, path, f"none of the codings ({shown})")
 
         return bind
+
+
+_LITERAL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?")
+
+
+def _target_check(targets: frozenset[str], then: Check | None) -> Check:
+    """A literal reference (`[base/]Type/id`) must name one of the element's target types
+    (R4 `targetProfile`); other references (`#id`, `urn:uuid:`, logical) cannot be judged."""
+    allowed = ", ".join(sorted(targets))
+
+    def check(v: Any, path: str, run: Run) -> None:
+        ref = v.get("reference") if type(v) is dict else None
+        if isinstance(ref, str) and not ref.startswith(("#", "urn:")):
+            m = _LITERAL.fullmatch(ref)
+            if m is not None and m.group(1) not in targets:
+                run.error("structure", f"{path}.reference", f"a reference to {m.group(1)} is "
+                          f"not allowed here (allowed: {allowed})")  # fmt: skip
+        if then is not None:
+            then(v, path, run)
+
+    return check
 
 
 def _coding_in(coding: dict[str, Any], codes: dict[str, frozenset[str]]) -> bool:

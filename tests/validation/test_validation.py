@@ -217,6 +217,14 @@ def test_numbers_may_be_int_float_or_decimal() -> None:
     assert errors(observation(valueInteger=True)) != []
 
 
+def test_literal_references_must_name_a_target_type() -> None:
+    wrong = observation(subject={"reference": "Medication/1"})
+    assert [e for e, _ in errors(wrong)] == ["Observation.subject.reference"]
+    for ok in ("Patient/1", "http://other.org/fhir/Group/2/_history/3", "urn:uuid:1"):
+        found = errors(observation(subject={"reference": ok}))
+        assert not [e for e, _ in found if e.startswith("Observation.subject")], ok
+
+
 def test_contained_and_bundle_entries_are_validated_by_their_own_type() -> None:
     contained = observation(
         contained=[{"resourceType": "Patient", "id": "p", "gender": "xyz"}],

@@ -259,6 +259,7 @@ class Compiled:
         handlers: dict[str, Handler] = {}
         required: list[tuple[str, tuple[str, ...], int]] = []
         choice_groups: list[tuple[str, tuple[str, ...]]] = []
+        sliced: list[tuple[str, list[dict[str, Any]]]] = []
         constraints = definition.get("constraints", {})
         for name, spec in children.items():
             types = spec.get("types") or []
@@ -289,6 +290,8 @@ class Compiled:
                 required.append((name, tuple(keys), spec["min"]))
             if spec.get("choice"):
                 choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
+            if spec.get("slices") and not spec.get("choice"):
+                sliced.append((name, spec["slices"]))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
 
         def check(v: Any, path: str, run: Run) -> None:
@@ -321,6 +324,8 @@ class Compiled:
                 if len(present) > 1:
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
+            for name, slices in sliced:
+                _check_slices(v.get(name), slices, f"{path}.{name}", run)
             for inv in own:
                 inv.check(v, path, run)
 
@@ -471,6 +476,48 @@ class Compiled:
 
 
 _LITERAL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?")
+
+
+def _values_at(item: Any, path: str) -> list[Any]:
+    if path == "$this":
+        return [item]
+    found = [item]
+    for step in path.split("."):
+        nxt: list[Any] = []
+        for f in found:
+            v = f.get(step) if type(f) is dict else None
+            if type(v) is list:
+                nxt.extend(x for x in v if x is not None)
+            elif v is not None:
+                nxt.append(v)
+        found = nxt
+    return found
+
+
+def _in_slice(item: Any, match: dict[str, list[Any]]) -> bool:
+    for path, (kind, value) in match.items():
+        values = _values_at(item, path)
+        if kind == "fixed":
+            ok = any(_matches_pattern(x, value) and _matches_pattern(value, x) for x in values)
+        else:
+            ok = any(_matches_pattern(x, value) for x in values)
+        if not ok:
+            return False
+    return True
+
+
+def _check_slices(value: Any, slices: list[dict[str, Any]], path: str, run: Run) -> None:
+    """A profile's slices: how many repetitions match each slice's discriminator values,
+    against the slice's cardinality."""
+    items = value if type(value) is list else ([] if value is None else [value])
+    for s in slices:
+        n = sum(1 for item in items if _in_slice(item, s["match"]))
+        if n < s["min"]:
+            run.error("required", path, f"slice '{s['name']}' needs at least {s['min']} "
+                      f"item(s) matching {_show(s['match'])}; found {n}")  # fmt: skip
+        elif 0 <= s["max"] < n:
+            run.error("structure", path, f"slice '{s['name']}' allows at most {s['max']} "
+                      f"item(s); found {n}")  # fmt: skip
 
 
 def _target_check(targets: frozenset[str], then: Check | None) -> Check:

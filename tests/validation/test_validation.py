@@ -504,3 +504,30 @@ def test_stored_profile_takes_effect_without_restart(client: TestClient) -> None
     profile["differential"]["element"] = profile["differential"]["element"][1:]
     assert client.put("/fhir/StructureDefinition/needs-birthdate", json=profile).status_code == 200
     assert client.post("/fhir/Patient", json={**claimed, "gender": "male"}).status_code == 201
+
+
+def test_profile_slices_are_counted() -> None:
+    """US Core blood pressure slices `component` by code (systolic, diastolic: 1..1 each) and
+    `category` by coding (vital-signs 1..1)."""
+    url = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-blood-pressure"
+
+    def component(code: str) -> dict[str, Any]:
+        return {"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system":
+                                  "http://unitsofmeasure.org", "code": "mm[Hg]"}}  # fmt: skip
+
+    bp = {
+        "resourceType": "Observation", "meta": {"profile": [url]}, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                  "observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": "Patient/1"}, "effectiveDateTime": "2020-01-01",
+        "component": [component("8480-6"), component("8462-4")],
+    }  # fmt: skip
+    slice_errors = [t for _, t in errors(bp) if "slice" in t]
+    assert slice_errors == []
+    no_diastolic = {**bp, "component": [component("8480-6"), component("8480-6")]}
+    texts = [t for _, t in errors(no_diastolic) if "slice" in t]
+    assert any("'diastolic'" in t for t in texts) and any("'systolic'" in t for t in texts)
+    no_category = {**bp, "category": [{"text": "vitals"}]}
+    assert any("'VSCat'" in t for _, t in errors(no_category))

@@ -12,6 +12,7 @@ Every problem is collected (`Run.issues`), each with the FHIRPath of the element
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,6 +22,7 @@ from fhir_server.validation import fhirpath
 from fhir_server.validation.invariants import Invariant, compile_constraints
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+_BUILD = threading.RLock()  # compiling checkers (once per type and process)
 MAX_STRING = 1024 * 1024  # R4: strings SHALL NOT exceed 1 MB
 
 
@@ -194,7 +196,13 @@ class Compiled:
     def type_check(self, name: str) -> Check:
         found = self._types.get(name)
         if found is None:
-            found = self._types[name] = self._build_type(name)
+            # request threads compile types concurrently; a half-built recursive node
+            # (`deferred`) must never be seen by another thread
+            with _BUILD:
+                found = self._types.get(name)
+                if found is None:
+                    found = self._build_type(name)
+                    self._types[name] = found
         return found
 
     def _build_type(self, name: str) -> Check:

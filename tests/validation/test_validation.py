@@ -531,3 +531,35 @@ def test_profile_slices_are_counted() -> None:
     assert any("'diastolic'" in t for t in texts) and any("'systolic'" in t for t in texts)
     no_category = {**bp, "category": [{"text": "vitals"}]}
     assert any("'VSCat'" in t for _, t in errors(no_category))
+
+
+def test_checkers_compile_safely_from_concurrent_requests() -> None:
+    """The first requests of a process compile the checkers from several threads at once; a
+    recursive type (Questionnaire.item) is never used half-built."""
+    import threading
+
+    from fhir_server.validation.checker import Compiled, Run
+
+    fresh = Compiled(definitions())
+    questionnaire = {
+        "resourceType": "Questionnaire",
+        "status": "draft",
+        "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string"}]}],
+    }
+    failures: list[str] = []
+
+    def work() -> None:
+        try:
+            for res in (questionnaire, observation(), {"resourceType": "Patient"}):
+                run = Run(resource=res, root=res)
+                fresh.type_check(res["resourceType"])(res, res["resourceType"], run)
+                failures.extend(i.text for i in run.issues if i.severity == "error")
+        except Exception as exc:  # noqa: BLE001 - any failure of a thread is the finding
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []

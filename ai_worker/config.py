@@ -20,9 +20,10 @@ class AiConfig:
     ai_onnx_models: list[dict[str, Any]] = field(default_factory=list)
     ai_extra_plugins: list[str] = field(default_factory=list)
     ai_worker_threads: int = 1
-    ai_queues: str = "ai.decode,ai.infer,bulk"
+    ai_queues: str = "ai.decode,ai.infer,bulk,outbox"
     effective_ai_cache_dir: str = ""
     ai_lease_seconds: float = 120.0
     ai_max_retries: int = 5
     ai_retry_backoff: float = 10.0
     ai_visibility_timeout: int = 3600
+    lease_seconds: float = 30.0  # how often the sweeper looks for jobs nobody works on

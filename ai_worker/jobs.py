@@ -4,9 +4,10 @@ The Task is what clinicians and clients see; this row is what workers coordinate
 plain SQL that is atomic on SQLite and PostgreSQL alike:
 - `active_key` (study|model|version) is unique while a job is queued or running and NULL
   after, so the same study and model version never runs twice at once;
-- a worker claims a stage with one conditional UPDATE and holds a lease it keeps renewing; a
-  worker killed mid-task stops renewing, and once the lease has expired a redelivered (or
-  swept) message claims the job again: picked up again, never run twice at the same time.
+- a worker claims a stage under a lease it keeps renewing (`fhir_server.store.work`, the
+  machinery of every durable queue); a worker killed mid-task stops renewing, and once the
+  lease has expired a redelivered (or swept) message claims the job again: picked up again,
+  never run twice at the same time.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from sqlalchemy import (
     update,
 )
 
+from fhir_server import metrics
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
+from fhir_server.store.work import WorkQueue
 
 ai_jobs = Table(
     "ai_jobs",
@@ -58,6 +61,8 @@ ai_jobs = Table(
 )
 J = ai_jobs.c
 ACTIVE = ("queued", "running")
+# a stage is claimed under a lease held by `worker` (fhir_server.store.work)
+QUEUE = WorkQueue(ai_jobs, "task_id", "worker", "lease_until")
 
 
 def now_us() -> int:
@@ -168,36 +173,20 @@ class Jobs:
     def claim(self, task_id: str, stage: str, worker: str, lease: float) -> bool:
         """Take a stage of a job: queued, or running under a lease that has expired."""
         stamp = now_us()
-        with write_transaction(self.engine) as conn:
-            result = conn.execute(
-                update(ai_jobs)
-                .where(
-                    J.task_id == task_id,
-                    J.stage == stage,
-                    or_(
-                        J.status == "queued",
-                        and_(J.status == "running", J.lease_until < stamp),
-                    ),
-                )
-                .values(
-                    status="running",
-                    worker=worker,
-                    lease_until=stamp + int(lease * 1_000_000),
-                    attempts=J.attempts + 1,
-                    updated=stamp,
-                )
-            )
-        return bool(result.rowcount)
+        return bool(
+            QUEUE.claim(
+                self.engine,
+                worker,
+                lease,
+                [J.task_id == task_id, J.stage == stage, J.status.in_(ACTIVE)],
+                values={"status": "running", "attempts": J.attempts + 1, "updated": stamp},
+            )  # fmt: skip
+        )
 
     def renew(self, task_id: str, worker: str, lease: float) -> bool:
-        stamp = now_us()
-        with write_transaction(self.engine) as conn:
-            result = conn.execute(
-                update(ai_jobs)
-                .where(J.task_id == task_id, J.worker == worker, J.status == "running")
-                .values(lease_until=stamp + int(lease * 1_000_000), updated=stamp)
-            )
-        return bool(result.rowcount)
+        return QUEUE.renew(
+            self.engine, [task_id], worker, lease, [J.status == "running"], updated=now_us()
+        )
 
     def _set(self, task_id: str, worker: str | None, **values: Any) -> bool:
         conditions = [J.task_id == task_id]
@@ -226,10 +215,21 @@ class Jobs:
     def finish(
         self, task_id: str, status: str, error: str | None = None, report_id: str | None = None
     ) -> None:
-        self._set(
+        job = self._timing(task_id)
+        ended = self._set(
             task_id, None, status=status, step="done" if status == "done" else "failed",
             active_key=None, lease_until=None, error=error, report_id=report_id,
         )  # fmt: skip
+        if ended and job is not None and job.status in ACTIVE:  # counted once, when it ends
+            model, created = job.model, job.created
+            metrics.AI_JOBS_FINISHED.labels(model, status).inc()
+            metrics.AI_JOB_SECONDS.labels(model).observe(max(0, now_us() - created) / 1e6)
+
+    def _timing(self, task_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(J.model, J.status, J.created).where(J.task_id == task_id)
+            ).first()
 
     def stale(self, queued_before: int, limit: int = 100) -> list[Job]:
         """Jobs nobody works on: queued since before `queued_before`, or with a lease expired."""

@@ -8,7 +8,6 @@ it (the embedded default) this process runs them on INTEROP_AI_WORKER_THREADS th
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from ai_worker.embedded import EmbeddedRunner
@@ -27,7 +26,8 @@ class AiRuntime:
         # the sweeper resubmits jobs nobody works on: a dead process's (lease run out), or
         # never queued (Redis was down); with Celery only after the broker's own redelivery
         # would have happened
-        self.sweep_seconds, self.grace_seconds = 30.0, 30.0
+        sweep = min(30.0, getattr(settings, "lease_seconds", 30.0))
+        self.sweep_seconds, self.grace_seconds = sweep, sweep
         if settings.redis_url:
             from ai_worker.celery_app import CelerySubmitter, make_celery
 
@@ -37,8 +37,6 @@ class AiRuntime:
         elif settings.ai_worker_threads > 0:
             self.runner = EmbeddedRunner(self.service, settings.ai_worker_threads)
             self.service.submitter = self.runner
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
 
     TYPES = frozenset({"ImagingStudy", "Task"})
 
@@ -54,29 +52,19 @@ class AiRuntime:
         except BadInput as exc:
             log.warning("AI trigger on %s: %s", change.reference, exc)
 
-    def _sweep(self) -> None:
-        while True:
-            try:
-                found = self.service.recover(self.grace_seconds)
-                if found:
-                    log.info("AI sweeper resubmitted %d job(s)", len(found))
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("AI sweeper")
-            if self._stop.wait(self.sweep_seconds):
-                return
+    def sweep(self) -> None:
+        """One round of the sweeper (the app runs it as a singleton: one process of the
+        deployment at a time)."""
+        if self.service.submitter is None:
+            return
+        found = self.service.recover(self.grace_seconds)
+        if found:
+            log.info("AI sweeper resubmitted %d job(s)", len(found))
 
     def start(self) -> None:
         if self.runner is not None:
             self.runner.start()
-        if self.service.submitter is not None and self._sweeper is None:
-            self._stop.clear()
-            self._sweeper = threading.Thread(target=self._sweep, name="ai-sweeper", daemon=True)
-            self._sweeper.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join()
-            self._sweeper = None
         if self.runner is not None:
             self.runner.stop()

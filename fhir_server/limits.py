@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-import orjson
-
+from fhir_server import fhirjson
 from fhir_server.errors import FhirError, bad_request
 
 MAX_SEARCH_VALUE_CHARS = 8192  # one search value; a URL is bounded by the HTTP server anyway
@@ -120,8 +119,8 @@ def _body_too_large(limit: int) -> FhirError:
 def parse_json(body: bytes) -> Any:
     """Parse a JSON body and check it against the document limits (`check_document`)."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        document = fhirjson.loads(body)
+    except ValueError as exc:  # malformed JSON, or bytes that are not UTF-8
         raise bad_request(f"Malformed JSON: {exc}") from None
     check_document(document)
     return document

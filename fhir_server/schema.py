@@ -86,6 +86,16 @@ outbox = Table(
     Index("ix_outbox_pending", "processed", "pk"),
 )
 
+# Read and search events of the audit trail, as written at request time: one compact row each
+# (fhir_server/store/audit.py), turned into AuditEvent resources before anything reads those.
+audit_pending = Table(
+    "audit_pending",
+    metadata,
+    Column("pk", PrimaryKey, primary_key=True, autoincrement=True),
+    Column("recorded", BigInteger, nullable=False, doc="UTC epoch microseconds"),
+    Column("event", Text, nullable=False, doc="the Interaction as a JSON array"),
+)
+
 
 # Text columns of the index tables hold any FHIR string, of any length. Their B-tree indexes
 # cover only the first INDEX_PREFIX characters (a PostgreSQL index row holds ~2.7 kB at most):
@@ -184,6 +194,35 @@ idx_uri = _index_table(
     Column("uri", Text, nullable=False),
     indexes=(("res_type", "param", "uri"),),
 )
+# composite parameters (`code-value-quantity=...|8480-6$gt100`): one row per component value of
+# one element (`element` numbers the elements the composite's expression selects, `part` the
+# component), in the columns of that component's kind (a date's range in dlow/dhigh, exact
+# integers). Components of one element share (resource_pk, param, element); see
+# search/kinds/composite.py.
+idx_composite = _index_table(
+    "idx_composite",
+    Column("element", Integer, nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("value", Text, nullable=True),
+    Column("exact", Text, nullable=True),
+    Column("low", Float, nullable=True),
+    Column("high", Float, nullable=True),
+    Column("dlow", BigInteger, nullable=True),
+    Column("dhigh", BigInteger, nullable=True),
+    Column("unit", Text, nullable=True),
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", Text, nullable=True),
+    Column("uri", Text, nullable=True),
+    indexes=(
+        ("res_type", "param", "part", "code", "system"),
+        ("res_type", "param", "part", "target_id"),
+        ("resource_pk", "param", "element", "part"),
+    ),
+)
 
 INDEX_TABLES = {
     "strings": idx_string,
@@ -193,4 +232,5 @@ INDEX_TABLES = {
     "quantities": idx_quantity,
     "numbers": idx_number,
     "uris": idx_uri,
+    "composites": idx_composite,
 }

@@ -19,3 +19,6 @@ class Hl7Config:
     hl7_time_zone: str = "UTC"
     hl7_authorities: dict[str, str] = field(default_factory=dict)
     hl7_mapping_workers: int = 4
+    # a stored message is the storing process's to map for 4 leases; after that (the process
+    # died) any listener's pending sweep claims it (fhir_server.store.work)
+    lease_seconds: float = 30.0

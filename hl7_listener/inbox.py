@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from sqlalchemy import (
 
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata
+from fhir_server.store.work import WorkQueue, process_id
 from mappers.hl7v2.parser import Message, ParseError, parse
 
 log = logging.getLogger("interop.hl7")
@@ -48,12 +50,44 @@ hl7_messages = Table(
     Column("content_hash", String(64), nullable=True, doc="sha256 of the message but MSH-7"),
     Column("flags", String(255), nullable=True, doc="space-separated: control-id-reuse, ..."),
     Column("warning", Text, nullable=True, doc="applied, but something was left out: why"),
+    Column("patient_ids", Text, nullable=True, doc='PID-2/PID-3 values: " id1 id2 "'),
+    Column("lease_owner", String(128), nullable=True, doc="the process mapping it"),
+    Column("lease_until", BigInteger, nullable=True, doc="its lease end (work.WorkQueue)"),
     Index("ix_hl7_messages_sender_control", "sender", "control_id"),
     Index("ix_hl7_messages_status_received", "status", "received_at"),
     Index("ix_hl7_messages_content_hash", "content_hash"),
+    # the console's message search (migration 0014; plus a full-text index of `raw`)
+    Index("ix_hl7_messages_received", "received_at"),
+    Index("ix_hl7_messages_control", "control_id", "pk"),
+    Index("ix_hl7_messages_type_pk", "message_type", "pk"),
+    Index("ix_hl7_messages_status_pk", "status", "pk"),
+    Index("ix_hl7_messages_sender_pk", "sender", "pk"),
 )
 
 CONTROL_ID_REUSE = "control-id-reuse"
+# unmapped messages are work: the storing process holds each under a lease while it maps it
+UNMAPPED = WorkQueue(hl7_messages, "pk", "lease_owner", "lease_until")
+
+
+def patient_ids(raw: bytes) -> str | None:
+    """The patient identifiers a message names (PID-2 and PID-3, the first component of each
+    repetition), as " id1 id2 " so that a search can test one with LIKE '% id %'."""
+    if not raw.startswith(b"MSH") or len(raw) < 8:
+        return None
+    fs, comp, rep = raw[3:4], raw[4:5], raw[5:6]
+    found: list[str] = []
+    for segment in _SEGMENTS.split(raw):
+        if segment[:3] == b"PID":
+            for value in segment.split(fs)[2:4]:
+                for repetition in value.split(rep):
+                    ident = repetition.split(comp)[0].strip().replace(b" ", b"_")
+                    if ident:
+                        found.append(ident.decode("utf-8", "replace").replace("\x00", ""))
+    found = list(dict.fromkeys(found))
+    return (" " + " ".join(found) + " ")[:1000] if found else None
+
+
+_SEGMENTS = re.compile(rb"[\r\n]+")
 
 
 def content_hash(msg: Message | bytes) -> str:
@@ -161,8 +195,10 @@ class Inbox:
     message is still committed before its ACK goes out.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lease_seconds: float = 120.0) -> None:
         self.engine = engine
+        self.owner = process_id()
+        self.lease_seconds = lease_seconds  # how long a stored message is ours to map
         self._cond = threading.Condition()
         self._queue: list[Arrival] = []
         self._writing = False
@@ -206,7 +242,7 @@ class Inbox:
                     earlier = _earlier(conn, part)
                     for a in part:
                         _classify(a, earlier)
-                    pks += _insert(conn, part)
+                    pks += _insert(conn, part, self.owner, self.lease_seconds)
         except Exception as exc:  # every waiter learns its message was not stored
             for a in batch:
                 a.failure = exc
@@ -236,6 +272,14 @@ class Inbox:
             return
         with write_transaction(self.engine) as own:
             own.execute(stmt)
+
+    def claim_unmapped(self, limit: int = 1000) -> list[int]:
+        """Messages left `received` whose mapper is gone (its lease ran out), oldest first,
+        now ours to map: one listener of the deployment takes each."""
+        return UNMAPPED.claim(
+            self.engine, self.owner, self.lease_seconds, [hl7_messages.c.status == "received"],
+            limit, hl7_messages.c.pk,
+        )  # fmt: skip
 
     def get(self, pk: int) -> InboxRow | None:
         with self.engine.connect() as conn:
@@ -271,7 +315,8 @@ class Inbox:
 # still takes the write lock and returns the connection): per batch that is a third of the
 # CPU of the same statements through SQLAlchemy Core, which the ACK path waits for.
 _STORED = ("raw", "sender", "control_id", "message_type", "version", "received_at", "status",
-           "ack", "error", "content_hash", "flags", "warning")  # fmt: skip
+           "ack", "error", "content_hash", "flags", "warning", "patient_ids", "lease_owner",
+           "lease_until")  # fmt: skip
 _READ = ("pk", "sender", "control_id", "message_type", "version", "received_at", "status",
          "error", "ack", "resources", "content_hash")  # fmt: skip
 
@@ -281,12 +326,17 @@ def _cursor(conn: Any) -> tuple[Any, str]:
     return conn.connection.dbapi_connection.cursor(), "?" if conn.dialect.name == "sqlite" else "%s"
 
 
-def _insert(conn: Any, part: list[Arrival]) -> list[int]:
-    """Insert the messages as classified; their primary keys, in order."""
+def _insert(conn: Any, part: list[Arrival], owner: str, lease: float) -> list[int]:
+    """Insert the messages as classified; their primary keys, in order. A message still to
+    be mapped here at once is leased to this process (its mapper) from the start; one left
+    for the pending sweep is not leased."""
     now = int(time.time() * 1_000_000)
+    until = now + int(lease * 1_000_000)
     rows = [
         (a.raw, a.sender[:255], a.control_id[:199], a.message_type[:32], a.version[:16], now,
-         a.status, a.ack, a.error, a.content_hash or None, " ".join(a.flags) or None, a.warning)
+         a.status, a.ack, a.error, a.content_hash or None, " ".join(a.flags) or None, a.warning,
+         patient_ids(a.raw),
+         *((owner, until) if a.status == "received" and a.on_stored else (None, None)))
         for a in part
     ]  # fmt: skip
     cur, p = _cursor(conn)

@@ -79,6 +79,10 @@ class MllpServer:
             await self._server.wait_closed()
         self._store_thread.shutdown(wait=False)
 
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One sender. Over `max_connections` open at once, a new connection is closed at
         accept (nothing was sent on it, so nothing is lost); a connection idle for

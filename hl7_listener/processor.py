@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from fhir_server import metrics
 from fhir_server.errors import FhirError
 from fhir_server.store.apply import EntryResult
 from fhir_server.store.audit import Actor
@@ -27,6 +29,7 @@ from mappers.hl7v2.mapping import (
     patient_key,
 )
 from mappers.hl7v2.parser import Message
+from mappers.hl7v2.vocabulary import Vocabulary
 
 log = logging.getLogger("interop.hl7")
 
@@ -80,6 +83,7 @@ class Processor:
     systems: Mapping[str, str] = field(default_factory=dict)
     tz: str = "UTC"
     workers: int = 4
+    vocabulary: Vocabulary | None = None  # v2 table translations (the terminology service)
     lanes: Lanes = field(init=False)
     _pending: set[int] = field(init=False, default_factory=set)
     _pending_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -204,10 +208,13 @@ class Processor:
 
     def _store_many(self, arrivals: list[Arrival]) -> list[Arrival | None]:
         try:
-            return list(self.inbox.store_many(arrivals))
+            stored: list[Arrival | None] = list(self.inbox.store_many(arrivals))
         except Exception:
             log.exception("inbox unavailable")
-            return [None] * len(arrivals)
+            stored = [None] * len(arrivals)
+        for arrival, kept in zip(arrivals, stored, strict=True):
+            _count_arrival(arrival, kept)
+        return stored
 
     def reject_oversize(self, raw: bytes, peer: str) -> None:
         """A frame over the size limit: kept for inspection, answered AR by the listener."""
@@ -222,12 +229,29 @@ class Processor:
         """Map and apply; records processed/failed with produced resource ids in the same
         transaction as the resources. keep_ack leaves the ACK already sent (and replayed to
         duplicates) as it was. A result that would move backwards is left out (warning)."""
+        started = time.perf_counter()
+        try:
+            mapped = self._map_stored(pk, msg, ok, err, keep_ack, note)
+        finally:
+            metrics.HL7_MAPPING_SECONDS.labels(msg.message_type or "unknown").observe(
+                time.perf_counter() - started
+            )
+        sender = metrics.sender_label(f"{msg.msh.get(3)}^{msg.msh.get(4)}")
+        metrics.HL7_MESSAGES.labels(sender, "processed" if mapped.ok else "failed").inc()
+        return mapped
+
+    def _map_stored(
+        self, pk: int, msg: Message, ok: str, err: str, keep_ack: bool, note: str | None
+    ) -> Mapped:
         ack = build_ack(msg, ok)
         stale: list[Stale] = []
         received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             while True:
-                bundle = to_bundle(msg, systems=self.systems, tz=self.tz, received=received)
+                bundle = to_bundle(
+                    msg, systems=self.systems, tz=self.tz, received=received,
+                    vocabulary=self.vocabulary,
+                )  # fmt: skip
                 if stale:
                     bundle = without(bundle, stale, ident_query)
                 warning = "; ".join([*([note] if note else []), *(s.describe() for s in stale)])
@@ -285,17 +309,20 @@ class Processor:
         self.store.apply(bundle, actor, before_commit=record)
 
     def process_pending(self) -> int:
-        """Map messages left 'received' (ack-after-store, or a crash before mapping), oldest
-        first through the patient lanes; waits until they are done."""
-        rows = self.inbox.list(status="received", limit=1000, oldest_first=True)
+        """Map messages left 'received' whose mapper is gone (a crash before mapping, here
+        or on another replica: their lease ran out), oldest first through the patient lanes;
+        waits until they are done. Each is claimed first, so one listener maps it."""
         with self._pending_lock:
-            rows = [r for r in rows if r.pk not in self._pending]
+            mine = set(self._pending)
+        claimed = [pk for pk in self.inbox.claim_unmapped() if pk not in mine]
+        rows = [r for r in map(self.inbox.get, claimed) if r is not None]
         futures = []
         for row in rows:
             try:
                 msg = parse(row.raw)
             except (ParseError, IndexError):
                 self.inbox.finish(row.pk, "failed", None, "unreadable message")
+                metrics.HL7_MESSAGES.labels(metrics.sender_label(row.sender), "failed").inc()
                 continue
             note = _reuse_note(row.control_id) if CONTROL_ID_REUSE in row.flags else None
             futures.append(self.submit(row.pk, msg, _job(self, row.pk, msg, note)))
@@ -315,6 +342,19 @@ class Processor:
 
     def close(self) -> None:
         self.lanes.shutdown()
+
+
+def _count_arrival(arrival: Arrival, stored: Arrival | None) -> None:
+    """Messages whose fate is known at arrival (mapped ones are counted when mapped)."""
+    sender = metrics.sender_label(arrival.sender)
+    if stored is None:
+        metrics.HL7_MESSAGES.labels(sender, "rejected").inc()  # not stored: the sender resends
+        return
+    metrics.HL7_LAST_MESSAGE.labels(sender).set(time.time())
+    if stored.original is not None or stored.status == "duplicate":
+        metrics.HL7_MESSAGES.labels(sender, "duplicate").inc()
+    elif stored.status == "failed":
+        metrics.HL7_MESSAGES.labels(sender, "failed").inc()
 
 
 def _produced(results: list[EntryResult]) -> list[str]:

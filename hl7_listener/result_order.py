@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import select, tuple_
 
+from fhir_server import fhirjson
 from fhir_server.store.models import resource_versions, resources
 from fhir_server.store.repository import Transaction
 
@@ -66,7 +66,7 @@ def regressions(tx: Transaction) -> list[Stale]:
     r, v = resources.c, resource_versions.c
     for res_type, ids in updated.items():
         now = {
-            row.res_id: (row.version_id, orjson.loads(row.body))
+            row.res_id: (row.version_id, fhirjson.loads(row.body))
             for row in tx.conn.execute(
                 select(r.res_id, r.version_id, r.body).where(
                     r.res_type == res_type, r.res_id.in_(ids)
@@ -75,7 +75,7 @@ def regressions(tx: Transaction) -> list[Stale]:
             if row.body
         }
         before = {
-            row.res_id: orjson.loads(row.body).get("status", "")
+            row.res_id: fhirjson.loads(row.body).get("status", "")
             for row in tx.conn.execute(
                 select(v.res_id, v.body).where(
                     v.res_type == res_type,

@@ -33,6 +33,7 @@ async def serve(
     proc: Processor,
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
+    running: list[MllpServer] | None = None,
 ) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM in the main thread). Maps messages left
     'received' by an earlier run first, then keeps mapping ack-after-store ones."""
@@ -42,6 +43,8 @@ async def serve(
         settings.mllp_max_connections, proc.handle_many,
     )  # fmt: skip
     port = await server.start()
+    if running is not None:  # the caller reads its health (open connections)
+        running.append(server)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
@@ -77,6 +80,11 @@ class ListenerThread:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mllp", daemon=True)
+        self._servers: list[MllpServer] = []
+
+    def health(self) -> dict[str, int]:
+        """Open sender connections (the console's dashboard shows them)."""
+        return {"connections": sum(s.open_connections for s in self._servers)}
 
     def start(self, timeout: float = 30.0) -> int | None:
         self._thread.start()
@@ -96,7 +104,7 @@ class ListenerThread:
                 self.port = port
                 self._ready.set()
 
-            await serve(self.settings, self.proc, self._stop, started)
+            await serve(self.settings, self.proc, self._stop, started, self._servers)
 
         try:
             asyncio.run(main())

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from ai_worker import operations as ai
 from ai_worker.service import AiService
+from fhir_server import fhirjson
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _parse_json
 from fhir_server.api.operations import Operation, Operations
 from fhir_server.errors import bad_request
@@ -37,7 +36,7 @@ def register(operations: Operations, service: AiService) -> None:
     def analyze(ctx: Context, req: FhirRequest, study_id: str) -> FhirResponse:
         ai.may_analyze(service, ctx.access)
         params = _parameters(req)
-        return FhirResponse(200, orjson.dumps(ai.analyze(service, ctx.access, study_id, params)))
+        return FhirResponse(200, fhirjson.dumps(ai.analyze(service, ctx.access, study_id, params)))
 
     def review(approve: bool) -> Callable[[Context, FhirRequest, str], FhirResponse]:
         def handler(ctx: Context, req: FhirRequest, report_id: str) -> FhirResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
@@ -22,8 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ai_worker.runtime import AiRuntime
+from console.web import ConsoleDeps
+from console.web import routes as console_routes
 from fhir_server import limits, metrics
 from fhir_server.api import compartment
+from fhir_server.api import terminology as terminology_operations
 from fhir_server.api import validate as validate_operation
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
@@ -31,7 +33,12 @@ from fhir_server.api.router import dispatch, failure
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError
-from fhir_server.store.audit import AuditTrail, Interaction, guess_interaction
+from fhir_server.store.audit import (
+    AuditTrail,
+    Interaction,
+    guess_interaction,
+    may_read_audit_events,
+)
 from fhir_server.store.db import schema_is_current
 from fhir_server.store.repository import Transaction
 from fhir_server.subscriptions.delivery import Deliverer
@@ -41,10 +48,11 @@ from hl7_listener.http import routes as hl7_routes
 from interop import ai_operations
 from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
+from interop.metrics import DatabaseCollector, metrics_refusal
 from interop.outbox_runner import OutboxRunner
 from interop.runtime import Runtime, request_limits
-from interop.services import Managed
-from interop.settings import Settings, get_settings, read_tokens
+from interop.services import Loop, Managed, Singleton
+from interop.settings import Settings, get_settings
 from smart_auth.agent import actor_for
 from smart_auth.policy import AccessPolicy, Grant
 from smart_auth.setup import install
@@ -87,13 +95,16 @@ def create_app(
     ctx = runtime.ctx
     compartment.register(ctx.operations)  # $everything
     validate_operation.register(ctx.operations)  # $validate on every type
+    terminology_operations.register(ctx.operations, runtime.terminology)  # $expand, ...
     bulk_operations.register(ctx.operations, bulk)  # $export, $import and their URLs
     ai = AiRuntime(runtime.ai_config(), ctx)
     ai_operations.register(ctx.operations, ai.service)  # $analyze, $approve, $reject
     policy = AccessPolicy(settings.auth_enabled)
     # every change the store commits, from any channel, gets its AuditEvent
     audit = store.audit if isinstance(store.audit, AuditTrail) else None  # the runtime's trail
-    outbox_runner = OutboxRunner(engine)  # consumers register on app.state.outbox_runner
+    lease = settings.lease_seconds  # singletons' leadership and claimed work (store.work)
+    leases = runtime.leases
+    outbox_runner = OutboxRunner(engine, lease)  # consumers register on app.state.outbox_runner
     store.change_listeners.append(outbox_runner.wake)
     imaging = runtime.imaging_bridge()
     outbox_runner.register("ai-trigger", ai.handle, types=ai.TYPES)
@@ -101,15 +112,35 @@ def create_app(
     ctx.operations.hook("Subscription", subscriptions)  # vets and owns Subscription writes
     outbox_runner.register("subscriptions", subscriptions.handle, subscriptions.watched_types)
     hub = Hub()
-    deliverer = Deliverer(subscriptions, hub)
+    deliverer = Deliverer(subscriptions, hub, lease)
+    relay = None
+    if settings.redis_url:  # consumers and deliveries run on `interop worker` (Celery)
+        from ai_worker.celery_app import make_celery
+        from interop.outbox_relay import Relay, sweep_deliveries
+
+        relay = Relay(make_celery(runtime.ai_config()))
+        subscriptions.wake = relay.deliver_soon
     # started in this order when the app starts, stopped in reverse (interop.services)
     if audit is not None:
         services.add(Managed("audit-trail", lambda: None, audit.close))
-    services.add(Managed("ai-runner", ai.start, ai.stop))
-    services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
-                         outbox_runner.health))  # fmt: skip
-    services.add(Managed("bulk-jobs", bulk.start, bulk.close))
-    services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
+    if settings.background:
+        services.add(Managed("ai-runner", ai.start, ai.stop))
+        services.add(Singleton(Loop("ai-sweeper", ai.sweep, ai.sweep_seconds), leases, lease))
+        services.add(Managed("outbox-runner", outbox_runner.start, outbox_runner.stop,
+                             outbox_runner.health))  # fmt: skip
+        services.add(Managed("bulk-jobs", bulk.start, bulk.close))
+        sweep_bulk = Loop("bulk-sweeper", lambda: bulk.sweep(lease), min(30.0, lease))
+        services.add(Singleton(sweep_bulk, leases, lease))
+        if relay is None:
+            services.add(Managed("subscription-delivery", deliverer.start, deliverer.stop))
+        else:  # workers deliver; one process asks them when retries fall due
+            sweep = Loop("subscription-sweep", lambda: sweep_deliveries(relay, deliverer), 1.0)
+            services.add(Singleton(sweep, leases, lease))
+    else:  # a pure API replica: jobs it accepts wait in their tables for the sweepers
+        if bulk.submitter is None:
+            bulk.runner = None
+        if ai.runner is not None:
+            ai.runner, ai.service.submitter = None, None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -117,7 +148,7 @@ def create_app(
         # connection, and pool overflow would open (and close) a connection per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         if channels:
-            runtime.add_channel_services()
+            runtime.add_channel_services(background=settings.background)
         services.start()
         yield
         await run_in_threadpool(runtime.close)  # the services in reverse, then the engine
@@ -131,7 +162,7 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    _, access_for, security = install(app, engine, runtime.auth_config(), policy)
+    auth_server, access_for, security = install(app, engine, runtime.auth_config(), policy)
     if settings.auth_enabled:
         subscriptions.access_from = lambda grant: access_for(grant_from(grant))
 
@@ -156,6 +187,7 @@ def create_app(
     app.state.ai = ai
     app.state.audit = audit
     app.state.outbox_runner = outbox_runner
+    app.state.deliverer = deliverer
     app.state.access_for = access_for
     app.state.imaging = imaging
     if not settings.auth_enabled:
@@ -189,6 +221,10 @@ def create_app(
             _negotiate(fhir_req)
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
+            if audit is not None and may_read_audit_events(
+                request.method, [p for p in path if p], request.url.query, fhir_req.body
+            ):  # read events are kept compact until something can read them
+                await run_in_threadpool(audit.expand)
             if read_through is not None and request.method == "GET" and len(path) == 2:
                 await run_in_threadpool(read_through.before_read, path[0], path[1])
             if audit is not None and request.method not in ("GET", "HEAD"):
@@ -235,8 +271,8 @@ def create_app(
                     audit.record(event)
             except Exception:
                 log.exception("could not write the audit event")
-        metrics.REQUESTS.inc((interaction, res_type, str(status)))
-        metrics.REQUEST_SECONDS.observe((interaction, res_type), time.perf_counter() - started)
+        metrics.REQUESTS.labels(interaction, res_type, str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(interaction, res_type).observe(time.perf_counter() - started)
         if request.method == "HEAD":
             body, stream = None, None
         if stream is not None:
@@ -259,7 +295,37 @@ def create_app(
     from openemr_bridge.consumer import register as register_openemr_push
 
     register_openemr_push(outbox_runner, openemr, ctx)
+    if relay is not None:
+        relay.install(outbox_runner)  # every consumer registered: each now publishes
     app.router.routes.extend(openemr_routes(openemr, app.state.openemr_launch))
+
+    def console_fhir(
+        grant: Grant, path: list[str], params: list[tuple[str, str]]
+    ) -> tuple[int, dict[str, Any]]:
+        """A console user's FHIR read: the REST dispatch with that user's access."""
+        request_ctx = replace(ctx, access=access_for(grant)) if settings.auth_enabled else ctx
+        try:
+            response = dispatch(request_ctx, FhirRequest("GET", path, params, {}))
+            status, body = response.status, response.body
+        except Exception as exc:  # noqa: BLE001 - `failure` decides what the user sees
+            error = failure(exc)
+            status, body = error.status, orjson.dumps(error.outcome())
+        return status, orjson.loads(body or b"{}")
+
+    app.router.routes.extend(
+        console_routes(
+            ConsoleDeps(
+                engine=engine,
+                auth=auth_server,
+                processor=hl7,
+                fhir=console_fhir,
+                audit=audit or AuditTrail(store),
+                health=services.health,
+                session_seconds=settings.console_session_hours * 3600,
+                secure_cookies=runtime.auth_config().secure_cookies,
+            )
+        )
+    )
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -285,14 +351,17 @@ def create_app(
             )
         return JSONResponse({"status": "ready", "services": health})
 
-    metrics_guard = metrics_access(settings)
+    metrics_guard = metrics_refusal(settings)
+    from_database = DatabaseCollector(engine, outbox_runner.wanted)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request) -> Response:
         refused = metrics_guard(request.headers.get("authorization"))
         if refused is not None:
-            return refused
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+            status, text, headers = refused
+            return PlainTextResponse(text, status, headers)
+        body, content_type = metrics.render([from_database])
+        return Response(body, 200, media_type=content_type)
 
     app.add_middleware(FhirFastPath, endpoint=fhir_endpoint)
     # SMART apps run in browsers on other origins; bearer tokens, not cookies, carry authority
@@ -306,32 +375,6 @@ def create_app(
     )
     app.add_middleware(RequestContext, log_phi=settings.log_phi)
     return app
-
-
-def metrics_access(settings: Settings) -> Callable[[str | None], Response | None]:
-    """Who may read /metrics (INTEROP_METRICS): nobody (off), a scraper presenting the bearer
-    token of INTEROP_METRICS_TOKEN_FILE (token, the default; closed while no file is set), or
-    anyone who reaches the port (on). Returns the refusal for a request, or None to serve."""
-    tokens: tuple[str, ...] = ()
-    if settings.metrics == "token" and settings.metrics_token_file:
-        tokens = read_tokens(settings.metrics_token_file, "INTEROP_METRICS_TOKEN_FILE")
-
-    def refusal(authorization: str | None) -> Response | None:
-        if settings.metrics == "on":
-            return None
-        if not tokens:
-            return PlainTextResponse(
-                "metrics are off (INTEROP_METRICS, INTEROP_METRICS_TOKEN_FILE)\n", 404
-            )
-        scheme, _, presented = (authorization or "").partition(" ")
-        matched = [hmac.compare_digest(presented.strip().encode(), t.encode()) for t in tokens]
-        if scheme.lower() == "bearer" and any(matched):
-            return None
-        return PlainTextResponse(
-            "a bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
-        )
-
-    return refusal
 
 
 def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:

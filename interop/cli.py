@@ -21,6 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (INTEROP_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (INTEROP_PORT, default 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (INTEROP_WORKERS, default 1)")
+    serve.add_argument(
+        "--no-background",
+        action="store_true",
+        help="a pure API replica: no outbox consumers, jobs, deliveries, syncs or sweeps "
+        "(INTEROP_BACKGROUND=false); other replicas and `interop worker` run them",
+    )
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -62,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interop import imaging_cli
 
     imaging_cli.add_parsers(commands)
-    worker = commands.add_parser("worker", help="run a Celery worker for AI jobs (needs Redis)")
+    worker = commands.add_parser(
+        "worker",
+        help="run background work: with INTEROP_REDIS_URL a Celery worker (AI, Bulk Data, "
+        "outbox consumers, subscription deliveries); without, the server's background "
+        "services with no HTTP API",
+    )
     worker.add_argument(
         "--queues", help="comma-separated queues (INTEROP_AI_QUEUES; GPU hosts: ai.infer)"
     )
@@ -120,9 +131,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from interop import process_metrics
     from interop.logs import configure
     from interop.runtime import Runtime
 
+    process_metrics.prepare()  # before the workers fork: they all write their counts there
     for flag, env in (
         ("host", "INTEROP_HOST"),
         ("port", "INTEROP_PORT"),
@@ -131,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             os.environ[env] = str(value)
+    if args.no_background:
+        os.environ["INTEROP_BACKGROUND"] = "false"
     get_settings.cache_clear()
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
@@ -158,7 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
     channels = None
     if settings.workers > 1:
         channels = Runtime(settings, migrate=False, pool_size=2)
-        channels.add_channel_services()
+        channels.add_channel_services(background=settings.background)
         channels.services.start()
     try:
         uvicorn.run(
@@ -170,6 +185,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            # uvicorn kills a worker that does not answer its ping in time (default 5 s): a
+            # worker building its runtime on a busy host takes longer and was killed, again
+            timeout_worker_healthcheck=30,
         )
     finally:
         if channels is not None:
@@ -294,13 +312,19 @@ def _worker(args: argparse.Namespace) -> int:
     from interop.logs import configure
 
     settings = get_settings()
-    if not settings.redis_url:
-        print("interop worker needs INTEROP_REDIS_URL (without Redis, interop serve runs AI "
-              "jobs itself)", file=sys.stderr)  # fmt: skip
-        return 2
     configure(settings.log_level, settings.log_format)
+    from interop import process_metrics
+    from interop.metrics import serve_worker_metrics
+
+    process_metrics.prepare()  # before the pool forks: /metrics sums every pool process
+    serve_worker_metrics(settings)
+    if not settings.redis_url:
+        return _background_worker(settings)
     from ai_worker.celery_app import bind
-    from interop import bulk_worker  # noqa: F401 - registers the bulk.run task
+    from interop import (
+        bulk_worker,  # noqa: F401 - registers the bulk.run task
+        outbox_relay,  # noqa: F401 - registers outbox.handle, subscriptions.deliver
+    )
 
     celery = bind(_runtime_config(settings).ai_config(), bulk_worker.ai_service)
 
@@ -316,6 +340,32 @@ def _worker(args: argparse.Namespace) -> int:
             "--without-gossip", "--without-mingle",
         ]
     )  # fmt: skip
+    return 0
+
+
+def _background_worker(settings) -> int:  # type: ignore[no-untyped-def]
+    """Without Redis: the app's background services (outbox consumers, AI and Bulk Data
+    runners, deliveries, the singleton syncs and sweepers, under their leases) and no HTTP
+    API, until SIGTERM or SIGINT. Adding such workers adds standbys and job threads."""
+    import signal
+    import threading
+
+    from interop.app import create_app
+
+    log = logging.getLogger("interop")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: stop.set())
+    app = create_app(settings.model_copy(update={"background": True}), migrate=True)
+    runtime = app.state.runtime
+    runtime.add_channel_services(mllp=False)
+    runtime.services.start()
+    log.info("worker ready", extra={"services": [s.name for s in runtime.services.all]})
+    print("interop worker ready.", file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        runtime.close()
     return 0
 
 

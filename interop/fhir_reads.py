@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
+from fhir_server import fhirjson
 from fhir_server.api.context import Context, FhirRequest
 from fhir_server.api.router import dispatch
 from fhir_server.store.repository import Store
@@ -23,13 +22,13 @@ class ApiReads:
 
     def search(self, res_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         resp = dispatch(self.ctx, FhirRequest("GET", [res_type], params))
-        body = orjson.loads(resp.body or b"{}")
+        body = fhirjson.loads(resp.body or b"{}")
         return [e["resource"] for e in body.get("entry") or []
                 if e.get("search", {}).get("mode", "match") == "match"]  # fmt: skip
 
     def read(self, res_type: str, res_id: str) -> dict[str, Any]:
         resp = dispatch(self.ctx, FhirRequest("GET", [res_type, res_id]))
-        body: dict[str, Any] = orjson.loads(resp.body or b"{}")
+        body: dict[str, Any] = fhirjson.loads(resp.body or b"{}")
         return body
 
     def with_access(self, access: Any) -> ApiReads:

@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from fhir_server.store.outbox import Change, Outbox
+from fhir_server.store.outbox import LEASE_SECONDS, Change, Outbox
+from fhir_server.store.work import Lease
 
 log = logging.getLogger("interop.outbox")
 
@@ -45,16 +46,19 @@ class Consumer:
     settled_at: float = 0.0
     wake: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    lease: Lease | None = None
 
 
 class OutboxRunner:
     """One thread per consumer drains the outbox (a slow consumer, such as one waiting on
-    OpenEMR, never delays another); `wake()` after each commit. An idle consumer only
-    reads: it writes (lease, progress) when there is something to hand over."""
+    OpenEMR, never delays another); `wake()` after each commit. Per consumer, one process
+    of the deployment drains: the holder of its lease (`Outbox.lease`); the others stand by.
+    An idle consumer only reads, and renews its lease every third of it."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.outbox = Outbox(engine)
+    def __init__(self, engine: Engine, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.outbox = Outbox(engine, lease_seconds)
         self.consumers: dict[str, Consumer] = {}
+        self.local: dict[str, Handler] = {}
         self._stop = threading.Event()
         self._running = False
 
@@ -63,9 +67,15 @@ class OutboxRunner:
         Changes of types it does not want are skipped for good, and do not wake it."""
         fixed = types if callable(types) or types is None else frozenset(types)
         consumer = Consumer(name, handle, fixed, batch)
+        self.local[name] = handle  # the handler itself, even when a relay publishes instead
         self.consumers[name] = consumer
         if self._running:
             self._start(consumer)
+
+    def wanted(self, name: str) -> frozenset[str] | None:
+        """The types consumer `name` handles now (None: every type, or no such consumer)."""
+        consumer = self.consumers.get(name)
+        return _wanted(consumer) if consumer is not None else None
 
     def wake(self, changed: Collection[str] | None = None) -> None:
         """A Store change listener: changes of these types were committed (None: any)."""
@@ -92,16 +102,14 @@ class OutboxRunner:
             if consumer.thread is not None:
                 consumer.thread.join(timeout)
                 consumer.thread = None
-            try:
-                self.outbox.release(consumer.name)
-            except Exception:  # noqa: BLE001 - the lease simply expires
-                log.warning("could not release the outbox lease of %s", consumer.name)
+            if consumer.lease is not None:
+                consumer.lease.release()  # a survivor takes over without waiting it out
 
     def health(self) -> dict[str, Any]:
         """Each consumer's failures in a row (0: its last batch went through)."""
         failing = {c.name: c.failures for c in self.consumers.values() if c.failures}
         return {"status": "failing" if failing else "ok",
-                "consumers": {c.name: {"failures": c.failures}
+                "consumers": {c.name: {"failures": c.failures, "leader": _leading(c)}
                               for c in self.consumers.values()}}  # fmt: skip
 
     def drain(self) -> int:
@@ -131,19 +139,26 @@ class OutboxRunner:
             return 0
 
     def _drain_one(self, consumer: Consumer) -> int:
+        if consumer.lease is None:
+            consumer.lease = self.outbox.lease(consumer.name)
+        lease = consumer.lease
         handled = 0
         while not self._stop.is_set():
             wanted = _wanted(consumer)
             if wanted is not None and not wanted:
                 break  # no type wanted now (no live Subscription, say)
+            # the lease first, then what is pending: what another holder marked done before
+            # we took over is never read (and so never handed over twice)
+            if not lease.held():
+                break  # another process of the deployment drains this consumer
             changes = self.outbox.pending(consumer.name, consumer.batch, wanted)
-            if not changes or not self.outbox.claim(consumer.name):
-                break  # nothing to do, or another process is handing these over
+            if not changes:
+                break
             finished: list[Change] = []
             try:
                 for change in changes:
-                    if self._stop.is_set():
-                        break
+                    if self._stop.is_set() or not lease.held():
+                        break  # stopping, or the lease was lost: the rest stays pending
                     consumer.handle(change)
                     finished.append(change)
             except Exception:
@@ -160,12 +175,16 @@ class OutboxRunner:
             self.outbox.done(consumer.name, finished)
             handled += len(finished)
             consumer.failures = 0
-            if len(changes) < consumer.batch:
+            if len(finished) < consumer.batch:
                 break
         if handled and time.monotonic() - consumer.settled_at > SETTLE_EVERY_SECONDS:
             self.outbox.settle(consumer.name, _wanted(consumer))
             consumer.settled_at = time.monotonic()
         return handled
+
+
+def _leading(consumer: Consumer) -> bool:
+    return consumer.lease is not None and consumer.lease.leading
 
 
 def _wanted(consumer: Consumer) -> frozenset[str] | None:

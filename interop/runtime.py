@@ -18,18 +18,20 @@ from ai_worker.config import AiConfig
 from dicomweb_bridge.config import ImagingConfig
 from dicomweb_bridge.pacs import PacsConfig
 from dicomweb_bridge.service import Bridge, proxy_root
-from fhir_server import limits, validation
+from fhir_server import limits, terminology, validation
 from fhir_server.api.context import Context
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.store.audit import audited
 from fhir_server.store.db import create_db_engine, upgrade
 from fhir_server.store.repository import Store
+from fhir_server.store.work import Leases
 from fhir_server.subscriptions.service import SubscriptionConfig
+from fhir_server.terminology import V2Vocabulary
 from hl7_listener.config import Hl7Config
 from hl7_listener.inbox import Inbox
 from hl7_listener.processor import Processor
 from interop.outbound_policies import OutboundPolicies
-from interop.services import Loop, Managed, Services
+from interop.services import Loop, Managed, Services, Singleton
 from interop.settings import Settings, get_settings, read_tokens
 from openemr_bridge.config import BridgeSettings
 from openemr_bridge.setup import frame_origins
@@ -80,7 +82,11 @@ class ChannelConfigs:
         return config_for(BridgeSettings, self.settings, outbound=self.outbound.openemr)
 
     def ai_config(self) -> AiConfig:
-        return config_for(AiConfig, self.settings)
+        """The AI worker's config; its PACS is the imaging channel's (Orthanc's DICOMweb root
+        when only INTEROP_ORTHANC_URL is set)."""
+        imaging = self.imaging_config()
+        dicomweb = imaging.pacs.dicomweb_url if imaging is not None else ""
+        return config_for(AiConfig, self.settings, dicomweb_url=dicomweb)
 
     def auth_config(self) -> AuthConfig:
         return auth_config(self.settings)
@@ -116,6 +122,10 @@ class Runtime(ChannelConfigs):
         self.ctx = Context(
             self.store, self.base_url, settings.default_page_size, settings.max_page_size
         )
+        # stored CodeSystems, ValueSets and ConceptMaps count; a committed change to one
+        # empties the caches (other processes notice through a stamp query)
+        self.terminology = terminology.configure(self.engine)
+        self.store.change_listeners.append(self.terminology.invalidate)
         self.services = Services()
 
     def close(self) -> None:
@@ -131,45 +141,68 @@ class Runtime(ChannelConfigs):
         """The HL7 v2 processor; `ack_mode` "map" for HTTP (the caller waits for the mapping)."""
         c = self.hl7_config()
         return Processor(
-            Inbox(self.engine), self.store, ack_mode or c.mllp_ack_mode, c.hl7_authorities,
-            c.hl7_time_zone, c.hl7_mapping_workers,
+            Inbox(self.engine, 4 * c.lease_seconds), self.store, ack_mode or c.mllp_ack_mode,
+            c.hl7_authorities, c.hl7_time_zone, c.hl7_mapping_workers,
+            V2Vocabulary(self.terminology),
         )  # fmt: skip
 
     def imaging_bridge(self) -> Bridge | None:
         config = self.imaging_config()
         return None if config is None else Bridge.build(config, self.ctx)
 
-    def add_channel_services(self) -> None:
+    @cached_property
+    def leases(self) -> Leases:
+        """This process as a holder of named leases (the singletons' leader election)."""
+        return Leases(self.engine)
+
+    def add_channel_services(self, mllp: bool = True, background: bool = True) -> None:
         """The channels that run once per server, not per API worker: the MLLP listener,
-        the imaging sync and the scheduled OpenEMR sync (each only when configured)."""
+        the imaging sync and the scheduled OpenEMR sync (each only when configured). The
+        syncs are singletons: they run on one process of the deployment (the holder of their
+        lease) and move to another when it dies; `background=False` leaves them out."""
         from dicomweb_bridge.runner import ImagingSync
         from hl7_listener.runner import ListenerThread
         from openemr_bridge.runner import scheduled_sync
 
         s = self.settings
-        if s.mllp_port != 0:
+        lease = s.lease_seconds
+        if mllp and s.mllp_port != 0:
             listener = ListenerThread(self.hl7_config(), self.hl7_processor())
 
             def listen() -> None:
                 if listener.start() is None:
                     raise OSError(f"the MLLP listener could not listen on port {s.mllp_port}")
 
-            self.services.add(Managed("mllp", listen, listener.stop, required=True))
+            self.services.add(
+                Managed("mllp", listen, listener.stop, listener.health, required=True)
+            )
+        if not background:
+            return
+        if s.hl7_retention_days or s.hl7_failed_retention_days:
+            from hl7_listener.retention import prune
+
+            retention = Loop(
+                "hl7-retention",
+                lambda: prune(self.engine, s.hl7_retention_days, s.hl7_failed_retention_days),
+                3600.0,
+                max_backoff=3600.0,
+            )
+            self.services.add(Singleton(retention, self.leases, lease))
         bridge = self.imaging_bridge()
         if bridge is not None:
             sync = ImagingSync(bridge)
             interval = bridge.config.imaging_poll_seconds
-            self.services.add(Loop("imaging-sync", sync.step, interval, on_stop=bridge.close))
+            follow = Loop("imaging-sync", sync.step, interval, on_stop=bridge.close)
+            self.services.add(Singleton(follow, self.leases, lease))
         bridge_settings = self.openemr_settings()
         if s.openemr_url and s.openemr_sync_interval > 0:
-            self.services.add(
-                Loop(
-                    "openemr-sync",
-                    lambda: scheduled_sync(bridge_settings, self.ctx),
-                    s.openemr_sync_interval,
-                    max_backoff=max(60.0, s.openemr_sync_interval),
-                )
+            schedule = Loop(
+                "openemr-sync",
+                lambda: scheduled_sync(bridge_settings, self.ctx),
+                s.openemr_sync_interval,
+                max_backoff=max(60.0, s.openemr_sync_interval),
             )
+            self.services.add(Singleton(schedule, self.leases, lease))
 
 
 def subscription_config(settings: Settings) -> SubscriptionConfig:

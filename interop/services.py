@@ -1,5 +1,9 @@
 """Background services: every loop of the server has a name, start, stop and a health.
 
+A `Singleton` runs its service on exactly one process of the deployment: the one holding the
+service's lease (fhir_server.store.work); the others stand by and the first to see the lease
+run out (its holder crashed) takes over. Leadership shows in the service's health.
+
 A `Loop` runs one step every `interval` seconds in a daemon thread; a step that raises is
 logged and retried after a wait that doubles up to `max_backoff` (a PACS or EHR that is down
 is not hammered), and the first success resets it. Components that manage their own threads
@@ -14,6 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from fhir_server import metrics
+from fhir_server.store.work import Lease, Leases
 
 log = logging.getLogger("interop.services")
 
@@ -44,8 +51,10 @@ class Loop(Service):
         max_backoff: float = 60.0,
         required: bool = False,
         on_stop: Callable[[], None] | None = None,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self.name, self.step, self.interval, self.required = name, step, interval, required
+        self.gate = gate  # a step runs only while it says so (a Singleton's leadership)
         self.max_backoff = max(max_backoff, interval)
         self.on_stop = on_stop
         self.failures = 0
@@ -72,15 +81,20 @@ class Loop(Service):
 
     def run_once(self) -> bool:
         """One step, recorded; returns whether it succeeded."""
+        if self.gate is not None and not self.gate():
+            return True
         try:
             self.step()
         except Exception as exc:  # noqa: BLE001 - a loop keeps running; health tells
             self.failures += 1
+            metrics.SERVICE_FAILURES.labels(self.name).set(self.failures)
             self.last_error, self.last_error_at = _describe(exc), time.time()
             self.retry_in = min(self.interval * 2.0**self.failures, self.max_backoff)
             log.exception("%s failed; retrying in %.0f s", self.name, self.retry_in)
             return False
         self.failures, self.retry_in, self.last_success = 0, None, time.time()
+        metrics.SERVICE_FAILURES.labels(self.name).set(0)
+        metrics.SERVICE_LAST_SUCCESS.labels(self.name).set(self.last_success)
         return True
 
     def _run(self) -> None:
@@ -144,6 +158,50 @@ class Managed(Service):
             return {"status": "stopped", "required": self.required}
         own = self._health() if self._health is not None else {}
         return {"status": "ok", "required": self.required} | own
+
+
+class Singleton(Service):
+    """`inner` runs on one process of the deployment at a time: the holder of the lease
+    `singleton:{name}`. Every process starts `inner`, whose steps are gated on leadership
+    (a Loop's `gate`); a thread here renews the lease, or keeps trying to take it."""
+
+    def __init__(self, inner: Loop, leases: Leases, seconds: float) -> None:
+        self.inner, self.name, self.required = inner, inner.name, inner.required
+        self.lease = Lease(leases, f"singleton:{inner.name}", seconds)
+        inner.gate = lambda: self.lease.leading
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self.lease.held()  # lead at once when nobody does
+            self._thread = threading.Thread(
+                target=self._run, name=f"lease-{self.name}", daemon=True
+            )
+            self._thread.start()
+            self.inner.start()
+
+    def _run(self) -> None:
+        # a standby looks several times per lease, so a takeover follows the lease's end
+        while not self._stop.wait(self.lease.seconds / 6):
+            self.lease.held()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self.inner.stop()
+        self.lease.release()
+
+    def health(self) -> dict[str, Any]:
+        own = self.inner.health()
+        leading = self.lease.leading
+        if self._thread is not None and not leading:
+            own["status"] = "standby"  # another process of the deployment runs it
+        return own | {"leader": leading, "lease": self.lease.name,
+                      "lease_error": self.lease.error}  # fmt: skip
 
 
 class Services:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import make_url
 
 from smart_auth.config import SELF_REGISTERED_SCOPES
@@ -28,10 +34,64 @@ _BOOLEANS = {
 }
 
 
+class FileSecrets(PydanticBaseSettingsSource):
+    """`INTEROP_<NAME>_FILE=/run/secrets/x` sets `<NAME>` from that file's content (its
+    trailing newline dropped), as Docker and Kubernetes secrets are mounted: a password never
+    has to sit in the environment. Settings whose own name ends in `_file` (they already name a
+    file) are left alone; giving both `INTEROP_<NAME>` and `INTEROP_<NAME>_FILE` is an error."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {k.upper(): v for k, v in os.environ.items()}
+        fields = self.settings_cls.model_fields
+        values: dict[str, Any] = {}
+        for name in fields:
+            if f"{name}_file" in fields:
+                continue
+            variable = f"INTEROP_{name.upper()}"
+            path = environ.get(f"{variable}_FILE")
+            if not path:
+                continue
+            if variable in environ:
+                raise ValueError(f"set {variable} or {variable}_FILE, not both")
+            try:
+                content = Path(path).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"{variable}_FILE: cannot read {path} ({type(exc).__name__})"
+                ) from None
+            value: Any = content.rstrip("\r\n")
+            field = fields[name]
+            if self.field_is_complex(field):  # a JSON setting (a dict, a list) from a file
+                value = self.decode_complex_value(name, field, value)
+            values[name] = value
+        return values
+
+
 class Settings(BaseSettings):
     """The names here are the operator interface (DESIGN.md, "Configuration names")."""
 
     model_config = SettingsConfigDict(env_prefix="INTEROP_", env_file=".env", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then `_FILE` secrets, then `.env`."""
+        return (
+            init_settings,
+            env_settings,
+            FileSecrets(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     database_url: str = Field(
         default="",
@@ -44,6 +104,18 @@ class Settings(BaseSettings):
     )
     auth: Literal["on", "off"] = Field(default="on", description="'off' only for development")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    background: bool = Field(
+        default=True,
+        description="run background work (outbox consumers, jobs, deliveries, syncs, sweeps) "
+        "in `interop serve`; false: a pure API replica (MLLP still listens), leaving it to "
+        "the other replicas and `interop worker`",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="lease of a singleton's leader and of claimed work: a crashed process's "
+        "work moves to a survivor this long after its last renewal",
+    )
     log_level: str = Field(default="info", description="debug, info, warning, error")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="auto: JSON unless stderr is a terminal"
@@ -133,6 +205,13 @@ class Settings(BaseSettings):
     metrics_token_file: str = Field(
         default="", description="file holding the bearer token /metrics requires"
     )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="`interop worker` serves /metrics and /healthz on this port (on "
+        "INTEROP_HOST); 0: not served",
+    )
     docs: Literal["off", "on"] = Field(
         default="off", description="serve /docs and /openapi.json (the HTTP API description)"
     )
@@ -176,6 +255,15 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="HL7 mapping threads (one patient each at a time)",
+    )
+    hl7_retention_days: int = Field(
+        default=0, ge=0, description="delete processed HL7 messages after this many days (0: keep)"
+    )
+    hl7_failed_retention_days: int = Field(
+        default=0, ge=0, description="delete failed HL7 messages after this many days (0: keep)"
+    )
+    console_session_hours: int = Field(
+        default=8, ge=1, le=168, description="how long a console sign-in lasts"
     )
     mllp_tls_cert: str = Field(default="", description="PEM server certificate; enables TLS")
     mllp_tls_key: str = Field(default="", description="PEM private key for mllp_tls_cert")
@@ -299,9 +387,9 @@ class Settings(BaseSettings):
         default=1, ge=0, description="in-process AI jobs at once without Redis; 0: none run"
     )
     ai_queues: str = Field(
-        default="ai.decode,ai.infer,bulk",
+        default="ai.decode,ai.infer,bulk,outbox",
         description="queues `interop worker` consumes (GPU hosts: ai.infer only; bulk: "
-        "Bulk Data jobs)",
+        "Bulk Data jobs; outbox: outbox consumers and subscription deliveries)",
     )
     ai_cache_dir: str = Field(
         default="", description="decoded volumes between queues; empty: ./var/ai-cache"

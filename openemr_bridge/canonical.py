@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from fhir_server import fhirjson
 from fhir_server.store.repository import HasStore
 
 
@@ -18,7 +17,7 @@ def find_one(ctx: HasStore, res_type: str, query: list[tuple[str, str]]) -> dict
         found = tx.current(res_type, ids[0])
     if found is None or found[1].deleted or not found[1].body:
         return None
-    body: dict[str, Any] = orjson.loads(found[1].body)
+    body: dict[str, Any] = fhirjson.loads(found[1].body)
     return body
 
 
@@ -26,7 +25,7 @@ def read(ctx: HasStore, res_type: str, res_id: str) -> dict[str, Any] | None:
     stored = ctx.store.read(res_type, res_id)
     if stored is None or stored.deleted or not stored.body:
         return None
-    body: dict[str, Any] = orjson.loads(stored.body)
+    body: dict[str, Any] = fhirjson.loads(stored.body)
     return body
 
 

@@ -25,6 +25,11 @@ COMMON_BASES = ("Resource", "DomainResource")
 # these two files. Checked against the R4 resource list (http://hl7.org/fhir/R4/resourcelist.html).
 TYPES_WITHOUT_DEFINITIONS = ("Binary", "Bundle", "Parameters")
 
+# R4 4.0.1 errata: DocumentReference-relationship names its components' expressions the wrong way
+# round (`relatesto` is the reference at `target`, `relation` the token at `code`).
+COMPONENT_FIXES = {("DocumentReference-relationship", "relatesto"): "target",
+                   ("DocumentReference-relationship", "relation"): "code"}  # fmt: skip
+
 OUT_DIR = Path(__file__).resolve().parent.parent / "fhir_server" / "search" / "data"
 
 
@@ -66,6 +71,7 @@ def branches_for(expression: str, base: str) -> str:
 def generate(src: Path) -> dict[str, Any]:
     """Build the three tables; returned (rather than written) so tests could reuse it."""
     bundle = json.loads((src / "search-parameters.json").read_text(encoding="utf-8"))
+    by_url = {e["resource"]["url"]: e["resource"] for e in bundle["entry"]}
     compartment = json.loads(
         (src / "compartmentdefinition-patient.json").read_text(encoding="utf-8")
     )
@@ -90,6 +96,14 @@ def generate(src: Path) -> dict[str, Any]:
             item: dict[str, Any] = {"type": sp["type"], "expression": expr}
             if targets:
                 item["target"] = targets
+            if sp.get("component"):
+                # [code, type, expression relative to each element the composite selects]
+                item["components"] = [
+                    [by_url[c["definition"]]["code"], by_url[c["definition"]]["type"],
+                     COMPONENT_FIXES.get((sp["id"], by_url[c["definition"]]["code"]),
+                                         c["expression"])]
+                    for c in sp["component"]
+                ]  # fmt: skip
             params.setdefault(key, {})[sp["code"]] = item
     patient: dict[str, list[str]] = {}
     for res in compartment.get("resource", []):

@@ -11,7 +11,6 @@ errors go back to the app with `state`.
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 import time
@@ -29,7 +28,7 @@ from smart_auth.models import authorization_requests
 from smart_auth.patients import list_encounters, list_patients, patient_exists
 from smart_auth.registry import redirect_host
 from smart_auth.server import AuthServer
-from smart_auth.throttle import Backoff, Throttle
+from smart_auth.signin import SignIn, same_token
 
 REQUEST_SECONDS = 600
 CSRF_COOKIE = "interop_auth_csrf"
@@ -41,16 +40,7 @@ class AuthorizeFlow:
         self.server = server
         self.engine = server.engine
         self.config = server.config
-        self.throttle = Throttle(server.engine)
-        config = server.config
-        self.user_backoff = Backoff(
-            config.login_free_attempts, config.login_lockout_seconds,
-            config.login_max_lockout_seconds,
-        )  # fmt: skip
-        self.address_backoff = Backoff(
-            config.login_address_free_attempts, config.login_lockout_seconds,
-            config.login_max_lockout_seconds,
-        )  # fmt: skip
+        self.signin = SignIn(server.registry, server.config)
 
     # -- GET/POST /auth/authorize -------------------------------------------------------------
 
@@ -140,29 +130,18 @@ class AuthorizeFlow:
         pending = self._checked(form, cookie)
         if isinstance(pending, Response):
             return pending
-        username = form.get("username", "").replace("\x00", "")[:128]
-        user_key, address_key = f"login-user:{username}", f"login-address:{address}"
-        # a locked name or address is refused before the password is looked at, so the right
-        # password does not get through a lockout; unknown names are throttled alike
-        wait = self.throttle.locked([user_key, address_key])
-        user = None
-        if wait == 0:
-            user = self.server.registry.login(username, form.get("password", ""))
-        if user is None and wait == 0:
-            wait = self.throttle.failed(
-                [(user_key, self.user_backoff), (address_key, self.address_backoff)]
-            )
-            if wait == 0:
-                return self.login_form(pending["request_id"], "Wrong user name or password.")
+        attempt = self.signin.attempt(form.get("username", ""), form.get("password", ""), address)
+        user = attempt.user
+        if user is None and attempt.wait == 0:
+            return self.login_form(pending["request_id"], "Wrong user name or password.")
         if user is None:
             response = self.login_form(
                 pending["request_id"],
-                f"Too many failed sign-ins. Try again in {wait} seconds.",
+                f"Too many failed sign-ins. Try again in {attempt.wait} seconds.",
                 429,
             )
-            response.headers["Retry-After"] = str(wait)
+            response.headers["Retry-After"] = str(attempt.wait)
             return response
-        self.throttle.reset(user_key)
         launch_user = pending["params"].get("launch_user")
         if launch_user and launch_user != user.username:
             return self._deny(pending, "The launch was made for another user")
@@ -323,11 +302,8 @@ class AuthorizeFlow:
         pending = self._pending(form.get("request", ""))
         if pending is None:
             return _page_error("This request expired; start again from the app.", 400)
-        expected = pending["csrf"].encode()
-        csrf = form.get("csrf", "").encode()
-        same_form = hmac.compare_digest(csrf, expected)
-        same_browser = hmac.compare_digest((cookie or "").encode(), expected)
-        if not (csrf and same_form and same_browser):
+        expected = pending["csrf"]
+        if not (same_token(form.get("csrf"), expected) and same_token(cookie, expected)):
             return _page_error(
                 "This form could not be verified: it was not sent from this sign-in page in "
                 "this browser (CSRF check). Go back to the app and start again.",

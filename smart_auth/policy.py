@@ -53,7 +53,7 @@ class Surface:
     roles: frozenset[str] = OPERATOR_ROLES
 
     def allows(self, grant: Grant) -> bool:
-        if self.system_scope in grant.scopes:
+        if self.system_scope and self.system_scope in grant.scopes:
             return True
         if grant.role not in self.roles:
             return False
@@ -72,6 +72,13 @@ class Surface:
 def _user_scope_grants(scope: str, perm: str) -> bool:
     parsed = parse_resource_scope(scope)
     return parsed is not None and parsed.context == "user" and perm in parsed.perms
+
+
+# The operator console (/console) signs people in with a session of its own: its surfaces are
+# opened by a console session's grant only (a role, never a token's scope: `system_scope` is
+# empty, which no token holds), so no SMART access token opens anything there.
+CONSOLE = Surface("The operator console", "r", "", OPERATOR_ROLES)
+CONSOLE_ADMIN = Surface("Console administration", "r", "", frozenset({"admin"}))
 
 
 class AccessPolicy:

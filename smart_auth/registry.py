@@ -104,13 +104,7 @@ class Registry:
             raise RegistryError("a client needs a name of at most 256 characters")
         if jwks_url and not jwks_url.startswith(("https://", "http://")):
             raise RegistryError("the JWKS URL must be an http(s) URL")
-        for uri in redirect_uris:
-            if not isinstance(uri, str) or len(uri) > 2000:
-                raise RegistryError("redirect URIs are strings of at most 2000 characters")
-            if not uri.startswith(("https://", "http://")) or "#" in uri:
-                raise RegistryError(f"redirect URI '{uri}' must be an absolute http(s) URL")
-            if not _plain_host(uri):
-                raise RegistryError(f"redirect URI '{uri}' needs a host and no user name")
+        check_redirect_uris(redirect_uris)
         if client_type == "public" and pkce_exempt:
             raise RegistryError("public clients always use PKCE")
         if client_type == "confidential-jwks":
@@ -183,7 +177,59 @@ class Registry:
             conn.execute(insert(removed_clients).values(client_id=client_id, removed=now))
         return True
 
+    def update_client(self, client_id: str, redirect_uris: list[str], scope: str) -> Client:
+        """An operator changes what a client may ask for and where its answers go. Narrowing
+        the scope does not end tokens already issued (remove the client for that)."""
+        check_redirect_uris(redirect_uris)
+        if "\x00" in scope:
+            raise RegistryError("client metadata may not contain NUL characters")
+        client = self.client(client_id)
+        if client is None:
+            raise RegistryError(f"no client '{client_id}'")
+        if client.public and not redirect_uris:
+            raise RegistryError("a public client needs at least one redirect URI")
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(clients)
+                .where(clients.c.client_id == client_id)
+                .values(
+                    redirect_uris=json.dumps(redirect_uris),
+                    scope=" ".join(dict.fromkeys(scope.split())),
+                )
+            )
+        updated = self.client(client_id)
+        assert updated is not None
+        return updated
+
     # -- users --------------------------------------------------------------------------------
+
+    def users(self) -> list[User]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(users.c.username, users.c.role, users.c.fhir_user).order_by(users.c.username)
+            ).all()
+        return [User(*r) for r in rows]
+
+    def set_role(self, username: str, role: str) -> User:
+        if role not in ROLES:
+            raise RegistryError(f"role must be one of {', '.join(ROLES)}")
+        user = self.user(username)
+        if user is None:
+            raise RegistryError(f"no user '{username}'")
+        if role == "patient" and not (user.fhir_user or "").startswith("Patient/"):
+            raise RegistryError("a user with role patient needs a fhirUser Patient/ID")
+        with write_transaction(self.engine) as conn:
+            conn.execute(update(users).where(users.c.username == username).values(role=role))
+        return User(username, role, user.fhir_user)
+
+    def remove_user(self, username: str) -> bool:
+        """Remove a user and their browser sessions; refresh tokens made for them stop
+        working at their next use (the token endpoint checks that the user exists)."""
+        with write_transaction(self.engine) as conn:
+            if not conn.execute(delete(users).where(users.c.username == username)).rowcount:
+                return False
+            conn.execute(delete(sessions).where(sessions.c.username == username))
+        return True
 
     def add_user(self, username: str, password: str, role: str, fhir_user: str | None) -> User:
         if role not in ROLES:
@@ -245,6 +291,16 @@ class Registry:
 
 
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def check_redirect_uris(redirect_uris: list[str]) -> None:
+    for uri in redirect_uris:
+        if not isinstance(uri, str) or len(uri) > 2000:
+            raise RegistryError("redirect URIs are strings of at most 2000 characters")
+        if not uri.startswith(("https://", "http://")) or "#" in uri:
+            raise RegistryError(f"redirect URI '{uri}' must be an absolute http(s) URL")
+        if not _plain_host(uri):
+            raise RegistryError(f"redirect URI '{uri}' needs a host and no user name")
 
 
 def _plain_host(uri: str) -> str:

@@ -167,6 +167,12 @@ class AuthServer:
             )
         return token
 
+    def close_session(self, token: str) -> None:
+        """Sign out: the session's row goes, so the cookie opens nothing any more."""
+        if token and len(token) <= 128:
+            with write_transaction(self.engine) as conn:
+                conn.execute(sessions.delete().where(sessions.c.session_hash == token_hash(token)))
+
     def session_user(self, token: str, client_id: str) -> str | None:
         """The user of a live session opened for this app, or None."""
         if not token or len(token) > 128:

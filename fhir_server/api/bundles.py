@@ -14,8 +14,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
+from fhir_server import fhirjson
 from fhir_server.api import bundling
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _parse_json
 from fhir_server.clock import to_instant
@@ -162,7 +161,7 @@ def _result_entry(base_url: str, result: EntryResult, representation: bool) -> d
         out["response"]["location"] = f"{base_url}/{stored.location}"
     out["response"]["etag"] = stored.etag
     if representation and stored.body:
-        out["resource"] = orjson.loads(stored.body)
+        out["resource"] = fhirjson.loads(stored.body)
         out["response"]["lastModified"] = to_instant(stored.last_updated)
         out["fullUrl"] = f"{stored.res_type}/{stored.res_id}"
     return out
@@ -185,7 +184,7 @@ def _ok_entry(method: str, response: FhirResponse, representation: bool) -> dict
     if "ETag" in headers:
         out["response"]["etag"] = headers["ETag"]
     if response.body and (method == "GET" or representation):
-        resource = orjson.loads(response.body)
+        resource = fhirjson.loads(response.body)
         out["resource"] = resource
         if (
             isinstance(resource, dict)
@@ -202,4 +201,4 @@ def _error_entry(exc: FhirError) -> dict[str, Any]:
 
 
 def _response_bundle(kind: str, entries: list[dict[str, Any]]) -> bytes:
-    return bundling.bundle_bytes(kind, (orjson.dumps(e) for e in entries), None, [])
+    return bundling.bundle_bytes(kind, (fhirjson.dumps(e) for e in entries), None, [])

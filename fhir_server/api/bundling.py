@@ -8,8 +8,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
-
+from fhir_server import fhirjson
 from fhir_server.clock import now_us, to_http_date, to_instant
 from fhir_server.search.query import Row
 from fhir_server.store.repository import StoredResource
@@ -35,7 +34,7 @@ def bundle_bytes(
         head["total"] = total
     if links:
         head["link"] = [{"relation": rel, "url": url} for rel, url in links]
-    prefix = orjson.dumps(head)[:-1]
+    prefix = fhirjson.dumps(head)[:-1]
     parts = list(entries)
     if not parts:
         return prefix + b"}"
@@ -43,7 +42,7 @@ def bundle_bytes(
 
 
 def search_entry(base_url: str, row: Row, body: bytes) -> bytes:
-    full_url = orjson.dumps(f"{base_url}/{row.res_type}/{row.res_id}")
+    full_url = fhirjson.dumps(f"{base_url}/{row.res_type}/{row.res_id}")
     return (
         b'{"fullUrl":'
         + full_url
@@ -69,7 +68,7 @@ def history_entry(base_url: str, version: StoredResource) -> bytes:
     }
     if method == "PUT" or method == "DELETE":
         entry["request"]["url"] = url
-    raw = orjson.dumps(entry)
+    raw = fhirjson.dumps(entry)
     if version.body is None:
         return raw
     return raw[:-1] + b',"resource":' + version.body + b"}"
@@ -85,11 +84,11 @@ def page_links(
     page_len: int,
 ) -> list[tuple[str, str]]:
     """Absolute self/first/previous/next links; paging is by `_offset` over a stable order."""
-    kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
+    kept = urlencode([(k, v) for k, v in params if k not in ("_count", "_offset")])
+    start = f"{base_url}/{path}?{kept}&" if kept else f"{base_url}/{path}?"
 
-    def link(off: int) -> str:
-        query = urlencode([*kept, ("_count", str(count)), ("_offset", str(off))])
-        return f"{base_url}/{path}?{query}"
+    def link(off: int) -> str:  # the parameters are encoded once for every link
+        return f"{start}_count={count}&_offset={off}"
 
     links = [("self", link(offset)), ("first", link(0))]
     if offset > 0:
@@ -104,7 +103,7 @@ def shape(body: bytes, summary: str | None, elements: list[str] | None) -> bytes
     """Apply `_elements` / `_summary` (text, data, true) to one resource body."""
     if not elements and summary in (None, "false"):
         return body
-    resource = orjson.loads(body)
+    resource = fhirjson.loads(body)
     if elements:
         keep: frozenset[str] = frozenset(elements) | frozenset(_ALWAYS)
         resource = {k: v for k, v in resource.items() if k in keep}
@@ -124,7 +123,7 @@ def shape(body: bytes, summary: str | None, elements: list[str] | None) -> bytes
         },
     ]
     resource["meta"] = meta
-    return orjson.dumps(resource)
+    return fhirjson.dumps(resource)
 
 
 @cache

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-import orjson
-
+from fhir_server import fhirjson
 from fhir_server.api import bundling
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _filters
 from fhir_server.errors import FhirError
@@ -54,7 +53,7 @@ def _searchset(ctx: Context, plan: SearchPlan, path: str) -> FhirResponse:
             "not-supported",
             "warning",
         )
-        entries.append(b'{"resource":' + orjson.dumps(note) + b',"search":{"mode":"outcome"}}')
+        entries.append(b'{"resource":' + fhirjson.dumps(note) + b',"search":{"mode":"outcome"}}')
     links = bundling.page_links(
         ctx.base_url, path, plan.applied, plan.count, plan.offset, result.total, len(result.rows)
     )

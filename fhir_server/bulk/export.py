@@ -18,9 +18,9 @@ from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, Select, and_, false, or_, select
 
+from fhir_server import fhirjson
 from fhir_server.api.bundling import shape
 from fhir_server.bulk.jobs import Cancelled, Job, JobStore
 from fhir_server.bulk.ndjson import OutputFile, SplitWriter
@@ -94,7 +94,7 @@ def run_export(jobs: JobStore, job: Job, env: BulkEnv) -> None:
         with open(directory / name, "wb") as handle:
             for text in problems:
                 outcome = operation_outcome(text, "informational", "information")
-                handle.write(orjson.dumps(outcome) + b"\n")
+                handle.write(fhirjson.dumps(outcome) + b"\n")
         errors.append({"type": "OperationOutcome", "url": file_url(env.base_url, job.job_id, name)})
     manifest = {
         "transactionTime": to_instant(job.transaction_time),
@@ -166,7 +166,7 @@ def _shaped(
     for body in bodies:
         try:
             out.append(shape(body, None, elements))
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        except (fhirjson.JSONDecodeError, TypeError, ValueError) as exc:
             if len(problems) < MAX_PROBLEMS:
                 problems.append(f"A stored {res_type} could not be reshaped: {exc}")
     return out
@@ -195,7 +195,7 @@ def _patients(conn: Connection, request: ExportRequest, problems: list[str]) -> 
             )
         ).scalar()
         conn.rollback()
-        members = group_members(orjson.loads(body) if body else {})
+        members = group_members(fhirjson.loads(body) if body else {})
         if patients is not None:
             outside = [p for p in patients if p not in members]
             problems.extend(f"Patient/{p} is not a member of the Group" for p in outside)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
-import orjson
 
 import outbound
+from fhir_server import fhirjson
 from fhir_server.bulk.export import BulkEnv, file_url
 from fhir_server.bulk.jobs import Cancelled, Job, JobStore
 from fhir_server.clock import to_instant
@@ -86,8 +86,8 @@ def import_lines(
 
 def _parse_line(raw: bytes, expected_type: str | None) -> tuple[dict[str, Any] | None, str]:
     try:
-        resource = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        resource = fhirjson.loads(raw)
+    except fhirjson.JSONDecodeError as exc:
         return None, f"not JSON ({exc})"
     if not isinstance(resource, dict):
         return None, "not a JSON object"
@@ -120,7 +120,7 @@ def _apply(
     keys = [(r["resourceType"], r.get("id")) for _, r in pending]
     unique = len({k for k in keys if k[1]}) == sum(1 for k in keys if k[1])
     if unique:
-        entries = [_entry(orjson.loads(orjson.dumps(r))) for _, r in pending]
+        entries = [_entry(fhirjson.copy(r)) for _, r in pending]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         try:
             store.apply(bundle, actor)
@@ -198,7 +198,7 @@ def run_import(jobs: JobStore, job: Job, env: BulkEnv) -> None:
         def on_error(error: LineError) -> None:
             nonlocal errors
             errors += 1
-            error_file.write(orjson.dumps(error.outcome()) + b"\n")
+            error_file.write(fhirjson.dumps(error.outcome()) + b"\n")
 
         def on_batch(running: ImportCounts) -> None:
             text = f"{running.loaded} imported, {running.failed} failed"

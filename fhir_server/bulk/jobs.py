@@ -25,11 +25,14 @@ from fhir_server.bulk.config import BulkConfig
 from fhir_server.bulk.models import bulk_jobs
 from fhir_server.clock import now_us
 from fhir_server.store.repository import Store
+from fhir_server.store.work import WorkQueue, process_id
 
 log = logging.getLogger("interop.bulk")
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 120.0  # no heartbeat for this long: the job's process is gone
 J = bulk_jobs.c
+# a running job is claimed under a lease its heartbeat renews (fhir_server.store.work)
+QUEUE = WorkQueue(bulk_jobs, "job_id", "lease_owner", "lease_until")
 
 
 @dataclass(slots=True)
@@ -71,6 +74,7 @@ class JobStore:
     def __init__(self, store: Store, config: BulkConfig) -> None:
         self.store = store
         self.config = config
+        self.owner = process_id()  # this process, as the holder of the jobs it runs
 
     def create(self, kind: str, owner: str, request: str, params: dict[str, Any]) -> Job:
         stamp = now_us()
@@ -99,28 +103,31 @@ class JobStore:
             row = conn.execute(select(bulk_jobs).where(J.job_id == job_id)).first()
         return _job(row) if row is not None else None
 
-    def waiting(self) -> list[str]:
-        """Jobs accepted and not yet started, oldest first."""
+    def waiting(self, before: int | None = None) -> list[str]:
+        """Jobs accepted and not yet started (created before `before`), oldest first."""
+        query = select(J.job_id).where(
+            J.status == "accepted", J.kind != "upload", J.cancel.is_(False)
+        )
+        if before is not None:
+            query = query.where(J.created < before)
         with self.store.connection() as conn:
-            rows = conn.execute(
-                select(J.job_id)
-                .where(J.status == "accepted", J.kind != "upload", J.cancel.is_(False))
-                .order_by(J.pk)
-            )
+            rows = conn.execute(query.order_by(J.pk))
             return [r[0] for r in rows]
 
     def beat(self, job_id: str) -> None:
-        with self.store.write_connection() as conn:
-            conn.execute(update(bulk_jobs).where(J.job_id == job_id).values(heartbeat=now_us()))
+        QUEUE.renew(self.store.engine, [job_id], self.owner, STALE_SECONDS, heartbeat=now_us())
 
     def recover(self, stale_seconds: float = STALE_SECONDS) -> list[str]:
-        """Jobs left `running` by a process that died (no heartbeat for `stale_seconds`):
+        """Jobs left `running` by a process that died (its lease ran out, or no heartbeat
+        for `stale_seconds`):
         exports start again from scratch; imports fail with a note (their lines may be half
         applied; re-running one is safe for lines with ids, which are PUTs)."""
         cutoff = now_us() - int(stale_seconds * 1_000_000)
         with self.store.write_connection() as conn:
             rows = conn.execute(
-                select(J.job_id, J.kind).where(J.status == "running", J.heartbeat < cutoff)
+                select(J.job_id, J.kind).where(
+                    J.status == "running", QUEUE.free(now_us()) | (J.heartbeat < cutoff)
+                )
             ).all()
             exports = [job_id for job_id, kind in rows if kind == "export"]
             imports = [job_id for job_id, kind in rows if kind != "export"]
@@ -128,7 +135,12 @@ class JobStore:
                 conn.execute(
                     update(bulk_jobs)
                     .where(J.job_id.in_(exports), J.status == "running")
-                    .values(status="accepted", progress="restarted after an interruption")
+                    .values(
+                        status="accepted",
+                        progress="restarted after an interruption",
+                        lease_owner=None,
+                        lease_until=None,
+                    )
                 )
             if imports:
                 note = "interrupted by a server restart; run the import again"
@@ -144,13 +156,15 @@ class JobStore:
 
     def claim(self, job_id: str) -> bool:
         """accepted -> running, for exactly one runner."""
-        with self.store.write_connection() as conn:
-            done = conn.execute(
-                update(bulk_jobs)
-                .where(J.job_id == job_id, J.status == "accepted", J.cancel.is_(False))
-                .values(status="running", progress="started", heartbeat=now_us())
-            )
-        return done.rowcount == 1
+        return bool(
+            QUEUE.claim(
+                self.store.engine,
+                self.owner,
+                STALE_SECONDS,
+                [J.job_id == job_id, J.status == "accepted", J.cancel.is_(False)],
+                values={"status": "running", "progress": "started", "heartbeat": now_us()},
+            )  # fmt: skip
+        )
 
     def progress(self, job_id: str, text: str) -> bool:
         """Record progress; False when the job was cancelled meanwhile (the job then stops)."""
@@ -246,18 +260,18 @@ class Cancelled(Exception):
 
 
 class JobRunner:
-    """The embedded default: a small thread pool, plus the periodic expiry sweep.
+    """The embedded default: a small thread pool running jobs in this process.
 
     Started with the app (and again on demand: an app may be started more than once, as
-    test clients do), stopped with it; unfinished jobs stay in the table.
+    test clients do), stopped with it; unfinished jobs stay in the table. The sweep (expiry,
+    orphans, jobs never started) is `BulkService.sweep`, run by one process of the
+    deployment (a singleton service of the app).
     """
 
-    def __init__(self, jobs: JobStore, env: Any, sweep_seconds: float = 60.0) -> None:
+    def __init__(self, jobs: JobStore, env: Any) -> None:
         self.jobs = jobs
         self.env = env
-        self.sweep_seconds = sweep_seconds
         self.pool: ThreadPoolExecutor | None = None
-        self._stop = threading.Event()
         self._lock = threading.Lock()
 
     def start(self) -> ThreadPoolExecutor:
@@ -266,25 +280,13 @@ class JobRunner:
                 self.pool = ThreadPoolExecutor(
                     self.jobs.config.workers, thread_name_prefix="bulk-job"
                 )
-                self._stop = threading.Event()
-                threading.Thread(
-                    target=self._sweep, args=(self._stop,), daemon=True, name="bulk-sweep"
-                ).start()
             return self.pool
 
     def submit(self, job_id: str) -> None:
         self.start().submit(run_job, self.jobs, job_id, self.env)
 
-    def _sweep(self, stop: threading.Event) -> None:
-        while not stop.wait(self.sweep_seconds):
-            try:
-                self.jobs.cleanup()
-            except Exception:  # noqa: BLE001 - retried at the next sweep
-                log.exception("bulk cleanup failed")
-
     def close(self) -> None:
         with self._lock:
-            self._stop.set()
             if self.pool is not None:
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = None

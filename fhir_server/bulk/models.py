@@ -28,5 +28,7 @@ bulk_jobs = Table(
     Column("cancel", Boolean, nullable=False, default=False),
     Column("result", Text, nullable=True, doc="manifest JSON, or the failure text"),
     Column("expires", BigInteger, nullable=True, doc="when files and row are removed"),
+    Column("lease_owner", String(128), nullable=True, doc="the process running it"),
+    Column("lease_until", BigInteger, nullable=True, doc="its lease end (work.WorkQueue)"),
     Index("ix_bulk_jobs_expires", "expires"),
 )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fhir_server.bulk.config import BulkConfig
 from fhir_server.bulk.export import BulkEnv
 from fhir_server.bulk.jobs import JobRunner, JobStore, run_job
+from fhir_server.clock import now_us
 from fhir_server.store.repository import Store
 
 
@@ -37,13 +38,21 @@ class BulkService:
         run_job(self.jobs, job_id, self.env)
 
     def start(self) -> None:
-        """Start the runner (its sweeper removes expired exports even when a worker runs the
-        jobs) and hand on jobs accepted but never started, or orphaned by a crash."""
+        """Start the runner and sweep once (jobs orphaned by a crash, or never started)."""
         if self.runner is not None:
             self.runner.start()
-            self.jobs.recover()
-            for job_id in self.jobs.waiting():
-                self.submit(job_id)
+            self.sweep(grace_seconds=0)
+
+    def sweep(self, grace_seconds: float = 60.0) -> None:
+        """Remove expired jobs and their files; restart exports whose runner died (lease run
+        out) and hand on jobs accepted but never started. Run by one process of the
+        deployment at a time (the app's `bulk-sweeper` singleton); safe anywhere, since a job
+        runs only for whoever claims it."""
+        self.jobs.cleanup()
+        self.jobs.recover()
+        # a job accepted this minute is on its way to a runner already
+        for job_id in self.jobs.waiting(now_us() - int(grace_seconds * 1_000_000)):
+            self.submit(job_id)
 
     def close(self) -> None:
         if self.runner is not None:

@@ -54,19 +54,22 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
         kind = _DIRECT.get(param.type) if param is not None else None
         if param is None or kind is None or kind.direct is None:
             return False
-        test = kind.direct(value, compiler.base_url)
+        test = kind.direct(name, value, compiler.base_url)
         if test is None:
             return False
         conditions.append((selectivity(param), kind.table.name, test[0], [name, *test[1]]))
     if not conditions and not ids:
         return False
-    where = ["r.res_type = ?", "NOT r.deleted"]
+    ordered = sorted(range(len(conditions)), key=lambda i: conditions[i][0])
+    driving = None if ids or not conditions else ordered[0]
+    # With an index condition driving, `res_type || ''` keeps the planner off the resources
+    # index on res_type: SQLite's estimates sometimes preferred scanning every resource of the
+    # type (100,000 Observations) and testing each against the index rows.
+    where = ["r.res_type = ?" if driving is None else "r.res_type || '' = ?", "NOT r.deleted"]
     params: list[Any] = [plan.res_type]
     if ids:
         where.append(f"r.res_id IN ({', '.join('?' * len(ids))})")
         params.extend(ids)
-    ordered = sorted(range(len(conditions)), key=lambda i: conditions[i][0])
-    driving = None if ids or not conditions else ordered[0]
     for i, (_, table, value_test, values) in enumerate(conditions):
         owner = f"t.res_type = ? AND t.param = ? AND {value_test}"
         if i == driving:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from fhir_server.search.fhirpath import Compiled, UnsupportedExpression, compile_path
-from fhir_server.search.kinds import KINDS
+from fhir_server.search.kinds import KINDS, composite
 from fhir_server.search.kinds.base import Builder, IndexRows
 from fhir_server.search.kinds.date import MAX_US, MIN_US, date_range
 from fhir_server.search.kinds.quantity import ISO_4217, MAX_QTY, MIN_QTY
@@ -55,6 +55,9 @@ def _plan(resource_type: str) -> tuple[tuple[str, Builder, Compiled], ...]:
         if builder is None or code in NOT_INDEXED or not param.expression:
             continue
         try:
+            if param.type == "composite":  # its elements, components evaluated per element
+                plan.append((code, builder, composite.selector(param)))
+                continue
             plan.append((code, builder, compile_path(param.expression)))
         except UnsupportedExpression:
             continue

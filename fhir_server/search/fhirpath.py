@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -72,7 +73,7 @@ _PRIMITIVE_PY: dict[str, tuple[type, ...]] = {
     "string": (str,), "code": (str,), "id": (str,), "uri": (str,), "url": (str,),
     "canonical": (str,), "markdown": (str,), "date": (str,), "dateTime": (str,),
     "instant": (str,), "time": (str,), "boolean": (bool,), "integer": (int,),
-    "decimal": (int, float),
+    "decimal": (int, float, Decimal),  # FhirDecimal: a decimal keeping its text
 }  # fmt: skip
 
 _TOKEN = re.compile(
@@ -193,7 +194,7 @@ class _Parser:
             return ("lit", value[1:-1].replace("\\'", "'"))
         if kind == "num":
             self.take()
-            return ("lit", float(value) if "." in value else int(value))
+            return ("lit", Decimal(value) if "." in value else int(value))
         if value in ("true", "false"):
             self.take()
             return ("lit", value == "true")

@@ -199,7 +199,7 @@ class Compiler:
             column = R.last_updated
         else:
             param = params_for(res_type).get(code)
-            if param is None or param.type not in KINDS:
+            if param is None or param.type not in KINDS or param.type == "composite":
                 raise bad_request(f"Cannot sort {res_type} by '{code}'")
             kind = KINDS[param.type]
             table = kind.table
@@ -540,7 +540,9 @@ def compartment_condition(
 
 
 def everything_rows(conn: Connection, patient_id: str, limit: int) -> list[Row]:
-    """Patient/$everything: the patient and every resource in its compartment."""
+    """Patient/$everything: the patient and every resource in its compartment (mode
+    "match"), then every resource those reference, one level (mode "include"); ids and types
+    only (bodies: `bodies_of`), in a stable order, at most `limit` rows."""
     ref = idx_reference.c
     per_type = [
         and_(ref.res_type == t, ref.param.in_(patient_compartment(t)))
@@ -552,13 +554,54 @@ def everything_rows(conn: Connection, patient_id: str, limit: int) -> list[Row]:
         ref.target_id == patient_id,
         or_(*per_type) if per_type else true(),
     )
+    patient = and_(R.res_type == "Patient", R.res_id == patient_id)
+    own = resources.alias("everything_own")  # not correlated with the outer query
+    inside = select(own.c.pk).where(
+        own.c.deleted == false(),
+        or_(own.c.pk.in_(members), and_(own.c.res_type == "Patient", own.c.res_id == patient_id)),
+    )
     q = (
-        select(R.res_type, R.res_id, R.body)
-        .where(
-            R.deleted == false(),
-            or_(R.pk.in_(members), and_(R.res_type == "Patient", R.res_id == patient_id)),
-        )
+        select(R.pk, R.res_type, R.res_id)
+        .where(R.deleted == false(), or_(R.pk.in_(members), patient))
         .order_by(R.pk)
         .limit(limit)
     )
-    return [Row(t, i, b) for t, i, b in conn.execute(q)]
+    rows = [Row(t, i, b"", "match") for _, t, i in conn.execute(q)]
+    if len(rows) >= limit:
+        return rows
+    target = idx_reference.alias("everything_ref")
+    referenced = (
+        select(R.pk, R.res_type, R.res_id)
+        .where(
+            R.deleted == false(),
+            R.pk.not_in(inside),
+            exists().where(
+                target.c.resource_pk.in_(inside),
+                target.c.target_type == R.res_type,
+                target.c.target_id == R.res_id,
+            ),
+        )
+        .order_by(R.pk)
+        .limit(limit - len(rows))
+    )
+    rows += [Row(t, i, b"", "include") for _, t, i in conn.execute(referenced)]
+    return rows
+
+
+def bodies_of(conn: Connection, rows: list[Row]) -> list[Row]:
+    """The rows with their current bodies (those deleted meanwhile left out)."""
+    if not rows:
+        return []
+    wanted = {(r.res_type, r.res_id) for r in rows}
+    found: dict[tuple[str, str], bytes] = {}
+    for res_type in {r.res_type for r in rows}:
+        ids = [i for t, i in wanted if t == res_type]
+        q = select(R.res_id, R.body).where(
+            R.res_type == res_type, R.res_id.in_(ids), R.deleted == false()
+        )
+        found.update({(res_type, i): b for i, b in conn.execute(q)})
+    return [
+        Row(r.res_type, r.res_id, found[(r.res_type, r.res_id)], r.mode)
+        for r in rows
+        if found.get((r.res_type, r.res_id))
+    ]

@@ -32,6 +32,8 @@ class SearchParam:
     resource_type: str
     expression: str
     targets: tuple[str, ...]
+    # composite only: (code, type, expression relative to each element `expression` selects)
+    components: tuple[tuple[str, str, str], ...] = ()
 
 
 def _load(name: str) -> Any:
@@ -80,6 +82,7 @@ def _param(code: str, item: Mapping[str, Any], resource_type: str) -> SearchPara
         resource_type=resource_type,
         expression=item.get("expression", ""),
         targets=tuple(item.get("target", ())),
+        components=tuple((c, t, e) for c, t, e in item.get("components", ())),
     )
 
 

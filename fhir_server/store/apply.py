@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, FromClause
 
+from fhir_server import fhirjson
 from fhir_server.errors import FhirError, bad_request, not_found, precondition_failed
 from fhir_server.search.registry import resource_types
 from fhir_server.store.models import resources
@@ -530,4 +530,4 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> None:
 
 def _copy(value: Any) -> Any:
     """The entry's own copy of caller content (the store changes ids and references)."""
-    return orjson.loads(orjson.dumps(value))
+    return fhirjson.loads(fhirjson.dumps(value))

@@ -126,11 +126,22 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+# pg_advisory_xact_lock key of the migrations: "interop" + "migrate" as one bigint
+MIGRATION_LOCK = 0x696E7465726F70
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision (`interop db upgrade`, and `serve` at start)."""
+    """Bring the schema to the newest revision (`interop db upgrade`, and `serve` at start).
+
+    Replicas and workers started together all call this: on PostgreSQL the first takes an
+    advisory lock for its transaction (DDL is transactional there), the others wait for it,
+    then find the schema current and go on. On SQLite the migration's write transaction is
+    the lock."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:  # SQLite: BEGIN IMMEDIATE, the writer's lock
         unbounded(conn)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

@@ -7,13 +7,15 @@ late. A consumer therefore keeps a *floor* (every change at or below it is done)
 keys it has finished above the floor; the floor only moves past changes older than
 `SETTLE_US`, by when any transaction that wrote them has long committed or rolled back.
 
-A consumer holds a lease while it drains so that several processes (uvicorn workers, a
-worker machine) do not hand the same change to the same consumer at once.
+A consumer is drained by one process of the deployment at a time: the holder of its lease
+`outbox:{name}` (fhir_server.store.work), which reads what is pending only once it holds the
+lease, and keeps it while alive. Another process takes over when the holder dies (SIGKILL)
+and its lease runs out: the changes it had not marked done are handed over again (at least
+once), and without a crash none is handed over twice.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -37,17 +39,16 @@ from sqlalchemy.sql.expression import Exists
 from fhir_server.clock import now_us
 from fhir_server.store.db import write_transaction
 from fhir_server.store.models import PrimaryKey, metadata, outbox
+from fhir_server.store.work import Lease, Leases
 
 SETTLE_US = 300 * 1_000_000  # no write transaction stays open this long (5 minutes)
-LEASE_US = 30 * 1_000_000
+LEASE_SECONDS = 30.0
 
 outbox_consumers = Table(
     "outbox_consumers",
     metadata,
     Column("name", String(64), primary_key=True),
     Column("floor", BigInteger, nullable=False, doc="every outbox pk <= floor is done"),
-    Column("lease_owner", String(64), nullable=True),
-    Column("lease_until", BigInteger, nullable=False, doc="UTC epoch microseconds"),
 )
 
 outbox_done = Table(
@@ -77,53 +78,36 @@ class Change:
 class Outbox:
     """Per-consumer reading of the outbox table."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lease_seconds: float = LEASE_SECONDS) -> None:
         self.engine = engine
-        self.owner = uuid.uuid4().hex  # this process, for leases
+        self.leases = Leases(engine)  # this process, as a lease holder
+        self.lease_seconds = lease_seconds
 
     def claim(self, consumer: str) -> bool:
         """Take (or renew) the consumer's lease; False while another process holds it."""
-        now = now_us()
-        with write_transaction(self.engine) as conn:
-            taken = conn.execute(
-                update(outbox_consumers)
-                .where(
-                    outbox_consumers.c.name == consumer,
-                    (outbox_consumers.c.lease_owner == self.owner)
-                    | (outbox_consumers.c.lease_until < now),
-                )
-                .values(lease_owner=self.owner, lease_until=now + LEASE_US)
-            ).rowcount
-            if taken:
-                return True
+        self.ensure(consumer)
+        return self.leases.acquire(f"outbox:{consumer}", self.lease_seconds)
+
+    def lease(self, consumer: str) -> Lease:
+        """The consumer's lease as this process keeps it (renewed lazily while it drains)."""
+        self.ensure(consumer)
+        return Lease(self.leases, f"outbox:{consumer}", self.lease_seconds)
+
+    def ensure(self, consumer: str) -> None:
+        """The consumer's progress row (its floor starts at 0)."""
+        with self.engine.connect() as conn:
             if conn.execute(
                 select(outbox_consumers.c.name).where(outbox_consumers.c.name == consumer)
             ).first():
-                return False
+                return
         try:
             with write_transaction(self.engine) as conn:
-                conn.execute(
-                    insert(outbox_consumers).values(
-                        name=consumer,
-                        floor=0,
-                        lease_owner=self.owner,
-                        lease_until=now + LEASE_US,
-                    )
-                )
+                conn.execute(insert(outbox_consumers).values(name=consumer, floor=0))
         except IntegrityError:  # another process registered it first
-            return False
-        return True
+            pass
 
     def release(self, consumer: str) -> None:
-        with write_transaction(self.engine) as conn:
-            conn.execute(
-                update(outbox_consumers)
-                .where(
-                    outbox_consumers.c.name == consumer,
-                    outbox_consumers.c.lease_owner == self.owner,
-                )
-                .values(lease_owner=None, lease_until=0)
-            )
+        self.leases.release(f"outbox:{consumer}")
 
     def pending(
         self, consumer: str, limit: int = 100, types: Collection[str] | None = None

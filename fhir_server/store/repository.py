@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, select, true
 
-from fhir_server import limits, metrics
+from fhir_server import fhirjson, limits, metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
 from fhir_server.search.extract import IndexRows, extract
@@ -83,7 +82,7 @@ class StoredResource:
         return f"{self.res_type}/{self.res_id}/_history/{self.version_id}"
 
     def json(self) -> dict[str, Any]:
-        return orjson.loads(self.body) if self.body else {}
+        return fhirjson.loads(self.body) if self.body else {}
 
 
 @dataclass(slots=True)
@@ -166,6 +165,9 @@ class Statements:
         )
         self.insert_version = insert_sql(resource_versions)
         self.insert_outbox = insert_sql(outbox)
+        self.insert_audit_pending = f"INSERT INTO audit_pending (recorded, event) VALUES ({m}, {m})"
+        self.pending_audit = f"SELECT pk, recorded, event FROM audit_pending ORDER BY pk LIMIT {m}"
+        self.expanded_audit = f"DELETE FROM audit_pending WHERE pk <= {m}"
         self.insert_index = {kind: insert_sql(t) for kind, t in INDEX_TABLES.items()}
         self.clear_index = {
             kind: f"DELETE FROM {t.name} WHERE resource_pk = {m}"
@@ -305,8 +307,8 @@ class Store:
                 tx.flush()
             outcome = "commit"
         finally:
-            metrics.STORE_TRANSACTIONS.inc((outcome,))
-            metrics.STORE_SECONDS.observe((outcome,), time.perf_counter() - started)
+            metrics.STORE_TRANSACTIONS.labels(outcome).inc()
+            metrics.STORE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
         if tx.outbox_count:
             for listener in self.listeners:
                 listener(tx.outbox_count)
@@ -656,7 +658,7 @@ class Transaction:
         meta["versionId"] = str(version)
         meta["lastUpdated"] = to_instant(stamp)
         resource["meta"] = meta
-        body = orjson.dumps(resource)
+        body = fhirjson.dumps(resource)
         return StoredResource(res_type, res_id, version, stamp, False, body, method)
 
     def _record(
@@ -682,7 +684,7 @@ class Transaction:
         kinds: list[str] = list(INDEX_TABLES)
         if previous.body:
             try:
-                old = extract(orjson.loads(previous.body), self.store.base_url)
+                old = extract(fhirjson.loads(previous.body), self.store.base_url)
                 kinds = [k for k in INDEX_TABLES if getattr(old, k)]
             except Exception:  # noqa: BLE001 - an unreadable old body just means "clear all"
                 kinds = list(INDEX_TABLES)
@@ -769,7 +771,7 @@ def _version_row(stored: StoredResource) -> tuple[Any, ...]:
 
 def _same_content(old_body: bytes, new: dict[str, Any]) -> bool:
     """An update that changes nothing but meta keeps the version (no history noise)."""
-    old = orjson.loads(old_body)
+    old = fhirjson.loads(old_body)
     old_meta = {
         k: v
         for k, v in (old.pop("meta", None) or {}).items()

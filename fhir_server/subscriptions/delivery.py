@@ -5,6 +5,11 @@ only it) until its next attempt, the delay doubling from `retry_seconds` up to
 `max_backoff_seconds`. After `max_failures` consecutive failures the Subscription's status
 becomes `error` with the reason; delivery keeps being retried at the longest delay, and the
 first success sets it `active` again. A websocket notification waits for a bound client.
+
+With several processes on one database, each subscription is delivered by one of them: the
+holder of its lease `subscription:{id}` (fhir_server.store.work), which reads the queue only
+once it holds the lease. So no notification goes out twice unless its deliverer dies between
+the POST and removing the row (then it goes out again: at least once).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import httpx
 from sqlalchemy import delete, select, update
 
 import outbound
+from fhir_server import metrics
 from fhir_server.clock import now_us
+from fhir_server.store.work import Lease, Leases
 from fhir_server.subscriptions.channel import Spec
 from fhir_server.subscriptions.models import subscription_queue
 from fhir_server.subscriptions.service import SubscriptionService
@@ -34,9 +41,12 @@ class DeliveryFailed(Exception):
 
 
 class Deliverer:
-    def __init__(self, service: SubscriptionService, hub: Hub) -> None:
+    def __init__(self, service: SubscriptionService, hub: Hub, lease_seconds: float = 30.0) -> None:
         self.service = service
         self.hub = hub
+        self.leases = Leases(service.store.engine)
+        self.lease_seconds = lease_seconds
+        self._leases: dict[str, Lease] = {}
         self.failures: dict[str, int] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -56,6 +66,22 @@ class Deliverer:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        self.release_leases()
+
+    def release_leases(self) -> None:
+        """Hand back every subscription lease this process holds (a Celery worker after a
+        round: the next round may run on any worker)."""
+        for lease in self._leases.values():
+            lease.release()
+
+    def lease(self, sub_id: str) -> Lease:
+        """This process's view of the subscription's delivery lease."""
+        found = self._leases.get(sub_id)
+        if found is None:
+            found = self._leases[sub_id] = Lease(
+                self.leases, f"subscription:{sub_id}", self.lease_seconds
+            )
+        return found
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -77,6 +103,8 @@ class Deliverer:
             spec = specs.get(sub_id)
             if spec is None or spec.status != "requested":
                 continue
+            if not self.lease(sub_id).held():
+                continue  # its deliverer, in another process, shakes hands
             if spec.channel == "rest-hook":
                 try:
                     self._post(spec, None, "handshake")
@@ -90,10 +118,16 @@ class Deliverer:
     def deliver_due(self) -> int:
         """One pass over due notifications; returns how many were delivered."""
         now = now_us()
+        due = select(subscription_queue).where(Q.next_attempt <= now).order_by(Q.pk).limit(BATCH)
         with self.service.store.connection() as conn:
-            rows = conn.execute(
-                select(subscription_queue).where(Q.next_attempt <= now).order_by(Q.pk).limit(BATCH)
-            ).all()
+            subs = {r.sub_id for r in conn.execute(due)}
+        # the leases first, then the queue: rows another deliverer removed before we took a
+        # subscription over are not read (so not sent twice)
+        mine = sorted(sub_id for sub_id in subs if self.lease(sub_id).held())
+        if not mine:
+            return 0
+        with self.service.store.connection() as conn:
+            rows = conn.execute(due.where(Q.sub_id.in_(mine))).all()
             order = self._queue_order(conn, {r.sub_id for r in rows})
         specs = self.service.specs()
         held: set[str] = set()
@@ -106,6 +140,9 @@ class Deliverer:
             spec = specs.get(row.sub_id)
             if spec is None:
                 self._remove(row.pk)
+                continue
+            if not self.lease(row.sub_id).held():
+                held.add(row.sub_id)  # lost it (a long stall): its new deliverer sends the rest
                 continue
             try:
                 if spec.channel == "websocket":
@@ -120,6 +157,7 @@ class Deliverer:
                 self._failed(spec, row, str(exc))
                 continue
             self._remove(row.pk)
+            metrics.SUBSCRIPTION_DELIVERIES.labels(spec.channel, "delivered").inc()
             waiting.pop(0)
             delivered += 1
             if self.failures.pop(spec.sub_id, 0) or spec.status == "error":
@@ -159,6 +197,7 @@ class Deliverer:
             raise DeliveryFailed(f"{spec.endpoint} answered HTTP {response.status_code}")
 
     def _failed(self, spec: Spec, row: Any, reason: str) -> None:
+        metrics.SUBSCRIPTION_DELIVERIES.labels(spec.channel, "failed").inc()
         config = self.service.config
         attempts = row.attempts + 1
         delay = min(config.retry_seconds * 2 ** (attempts - 1), config.max_backoff_seconds)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import delete, false, insert, select
+from sqlalchemy import delete, false, func, insert, select
 
 from fhir_server.api.context import _parse_json
 from fhir_server.clock import now_us
@@ -42,6 +43,7 @@ R = resources.c
 O = subscription_owners.c  # noqa: E741
 S = subscription_secrets.c
 LIVE = ("requested", "active", "error")
+RECHECK_SECONDS = 1.0
 REDACTED = "[redacted]"  # what a stored Subscription shows for each channel.header value
 
 AccessFrom = Callable[[dict[str, Any]], "Access"]
@@ -74,6 +76,8 @@ class SubscriptionService:
         self.config = config
         self.access_from = access_from  # None: auth off, every subscription sees everything
         self._specs: dict[str, Spec] | None = None
+        self._checked = float("-inf")
+        self._mark: tuple[Any, ...] = ()
         self._lock = threading.Lock()
         self.handshakes: set[str] = set()
         self.wake: Callable[[], None] = lambda: None  # set by the deliverer
@@ -143,11 +147,30 @@ class SubscriptionService:
         return frozenset({"Subscription", *live})
 
     def specs(self) -> dict[str, Spec]:
+        """The live subscriptions, reloaded when any process of the deployment changed one
+        (checked at most every `RECHECK_SECONDS`): the process that consumes a change is not
+        always the one that saw the Subscription written."""
+        now = time.monotonic()
         with self._lock:
-            if self._specs is None:
-                self._specs = self._load()
+            if self._specs is not None and now - self._checked < RECHECK_SECONDS:
+                return self._specs
+            self._checked = now
+        mark = self._fingerprint()
+        with self._lock:
+            if self._specs is None or mark != self._mark:
+                self._specs, self._mark = self._load(), mark
                 self.handshakes |= {i for i, s in self._specs.items() if s.status == "requested"}
             return self._specs
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever a Subscription is created, updated or deleted (one index read)."""
+        with self.store.connection() as conn:
+            row = conn.execute(
+                select(func.count(), func.max(R.last_updated), func.sum(R.version_id)).where(
+                    R.res_type == "Subscription"
+                )
+            ).one()
+        return tuple(row)
 
     def _load(self) -> dict[str, Spec]:
         specs: dict[str, Spec] = {}

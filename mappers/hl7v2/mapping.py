@@ -32,33 +32,17 @@ from mappers.hl7v2.datatypes import (
     observation_value,
 )
 from mappers.hl7v2.parser import Message, Segment
+from mappers.hl7v2.vocabulary import V2, Vocabulary, builtin
 
 Resource = dict[str, Any]
 
-# OBX-11 -> Observation.status. IG maps I/R/S/U/V/O to errors; we keep going (documented).
-OBX_STATUS = {
-    "F": "final", "C": "corrected", "P": "preliminary", "R": "preliminary",
-    "I": "registered", "S": "preliminary", "U": "final", "V": "final", "O": "registered",
-    "D": "entered-in-error", "W": "entered-in-error", "X": "cancelled", "A": "amended",
-    "N": "unknown",
-}  # fmt: skip
-# OBR-25 -> DiagnosticReport.status; missing -> unknown rather than rejecting the message.
-OBR_STATUS = {
-    "O": "registered", "I": "registered", "S": "registered", "A": "partial",
-    "P": "preliminary", "C": "corrected", "R": "partial", "F": "final", "X": "cancelled",
-}  # fmt: skip
-# ORC-1 / ORC-5 -> ServiceRequest.status.
-ORC_STATUS = {
-    "NW": "active", "CA": "revoked", "OC": "revoked", "DC": "revoked", "HD": "on-hold",
-    "SC": "active", "XO": "active", "CM": "completed", "IP": "active", "A": "active",
-    "CM_": "completed",
-}  # fmt: skip
-# PV1-2 patient class -> Encounter.class (v3 ActCode).
-PV1_CLASS = {
-    "I": ("IMP", "inpatient encounter"), "O": ("AMB", "ambulatory"),
-    "E": ("EMER", "emergency"), "P": ("PRENC", "pre-admission"),
-    "R": ("AMB", "ambulatory"), "B": ("AMB", "ambulatory"),
-}  # fmt: skip
+# v2 table -> FHIR code translations are ConceptMaps read through a `Vocabulary`
+# (vocabulary.py; the data in v2_to_fhir.json), never tables of this module.
+OBSERVATION_STATUS = "http://hl7.org/fhir/observation-status"
+REPORT_STATUS = "http://hl7.org/fhir/diagnostic-report-status"
+REQUEST_STATUS = "http://hl7.org/fhir/request-status"
+GENDER = "http://hl7.org/fhir/administrative-gender"
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ADT_ENCOUNTER_STATUS = {
     "A01": "in-progress", "A02": "in-progress", "A03": "finished", "A04": "arrived",
     "A05": "planned", "A08": None, "A11": "cancelled", "A13": "in-progress",
@@ -69,6 +53,8 @@ SUPPORTED = {
                            "A31", "A40")),
 }  # fmt: skip
 ACT_CLASS = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+ACT_CLASS_DISPLAY = {"IMP": "inpatient encounter", "AMB": "ambulatory", "EMER": "emergency",
+                     "PRENC": "pre-admission"}  # fmt: skip
 
 
 class UnsupportedMessage(ValueError):
@@ -86,8 +72,11 @@ class MappingError(ValueError):
 
 
 class _Builder:
-    def __init__(self, msg: Message, systems: Mapping[str, str], tz: str) -> None:
+    def __init__(
+        self, msg: Message, systems: Mapping[str, str], tz: str, vocab: Vocabulary | None = None
+    ) -> None:
         self.msg = msg
+        self.vocab = vocab or builtin()
         self.systems = systems
         self.tz = tz
         self.entries: list[dict[str, Any]] = []
@@ -124,6 +113,10 @@ class _Builder:
             self._shared[key] = self.add(res, query)
         return self._shared[key]
 
+    def v2(self, table: str, code: str, target: str) -> str | None:
+        """The FHIR code of `target` that v2 table `table`'s `code` translates to."""
+        return self.vocab.translate(V2 + table, code, target) if code else None
+
     def system(self, authority: str) -> str:
         return identifier_system(authority, self.systems)
 
@@ -153,8 +146,11 @@ def _cx(b: _Builder, rep: list[list[str]]) -> Resource | None:
         ident["system"] = system
     kind = rep[4][0] if len(rep) > 4 else ""
     if kind:
-        ident["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                     "code": kind}]}  # fmt: skip
+        coding = {"system": V2 + "0203", "code": kind}
+        display = b.vocab.display(V2 + "0203", kind)
+        if display:
+            coding["display"] = display
+        ident["type"] = {"coding": [coding]}
     return ident
 
 
@@ -200,9 +196,7 @@ def patient(b: _Builder, pid: Segment) -> tuple[Resource, str]:
     birth = dt(pid.get(7), b.tz)
     if birth:
         res["birthDate"] = birth[:10]
-    gender = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "other"}.get(
-        pid.get(8).upper()
-    )
+    gender = b.v2("0001", pid.get(8).upper(), GENDER)
     if gender:
         res["gender"] = gender
     addrs = [a for a in (address(rep) for rep in pid.reps(11)) if a]
@@ -218,7 +212,8 @@ def encounter(b: _Builder, pv1: Segment, patient_ref: str, trigger: str) -> str 
     visit = pv1.get(19)
     if not visit:
         return None
-    cls = PV1_CLASS.get(pv1.get(2), ("AMB", "ambulatory"))
+    act = b.v2("0004", pv1.get(2), ACT_CLASS) or "AMB"
+    cls = (act, ACT_CLASS_DISPLAY.get(act, act))
     status = ADT_ENCOUNTER_STATUS.get(trigger) or "unknown"
     if trigger == "A08" or not trigger:
         status = "finished" if pv1.get(45) else "in-progress"
@@ -389,7 +384,7 @@ def _result_group(
         "resourceType": "DiagnosticReport",
         "identifier": [key.identifier()],
         "basedOn": [{"reference": sr}],
-        "status": OBR_STATUS.get(obr.get(25), "unknown"),
+        "status": b.v2("0123", obr.get(25), REPORT_STATUS) or "unknown",
         "code": codeable(obr.reps(4)) or {"text": "unknown"},
         "subject": {"reference": pref},
     }
@@ -444,7 +439,7 @@ def observation(
     res: Resource = {
         "resourceType": "Observation",
         "identifier": [ident],
-        "status": OBX_STATUS.get(obx.get(11), "unknown"),
+        "status": b.v2("0085", obx.get(11), OBSERVATION_STATUS) or "unknown",
         "code": code,
         "subject": {"reference": pref},
     }
@@ -455,8 +450,7 @@ def observation(
         res["referenceRange"] = [{"text": obx.text(7)}]
     interp = [r[0][0] for r in obx.reps(8) if r[0][0]]
     if interp:
-        sys = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-        res["interpretation"] = [{"coding": [{"system": sys, "code": c}]} for c in interp]
+        res["interpretation"] = [{"coding": [_interpretation(b, c)]} for c in interp]
     eff = dt(obx.get(14), b.tz)
     if eff:
         res["effectiveDateTime"] = eff
@@ -464,6 +458,19 @@ def observation(
     if performers:
         res["performer"] = performers
     return res, b.add(res, ident_query(ident))
+
+
+def _interpretation(b: _Builder, flag: str) -> Resource:
+    """An OBX-8 abnormal flag (table 0078) as v3 ObservationInterpretation where that
+    defines it, else as the v2 code itself."""
+    code = b.v2("0078", flag, V3_INTERPRETATION)
+    if code is not None:
+        return {"system": V3_INTERPRETATION, "code": code}
+    coding = {"system": V2 + "0078", "code": flag}
+    display = b.vocab.display(V2 + "0078", flag)
+    if display:
+        coding["display"] = display
+    return coding
 
 
 def _performers(b: _Builder, obx: Segment) -> list[Resource]:
@@ -585,6 +592,7 @@ def to_bundle(
     tz: str = "UTC",
     source: str = "",
     received: str = "",
+    vocabulary: Vocabulary | None = None,
 ) -> Resource:
     """Map a parsed message to a FHIR transaction Bundle (MessageHeader + Provenance).
 
@@ -593,7 +601,7 @@ def to_bundle(
     mtype = msg.message_type
     if mtype not in SUPPORTED:
         raise UnsupportedMessage(f"message type {mtype or '(empty)'} is not supported")
-    b = _Builder(msg, systems or {}, tz)
+    b = _Builder(msg, systems or {}, tz, vocabulary)
     code, _, trigger = mtype.partition("^")
     if code == "ORU":
         oru(b)
@@ -645,10 +653,19 @@ def orders(b: _Builder) -> None:
         elif seg.name == "SPM" and orc is not None:
             specimen(b, seg, pref, order)
         elif seg.name == "OBR":
-            st = ORC_STATUS.get(orc.get(5) if orc and orc.get(5) else (orc.get(1) if orc else ""))
+            st = _order_status(b, orc)
             ids = _order_key(b, seg, orc, pid)
             order = ids[2].value
             _service_request(b, ids, seg, pref, st or "active", [])
+
+
+def _order_status(b: _Builder, orc: Segment | None) -> str | None:
+    """ServiceRequest.status from ORC-5 (order status, 0038), else ORC-1 (order control)."""
+    if orc is None:
+        return None
+    if orc.get(5):
+        return b.v2("0038", orc.get(5), REQUEST_STATUS)
+    return b.v2("0119", orc.get(1), REQUEST_STATUS)
 
 
 def patient_key(msg: Message, systems: Mapping[str, str] | None = None) -> str:

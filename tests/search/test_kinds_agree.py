@@ -68,6 +68,17 @@ quantity = st.fixed_dictionaries(
         "code": st.sampled_from(["mg", "kg", "m,g"]),
     },
 )
+component = st.builds(
+    lambda codings, value: {"code": {"coding": codings}, **value},
+    st.lists(coding, min_size=1, max_size=2),
+    st.one_of(
+        quantity.map(lambda q: {"valueQuantity": q}),
+        st.lists(coding, min_size=1, max_size=2).map(
+            lambda c: {"valueCodeableConcept": {"coding": c}}
+        ),
+        st.just({}),
+    ),
+)
 targets = st.sampled_from(
     ["Patient/p1", "Patient/p2", "Group/g1", f"{BASE}/Patient/p1", "http://other/Patient/p1"]
 )
@@ -86,10 +97,19 @@ def observation(draw: Any) -> dict[str, Any]:
         obs["effectiveDateTime"] = draw(dates(True))
     elif which == "Period":
         obs["effectivePeriod"] = draw(period)
-    if draw(st.booleans()):
+    value = draw(st.sampled_from(["Quantity", "String", "CodeableConcept", "DateTime", None]))
+    if value == "Quantity":
         obs["valueQuantity"] = draw(quantity)
-    elif draw(st.booleans()):
+    elif value == "String":
         obs["valueString"] = draw(phrase)
+    elif value == "CodeableConcept":
+        obs["valueCodeableConcept"] = {"coding": draw(st.lists(coding, min_size=1, max_size=2))}
+    elif value == "DateTime":
+        obs["valueDateTime"] = draw(dates(True))
+    # components: a composite must pair a code and a value of the SAME component
+    components = draw(st.lists(component, max_size=3))
+    if components:
+        obs["component"] = components
     return obs
 
 
@@ -161,8 +181,46 @@ reference_value = st.sampled_from(
     + ["Patient/p1/_history/2", "d1", "Practitioner/d1"]
 )
 
+
+def composite(*parts: Any) -> Any:
+    return st.tuples(*parts).map("$".join)
+
+
+QUANTITY_COMPOSITES = ["code-value-quantity", "component-code-value-quantity"]
+CONCEPT_COMPOSITES = ["code-value-concept", "component-code-value-concept"]
+
+COMPOSITE_SEARCHES = st.one_of(
+    st.tuples(
+        st.sampled_from([*QUANTITY_COMPOSITES, "combo-code-value-quantity"]),
+        st.just(""),
+        alternatives(composite(token_value(), quantity_value)),
+    ),
+    st.tuples(
+        st.sampled_from([*CONCEPT_COMPOSITES, "combo-code-value-concept"]),
+        st.just(""),
+        alternatives(composite(token_value(), token_value())),
+    ),
+    st.tuples(st.just("code-value-string"), st.just(""), composite(token_value(), literal)),
+    st.tuples(
+        st.just("code-value-date"),
+        st.just(""),
+        alternatives(composite(token_value(), date_value)),
+    ),
+    st.tuples(  # malformed: too few or too many components, a modifier
+        st.sampled_from(["code-value-quantity", "combo-code-value-concept:exact"]),
+        st.just(""),
+        st.sampled_from(["x", "a$1$2", "a\\$1"]),
+    ),
+    st.tuples(
+        st.sampled_from(["code-value-quantity", "component-code-value-concept"]),
+        st.just(":missing"),
+        st.sampled_from(["true", "false"]),
+    ),
+)
+
 SEARCHES = {
     "Observation": st.one_of(
+        COMPOSITE_SEARCHES,
         st.tuples(st.just("code"), st.sampled_from(["", ":not"]), alternatives(token_value())),
         st.tuples(st.just("code"), st.just(":text"), phrase),
         st.tuples(st.just("date"), st.just(""), alternatives(date_value)),
@@ -230,6 +288,33 @@ def derived(generated: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]
             add(t, "value-quantity", f"{q['value']}||{unit}", f"ap{q['value']}")
         if "valueString" in r:
             add(t, "value-string", escape(r["valueString"]), escape(r["valueString"][:2]))
+        for element, prefix in [
+            (r, "code-value"),
+            *((c, "component-code-value") for c in r.get("component", [])),
+        ]:
+            for c in element.get("code", {}).get("coding", []):
+                code, system = escape(c.get("code", "")), escape(c.get("system", ""))
+                token = f"{system}|{code}" if "system" in c else code
+                if "valueQuantity" in element:
+                    q = element["valueQuantity"]
+                    for name in (f"{prefix}-quantity", "combo-code-value-quantity"):
+                        add(t, name, f"{token}${q['value']}", f"{code}$ge{q['value']}")
+                for v in element.get("valueCodeableConcept", {}).get("coding", []):
+                    value = escape(v.get("code", "")) or "x"
+                    for name in (f"{prefix}-concept", "combo-code-value-concept"):
+                        add(t, name, f"{token}${value}")
+                if "valueString" in element:
+                    add(t, "code-value-string", f"{token}${escape(element['valueString'][:2])}")
+                if "valueDateTime" in element:
+                    add(t, "code-value-date", f"{token}${element['valueDateTime'][:7]}")
+        parts = r.get("component", [])
+        for a in parts:  # a code of one component with the value of another: no match
+            for b in parts:
+                for c in a["code"]["coding"]:
+                    if "valueQuantity" in b:
+                        value = f"{escape(c.get('code', ''))}${b['valueQuantity']['value']}"
+                        add(t, "component-code-value-quantity", value)
+                        add(t, "combo-code-value-quantity", value)
         if "subject" in r and t == "Observation":
             add(t, "subject", r["subject"]["reference"])
         for name in r.get("name", []):
@@ -246,11 +331,14 @@ def derived(generated: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]
 
 
 @st.composite
-def searches_for(draw: Any, generated: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def searches_for(
+    draw: Any, generated: list[dict[str, Any]], only: Any = None
+) -> list[tuple[str, str, str]]:
     pool = derived(generated)
     res_type = draw(st.sampled_from(sorted({r["resourceType"] for r in generated} or SEARCHES)))
     out = []
-    for name, modifier, value in draw(st.lists(SEARCHES[res_type], min_size=1, max_size=4)):
+    kinds = only if only is not None else SEARCHES[res_type]
+    for name, modifier, value in draw(st.lists(kinds, min_size=1, max_size=4)):
         name += modifier
         values = pool.get((res_type, name.split(":")[0]))
         if values and ":missing" not in name and draw(st.booleans()):
@@ -315,6 +403,48 @@ def test_sql_search_and_in_memory_matcher_agree(
 ) -> None:
     stored = _stored(store, generated)
     for res_type, name, value in data.draw(searches_for(generated)):
+        expected = _in_memory(stored, res_type, name, value)
+        for direct in (False, True):
+            found = _by_sql(store, res_type, name, value, direct)
+            assert found == expected, (res_type, name, value, direct, stored)
+
+
+# Observations with several components coded from a small pool, so that a code of one
+# component next to the value of another (which must not match) comes up often.
+few_codings = st.sampled_from(
+    [{"system": "http://loinc.org", "code": c} for c in ("8480-6", "8462-4")] + [{"code": "a$b"}]
+)
+panel = st.builds(
+    lambda code, parts: {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [code]},
+        "component": parts,
+    },
+    few_codings,
+    st.lists(
+        st.builds(
+            lambda c, q: {"code": {"coding": [c]}, "valueQuantity": q},
+            few_codings,
+            quantity,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+
+
+@SETTINGS
+@given(generated=st.lists(panel, min_size=1, max_size=4), data=st.data())
+def test_composite_sql_search_and_in_memory_matcher_agree(
+    store: Store, generated: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    stored = _stored(store, generated)
+    searches = data.draw(searches_for(generated, COMPOSITE_SEARCHES))
+    for (res_type, name), values in derived(generated).items():
+        if "-code-value-" in name:  # every pairing the content offers, same element or not
+            searches.extend((res_type, name, v) for v in values)
+    for res_type, name, value in searches:
         expected = _in_memory(stored, res_type, name, value)
         for direct in (False, True):
             found = _by_sql(store, res_type, name, value, direct)

@@ -1,14 +1,23 @@
 """One module per search-parameter kind, and the table the generic search code dispatches on.
 
 Each module holds its kind's index-row extraction (`build`), SQL condition (`condition`),
-direct-SQL fast path (`direct`, token/string/reference only) and in-memory test (`match`);
-escape.py is the one splitter of search values they all use. `composite` has no entry: not
-supported (composite.py says why).
+direct-SQL fast path (`direct`: token, string, reference, and composites of those) and
+in-memory test (`match`); escape.py is the one splitter of search values they all use.
+`composite` tests each component with its component's kind (composite.py).
 """
 
 from __future__ import annotations
 
-from fhir_server.search.kinds import date, number, quantity, reference, string, token, uri
+from fhir_server.search.kinds import (
+    composite,
+    date,
+    number,
+    quantity,
+    reference,
+    string,
+    token,
+    uri,
+)
 from fhir_server.search.kinds.base import IndexRows, Kind
 from fhir_server.search.registry import SearchParam
 
@@ -22,6 +31,7 @@ KINDS: dict[str, Kind] = {
         quantity.KIND,
         number.KIND,
         uri.KIND,
+        composite.KIND,
     )
 }
 SUPPORTED_KINDS = frozenset(KINDS)

@@ -33,6 +33,8 @@ class IndexRows:
     )
     numbers: list[tuple[str, float, float]] = field(default_factory=list)
     uris: list[tuple[str, str]] = field(default_factory=list)
+    # (param, element, part, *the idx_composite value columns): see composite.py
+    composites: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 # (parameter code, values the expression found, rows to add to, server base URL)
@@ -41,9 +43,9 @@ Builder = Callable[[str, list[Any], IndexRows, str | None], None]
 Condition = Callable[[str, Any, str, str, str], ColumnElement[bool]]
 # (parameter code, its rows of the kind, modifier, one escaped value, server base URL)
 Matcher = Callable[[str, Sequence[tuple[Any, ...]], str, str, str], bool]
-# (one escaped value without modifier, server base URL) -> SQL text on alias `t` and its
-# parameters, or None when the value is not simple enough for the fast path
-Direct = Callable[[str, str], tuple[str, list[Any]] | None]
+# (parameter code, one escaped value without modifier, server base URL) -> SQL text on alias
+# `t` and its parameters, or None when the value is not simple enough for the fast path
+Direct = Callable[[str, str, str], tuple[str, list[Any]] | None]
 
 
 @dataclass(frozen=True, slots=True)

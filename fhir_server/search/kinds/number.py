@@ -15,7 +15,11 @@ from fhir_server.search.kinds.escape import unescape
 
 
 def is_number(v: Any) -> TypeGuard[int | float | Decimal]:
-    return type(v) in (int, float) or isinstance(v, Decimal)
+    """A JSON number: int, float, or a decimal kept as written (`fhirjson.FhirDecimal`) whose
+    magnitude the index's doubles can hold (`1e400` is kept in the body, not indexed)."""
+    if type(v) is int:
+        return True
+    return (type(v) is float or isinstance(v, Decimal)) and abs(float(v)) < 1e308
 
 
 def build(code: str, values: list[Any], rows: IndexRows, base: str | None) -> None:

@@ -110,7 +110,7 @@ def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str,
     )
 
 
-def direct(value: str, base: str) -> tuple[str, list[Any]] | None:
+def direct(code: str, value: str, base: str) -> tuple[str, list[Any]] | None:
     if base and value.startswith(base + "/"):
         value = value[len(base) + 1 :]
     if "://" in value or value.startswith("urn:"):

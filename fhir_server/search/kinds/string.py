@@ -75,7 +75,7 @@ def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str,
     return any(folded.startswith(norm) for _, folded, _ in rows)
 
 
-def direct(value: str, base: str) -> tuple[str, list[Any]] | None:
+def direct(code: str, value: str, base: str) -> tuple[str, list[Any]] | None:
     norm = normalize_string(value)
     if not norm:
         return None

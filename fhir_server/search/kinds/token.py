@@ -102,7 +102,7 @@ def match(code: str, rows: Sequence[tuple[Any, ...]], modifier: str, value: str,
     return False
 
 
-def direct(value: str, base: str) -> tuple[str, list[Any]] | None:
+def direct(code: str, value: str, base: str) -> tuple[str, list[Any]] | None:
     parts = split_pipe(value)
     if len(parts) == 1:
         return sql_equals("code", parts[0])

@@ -20,6 +20,7 @@ from typing import Any
 
 from fhir_server.validation import fhirpath
 from fhir_server.validation.invariants import Invariant, compile_constraints
+from fhir_server.validation.valuesets import membership
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 _BUILD = threading.RLock()  # compiling checkers (once per type and process)
@@ -444,6 +445,25 @@ class Compiled:
         if type_name not in ("code", "Coding", "CodeableConcept", "string", "uri", "Quantity"):
             return None
 
+        def _ask(member: Any, v: Any, path: str, run: Run) -> None:
+            """Per code, through the terminology service (None: it cannot tell, not judged)."""
+            if isinstance(v, str):
+                if member(url, None, v) is False:
+                    report(run, path, f"the code '{_show(v)}'")
+                return
+            if not isinstance(v, dict):
+                return
+            codings = [v] if type_name in ("Coding", "Quantity") else v.get("coding")
+            if type(codings) is not list or not codings:
+                return
+            verdicts = [
+                member(url, c.get("system"), c["code"])
+                for c in codings
+                if isinstance(c, dict) and isinstance(c.get("code"), str)
+            ]
+            if verdicts and all(x is False for x in verdicts):
+                report(run, path, "none of the codings")
+
         def report(run: Run, path: str, what: str) -> None:
             text = f"{what} is not in the value set {url} ({strength} binding)"
             if required:
@@ -458,7 +478,10 @@ class Compiled:
             if codes is None and run.conformance is not None:
                 codes = run.conformance.value_set_codes(url)
             if codes is None:
-                return  # a value set known only to an external terminology server
+                member = membership()
+                if member is not None:
+                    _ask(member, v, path, run)
+                return  # else a value set known only to an external terminology server
             if type_name in ("code", "string", "uri"):
                 if isinstance(v, str) and not any(v in c for c in codes.values()):
                     report(run, path, f"the code '{_show(v)}'")

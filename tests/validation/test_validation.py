@@ -563,3 +563,37 @@ def test_checkers_compile_safely_from_concurrent_requests() -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_bindings_to_value_sets_only_the_terminology_service_knows(client: TestClient) -> None:
+    """A stored profile binds Observation.interpretation (required) to the HL7 v2 table 0078
+    value set, which only the terminology service holds: its codes pass, others are refused."""
+    url = "http://example.org/fhir/StructureDefinition/v2-flags"
+    profile = {
+        "resourceType": "StructureDefinition", "id": "v2-flags", "url": url, "name": "V2Flags",
+        "status": "active", "kind": "resource", "abstract": False, "type": "Observation",
+        "derivation": "constraint",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+        "differential": {"element": [{
+            "id": "Observation.interpretation", "path": "Observation.interpretation",
+            "binding": {"strength": "required",
+                        "valueSet": "http://terminology.hl7.org/ValueSet/v2-0078"}}]},
+    }  # fmt: skip
+    assert client.put("/fhir/StructureDefinition/v2-flags", json=profile).status_code == 201
+
+    def flagged(code: str) -> dict[str, Any]:
+        return observation(
+            meta={"profile": [url]},
+            interpretation=[
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": code}
+                    ]
+                }
+            ],
+        )
+
+    assert client.post("/fhir/Observation", json=flagged("H")).status_code == 201
+    refused = client.post("/fhir/Observation", json=flagged("NOT-A-FLAG"))
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["issue"][0]["expression"] == ["Observation.interpretation[0]"]

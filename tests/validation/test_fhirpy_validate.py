@@ -17,8 +17,11 @@ def test_fhirpy_validates(live: tuple[Any, str]) -> None:  # noqa: F811
     token = _token(app, root, "system/Observation.cruds")
     fhir = SyncFHIRClient(f"{root}/fhir", authorization=f"Bearer {token}")
     bad = {"resourceType": "Observation", "status": "bogus", "code": {"text": "weight"}}
-    outcome = fhir.execute("Observation/$validate", data={
-        "resourceType": "Parameters", "parameter": [{"name": "resource", "resource": bad}]})  # fmt: skip
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "resource", "resource": bad}],
+    }
+    outcome = fhir.execute("Observation/$validate", data=parameters)
     errors = [i for i in outcome["issue"] if i["severity"] == "error"]
     assert [i["expression"] for i in errors] == [["Observation.status"]]
     with pytest.raises(FhirpyOutcome) as refused:

@@ -139,6 +139,8 @@ class Runtime(ChannelConfigs):
         # stored CodeSystems, ValueSets and ConceptMaps count; a committed change to one
         # empties the caches (other processes notice through a stamp query)
         self.terminology = terminology.configure(self.engine)
+        # required bindings to value sets the generated tables lack (stored ones, v2 tables)
+        validation.valuesets.set_membership(terminology.contains)
         self.store.change_listeners.append(self.terminology.invalidate)
         self.services = Services()
 

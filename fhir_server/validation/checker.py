@@ -12,6 +12,7 @@ Every problem is collected (`Run.issues`), each with the FHIRPath of the element
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,8 +20,10 @@ from typing import Any
 
 from fhir_server.validation import fhirpath
 from fhir_server.validation.invariants import Invariant, compile_constraints
+from fhir_server.validation.valuesets import membership
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+_BUILD = threading.RLock()  # compiling checkers (once per type and process)
 MAX_STRING = 1024 * 1024  # R4: strings SHALL NOT exceed 1 MB
 
 
@@ -194,7 +197,13 @@ class Compiled:
     def type_check(self, name: str) -> Check:
         found = self._types.get(name)
         if found is None:
-            found = self._types[name] = self._build_type(name)
+            # request threads compile types concurrently; a half-built recursive node
+            # (`deferred`) must never be seen by another thread
+            with _BUILD:
+                found = self._types.get(name)
+                if found is None:
+                    found = self._build_type(name)
+                    self._types[name] = found
         return found
 
     def _build_type(self, name: str) -> Check:
@@ -259,6 +268,7 @@ class Compiled:
         handlers: dict[str, Handler] = {}
         required: list[tuple[str, tuple[str, ...], int]] = []
         choice_groups: list[tuple[str, tuple[str, ...]]] = []
+        sliced: list[tuple[str, list[dict[str, Any]]]] = []
         constraints = definition.get("constraints", {})
         for name, spec in children.items():
             types = spec.get("types") or []
@@ -289,6 +299,8 @@ class Compiled:
                 required.append((name, tuple(keys), spec["min"]))
             if spec.get("choice"):
                 choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
+            if spec.get("slices") and not spec.get("choice"):
+                sliced.append((name, spec["slices"]))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
 
         def check(v: Any, path: str, run: Run) -> None:
@@ -321,6 +333,8 @@ class Compiled:
                 if len(present) > 1:
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
+            for name, slices in sliced:
+                _check_slices(v.get(name), slices, f"{path}.{name}", run)
             for inv in own:
                 inv.check(v, path, run)
 
@@ -340,6 +354,9 @@ class Compiled:
         binding = spec.get("binding")
         fixed, pattern = spec.get("fixed"), spec.get("pattern")
         bind = self._binding(binding, type_name) if binding else None
+        targets = spec.get("targets")
+        if type_name == "Reference" and targets:
+            bind = _target_check(frozenset(targets), bind)
 
         def extra(v: Any, path: str, run: Run) -> None:
             check(v, path, run)
@@ -428,6 +445,25 @@ class Compiled:
         if type_name not in ("code", "Coding", "CodeableConcept", "string", "uri", "Quantity"):
             return None
 
+        def _ask(member: Any, v: Any, path: str, run: Run) -> None:
+            """Per code, through the terminology service (None: it cannot tell, not judged)."""
+            if isinstance(v, str):
+                if member(url, None, v) is False:
+                    report(run, path, f"the code '{_show(v)}'")
+                return
+            if not isinstance(v, dict):
+                return
+            codings = [v] if type_name in ("Coding", "Quantity") else v.get("coding")
+            if type(codings) is not list or not codings:
+                return
+            verdicts = [
+                member(url, c.get("system"), c["code"])
+                for c in codings
+                if isinstance(c, dict) and isinstance(c.get("code"), str)
+            ]
+            if verdicts and all(x is False for x in verdicts):
+                report(run, path, "none of the codings")
+
         def report(run: Run, path: str, what: str) -> None:
             text = f"{what} is not in the value set {url} ({strength} binding)"
             if required:
@@ -442,7 +478,10 @@ class Compiled:
             if codes is None and run.conformance is not None:
                 codes = run.conformance.value_set_codes(url)
             if codes is None:
-                return  # a value set known only to an external terminology server
+                member = membership()
+                if member is not None:
+                    _ask(member, v, path, run)
+                return  # else a value set known only to an external terminology server
             if type_name in ("code", "string", "uri"):
                 if isinstance(v, str) and not any(v in c for c in codes.values()):
                     report(run, path, f"the code '{_show(v)}'")
@@ -465,6 +504,69 @@ class Compiled:
                 report(run, path, f"none of the codings ({shown})")
 
         return bind
+
+
+_LITERAL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?")
+
+
+def _values_at(item: Any, path: str) -> list[Any]:
+    if path == "$this":
+        return [item]
+    found = [item]
+    for step in path.split("."):
+        nxt: list[Any] = []
+        for f in found:
+            v = f.get(step) if type(f) is dict else None
+            if type(v) is list:
+                nxt.extend(x for x in v if x is not None)
+            elif v is not None:
+                nxt.append(v)
+        found = nxt
+    return found
+
+
+def _in_slice(item: Any, match: dict[str, list[Any]]) -> bool:
+    for path, (kind, value) in match.items():
+        values = _values_at(item, path)
+        if kind == "fixed":
+            ok = any(_matches_pattern(x, value) and _matches_pattern(value, x) for x in values)
+        else:
+            ok = any(_matches_pattern(x, value) for x in values)
+        if not ok:
+            return False
+    return True
+
+
+def _check_slices(value: Any, slices: list[dict[str, Any]], path: str, run: Run) -> None:
+    """A profile's slices: how many repetitions match each slice's discriminator values,
+    against the slice's cardinality."""
+    items = value if type(value) is list else ([] if value is None else [value])
+    for s in slices:
+        n = sum(1 for item in items if _in_slice(item, s["match"]))
+        if n < s["min"]:
+            run.error("required", path, f"slice '{s['name']}' needs at least {s['min']} "
+                      f"item(s) matching {_show(s['match'])}; found {n}")  # fmt: skip
+        elif 0 <= s["max"] < n:
+            run.error("structure", path, f"slice '{s['name']}' allows at most {s['max']} "
+                      f"item(s); found {n}")  # fmt: skip
+
+
+def _target_check(targets: frozenset[str], then: Check | None) -> Check:
+    """A literal reference (`[base/]Type/id`) must name one of the element's target types
+    (R4 `targetProfile`); other references (`#id`, `urn:uuid:`, logical) cannot be judged."""
+    allowed = ", ".join(sorted(targets))
+
+    def check(v: Any, path: str, run: Run) -> None:
+        ref = v.get("reference") if type(v) is dict else None
+        if isinstance(ref, str) and not ref.startswith(("#", "urn:")):
+            m = _LITERAL.fullmatch(ref)
+            if m is not None and m.group(1) not in targets:
+                run.error("structure", f"{path}.reference", f"a reference to {m.group(1)} is "
+                          f"not allowed here (allowed: {allowed})")  # fmt: skip
+        if then is not None:
+            then(v, path, run)
+
+    return check
 
 
 def _coding_in(coding: dict[str, Any], codes: dict[str, frozenset[str]]) -> bool:

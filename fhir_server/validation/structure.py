@@ -54,6 +54,57 @@ def type_name(item: dict[str, Any]) -> str:
     return code
 
 
+def _fixed(el: dict[str, Any]) -> list[Any] | None:
+    for key, value in el.items():
+        if key.startswith("fixed"):
+            return ["fixed", value]
+        if key.startswith("pattern"):
+            return ["pattern", value]
+    return None
+
+
+def _slice_part(el: dict[str, Any], el_id: str, slices: dict[str, dict[str, Any]]) -> None:
+    """Collect a slice (`path:name`) and the fixed/pattern values of its children, by which
+    its members are recognised (re-slicing and slices inside slices are left out)."""
+    base, _, rest = el_id.partition(":")
+    name, _, rel = rest.partition(".")
+    if ":" in rel or "." in base.rpartition(".")[0] and ":" in base:
+        return
+    entry = slices.setdefault(base, {}).setdefault(name, {"name": name, "expect": {}})
+    fixed = _fixed(el)
+    if not rel:
+        entry["min"] = int(el.get("min", 0))
+        mx = str(el.get("max", "*"))
+        entry["max"] = -1 if mx == "*" else int(mx)
+        if fixed:
+            entry["expect"]["$this"] = fixed
+    elif fixed:
+        entry["expect"][rel.replace("[x]", "")] = fixed
+
+
+def _attach_slices(
+    nodes: dict[str, dict[str, Any]],
+    discriminators: dict[str, list[list[str]]],
+    slices: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    """A sliced element's slices, each with the value its discriminators must match; only
+    `value`/`pattern` discriminators whose every path has a fixed or pattern value."""
+    for base, by_name in slices.items():
+        discs = discriminators.get(base)
+        parent, _, name = base.rpartition(".")
+        spec = nodes.get(parent, {}).get(name.removesuffix("[x]"))
+        if not discs or spec is None:
+            continue
+        usable = []
+        for s in by_name.values():
+            expect = {p: s["expect"].get(p) for _, p in discs}
+            if all(t in ("value", "pattern") for t, _ in discs) and all(expect.values()):
+                usable.append({"name": s["name"], "min": s.get("min", 0),
+                               "max": s.get("max", -1), "match": expect})  # fmt: skip
+        if usable:
+            spec["slices"] = usable
+
+
 def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, Any]:
     """Reduce a StructureDefinition (with a snapshot) to its nodes and constraints.
 
@@ -66,10 +117,17 @@ def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, A
     url = str(sd.get("url", ""))
     nodes: dict[str, dict[str, Any]] = {root: {}}
     constraints: dict[str, list[list[str]]] = {}
+    discriminators: dict[str, list[list[str]]] = {}
+    slices: dict[str, dict[str, dict[str, Any]]] = {}
     for el in elements:
         el_id = str(el.get("id", el["path"]))
         if ":" in el_id:
+            _slice_part(el, el_id, slices)
             continue
+        if el.get("slicing", {}).get("discriminator"):
+            discriminators[el_id] = [
+                [str(d.get("type")), str(d.get("path"))] for d in el["slicing"]["discriminator"]
+            ]
         path = str(el["path"])
         keep = [
             [c["key"], c.get("severity", "error"), c.get("expression", ""), c.get("human", "")]
@@ -123,6 +181,7 @@ def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, A
             if key.startswith("fixed") or key.startswith("pattern"):
                 spec["fixed" if key.startswith("fixed") else "pattern"] = value
         nodes.setdefault(parent, {})[name] = spec
+    _attach_slices(nodes, discriminators, slices)
     return {
         "type": root,
         "kind": sd.get("kind", ""),

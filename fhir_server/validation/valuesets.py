@@ -19,6 +19,22 @@ Codes = dict[str, frozenset[str]]
 # (value set url) -> {system: codes}, or None when the source does not know the value set
 CodeSource = Callable[[str], "Codes | None"]
 _sources: list[CodeSource] = []
+# (value set url, system or None, code) -> member?, None when it cannot tell: the terminology
+# service's question (fhir_server.terminology.contains), asked for value sets no table holds
+Membership = Callable[[str, "str | None", str], "bool | None"]
+_membership: list[Membership] = []
+
+
+def set_membership(member: Membership | None) -> None:
+    """The terminology service the validator asks about value sets it cannot expand itself
+    (stored ones, the HL7 v2 tables); the composition root plugs it in."""
+    _membership.clear()
+    if member is not None:
+        _membership.append(member)
+
+
+def membership() -> Membership | None:
+    return _membership[0] if _membership else None
 
 
 @cache

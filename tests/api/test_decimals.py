@@ -39,6 +39,7 @@ def observation(obs_id: str, subject: str = "Patient/p1") -> bytes:
   "contained": [{{"resourceType": "Medication", "id": "m",
                   "amount": {{"numerator": {{"value": {s["contained"]}}},
                              "denominator": {{"value": 1}}}}}}],
+  "focus": [{{"reference": "#m"}}],
   "extension": [{{"url": "http://example.org/pi", "valueDecimal": {s["ext"]}}},
                 {{"url": "http://example.org/n", "valueDecimal": {s["neg"]}}}],
   "valueQuantity": {{"value": {s["qty"]}, "unit": "g", "system": "http://unitsofmeasure.org",

@@ -34,6 +34,20 @@ INVALID: dict[str, tuple[str, str]] = {
         "linkId is required", "Questionnaire.item.linkId is 1..1; nested items have none"),
     "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json": (
         "not a valid id", "its id has 68 characters; an R4 id has at most 64"),
+    # a literal reference to a type the element's targetProfile does not list
+    "DeviceMetric-example.json": (
+        "reference to DeviceDefinition is not allowed", "DeviceMetric.parent is Reference(Device)"),
+    "DeviceUseStatement-example.json": (
+        "reference to Procedure is not allowed",
+        "reasonReference: Condition, Observation, DiagnosticReport, DocumentReference, Media"),
+    "MedicationRequest-medrx0301.json": (
+        "reference to Practitioner is not allowed",
+        "dispenseRequest.performer is Reference(Organization)"),
+    "Observation-clinical-gender.json": (
+        "reference to Encounter is not allowed", "Observation.performer cannot be an Encounter"),
+    "OrganizationAffiliation-orgrole1.json": (
+        "reference to Network is not allowed",
+        "network is Reference(Organization); 'Network' is not a resource type"),
     **{
         f"StructureDefinition-{name}.json": (
             "sdf-4", "sdf-4: a logical model that is not abstract has no baseDefinition")

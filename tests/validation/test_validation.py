@@ -217,6 +217,14 @@ def test_numbers_may_be_int_float_or_decimal() -> None:
     assert errors(observation(valueInteger=True)) != []
 
 
+def test_literal_references_must_name_a_target_type() -> None:
+    wrong = observation(subject={"reference": "Medication/1"})
+    assert [e for e, _ in errors(wrong)] == ["Observation.subject.reference"]
+    for ok in ("Patient/1", "http://other.org/fhir/Group/2/_history/3", "urn:uuid:1"):
+        found = errors(observation(subject={"reference": ok}))
+        assert not [e for e, _ in found if e.startswith("Observation.subject")], ok
+
+
 def test_contained_and_bundle_entries_are_validated_by_their_own_type() -> None:
     contained = observation(
         contained=[{"resourceType": "Patient", "id": "p", "gender": "xyz"}],
@@ -496,3 +504,96 @@ def test_stored_profile_takes_effect_without_restart(client: TestClient) -> None
     profile["differential"]["element"] = profile["differential"]["element"][1:]
     assert client.put("/fhir/StructureDefinition/needs-birthdate", json=profile).status_code == 200
     assert client.post("/fhir/Patient", json={**claimed, "gender": "male"}).status_code == 201
+
+
+def test_profile_slices_are_counted() -> None:
+    """US Core blood pressure slices `component` by code (systolic, diastolic: 1..1 each) and
+    `category` by coding (vital-signs 1..1)."""
+    url = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-blood-pressure"
+
+    def component(code: str) -> dict[str, Any]:
+        return {"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system":
+                                  "http://unitsofmeasure.org", "code": "mm[Hg]"}}  # fmt: skip
+
+    bp = {
+        "resourceType": "Observation", "meta": {"profile": [url]}, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                  "observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": "Patient/1"}, "effectiveDateTime": "2020-01-01",
+        "component": [component("8480-6"), component("8462-4")],
+    }  # fmt: skip
+    slice_errors = [t for _, t in errors(bp) if "slice" in t]
+    assert slice_errors == []
+    no_diastolic = {**bp, "component": [component("8480-6"), component("8480-6")]}
+    texts = [t for _, t in errors(no_diastolic) if "slice" in t]
+    assert any("'diastolic'" in t for t in texts) and any("'systolic'" in t for t in texts)
+    no_category = {**bp, "category": [{"text": "vitals"}]}
+    assert any("'VSCat'" in t for _, t in errors(no_category))
+
+
+def test_checkers_compile_safely_from_concurrent_requests() -> None:
+    """The first requests of a process compile the checkers from several threads at once; a
+    recursive type (Questionnaire.item) is never used half-built."""
+    import threading
+
+    from fhir_server.validation.checker import Compiled, Run
+
+    fresh = Compiled(definitions())
+    questionnaire = {
+        "resourceType": "Questionnaire",
+        "status": "draft",
+        "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string"}]}],
+    }
+    failures: list[str] = []
+
+    def work() -> None:
+        try:
+            for res in (questionnaire, observation(), {"resourceType": "Patient"}):
+                run = Run(resource=res, root=res)
+                fresh.type_check(res["resourceType"])(res, res["resourceType"], run)
+                failures.extend(i.text for i in run.issues if i.severity == "error")
+        except Exception as exc:  # noqa: BLE001 - any failure of a thread is the finding
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_bindings_to_value_sets_only_the_terminology_service_knows(client: TestClient) -> None:
+    """A stored profile binds Observation.interpretation (required) to the HL7 v2 table 0078
+    value set, which only the terminology service holds: its codes pass, others are refused."""
+    url = "http://example.org/fhir/StructureDefinition/v2-flags"
+    profile = {
+        "resourceType": "StructureDefinition", "id": "v2-flags", "url": url, "name": "V2Flags",
+        "status": "active", "kind": "resource", "abstract": False, "type": "Observation",
+        "derivation": "constraint",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+        "differential": {"element": [{
+            "id": "Observation.interpretation", "path": "Observation.interpretation",
+            "binding": {"strength": "required",
+                        "valueSet": "http://terminology.hl7.org/ValueSet/v2-0078"}}]},
+    }  # fmt: skip
+    assert client.put("/fhir/StructureDefinition/v2-flags", json=profile).status_code == 201
+
+    def flagged(code: str) -> dict[str, Any]:
+        return observation(
+            meta={"profile": [url]},
+            interpretation=[
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": code}
+                    ]
+                }
+            ],
+        )
+
+    assert client.post("/fhir/Observation", json=flagged("H")).status_code == 201
+    refused = client.post("/fhir/Observation", json=flagged("NOT-A-FLAG"))
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["issue"][0]["expression"] == ["Observation.interpretation[0]"]

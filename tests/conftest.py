@@ -7,45 +7,22 @@ Without PostgreSQL the PostgreSQL half is skipped locally, but in CI (CI=true) t
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
-from store_support import clear_tables
+from store_support import clear_tables, own_database
 
 from interop.app import create_app
 from interop.settings import Settings
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BASE = "http://testserver/fhir"
 
 
 def _postgres_database() -> Iterator[str]:
-    name = f"interop_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        if IN_CI:
-            pytest.fail(
-                f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {exc}"
-            )
-        pytest.skip(f"PostgreSQL not reachable ({exc}); set CI=true to make this a failure")
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with own_database("postgresql") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

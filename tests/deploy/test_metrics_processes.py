@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import pytest
 from metrics_support import value
 from prometheus_client.mmap_dict import MmapedDict
-from sqlalchemy import create_engine, text
+from store_support import own_database
 
 from hl7_listener.mllp import EB, frame
 
@@ -44,26 +43,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def own_database(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve_database(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database of this module's own, of the session's kind: the server below makes its
     signing keys with a secret key file of its own, which the session's apps could not read."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('serve-db') / 'interop.db'}"
-        return
-    name = f"interop_serve_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield database_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_database(database_url, tmp_path_factory.mktemp("serve-db"), "interop_serve") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def server(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def server(serve_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     folder = tmp_path_factory.mktemp("serve")
     metrics_dir = folder / "metrics"
     metrics_dir.mkdir()
@@ -71,7 +59,7 @@ def server(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     http_port, mllp_port = free_port(), free_port()
     env = {
         **os.environ,
-        "INTEROP_DATABASE_URL": own_database,
+        "INTEROP_DATABASE_URL": serve_database,
         "INTEROP_AUTH": "off",
         "INTEROP_METRICS": "on",
         "INTEROP_WORKERS": "2",

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,35 +20,20 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, func, select, text
+from store_support import own_database
 
 from hl7_listener.inbox import hl7_messages
 from interop import demo
 from smart_auth.registry import Registry
 
 BIN = Path(sys.executable).parent
-POSTGRES_ADMIN_URL = os.environ.get(
-    "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def fresh_postgres() -> Iterator[str]:
     """A new, empty PostgreSQL database (the first start needs one), dropped afterwards.
     Like tests/conftest.py: skipped locally without PostgreSQL, a failure in CI."""
-    name = f"interop_demo_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL not reachable ({exc})")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_database("postgresql", prefix="interop_demo") as url:
+        yield url
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from imaging_support import PASSWORD, USER, Orthanc, running_orthanc
 from sqlalchemy import create_engine, text
+from store_support import IN_CI, own_database
 from topology import (
     Process,
     Receiver,
@@ -41,10 +41,6 @@ from topology import (
 
 from ai_worker.phantom import make_phantom, write_series
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MESSAGES, REST_WRITES, PATIENTS = 120, 60, 15
 STUDIES_BEFORE, STUDIES_AFTER = 2, 1
 
@@ -57,19 +53,8 @@ def _missing(what: str) -> None:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    name = f"interop_replicas_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - no PostgreSQL here
-        _missing(f"PostgreSQL ({exc})")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_database("postgresql", prefix="interop_replicas") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table
+from store_support import own_database
 
 from fhir_server.store.db import create_db_engine, schema_is_current, upgrade
 from fhir_server.store.work import Leases, WorkQueue
@@ -115,20 +116,8 @@ def test_a_singleton_runs_on_one_process_and_fails_over(app) -> None:  # type: i
 
 @pytest.fixture
 def fresh_database(database_url: str, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path}/fresh.db"
-        return
-    name = f"interop_fresh_{uuid.uuid4().hex[:10]}"
-    server = database_url.rsplit("/", 1)[0]
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield database_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_database(database_url, tmp_path, "interop_fresh") as url:
+        yield url
 
 
 def test_replicas_migrating_at_once_all_start(fresh_database: str) -> None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
-from store_support import clear_tables
+from store_support import clear_tables, own_database
 from subscription_helpers import Receiver
 
 from interop.app import create_app
@@ -34,22 +31,8 @@ def clear(app: Any, keep: frozenset[str] = frozenset()) -> None:
 def subs_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database of the Subscription apps' own: delivery depends on which process holds the
     outbox consumer's lease, so no other test module's app may share it."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('subs-db') / 'subs.db'}"
-        return
-    admin_url = os.environ.get(
-        "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"interop_subs_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_database(database_url, tmp_path_factory.mktemp("subs-db"), "interop_subs") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

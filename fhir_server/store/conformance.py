@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fhir_server.validation.valuesets import Codes, expand_stored
+from fhir_server.terminology import service
+from fhir_server.validation.valuesets import Codes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,7 +61,8 @@ class StoredConformance:
         return self.find("StructureDefinition", url)
 
     def value_set_codes(self, url: str) -> Codes | None:
-        value_set = self.find("ValueSet", url)
-        if value_set is None:
+        """A stored ValueSet's codes, expanded by the terminology service over what this
+        transaction sees; None when it is not stored or draws on a system not held here."""
+        if self.find("ValueSet", url) is None:
             return None
-        return expand_stored(value_set, lambda system: self.find("CodeSystem", system))
+        return service().within(self.find).codes(url)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from fhir_server.terminology.service import Expansion, NotExpandable, Terminology
 
-__all__ = ["Expansion", "NotExpandable", "Terminology", "V2Vocabulary", "codes", "configure",
+__all__ = ["Expansion", "NotExpandable", "Terminology", "V2Vocabulary", "configure",
            "contains", "service"]  # fmt: skip
 
 _default = Terminology()
@@ -39,12 +39,6 @@ def contains(valueset_url: str, system: str | None, code: str) -> bool | None:
     """Is `system|code` in the ValueSet `valueset_url` (`url|version` accepted)? None when
     this server cannot tell (unknown value set, or a code system it does not hold)."""
     return _default.contains(valueset_url, system, code)
-
-
-def codes(valueset_url: str) -> dict[str, frozenset[str]] | None:
-    """Every code of the ValueSet by system; None when it cannot be listed in full (fits
-    `fhir_server.validation.valuesets.set_code_source`)."""
-    return _default.codes(valueset_url)
 
 
 class V2Vocabulary:

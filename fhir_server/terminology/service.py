@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources as package_files
 from typing import Any
@@ -159,6 +159,12 @@ class Terminology:
         url = url.split("|", 1)[0]
         found = self._stored_content().by_url[kind].get(url)
         return found if found is not None else self._builtins().by_url[kind].get(url)
+
+    def within(self, find: Callable[[str, str], dict[str, Any] | None]) -> Terminology:
+        """This service as one transaction sees it: `find(kind, url)` (what the transaction
+        has stored, committed or not) before the built-in content; caches live with the view.
+        The validator's question for a ValueSet stored earlier in the same Bundle."""
+        return _Within(find, self._builtins())
 
     def resource_by_id(self, kind: str, res_id: str) -> dict[str, Any] | None:
         found = self._stored_content().by_id[kind].get(res_id)
@@ -313,8 +319,8 @@ class Terminology:
     # -- the questions -------------------------------------------------------------------
 
     def codes(self, valueset_url: str) -> dict[str, frozenset[str]] | None:
-        """The ValueSet's codes by system; None unless every one of them is known (the shape
-        of the validator's `set_code_source` hook)."""
+        """The ValueSet's codes by system; None unless every one of them is known (what the
+        validator asks of a ValueSet stored in the current transaction)."""
         self._stored_content()
         if valueset_url not in self._by_url:
             self.contains(valueset_url, None, "")
@@ -357,6 +363,17 @@ class Terminology:
 
 
 _EMPTY = _Content({k: {} for k in KINDS}, {k: {} for k in KINDS})
+
+
+class _Within(Terminology):
+    def __init__(self, find: Callable[[str, str], dict[str, Any] | None], builtin: _Content):
+        super().__init__(None)
+        self._find, self._builtin = find, builtin
+
+    def resource(self, kind: str, url: str) -> dict[str, Any] | None:
+        url = url.split("|", 1)[0]
+        found = self._find(kind, url)
+        return found if found is not None else self._builtins().by_url[kind].get(url)
 
 
 def _flatten(items: list[dict[str, Any]]) -> Iterable[Code]:

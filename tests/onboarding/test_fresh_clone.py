@@ -26,8 +26,11 @@ TEST_ONLY = {
     "hypothesis",
     "import-linter",
     "onnx",
-    "fhirpathpy",
     "hl7",
+    "fhir.resources",
+    "fhirpy",
+    "kubernetes-validate",
+    "openapi-spec-validator",
 }  # fmt: skip (uv is the installer: it stays)
 OPTIONAL = {"onnxruntime", "numpy", "celery", "pymysql", "dicomweb-client", "pylibjpeg"}
 

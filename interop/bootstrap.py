@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from sqlalchemy.exc import IntegrityError
+
 from apps.imaging.routes import CLIENT_ID as IMAGING_APP
 from interop.settings import Settings
-from smart_auth.registry import Registry
+from smart_auth.registry import Registry, RegistryError
 
 ADMIN = "admin"
 
@@ -30,7 +32,10 @@ def first_run(registry: Registry, settings: Settings, out: TextIO | None = None)
     else:
         password = secrets.token_urlsafe(15)
         told = f"password {password}  (shown once: store it now)"
-    registry.add_user(ADMIN, password, "admin", None)
+    try:
+        registry.add_user(ADMIN, password, "admin", None)
+    except (RegistryError, IntegrityError):
+        return False  # replicas starting together: another one created it first
     root = settings.effective_base_url.rsplit("/fhir", 1)[0]
     out.write(
         f"""

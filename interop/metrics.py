@@ -101,17 +101,11 @@ class DatabaseCollector:
                 )
             ).one()
 
-        pending = GaugeMetricFamily(
-            "interop_hl7_inbox_backlog", "HL7 v2 messages stored, not yet mapped"
-        )
-        pending.add_metric([], backlog[0])
-        yield pending
-        oldest = GaugeMetricFamily(
-            "interop_hl7_inbox_oldest_seconds",
-            "Age of the oldest unmapped HL7 v2 message (0: none)",
-        )
-        oldest.add_metric([], _age(backlog[1], now_us))
-        yield oldest
+        yield _gauge("interop_hl7_inbox_backlog", "HL7 v2 messages stored, not yet mapped",
+                     backlog[0])  # fmt: skip
+        yield _gauge("interop_hl7_inbox_oldest_seconds",
+                     "Age of the oldest unmapped HL7 v2 message (0: none)",
+                     _age(backlog[1], now_us))  # fmt: skip
 
         lag = GaugeMetricFamily(
             "interop_outbox_lag_seconds",
@@ -146,23 +140,21 @@ class DatabaseCollector:
             bulk_family.add_metric([kind, status], count)
         yield bulk_family
 
-        waiting = GaugeMetricFamily(
-            "interop_subscription_queue", "Notifications waiting for delivery"
-        )
-        waiting.add_metric([], queue[0])
-        yield waiting
-        retrying = GaugeMetricFamily(
-            "interop_subscription_queue_retrying",
-            "Notifications waiting after at least one failed attempt",
-        )
-        retrying.add_metric([], queue[2])
-        yield retrying
-        queue_age = GaugeMetricFamily(
-            "interop_subscription_queue_oldest_seconds",
-            "Age of the oldest undelivered notification (0: none)",
-        )
-        queue_age.add_metric([], _age(queue[1], now_us))
-        yield queue_age
+        yield _gauge("interop_subscription_queue", "Notifications waiting for delivery",
+                     queue[0])  # fmt: skip
+        yield _gauge("interop_subscription_queue_retrying",
+                     "Notifications waiting after at least one failed attempt",
+                     queue[2])  # fmt: skip
+        yield _gauge("interop_subscription_queue_oldest_seconds",
+                     "Age of the oldest undelivered notification (0: none)",
+                     _age(queue[1], now_us))  # fmt: skip
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """A gauge without labels, read from the database at scrape time."""
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
 
 
 def _age(created_us: int | None, now_us: int) -> float:

@@ -7,7 +7,8 @@ query (`patient/Observation.rs?category=...`) only reach resources matching it. 
 Subscriptions are its own (`fhir_server.subscriptions.ownership`): another's is not found.
 
 Confined grants read what lies in the patient's compartment (of the Patient type: the patient
-itself) and resources of types outside every patient compartment (Practitioner, Medication...).
+itself), resources of types outside every patient compartment (Practitioner, Medication...),
+and the Provenance of the patient's record (`_provenance_of`).
 They write only what belongs to their patient alone: content and stored version both in its
 compartment and in no other patient's, as the compartment's search parameters index it; types
 outside the compartment are read-only to them, and they neither create nor delete a Patient.
@@ -27,6 +28,7 @@ from sqlalchemy import (
     FromClause,
     and_,
     case,
+    exists,
     false,
     not_,
     or_,
@@ -37,8 +39,14 @@ from sqlalchemy import (
 from fhir_server.errors import FhirError, not_found
 from fhir_server.search.extract import IndexRows, extract
 from fhir_server.search.match import unmatched
-from fhir_server.search.query import RESULT_PARAMS, Compiler, Row, compartment_condition
-from fhir_server.search.registry import patient_compartment
+from fhir_server.search.query import (
+    RESULT_PARAMS,
+    Compiler,
+    Row,
+    compartment_condition,
+    compartment_members,
+)
+from fhir_server.search.registry import patient_compartment, resource_types
 from fhir_server.store.models import idx_reference, resource_versions, resources
 from fhir_server.subscriptions.ownership import OWNED_TYPES, owned_ids, owned_only
 from smart_auth.policy import Grant
@@ -336,6 +344,8 @@ def _confinement(
         inside = compartment_condition(patient, res_type, rows)
     else:
         return [false()] if write else []  # shared by every patient: read-only
+    if res_type == "Provenance" and not write:
+        inside = or_(inside, _provenance_of(patient, rows))
     if not write or not params:
         return [inside]
     ref = idx_reference.c
@@ -348,6 +358,36 @@ def _confinement(
         )
     )
     return [inside, not_(elsewhere)]
+
+
+@lru_cache(maxsize=1)
+def _shared_types() -> tuple[str, ...]:
+    """Types outside every patient compartment: shared by all patients, read by each."""
+    return tuple(t for t in sorted(resource_types()) if not in_compartment_type(t))
+
+
+def _provenance_of(patient: str, rows: FromClause) -> ColumnElement[bool]:
+    """Provenance about Patient/{patient}'s record: its targets are the patient, resources in
+    its compartment or shared ones, at least one of them the patient's. R4's compartment
+    places a Provenance by its Patient targets only, so the record of who made a report or
+    an Observation (an AI model, a lab feed) would otherwise stay hidden from the very
+    patient app that reads the report (US Core asks for `_revinclude=Provenance:target`)."""
+    target = idx_reference.alias("provenance_target")
+    t = target.c
+    member = resources.alias("provenance_member")
+    patients = compartment_members(patient, idx_reference.alias("provenance_member_ref"))
+    the_patients = or_(
+        and_(t.target_type == "Patient", t.target_id == patient),
+        exists().where(
+            member.c.res_type == t.target_type,
+            member.c.res_id == t.target_id,
+            member.c.deleted == false(),
+            member.c.pk.in_(patients),
+        ),
+    )
+    of_this = and_(t.resource_pk == rows.c.pk, t.param == "target")
+    foreign = not_(or_(the_patients, t.target_type.in_(_shared_types())))
+    return and_(exists().where(of_this, the_patients), not_(exists().where(of_this, foreign)))
 
 
 def _outside_patient(res_type: str, resource: Any, rows: IndexRows, patient: str) -> str | None:

@@ -543,21 +543,28 @@ def compartment_condition(
     return cond
 
 
-def everything_rows(conn: Connection, patient_id: str, limit: int) -> list[Row]:
-    """Patient/$everything: the patient and every resource in its compartment (mode
-    "match"), then every resource those reference, one level (mode "include"); ids and types
-    only (bodies: `bodies_of`), in a stable order, at most `limit` rows."""
-    ref = idx_reference.c
+def compartment_members(patient_id: str, refs: Any = idx_reference) -> Select[Any]:
+    """The pks of every resource (of any type but Patient) in Patient/{id}'s compartment:
+    its reference rows in `refs` (idx_reference or an alias) that point at the patient
+    through one of its type's compartment parameters."""
+    ref = refs.c
     per_type = [
         and_(ref.res_type == t, ref.param.in_(patient_compartment(t)))
         for t in sorted(resource_types())
         if patient_compartment(t) and t != "Patient"
     ]
-    members = select(ref.resource_pk).where(
+    return select(ref.resource_pk).where(
         ref.target_type == "Patient",
         ref.target_id == patient_id,
         or_(*per_type) if per_type else true(),
     )
+
+
+def everything_rows(conn: Connection, patient_id: str, limit: int) -> list[Row]:
+    """Patient/$everything: the patient and every resource in its compartment (mode
+    "match"), then every resource those reference, one level (mode "include"); ids and types
+    only (bodies: `bodies_of`), in a stable order, at most `limit` rows."""
+    members = compartment_members(patient_id)
     patient = and_(R.res_type == "Patient", R.res_id == patient_id)
     own = resources.alias("everything_own")  # not correlated with the outer query
     inside = select(own.c.pk).where(

@@ -208,7 +208,6 @@ class Ehr:
         return list(response.json()["cards"])
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_imaging_app_from_openemr_chart(
     database_url: str, sim: OpenEmrSimulator, browser: Chromium
 ) -> None:
@@ -304,6 +303,12 @@ def test_imaging_app_from_openemr_chart(
                 frame.evaluate("document.querySelector('.report').dataset.report")
                 == reports[0]["id"]
             )
+            # the patient-confined launch reads who made the report: the model's Provenance
+            made = frame.evaluate("document.querySelector('.report .provenance').textContent")
+            assert (
+                frame.evaluate("document.querySelector('.report .provenance').dataset.count") == "1"
+            )
+            assert "CREATE by Device/" in made, made
 
             frame.evaluate("document.querySelector('.study').click(); true")
             frame.wait_for("document.getElementById('viewport').dataset.index !== undefined", 60)
@@ -339,6 +344,9 @@ def test_imaging_app_from_openemr_chart(
             frame.wait_for(
                 "document.querySelector('.report .badge').dataset.status === 'final'", 30
             )
+            frame.wait_for("document.querySelector('.report .provenance').dataset.count === '2'")
+            reviewed = frame.evaluate("document.querySelector('.report .provenance').textContent")
+            assert " LA by " in reviewed, reviewed  # the reviewer's record, after the model's
             frame.evaluate("document.querySelector('.report').scrollIntoView(); true")
             time.sleep(0.3)
             screenshot(browser, "imaging-app-approved.png")

@@ -186,26 +186,17 @@ class App {
         if (name) model = `${name} ${version || ""}`.trim();
       } catch (e) { /* the model stays as the report names it */ }
     }
-    let provenance = null;
-    try {
-      provenance = await this.client.request(`Provenance?target=DiagnosticReport/${report.id}`, { flat: true, pageLimit: 1 });
-    } catch (e) { /* this launch may not read Provenance */ }
     const studyRef = ((report.imagingStudy || [])[0] || {}).reference || "";
     const panel = el("section", { class: "report", "data-report": report.id, "data-study": studyRef.split("/")[1] || "", "aria-label": `AI report ${report.id}` });
     const statusBadge = el("span", { class: `badge ${report.status}`, "data-status": report.status }, report.status);
     panel.append(
-      el("h3", {}, `AI report — ${model} `, statusBadge),
+      el("h3", { "data-model": model }, `AI report — ${model} `, statusBadge),
       el("p", { class: "conclusion" }, report.conclusion || "(no conclusion)"),
       el("table", { class: "findings" },
         el("thead", {}, el("tr", {}, el("th", {}, "Finding"), el("th", {}, "Value"), el("th", {}, "Flag"))),
         el("tbody", {}, results.map((o) => el("tr", { class: flags(o).some((f) => ABNORMAL.has(f)) ? "abnormal" : "" },
           el("td", {}, text(o.code)), el("td", {}, value(o).text), el("td", {}, flags(o).join(", ")))))),
-      el("p", { class: "provenance" }, "Provenance: ", provenance === null ? "not readable with this launch's access" : provenance.length ? provenance.map((p) => {
-        const agent = (p.agent || [])[0] || {};
-        const who = (agent.who || {}).reference || (agent.who || {}).display || "?";
-        const act = (((p.activity || {}).coding || [])[0] || {}).code || "";
-        return `${(p.recorded || "").slice(0, 19)} ${act} by ${who}`;
-      }).join("; ") : `none visible (generated ${(report.issued || "").slice(0, 16).replace("T", " ")} by ${model})`));
+      await this.provenance(report, model));
     if (studyRef) panel.append(el("button", { on: { click: () => this.openStudy(studyRef.split("/")[1]) } }, "Show images"));
     if (report.status === "preliminary") {
       const reason = el("input", { type: "text", "aria-label": "Reason", placeholder: "Reason (required to reject)", class: "reason" });
@@ -214,6 +205,20 @@ class App {
       panel.append(el("div", { class: "actions" }, reason, approve, reject));
     }
     return panel;
+  }
+
+  /** Who made the report and who reviewed it: its Provenance records, newest last. */
+  async provenance(report, model) {
+    let records = null;
+    try {
+      records = await this.client.request(`Provenance?target=DiagnosticReport/${report.id}&_sort=recorded`, { flat: true, pageLimit: 1 });
+    } catch (e) { /* this launch may not read Provenance */ }
+    return el("p", { class: "provenance", "data-count": records === null ? "" : String(records.length) }, "Provenance: ", records === null ? "not readable with this launch's access" : records.length ? records.map((p) => {
+      const agent = (p.agent || [])[0] || {};
+      const who = (agent.who || {}).reference || (agent.who || {}).display || "?";
+      const act = (((p.activity || {}).coding || [])[0] || {}).code || "";
+      return `${(p.recorded || "").slice(0, 19)} ${act} by ${who}`;
+    }).join("; ") : `none visible (generated ${(report.issued || "").slice(0, 16).replace("T", " ")} by ${model})`);
   }
 
   async review(report, approve, reason, panel) {
@@ -236,6 +241,7 @@ class App {
       badge.className = `badge ${updated.status}`;
       const actions = $(".actions", panel);
       if (actions) actions.remove();
+      $(".provenance", panel).replaceWith(await this.provenance(updated, $("h3", panel).dataset.model || ""));
       status(`Report ${approve ? "approved" : "rejected"}: ${updated.status}`);
     } catch (e) {
       status(`Could not ${approve ? "approve" : "reject"}: ${e.message}`, true);

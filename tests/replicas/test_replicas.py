@@ -278,6 +278,7 @@ def check(database_url: str, receiver: Receiver, run: dict[str, Any]) -> dict[st
         }
         try:
             eventually(lambda: expected <= set(receiver.counts()), 90, "every notification")
+            notified_after_kill = time.monotonic() - run["killed"]["at"]
         except AssertionError:
             with engine.connect() as conn:
                 queued = conn.execute(text("SELECT * FROM subscription_queue LIMIT 5")).all()
@@ -346,7 +347,9 @@ def check(database_url: str, receiver: Receiver, run: dict[str, Any]) -> dict[st
         assert {r["meta"]["versionId"] for r in reports} == {"1"}
         return {
             "notifications": len(expected),
+            "delivered": sum(counts.values()),
             "doubled_after_kill": doubled,
+            "all_notified_after_kill_s": round(notified_after_kill, 1),
             "resent_messages": len(hl7) - MESSAGES,
             "failovers": len(run["failovers"]),
             "ai_attempts": sorted(j.attempts for j in jobs),

@@ -58,8 +58,10 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def orthanc() -> Iterator[Orthanc]:
+    """A fresh Orthanc per deployment: its change feed starts empty, so a deployment sees
+    only the studies of its own test."""
     with running_orthanc() as server:
         yield server
 

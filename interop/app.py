@@ -117,8 +117,7 @@ def create_app(
         from ai_worker.celery_app import make_celery
         from interop.outbox_relay import Relay, sweep_deliveries
 
-        resend = 2 * lease + settings.ai_visibility_timeout  # past the broker's redelivery
-        relay = Relay(make_celery(runtime.ai_config()), resend)
+        relay = Relay(make_celery(runtime.ai_config()))
         subscriptions.wake = relay.deliver_soon
     # started in this order when the app starts, stopped in reverse (interop.services)
     if audit is not None:
@@ -310,7 +309,7 @@ def create_app(
 
     register_openemr_push(outbox_runner, openemr, ctx)
     if relay is not None:
-        relay.install(outbox_runner)  # every consumer registered: each now publishes
+        relay.install(outbox_runner)  # the workers drain; this runner asks them to
     app.router.routes.extend(openemr_routes(openemr, app.state.openemr_launch))
 
     def console_fhir(

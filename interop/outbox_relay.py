@@ -1,17 +1,33 @@
 """The outbox relayed to Celery (INTEROP_REDIS_URL set): consumers run on `interop worker`.
 
-API replicas keep draining the outbox (per consumer, the holder of its lease), but a
-consumer's handler there only publishes the change as a task on the `outbox` queue. Any
-`interop worker` consuming that queue runs the consumer's own handler (AI trigger,
-Subscriptions, OpenEMR push), so they scale by adding workers, and marks the change done when
-the handler returned. Until then the change stays pending, and the relay publishes it again
-when it is still pending a while later (its message went down with a killed worker): each
-change reaches its consumer at least once, end to end; a handler that fails is retried with
-backoff. Subscription notifications are sent by `subscriptions.deliver` tasks
-on the same queue (each subscription by one worker at a time: its lease), asked for by the
-Subscription consumer when it queues one and by a singleton sweep for retries that fall due.
+The database is the truth, Celery the transport. A change is pending for a consumer until
+the consumer's handler has run on it and marked it done (`fhir_server.store.outbox`); a
+consumer is drained by one process at a time, the holder of its lease `outbox:{name}`
+(`fhir_server.store.work`), exactly as without Redis. What changes is who drains: not the API
+replicas but the Celery workers, in `outbox.drain` tasks.
 
-Without Redis none of this is used: the same handlers run in the process that drains.
+- An API replica's outbox runner does not drain; per consumer (woken by commits, and every
+  second) it looks whether changes are pending and nobody holds the consumer's lease, and
+  then asks for a drain (`outbox.drain`, a message carrying only the consumer's name). While
+  a request of its own is on its way (sent less than a lease ago, and no worker has taken the
+  lease since) it does not ask again, so a backlog on the queue is not flooded.
+- A worker receiving the request takes the lease (or finds another worker holds it: nothing
+  to do), runs the consumer's own handler (AI trigger, Subscriptions, OpenEMR push) on what is
+  pending, marks each change done, hands the lease back, looks once more, and returns.
+- A worker killed mid-drain stops renewing the lease; once it has run out
+  (INTEROP_LEASE_SECONDS) the replicas see changes pending and the lease free, and ask again:
+  a survivor takes the lease and handles what the dead one had not marked done (at least
+  once). A request lost with a dead worker, or with Redis, is asked again a lease later. The
+  broker's redelivery (its visibility timeout) is not relied on; a redelivered request is a
+  harmless no-op. Without a crash each change is handled once: a drainer reads what is
+  pending only once it holds the lease.
+
+Subscription notifications are sent by `subscriptions.deliver` tasks on the same queue: each
+subscription by the worker holding its lease `subscription:{id}` (the queue rows stay until
+sent), asked for when the Subscription consumer queues one and by the singleton sweep while
+rows are due (so also when their deliverer died).
+
+Without Redis none of this is used: the same runner drains in the API or worker process.
 """
 
 from __future__ import annotations
@@ -20,63 +36,78 @@ import logging
 import threading
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celery import Celery, Task
+from celery import Celery
 from sqlalchemy import select
 
 from ai_worker.celery_app import celery
 from fhir_server.clock import now_us
-from fhir_server.store.outbox import Change
+from fhir_server.store.work import leases
 from fhir_server.subscriptions.models import subscription_queue
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from fhir_server.subscriptions.delivery import Deliverer
-    from interop.outbox_runner import OutboxRunner
+    from interop.outbox_runner import Consumer, OutboxRunner
 
 QUEUE = "outbox"
-MAX_BACKOFF = 60.0
+# a worker drains one consumer this long at most per task, then asks again (other tasks of
+# its process get their turn)
+DRAIN_BUDGET_SECONDS = 10.0
 log = logging.getLogger("interop.outbox")
 
 
 class Relay:
-    """The API side: publishes changes and delivery requests to the `outbox` queue."""
+    """The API side: asks the workers for drains and deliveries on the `outbox` queue."""
 
-    def __init__(self, app: Celery, resend_seconds: float) -> None:
+    def __init__(self, app: Celery) -> None:
         self.app = app
-        self.resend_seconds = resend_seconds
+        self.runner: OutboxRunner | None = None
         self._asked = 0.0
         self._lock = threading.Lock()
-        self._sent: dict[tuple[str, int], float] = {}  # (consumer, pk) -> when published
+        self._requested: dict[str, int] = {}  # consumer -> when this process asked (UTC us)
 
     def install(self, runner: OutboxRunner) -> None:
-        """Every consumer registered so far now publishes instead of handling here. A change
-        stays pending until a worker has handled it (the worker marks it done); one still
-        pending `resend_seconds` after it was published (its message was lost with a killed
-        worker) is published again: at least once, end to end."""
-        for consumer in runner.consumers.values():
-            consumer.handle = self.publisher(consumer.name)
-            consumer.acks = False
-            consumer.batch = 1000  # changes in flight stay in the pending window
+        """The runner's consumers are drained by workers from now on; it asks for them."""
+        self.runner = runner
+        runner.publish = self.request
 
-    def publisher(self, name: str) -> Any:
-        def publish(change: Change) -> None:
-            now = time.monotonic()
-            key = (name, change.pk)
-            with self._lock:
-                if now - self._sent.get(key, -1e18) < self.resend_seconds:
-                    return  # on its way
-                if len(self._sent) > 100_000:  # forget the old ones (long done)
-                    cutoff = now - self.resend_seconds
-                    self._sent = {k: t for k, t in self._sent.items() if t > cutoff}
-            # raises while Redis is away: the change stays pending and is retried
-            self.app.send_task("outbox.handle", args=[name, list(_fields(change))], queue=QUEUE)
-            with self._lock:
-                self._sent[key] = now
-
-        return publish
+    def request(self, consumer: Consumer) -> int:
+        """Ask a worker to drain `consumer` if it has changes pending and nobody drains it;
+        returns 0 (nothing is handled here)."""
+        runner = self.runner
+        assert runner is not None
+        name = consumer.name
+        wanted = runner.wanted(name)
+        if wanted is not None and not wanted:
+            return 0  # no type wanted now (no live Subscription, say)
+        if not runner.outbox.pending(name, 1, wanted):
+            return 0
+        now = now_us()
+        with runner.outbox.engine.connect() as conn:
+            lease = conn.execute(
+                select(leases.c.owner, leases.c.until, leases.c.acquired).where(
+                    leases.c.name == f"outbox:{name}"
+                )
+            ).first()
+        if lease is not None and lease.owner is not None and lease.until >= now:
+            return 0  # a worker drains it, and looks again before it lets go
+        asked = self._requested.get(name)
+        lease_us = int(runner.outbox.lease_seconds * 1_000_000)
+        taken_since = lease is not None and asked is not None and lease.acquired >= asked
+        if asked is not None and now - asked < lease_us and not taken_since:
+            return 0  # our request is on its way (or waits behind others on the queue)
+        try:
+            self.app.send_task("outbox.drain", args=[name], queue=QUEUE)
+        except Exception:  # noqa: BLE001 - Redis is away: asked again at the next round
+            consumer.failures += 1
+            log.warning("could not ask for a drain of outbox consumer %s", name, exc_info=True)
+            return 0
+        consumer.failures = 0
+        self._requested[name] = now
+        return 0
 
     def deliver_soon(self) -> None:
         """Ask a worker to send what is due (at most one request per 0.2 s from here)."""
@@ -118,19 +149,21 @@ def worker_app() -> FastAPI:
     return create_app(runtime=worker_runtime())
 
 
-@celery.task(bind=True, name="outbox.handle", acks_late=True)
-def handle(self: Task, consumer: str, fields: list[Any]) -> None:
-    app = worker_app()
-    runner = app.state.outbox_runner
-    change = Change(*fields)
-    try:
-        runner.local[consumer](change)
-        runner.outbox.done_once(consumer, change)  # only now: the relay resends until then
-    except Exception as exc:
-        retries = int(self.request.retries or 0)
-        delay = min(2.0**retries, MAX_BACKOFF)
-        log.warning("outbox consumer %s failed on a change; retrying in %.0f s", consumer, delay)
-        raise self.retry(countdown=delay, exc=exc, max_retries=None) from exc
+@celery.task(name="outbox.drain", acks_late=True)
+def drain(consumer: str) -> int:
+    """Drain `consumer` if this process can take its lease (else another worker does)."""
+    runner: OutboxRunner = worker_app().state.outbox_runner
+    handled, more = runner.drain_leased(consumer, DRAIN_BUDGET_SECONDS)
+    if more:  # the budget ran out: the rest in a task of its own
+        drain.apply_async(args=[consumer], queue=QUEUE)
+    return handled
+
+
+@celery.task(name="outbox.handle", acks_late=True)
+def handle(consumer: str, fields: list[object]) -> int:
+    """A change published by an earlier version (one message per change): the change is
+    pending in the database, so this is a drain request."""
+    return int(drain(consumer))
 
 
 @celery.task(name="subscriptions.deliver", acks_late=True)
@@ -146,8 +179,3 @@ def deliver() -> int:
         return sent
     finally:
         deliverer.release_leases()
-
-
-def _fields(change: Change) -> tuple[Any, ...]:
-    return (change.pk, change.res_type, change.res_id, change.version_id, change.interaction,
-            change.created)  # fmt: skip

@@ -1,6 +1,8 @@
 """The in-process outbox runner: hands each committed change to every registered consumer.
 
 It runs beside the API in `interop serve` (the embedded default) and in `interop worker`.
+With Redis (interop.outbox_relay) the API replicas only publish drain requests (`publish`)
+and a Celery worker drains a consumer in a task (`drain_leased`), under the same lease.
 Consumers must be idempotent (delivery is at least once). A consumer that raises keeps the
 change pending and is retried with backoff (1 s doubling to 60 s), without holding up the
 other consumers or any write. Permanent failures are the consumer's to record (a tag, a
@@ -47,9 +49,6 @@ class Consumer:
     wake: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lease: Lease | None = None
-    # False for a relay: the change is done when the Celery worker has handled it (it marks
-    # it), not when it was published
-    acks: bool = True
 
 
 class OutboxRunner:
@@ -61,16 +60,16 @@ class OutboxRunner:
     def __init__(self, engine: Engine, lease_seconds: float = LEASE_SECONDS) -> None:
         self.outbox = Outbox(engine, lease_seconds)
         self.consumers: dict[str, Consumer] = {}
-        self.local: dict[str, Handler] = {}
         self._stop = threading.Event()
         self._running = False
+        # with Redis: called instead of draining here (it asks a Celery worker to drain)
+        self.publish: Callable[[Consumer], int] | None = None
 
     def register(self, name: str, handle: Handler, types: Types = None, batch: int = 100) -> None:
         """Add a consumer; its name keys its progress in the database, so keep it stable.
         Changes of types it does not want are skipped for good, and do not wake it."""
         fixed = types if callable(types) or types is None else frozenset(types)
         consumer = Consumer(name, handle, fixed, batch)
-        self.local[name] = handle  # the handler itself, even when a relay publishes instead
         self.consumers[name] = consumer
         if self._running:
             self._start(consumer)
@@ -136,17 +135,46 @@ class OutboxRunner:
         if self._stop.is_set() or time.monotonic() < consumer.retry_at:
             return 0
         try:
+            if self.publish is not None:
+                return self.publish(consumer)
             return self._drain_one(consumer)
         except Exception:
             log.exception("outbox consumer %s could not read the outbox", consumer.name)
             return 0
 
-    def _drain_one(self, consumer: Consumer) -> int:
+    def drain_leased(self, name: str, budget_seconds: float = 10.0) -> tuple[int, bool]:
+        """Drain consumer `name` here if this process can take its lease, for about
+        `budget_seconds`, then hand the lease back so the next request may run on any
+        process (a Celery worker's `outbox.drain`). Returns (changes handled, more pending:
+        the budget ran out and nobody else drains). A handler that failed keeps the lease
+        until it runs out: no process retries before (the retry's backoff), then any does."""
+        consumer = self.consumers.get(name)
+        if consumer is None or time.monotonic() < consumer.retry_at:
+            return 0, False
+        if consumer.lease is None:
+            consumer.lease = self.outbox.lease(consumer.name)
+        until = time.monotonic() + budget_seconds
+        handled = 0
+        while True:
+            failures = consumer.failures
+            handled += self._drain_one(consumer, until)
+            if consumer.failures > failures or not consumer.lease.leading:
+                return handled, False  # failed (the lease stays) or another process drains
+            consumer.lease.release()
+            # a change committed while we held the lease may have had its request refused
+            # (we were draining): look once more now that the lease is free
+            wanted = _wanted(consumer)
+            if (wanted is not None and not wanted) or not self.outbox.pending(name, 1, wanted):
+                return handled, False
+            if time.monotonic() > until:
+                return handled, True
+
+    def _drain_one(self, consumer: Consumer, until: float | None = None) -> int:
         if consumer.lease is None:
             consumer.lease = self.outbox.lease(consumer.name)
         lease = consumer.lease
         handled = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and (until is None or time.monotonic() < until):
             wanted = _wanted(consumer)
             if wanted is not None and not wanted:
                 break  # no type wanted now (no live Subscription, say)
@@ -173,15 +201,13 @@ class OutboxRunner:
                     consumer.name,
                     delay,
                 )
-                if consumer.acks:
-                    self.outbox.done(consumer.name, finished)
-                return handled + len(finished)
-            if consumer.acks:
                 self.outbox.done(consumer.name, finished)
+                return handled + len(finished)
+            self.outbox.done(consumer.name, finished)
             handled += len(finished)
             consumer.failures = 0
-            if len(finished) < consumer.batch or not consumer.acks:
-                break  # (a relay's changes stay pending until the worker is done with them)
+            if len(finished) < consumer.batch:
+                break
         if handled and time.monotonic() - consumer.settled_at > SETTLE_EVERY_SECONDS:
             self.outbox.settle(consumer.name, _wanted(consumer))
             consumer.settled_at = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from sqlalchemy import insert, select
 
 from fhir_server.clock import now_us
@@ -173,3 +174,59 @@ def test_runner_thread_delivers_soon_after_commit(client, app) -> None:  # type:
     finally:
         runner.stop()
         runner.consumers.pop("live")
+
+
+class Killed(BaseException):
+    """A process dying mid-change (SIGKILL): nothing after it runs, not even its cleanup."""
+
+
+def test_a_drain_whose_process_died_moves_to_another_within_the_lease(client, app) -> None:  # type: ignore[no-untyped-def]
+    """What a Celery worker's `outbox.drain` does: drain under the consumer's lease, hand it
+    back; a worker killed mid-drain keeps it until it runs out, then another takes over."""
+    engine = app.state.store.engine
+    pids = [_create(client) for _ in range(3)]
+
+    def die(change: Change) -> None:
+        raise Killed
+
+    dead = OutboxRunner(engine, lease_seconds=1)
+    dead.register("hook", die)
+    with pytest.raises(Killed):
+        dead.drain_leased("hook")
+    seen: list[str] = []
+    survivor = OutboxRunner(engine, lease_seconds=1)
+    survivor.register("hook", lambda c: seen.append(c.res_id))
+    assert survivor.drain_leased("hook") == (0, False)  # the dead one's lease still runs
+    time.sleep(1.1)
+    assert survivor.drain_leased("hook") == (3, False)
+    assert seen == pids
+    # the survivor handed the lease back: the next drain may be any process's, and sees only
+    # what is new
+    pids.append(_create(client))
+    other = OutboxRunner(engine, lease_seconds=1)
+    other.register("hook", lambda c: seen.append(c.res_id))
+    assert other.drain_leased("hook") == (1, False)
+    assert survivor.drain_leased("hook") == (0, False)
+    assert seen == pids  # each change once, without a crash
+
+
+def test_a_failing_handler_keeps_the_lease_until_it_runs_out(client, app) -> None:  # type: ignore[no-untyped-def]
+    """No process retries a failed change before the lease runs out (the retry's backoff
+    across workers); then any does."""
+    engine = app.state.store.engine
+    pid = _create(client)
+
+    def fail(change: Change) -> None:
+        raise ConnectionError("the receiver is down")
+
+    first = OutboxRunner(engine, lease_seconds=1)
+    first.register("hook", fail)
+    assert first.drain_leased("hook") == (0, False)
+    assert first.consumers["hook"].failures == 1
+    seen: list[str] = []
+    second = OutboxRunner(engine, lease_seconds=1)
+    second.register("hook", lambda c: seen.append(c.res_id))
+    assert second.drain_leased("hook") == (0, False)
+    time.sleep(1.1)
+    assert second.drain_leased("hook") == (1, False)
+    assert seen == [pid]

@@ -56,6 +56,9 @@ class Operations:
     """Registered operations and write hooks (filled once, at composition)."""
 
     table: list[Operation] = field(default_factory=list)
+    # the OperationDefinitions of the server's own operations, by canonical URL (the R4 ones
+    # come from the specification: fhir_server.api.definitions)
+    definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
     hooks: dict[str, list[WriteHook]] = field(default_factory=dict)
     compiled: Any = field(default=None, repr=False)  # the router's index, rebuilt on change
 
@@ -69,6 +72,12 @@ class Operations:
             raise ValueError(f"{op.pattern} is already registered")
         self.table.append(op)
         self.compiled = None
+
+    def define(self, definition: dict[str, Any]) -> str:
+        """Make an own OperationDefinition readable on the server; returns its URL (for
+        `Operation.definition`)."""
+        self.definitions[definition["url"]] = definition
+        return str(definition["url"])
 
     def hook(self, res_type: str, hook: WriteHook) -> None:
         self.hooks.setdefault(res_type, []).append(hook)

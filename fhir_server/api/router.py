@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from fhir_server import limits
-from fhir_server.api import bundles, compartment
+from fhir_server.api import bundles, compartment, definitions
 from fhir_server.api.compartment import search_compartment as compartment_search
 from fhir_server.api.context import (
     Context,
@@ -124,6 +125,35 @@ ROUTES = tuple(Route(*row) for row in (
     ("GET",    "Patient/{id}/{compartment}", _in_comp,  compartment_search,  "search-compartment"),
 ))  # and the registered operations (`operations`), as rows with the interaction "operation"
 # fmt: on
+
+
+def _typed(res_type: str, reads: dict[str, Handler]) -> tuple[Route, ...]:
+    """The `{type}` and `{type}/{id}` rows for one type, its reads (`GET`) answered by
+    `reads` (by pattern), its writes by the generic handlers: a literal pattern wins over
+    `{type}`, so it must carry every method."""
+    rows = []
+    for r in ROUTES:
+        if r.pattern not in ("{type}", "{type}/{id}"):
+            continue
+        pattern = r.pattern.replace("{type}", res_type)
+        handler = reads.get(pattern) if r.method == "GET" else None
+        if handler is None:
+            handler = partial(_bound, r.handler, res_type)
+        rows.append(Route(r.method, pattern, r.guard, handler, r.interaction, res_type))
+    return tuple(rows)
+
+
+def _bound(
+    handler: Handler, res_type: str, ctx: Context, req: FhirRequest, *rest: str
+) -> FhirResponse:
+    return handler(ctx, req, res_type, *rest)
+
+
+# OperationDefinition: the declared operations' definitions are readable though not stored
+ROUTES += _typed(
+    "OperationDefinition",
+    {"OperationDefinition": definitions.search, "OperationDefinition/{id}": definitions.read},
+)
 
 
 # -- the matcher -------------------------------------------------------------------------------

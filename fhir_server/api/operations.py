@@ -36,6 +36,9 @@ class Operation:
     level: str = "instance"  # system (`$name`), type (`Type/$name`), instance (`Type/{id}/$name`)
     tail: tuple[str, ...] = ()  # further path variables: `$bulk-status/{job}`
     listed: bool = True  # in the CapabilityStatement (not for status and file URLs)
+    # when set and true at call time, the handler may run on the event loop (no thread hop):
+    # CPU-only work of a few microseconds that touches no database now (see router.inline)
+    inline: Callable[[], bool] | None = None
 
     @property
     def pattern(self) -> str:

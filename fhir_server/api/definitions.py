@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fhir_server import fhirjson
+from fhir_server.api.bundling import shape
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _filters
 from fhir_server.api.instance import read as stored_read
 from fhir_server.api.search import search as stored_search
@@ -133,7 +134,15 @@ def read(ctx: Context, req: FhirRequest, res_id: str) -> FhirResponse:
         found = next((d for d in declared(ctx.operations).values() if d["id"] == res_id), None)
         if found is None:
             raise
-    return FhirResponse(200, fhirjson.dumps(found))
+    return FhirResponse(200, _shaped(found, req))
+
+
+def _shaped(definition: dict[str, Any], req: FhirRequest) -> bytes:
+    """A built-in definition with the request's `_summary` / `_elements` applied."""
+    query = dict(req.query)
+    elements = query.get("_elements")
+    summary = query.get("_summary")
+    return shape(fhirjson.dumps(definition), summary, elements.split(",") if elements else None)
 
 
 def search(ctx: Context, req: FhirRequest) -> FhirResponse:
@@ -141,16 +150,16 @@ def search(ctx: Context, req: FhirRequest) -> FhirResponse:
     matched = _builtin_matches(ctx, req)
     if not matched or response.body is None:
         return response
-    bundle = orjson.loads(response.body)
-    stored_urls = {e.get("resource", {}).get("url") for e in bundle.get("entry", [])}
+    bundle = fhirjson.loads(response.body)  # decimals of stored entries kept as sent
+    stored = _stored_urls(ctx, [d["url"] for d in matched])
     added = [
         {
             "fullUrl": f"{ctx.base_url}/{TYPE}/{d['id']}",
-            "resource": d,
+            "resource": fhirjson.loads(_shaped(d, req)),
             "search": {"mode": "match"},
-        }  # fmt: skip
+        }
         for d in matched
-        if d["url"] not in stored_urls and not _stored_url(ctx, d["url"])
+        if d["url"] not in stored
     ]
     if not added:
         return response
@@ -180,8 +189,10 @@ def _builtin_matches(ctx: Context, req: FhirRequest) -> list[dict[str, Any]]:
     ]
 
 
-def _stored_url(ctx: Context, url: str) -> bool:
-    """Is a stored OperationDefinition (beyond this page) already named by `url`?"""
-    probe = FhirRequest("GET", [TYPE], [("url", url), ("_summary", "count")])
+def _stored_urls(ctx: Context, urls: list[str]) -> set[str]:
+    """Which of these canonical URLs a stored OperationDefinition (one the caller may see)
+    already has: one search, whatever page the caller asked for."""
+    probe = FhirRequest("GET", [TYPE], [("url", ",".join(u.replace(",", r"\,") for u in urls)),
+                                        ("_elements", "url"), ("_count", "1000")])  # fmt: skip
     found = orjson.loads(stored_search(ctx, probe, TYPE).body or b"{}")
-    return bool(found.get("total"))
+    return {e.get("resource", {}).get("url") for e in found.get("entry", [])}

@@ -74,6 +74,11 @@ def test_own_definitions_say_what_the_operations_take(client: TestClient) -> Non
     assert {"_since", "_type", "_typeFilter", "patient"} <= {p["name"] for p in export["parameter"]}
     found = client.get("/fhir/OperationDefinition", params={"code": "import"}).json()
     assert [e["resource"]["id"] for e in found["entry"]] == ["bulk-import"]
+    # _elements and _summary apply to them as to stored resources
+    brief = client.get("/fhir/OperationDefinition/bulk-import", params={"_elements": "code"})
+    assert set(brief.json()) <= {"resourceType", "id", "meta", "code"}
+    counted = client.get("/fhir/OperationDefinition", params={"_summary": "count"}).json()
+    assert counted["total"] == len(declared(client)) and "entry" not in counted
 
 
 def test_stored_definitions_are_written_and_come_first(client: TestClient) -> None:

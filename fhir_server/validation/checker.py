@@ -268,7 +268,7 @@ class Compiled:
         handlers: dict[str, Handler] = {}
         required: list[tuple[str, tuple[str, ...], int]] = []
         choice_groups: list[tuple[str, tuple[str, ...]]] = []
-        sliced: list[tuple[str, bool, list[dict[str, Any]], list[list[str]]]] = []
+        sliced: list[tuple[str, bool, dict[str, Any]]] = []
         constraints = definition.get("constraints", {})
         # inside a profile of a data type (an Extension profile), children of that same type
         # (its sub-extensions) are plain ones: only the root is the profile
@@ -304,8 +304,7 @@ class Compiled:
             if spec.get("choice"):
                 choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
             if spec.get("slices") or spec.get("unchecked_slices"):
-                sliced.append((name, bool(spec.get("choice")), spec.get("slices") or [],
-                               spec.get("unchecked_slices") or []))  # fmt: skip
+                sliced.append((name, bool(spec.get("choice")), spec))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
 
         def check(v: Any, path: str, run: Run) -> None:
@@ -338,8 +337,8 @@ class Compiled:
                 if len(present) > 1:
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
-            for name, choice, slices, unchecked in sliced:
-                _check_slices(v, name, choice, slices, unchecked, path, run)
+            for name, choice, spec in sliced:
+                _check_slices(v, name, choice, spec, path, run)
             for inv in own:
                 inv.check(v, path, run)
 
@@ -602,17 +601,13 @@ def _codes_in(value: Any, url: str, run: Run) -> bool:
 
 
 def _check_slices(
-    v: dict[str, Any],
-    name: str,
-    choice: bool,
-    slices: list[dict[str, Any]],
-    unchecked: list[list[str]],
-    path: str,
-    run: Run,
+    v: dict[str, Any], name: str, choice: bool, spec: dict[str, Any], path: str, run: Run
 ) -> None:
-    """A profile's slices of element `name` of `v`: which repetitions each slice's
-    discriminators select, against the slice's cardinality; each member against what the
-    slice requires of it (its children's cardinality and values, its type profiles)."""
+    """A profile's slices of element `name` of `v` (`spec`: its reduced definition): which
+    repetitions each slice's discriminators select, against the slice's cardinality; each
+    member against what the slice requires of it (its children's cardinality and values,
+    its type profiles); with closed slicing, a repetition in no slice is an error."""
+    slices: list[dict[str, Any]] = spec.get("slices") or []
     where = f"{path}.{name}"
     items: list[tuple[str, Any, str | None]]
     if choice:
@@ -623,8 +618,10 @@ def _check_slices(
             items = [(f"{where}[{i}]", x, None) for i, x in enumerate(value)]
         else:
             items = [] if value is None else [(where, value, None)]
+    sliced: set[str] = set()
     for s in slices:
         members = [(p, x) for p, x, t in items if _in_slice(x, t, s["match"], run)]
+        sliced.update(p for p, _ in members)
         n = len(members)
         if n < s["min"]:
             run.error("required", where, f"slice '{s['name']}' needs at least {s['min']} "
@@ -634,8 +631,14 @@ def _check_slices(
                       f"item(s); found {n}")  # fmt: skip
         for p, x in members:
             _check_member(x, p, s, run)
+    if spec.get("slices_closed"):
+        names = ", ".join(s["name"] for s in slices)
+        for p, _, _ in items:
+            if p not in sliced:
+                run.error("structure", p, f"matches none of the slices ({names}); the "
+                          "slicing is closed")  # fmt: skip
     if run.warnings:
-        for slice_name, why in unchecked:
+        for slice_name, why in spec.get("unchecked_slices") or ():
             run.warn("not-supported", where, f"slice '{slice_name}' is not checked: {why}")
 
 

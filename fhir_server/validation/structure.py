@@ -126,11 +126,14 @@ def attach_slices(
     nodes: dict[str, dict[str, Any]],
     discriminators: dict[str, list[list[str]]],
     slices: dict[str, dict[str, dict[str, Any]]],
+    closed: frozenset[str] = frozenset(),
 ) -> None:
     """A sliced element's slices, each with what its discriminators must match (`match`),
     its cardinality, and what a member must then be (`rules`: the slice's type profiles and
     its direct children's cardinality and fixed/pattern values). Slices no discriminator
-    can tell are listed under `unchecked` with the reason ($validate warns)."""
+    can tell are listed under `unchecked` with the reason ($validate warns). `closed`: the
+    sliced elements whose slicing rules are closed (a repetition in no slice is an error,
+    when every slice can be told)."""
     for base, by_name in slices.items():
         discs = discriminators.get(base)
         parent, _, name = base.rpartition(".")
@@ -163,14 +166,18 @@ def attach_slices(
             spec["slices"] = usable
         if unchecked:
             spec["unchecked_slices"] = unchecked
+        elif base in closed:
+            spec["slices_closed"] = True
 
 
 def collect_slices(
     elements: list[dict[str, Any]],
-) -> tuple[dict[str, list[list[str]]], dict[str, dict[str, dict[str, Any]]]]:
-    """The slicing discriminators (by element id) and the slices of a list of elements."""
+) -> tuple[dict[str, list[list[str]]], dict[str, dict[str, dict[str, Any]]], frozenset[str]]:
+    """The slicing discriminators (by element id), the slices and the closed slicings of a
+    list of elements."""
     discriminators: dict[str, list[list[str]]] = {}
     slices: dict[str, dict[str, dict[str, Any]]] = {}
+    closed: set[str] = set()
     for el in elements:
         el_id = str(el.get("id", el.get("path", "")))
         if ":" in el_id:
@@ -179,7 +186,9 @@ def collect_slices(
             discriminators[el_id] = [
                 [str(d.get("type")), str(d.get("path"))] for d in el["slicing"]["discriminator"]
             ]
-    return discriminators, slices
+            if el["slicing"].get("rules") == "closed":
+                closed.add(el_id)
+    return discriminators, slices, frozenset(closed)
 
 
 def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, Any]:

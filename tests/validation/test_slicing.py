@@ -87,9 +87,15 @@ def test_us_core_blood_pressure_component_members_keep_their_code() -> None:
     url = US_CORE + "us-core-blood-pressure"
 
     def component(code: str) -> dict[str, Any]:
-        return {"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                "valueQuantity": {"value": 120, "unit": "mmHg",
-                                  "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        return {
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {
+                "value": 120,
+                "unit": "mmHg",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        }
 
     bp = {
         "resourceType": "Observation", "meta": {"profile": [url]}, "status": "final",
@@ -102,8 +108,9 @@ def test_us_core_blood_pressure_component_members_keep_their_code() -> None:
     assert errors(bp) == []
     three = {**bp, "component": [*bp["component"], component("8462-4")]}
     found = errors(three)
-    assert ("Observation.component", "Observation.component: slice 'diastolic' allows at most "
-            "1 item(s); found 2") in [(e, t.split(" (profile")[0]) for e, t in found], found  # fmt: skip
+    expected = "Observation.component: slice 'diastolic' allows at most 1 item(s); found 2"
+    assert ("Observation.component", expected) in [(e, t.split(" (profile")[0])
+                                                   for e, t in found], found  # fmt: skip
 
 
 # -- hand-made profiles, stored as an operator stores them (differential only) -------------------
@@ -143,10 +150,34 @@ def test_type_discriminator_on_a_choice(client: TestClient) -> None:
     obs = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
     status, issues = _store_and_post(client, profile, {**obs, "valueString": "heavy"})
     assert status == 400
-    assert [(i["expression"], "slice 'valueQuantity' needs at least 1" in i["diagnostics"])
-            for i in issues] == [(["Observation.value"], True)]  # fmt: skip
+    assert [
+        (i["expression"], "slice 'valueQuantity' needs at least 1" in i["diagnostics"])
+        for i in issues
+    ] == [
+        (["Observation.value"], True),  # and, the slicing being
+        (["Observation.value.ofType(String)"], False),
+    ]  # closed:
+    assert "matches none of the slices (valueQuantity)" in issues[1]["diagnostics"]
     status, _ = _store_and_post(client, profile, {**obs, "valueQuantity": {"value": 70}})
     assert status == 201
+
+
+def test_closed_slicing_refuses_what_no_slice_takes(client: TestClient) -> None:
+    """Observation.category sliced (closed) by pattern: only the vital-signs category."""
+    vital = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                         "code": "vital-signs"}]}  # fmt: skip
+    profile = _profile("vitals-only", "Observation", [
+        _slicing("Observation.category", "pattern", "$this", "closed"),
+        {"id": "Observation.category:vs", "path": "Observation.category", "sliceName": "vs",
+         "min": 1, "max": "1", "patternCodeableConcept": vital},
+    ])  # fmt: skip
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    lab = {"coding": [{"system": vital["coding"][0]["system"], "code": "laboratory"}]}
+    status, issues = _store_and_post(client, profile, {**obs, "category": [vital, lab]})
+    assert status == 400
+    assert [i["expression"] for i in issues] == [["Observation.category[1]"]], issues
+    assert "the slicing is closed" in issues[0]["diagnostics"]
+    assert _store_and_post(client, profile, {**obs, "category": [vital]})[0] == 201
 
 
 def test_exists_discriminator(client: TestClient) -> None:
@@ -170,8 +201,8 @@ def test_exists_discriminator(client: TestClient) -> None:
     assert status == 400 and ["slice 'employer' needs at least 1" in i["diagnostics"]
                               for i in issues] == [True]  # fmt: skip
     assert issues[0]["expression"] == ["Patient.contact"]
-    status, issues = _store_and_post(client, profile, {"resourceType": "Patient",
-                                                       "contact": [person, person, org]})  # fmt: skip
+    three = {"resourceType": "Patient", "contact": [person, person, org]}
+    status, issues = _store_and_post(client, profile, three)
     assert status == 400 and any("slice 'person' allows at most 1" in i["diagnostics"]
                                  for i in issues)  # fmt: skip
     status, _ = _store_and_post(client, profile, {"resourceType": "Patient",

@@ -28,7 +28,7 @@ from fhir_server.api import terminology as terminology_operations
 from fhir_server.api import validate as validate_operation
 from fhir_server.api.capability import capability_bytes
 from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
-from fhir_server.api.router import dispatch, failure
+from fhir_server.api.router import dispatch, failure, inline
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError
@@ -237,7 +237,10 @@ def create_app(
                 request_ctx = replace(
                     request_ctx, actor=actor_for(grant, address), before_commit=record_change
                 )
-            response: FhirResponse = await run_in_threadpool(dispatch, request_ctx, fhir_req)
+            if inline(request_ctx, fhir_req):  # a lookup answered from memory: no thread hop
+                response: FhirResponse = dispatch(request_ctx, fhir_req)
+            else:
+                response = await run_in_threadpool(dispatch, request_ctx, fhir_req)
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
             stream, media_type = response.stream, response.media_type or FHIR_JSON

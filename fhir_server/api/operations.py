@@ -36,6 +36,9 @@ class Operation:
     level: str = "instance"  # system (`$name`), type (`Type/$name`), instance (`Type/{id}/$name`)
     tail: tuple[str, ...] = ()  # further path variables: `$bulk-status/{job}`
     listed: bool = True  # in the CapabilityStatement (not for status and file URLs)
+    # when set and true at call time, the handler may run on the event loop (no thread hop):
+    # CPU-only work of a few microseconds that touches no database now (see router.inline)
+    inline: Callable[[], bool] | None = None
 
     @property
     def pattern(self) -> str:
@@ -56,6 +59,9 @@ class Operations:
     """Registered operations and write hooks (filled once, at composition)."""
 
     table: list[Operation] = field(default_factory=list)
+    # the OperationDefinitions of the server's own operations, by canonical URL (the R4 ones
+    # come from the specification: fhir_server.api.definitions)
+    definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
     hooks: dict[str, list[WriteHook]] = field(default_factory=dict)
     compiled: Any = field(default=None, repr=False)  # the router's index, rebuilt on change
 
@@ -69,6 +75,12 @@ class Operations:
             raise ValueError(f"{op.pattern} is already registered")
         self.table.append(op)
         self.compiled = None
+
+    def define(self, definition: dict[str, Any]) -> str:
+        """Make an own OperationDefinition readable on the server; returns its URL (for
+        `Operation.definition`)."""
+        self.definitions[definition["url"]] = definition
+        return str(definition["url"])
 
     def hook(self, res_type: str, hook: WriteHook) -> None:
         self.hooks.setdefault(res_type, []).append(hook)

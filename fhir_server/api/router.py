@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from fhir_server import limits
-from fhir_server.api import bundles, compartment
+from fhir_server.api import bundles, compartment, definitions
 from fhir_server.api.compartment import search_compartment as compartment_search
 from fhir_server.api.context import (
     Context,
@@ -100,6 +101,7 @@ class Route:
     handler: Handler
     interaction: str
     res_type: str = ""  # for a pattern without {type}: the type it names (metrics, access)
+    inline: Callable[[], bool] | None = None  # Operation.inline
 
 
 # fmt: off
@@ -124,6 +126,35 @@ ROUTES = tuple(Route(*row) for row in (
     ("GET",    "Patient/{id}/{compartment}", _in_comp,  compartment_search,  "search-compartment"),
 ))  # and the registered operations (`operations`), as rows with the interaction "operation"
 # fmt: on
+
+
+def _typed(res_type: str, reads: dict[str, Handler]) -> tuple[Route, ...]:
+    """The `{type}` and `{type}/{id}` rows for one type, its reads (`GET`) answered by
+    `reads` (by pattern), its writes by the generic handlers: a literal pattern wins over
+    `{type}`, so it must carry every method."""
+    rows = []
+    for r in ROUTES:
+        if r.pattern not in ("{type}", "{type}/{id}"):
+            continue
+        pattern = r.pattern.replace("{type}", res_type)
+        handler = reads.get(pattern) if r.method == "GET" else None
+        if handler is None:
+            handler = partial(_bound, r.handler, res_type)
+        rows.append(Route(r.method, pattern, r.guard, handler, r.interaction, res_type))
+    return tuple(rows)
+
+
+def _bound(
+    handler: Handler, res_type: str, ctx: Context, req: FhirRequest, *rest: str
+) -> FhirResponse:
+    return handler(ctx, req, res_type, *rest)
+
+
+# OperationDefinition: the declared operations' definitions are readable though not stored
+ROUTES += _typed(
+    "OperationDefinition",
+    {"OperationDefinition": definitions.search, "OperationDefinition/{id}": definitions.read},
+)
 
 
 # -- the matcher -------------------------------------------------------------------------------
@@ -168,6 +199,7 @@ def _routes(operations: Operations) -> Index:
                 op.handler,
                 "operation",
                 op.res_type,
+                op.inline,
             )  # fmt: skip
             for op in operations.table
             for method in sorted(op.methods)
@@ -192,12 +224,37 @@ def dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
     return response
 
 
-def _route(ctx: Context, req: FhirRequest, path: list[str]) -> FhirResponse:
+def inline(ctx: Context, req: FhirRequest) -> bool:
+    """May `dispatch(ctx, req)` run on the event loop? Only for an operation that says it
+    needs no database now (`Operation.inline`), by GET (a POSTed body may carry a whole
+    ValueSet to expand), at type level or without an access policy (an instance-level guard
+    reads the resource), and with no write hooks on its type: the thread hop of
+    `run_in_threadpool` costs more than such an operation's whole work."""
+    path = [p for p in req.path if p]
+    if req.method != "GET" or not path or ctx.operations.hooks.get(path[0]):
+        return False
+    found = _match(ctx, path)
+    if found is None:
+        return False
+    route = found.methods.get(req.method.upper())
+    if route is None or route.inline is None:
+        return False
+    if ctx.access is not None and any(name == "id" for _, name in found.names):
+        return False
+    return route.inline()
+
+
+def _match(ctx: Context, path: list[str]) -> _Pattern | None:
     for literals, group in _routes(ctx.operations).get(len(path), ()):
         found = group.get(tuple(path[i] for i in literals))
         if found is not None:
-            break
-    else:
+            return found
+    return None
+
+
+def _route(ctx: Context, req: FhirRequest, path: list[str]) -> FhirResponse:
+    found = _match(ctx, path)
+    if found is None:
         if path:
             _check_type(path[0])
         raise not_found(f"No interaction at /{'/'.join(path)}")

@@ -23,6 +23,9 @@ from fhir_server.terminology import Terminology
 from fhir_server.terminology import operations as ops
 
 SPEC = "http://hl7.org/fhir/OperationDefinition/"
+# the lookups that may run on the event loop when the service answers from memory (their
+# work is a few dict lookups; an expansion or a translation may be large: on a thread)
+INLINE = frozenset({"$validate-code", "$lookup", "$subsumes"})
 # (type, operation, function, OperationDefinition id in the R4 specification)
 TABLE: tuple[tuple[str, str, Callable[..., dict[str, Any]], str], ...] = (
     ("ValueSet", "$expand", ops.expand, "ValueSet-expand"),
@@ -77,5 +80,6 @@ def register(operations: Operations, svc: Terminology) -> None:
         for level in ("type", "instance"):
             operations.register(
                 Operation(res_type, name, handle, frozenset({"GET", "POST"}), "r",
-                          SPEC + definition, level, listed=level == "type")
+                          SPEC + definition, level, listed=level == "type",
+                          inline=svc.ready if name in INLINE else None)
             )  # fmt: skip

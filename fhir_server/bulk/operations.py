@@ -18,6 +18,7 @@ import orjson
 
 from fhir_server import limits
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _parse_json
+from fhir_server.api.definitions import own, parameter
 from fhir_server.api.operations import Operation, Operations
 from fhir_server.bulk.params import NDJSON_FORMATS, in_patient_compartment, parameters_items
 from fhir_server.bulk.params import parse_export as parse_export_request
@@ -35,19 +36,62 @@ MAX_UPLOAD = 512 * 1024 * 1024
 BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 
 
+def _definitions(operations: Operations) -> dict[str, str]:
+    """This server's OperationDefinitions of Bulk Data's operations (derived, `base`, from
+    the Bulk Data IG's where it has one), readable on the server; name -> canonical URL."""
+    out = []
+    text = "string"
+    export_params = [
+        parameter("_outputFormat", "in", text, "application/fhir+ndjson (the default) only"),
+        parameter("_since", "in", "instant", "only resources changed after this instant"),
+        parameter("_type", "in", text, "comma-separated resource types to export", 0, "*"),
+        parameter("_typeFilter", "in", text, "a search per type, as Type?params", 0, "*"),
+        parameter("_elements", "in", text, "elements to keep, as Type.element or element", 0, "*"),
+    ]
+    patient = parameter("patient", "in", "Reference", "only these patients' compartments", 0, "*")
+    note = (
+        " Kick-off only: answers 202 with Content-Location, the status URL "
+        "($bulk-status/{job}) that gives the manifest when the job is done."
+    )
+    for op_id, code, resources, level, params, base, what in (
+        ("bulk-export", "export", [], "system", export_params, "export",
+         "Export every resource the client may read at system level, as NDJSON files."),
+        ("Patient-bulk-export", "export", ["Patient"], "type", [*export_params, patient],
+         "patient-export", "Export the resources of every patient's compartment."),
+        ("Group-bulk-export", "export", ["Group"], "instance", [*export_params, patient],
+         "group-export", "Export the compartments of the group's member patients."),
+        ("bulk-import", "import", [], "system",
+         [parameter("inputFormat", "in", "code", "application/fhir+ndjson"),
+          parameter("input", "in", None, "an NDJSON file to load", 1, "*",
+                    [parameter("type", "in", "code", "its resource type"),
+                     parameter("url", "in", "url", "where to fetch it (http or https)", 1)])],
+         None, "Load NDJSON files by URL (create or update by id); a Parameters resource or "
+               "a JSON manifest of {type, url} inputs."),
+    ):  # fmt: skip
+        definition = own(
+            op_id, code, f"Bulk Data ${code}", what + note, resources,
+            system=level == "system", type_level=level == "type",
+            instance=level == "instance", affects_state=code == "import",
+            parameters=params, base=BULK + base if base else None,
+        )  # fmt: skip
+        out.append((op_id, operations.define(definition)))
+    return dict(out)
+
+
 def register(operations: Operations, service: BulkService) -> None:
     """Bulk Data's operations and the status and file URLs it hands out."""
     both, get = frozenset({"GET", "POST"}), frozenset({"GET"})
     post, delete = frozenset({"POST"}), frozenset({"DELETE"})
+    urls = _definitions(operations)
     for op in (
-        Operation("", "$export", partial(_export, service, "system"), both, "", BULK + "export",
-                  level="system"),
+        Operation("", "$export", partial(_export, service, "system"), both, "",
+                  urls["bulk-export"], level="system"),
         Operation("Patient", "$export", partial(_export, service, "patient"), both, "",
-                  BULK + "patient-export", level="type"),
+                  urls["Patient-bulk-export"], level="type"),
         Operation("Group", "$export", partial(_export, service, "group"), both, "",
-                  BULK + "group-export"),
+                  urls["Group-bulk-export"]),
         Operation("", "$import", partial(kick_off_import, service=service), post, "",
-                  BULK + "import", level="system"),
+                  urls["bulk-import"], level="system"),
         Operation("", "$bulk-upload", partial(upload, service=service), post, "", level="system",
                   listed=False),
         Operation("", "$bulk-status", partial(status, service=service), get, "", level="system",

@@ -123,6 +123,15 @@ class Terminology:
                     self._builtin = _index(_builtin_resources())
         return self._builtin
 
+    def ready(self) -> bool:
+        """Will the next call answer from memory (the built-in content loaded, the stored
+        content loaded and not due for its recheck), without touching the database?"""
+        if self._builtin is None:
+            return False
+        if self.engine is None:
+            return True
+        return self._stored is not None and time.monotonic() - self._checked < self.recheck_seconds
+
     def _stored_content(self) -> _Content:
         if self.engine is None:
             return _EMPTY

@@ -268,8 +268,11 @@ class Compiled:
         handlers: dict[str, Handler] = {}
         required: list[tuple[str, tuple[str, ...], int]] = []
         choice_groups: list[tuple[str, tuple[str, ...]]] = []
-        sliced: list[tuple[str, list[dict[str, Any]]]] = []
+        sliced: list[tuple[str, bool, dict[str, Any]]] = []
         constraints = definition.get("constraints", {})
+        # inside a profile of a data type (an Extension profile), children of that same type
+        # (its sub-extensions) are plain ones: only the root is the profile
+        own_type = self.profile["type"] if self.profile is not None else None
         for name, spec in children.items():
             types = spec.get("types") or []
             if is_resource and name == "id":
@@ -285,6 +288,7 @@ class Compiled:
                 shown = f"{name}.ofType({suffix})" if spec.get("choice") else name
                 child = (
                     self.node_check(definition, spec["node"]) if spec.get("node")
+                    else self.base.type_check(t) if t == own_type
                     else self.type_check(t)
                 )  # fmt: skip
                 primitive = t in self.defs.primitives.checks
@@ -299,8 +303,8 @@ class Compiled:
                 required.append((name, tuple(keys), spec["min"]))
             if spec.get("choice"):
                 choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
-            if spec.get("slices") and not spec.get("choice"):
-                sliced.append((name, spec["slices"]))
+            if spec.get("slices") or spec.get("unchecked_slices"):
+                sliced.append((name, bool(spec.get("choice")), spec))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
 
         def check(v: Any, path: str, run: Run) -> None:
@@ -333,8 +337,8 @@ class Compiled:
                 if len(present) > 1:
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
-            for name, slices in sliced:
-                _check_slices(v.get(name), slices, f"{path}.{name}", run)
+            for name, choice, spec in sliced:
+                _check_slices(v, name, choice, spec, path, run)
             for inv in own:
                 inv.check(v, path, run)
 
@@ -509,46 +513,164 @@ class Compiled:
 _LITERAL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?")
 
 
-def _values_at(item: Any, path: str) -> list[Any]:
+def _child(f: dict[str, Any], step: str) -> list[tuple[Any, str | None]]:
+    """The values of element `step` of `f` with the type a choice key names (`valueQuantity`:
+    Quantity), lists flattened."""
+    v = f.get(step)
+    found: list[tuple[Any, str | None]]
+    if v is not None:
+        found = [(v, None)]
+    else:
+        n = len(step)
+        found = [(x, k[n:]) for k, x in f.items()
+                 if k.startswith(step) and k[n : n + 1].isupper()]  # fmt: skip
+    out: list[tuple[Any, str | None]] = []
+    for x, t in found:
+        if type(x) is list:
+            out.extend((y, t) for y in x if y is not None)
+        else:
+            out.append((x, t))
+    return out
+
+
+def _typed_at(item: Any, path: str, hint: str | None = None) -> list[tuple[Any, str | None]]:
+    """The values at a discriminator path (dotted element names from the slice's element),
+    each with its type when JSON tells it (a choice key, a resource's resourceType)."""
     if path == "$this":
-        return [item]
-    found = [item]
-    for step in path.split("."):
-        nxt: list[Any] = []
-        for f in found:
-            v = f.get(step) if type(f) is dict else None
-            if type(v) is list:
-                nxt.extend(x for x in v if x is not None)
-            elif v is not None:
-                nxt.append(v)
-        found = nxt
-    return found
+        found = [(item, hint)]
+    else:
+        found = [(item, None)]
+        for step in path.split("."):
+            found = [c for f, _ in found if type(f) is dict for c in _child(f, step)]
+    return [(x, t or (x.get("resourceType") if type(x) is dict else None)) for x, t in found]
 
 
-def _in_slice(item: Any, match: dict[str, list[Any]]) -> bool:
+def _values_at(item: Any, path: str) -> list[Any]:
+    return [x for x, _ in _typed_at(item, path)]
+
+
+def _in_slice(item: Any, hint: str | None, match: dict[str, list[Any]], run: Run) -> bool:
+    """Is `item` a member of the slice whose discriminators expect `match`?"""
     for path, (kind, value) in match.items():
-        values = _values_at(item, path)
-        if kind == "fixed":
+        if kind == "exists":
+            ok = bool(_values_at(item, path)) is value
+        elif kind == "type":
+            wanted = {_JSON_TYPE.get(t, t).lower() for t in value}
+            ok = any(t is not None and t.lower() in wanted for _, t in _typed_at(item, path, hint))
+        elif kind == "profile":
+            ok = any(_conforms(x, value, run) for x in _values_at(item, path))
+        elif kind == "valueset":
+            ok = any(_codes_in(x, value, run) for x in _values_at(item, path))
+        elif kind == "fixed":
+            values = _values_at(item, path)
             ok = any(_matches_pattern(x, value) and _matches_pattern(value, x) for x in values)
         else:
-            ok = any(_matches_pattern(x, value) for x in values)
+            ok = any(_matches_pattern(x, value) for x in _values_at(item, path))
         if not ok:
             return False
     return True
 
 
-def _check_slices(value: Any, slices: list[dict[str, Any]], path: str, run: Run) -> None:
-    """A profile's slices: how many repetitions match each slice's discriminator values,
-    against the slice's cardinality."""
-    items = value if type(value) is list else ([] if value is None else [value])
+def _conforms(value: Any, urls: list[str], run: Run) -> bool:
+    """Does `value` conform to one of the profiles (a `profile` discriminator)?"""
+    from fhir_server.validation.profiles import profiles
+
+    return any(profiles().conforms(url, value, run) for url in urls)
+
+
+def _codes_in(value: Any, url: str, run: Run) -> bool:
+    """A code, Coding or CodeableConcept with a code in the value set (a value/pattern
+    discriminator whose slices are told apart by a required binding)."""
+    from fhir_server.validation.valuesets import codes_of
+
+    listed: Any
+    if type(value) is str:
+        listed = [{"code": value}]
+    elif type(value) is dict:
+        listed = value.get("coding") if "coding" in value else [value]
+    else:
+        return False
+    codings = [c for c in listed or () if type(c) is dict and type(c.get("code")) is str]
+    codes = codes_of(url)
+    if codes is None and run.conformance is not None:
+        codes = run.conformance.value_set_codes(url)
+    if codes is not None:
+        return any(_coding_in(c, codes) for c in codings)
+    member = membership()
+    return member is not None and any(member(url, c.get("system"), c["code"]) for c in codings)
+
+
+def _check_slices(
+    v: dict[str, Any], name: str, choice: bool, spec: dict[str, Any], path: str, run: Run
+) -> None:
+    """A profile's slices of element `name` of `v` (`spec`: its reduced definition): which
+    repetitions each slice's discriminators select, against the slice's cardinality; each
+    member against what the slice requires of it (its children's cardinality and values,
+    its type profiles); with closed slicing, a repetition in no slice is an error."""
+    slices: list[dict[str, Any]] = spec.get("slices") or []
+    where = f"{path}.{name}"
+    items: list[tuple[str, Any, str | None]]
+    if choice:
+        items = [(f"{where}.ofType({t})", x, t) for x, t in _child(v, name)]
+    else:
+        value = v.get(name)
+        if type(value) is list:
+            items = [(f"{where}[{i}]", x, None) for i, x in enumerate(value)]
+        else:
+            items = [] if value is None else [(where, value, None)]
+    sliced: set[str] = set()
     for s in slices:
-        n = sum(1 for item in items if _in_slice(item, s["match"]))
+        members = [(p, x) for p, x, t in items if _in_slice(x, t, s["match"], run)]
+        sliced.update(p for p, _ in members)
+        n = len(members)
         if n < s["min"]:
-            run.error("required", path, f"slice '{s['name']}' needs at least {s['min']} "
+            run.error("required", where, f"slice '{s['name']}' needs at least {s['min']} "
                       f"item(s) matching {_show(s['match'])}; found {n}")  # fmt: skip
         elif 0 <= s["max"] < n:
-            run.error("structure", path, f"slice '{s['name']}' allows at most {s['max']} "
+            run.error("structure", where, f"slice '{s['name']}' allows at most {s['max']} "
                       f"item(s); found {n}")  # fmt: skip
+        for p, x in members:
+            _check_member(x, p, s, run)
+    if spec.get("slices_closed"):
+        names = ", ".join(s["name"] for s in slices)
+        for p, _, _ in items:
+            if p not in sliced:
+                run.error("structure", p, f"matches none of the slices ({names}); the "
+                          "slicing is closed")  # fmt: skip
+    if run.warnings:
+        for slice_name, why in spec.get("unchecked_slices") or ():
+            run.warn("not-supported", where, f"slice '{slice_name}' is not checked: {why}")
+
+
+def _check_member(x: Any, path: str, s: dict[str, Any], run: Run) -> None:
+    """What slice `s` requires of one of its members beyond the discriminators."""
+    label = f"(slice '{s['name']}')"
+    for rel, rule in (s.get("rules") or {}).items():
+        found = _values_at(x, rel) if type(x) is dict else []
+        n = len(found)
+        if n < rule.get("min", 0):
+            run.error("required", f"{path}.{rel}", f"{rel} is required {label}")
+        elif 0 <= rule.get("max", -1) < n:
+            what = "is not allowed" if rule["max"] == 0 else f"allows at most {rule['max']}"
+            run.error("structure", f"{path}.{rel}", f"{rel} {what} {label}")
+        if "fixed" in rule:
+            kind, want = rule["fixed"]
+            for y in found:
+                same = _matches_pattern(y, want) and (kind != "fixed" or _matches_pattern(want, y))
+                if not same:
+                    run.error("value", f"{path}.{rel}", f"must be {_show(want)} {label}")
+    if s.get("profiles"):
+        from fhir_server.validation.profiles import profiles
+
+        known = [u for u in s["profiles"] if profiles().compiled_for(u, run) is not None]
+        if not known:
+            if run.warnings:
+                run.warn("not-supported", path, f"the profile(s) {', '.join(s['profiles'])} "
+                         f"of {label} are not known to this server (not checked)")  # fmt: skip
+            return
+        for url in known:  # a member conforms to the slice's profile (its first known one)
+            profiles().check_value(url, x, path, run, label)
+            break
 
 
 def _target_check(targets: frozenset[str], then: Check | None) -> Check:

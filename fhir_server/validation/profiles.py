@@ -4,7 +4,9 @@ StructureDefinition an operator stores (PUT, `interop import`), in effect withou
 What a profile adds to the R4 base check, per element of its snapshot (or of its
 differential laid over its base): cardinality (`min`/`max`, so must-have elements), types,
 bindings (required ones refuse, with the profile's value set), `fixed[x]` and `pattern[x]`
-values and its invariants. Slices (`element:slice`) are not checked (see the README).
+values, its invariants and its slices (by value, pattern, exists, type and profile
+discriminators: fhir_server.validation.structure, checker._check_slices), an Extension
+slice checked against the extension's own profile when the server knows it.
 
 Stored definitions are cached per process; a write of a StructureDefinition, ValueSet or
 CodeSystem through this process clears the cache (`changed()`), other processes see it within
@@ -21,7 +23,7 @@ from functools import cache
 from importlib import resources as importlib_resources
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fhir_server.validation.structure import reduce
+from fhir_server.validation.structure import attach_slices, collect_slices, reduce
 
 if TYPE_CHECKING:
     from fhir_server.validation.checker import Compiled, Run
@@ -108,7 +110,7 @@ class Profiles:
         sd = conformance.structure_definition(url) if conformance is not None else None
         if sd is None:
             return builtin().get(url)
-        if depth > 10 or sd.get("kind") != "resource":
+        if depth > 10 or sd.get("kind") not in ("resource", "complex-type"):
             return None
         if sd.get("snapshot", {}).get("element"):
             return reduce(sd)
@@ -122,6 +124,51 @@ class Profiles:
         if parent is None:
             return None
         return overlay(parent, sd)
+
+    def compiled_for(self, url: str, run: Run) -> Compiled | None:
+        """The compiled profile `url` (a resource's or a data type's, e.g. an Extension's),
+        with the stored definitions `run` sees; None when unknown."""
+        compiled = self.compiled(url.split("|", 1)[0], run.conformance)
+        return compiled if compiled is not None and compiled.profile is not None else None
+
+    def check_value(self, url: str, value: Any, path: str, run: Run, note: str = "") -> int:
+        """Check `value` (at `path`) against the known profile `url`, its problems added to
+        `run` (naming the profile); returns how many errors it has."""
+        compiled = self.compiled_for(url, run)
+        if compiled is None:
+            return 0
+        assert compiled.profile is not None
+        res_type = compiled.profile["type"]
+        if compiled.profile.get("kind") == "resource" and (
+            type(value) is not dict or value.get("resourceType") != res_type
+        ):
+            run.error("structure", path, f"not a {res_type}, as the profile {url} is {note}")
+            return 1
+        before = len(run.issues)
+        outer = run.resource, run.root
+        if type(value) is dict and "resourceType" in value:
+            run.resource = run.root = value
+        try:
+            compiled.type_check(res_type)(value, path, run)
+        finally:
+            run.resource, run.root = outer
+        errors, named = 0, f"(profile {url}{' ' + note if note else ''})"
+        for i in range(before, len(run.issues)):
+            issue = run.issues[i]
+            errors += issue.severity == "error"
+            run.issues[i] = type(issue)(issue.severity, issue.code, issue.expression,
+                                        f"{issue.diagnostics} {named}")  # fmt: skip
+        return errors
+
+    def conforms(self, url: str, value: Any, run: Run) -> bool:
+        """Does `value` conform to the known profile `url` (a `profile` discriminator)?
+        An unknown profile: no."""
+        if self.compiled_for(url, run) is None:
+            return False
+        from fhir_server.validation.checker import Run as Fresh
+
+        trial = Fresh(conformance=run.conformance, resource=run.resource, root=run.root)
+        return self.check_value(url, value, "", trial) == 0
 
     def check(
         self,
@@ -158,11 +205,13 @@ class Profiles:
 
 
 def overlay(parent: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
-    """A differential-only StructureDefinition laid over its parent's reduced definition."""
+    """A differential-only StructureDefinition laid over its parent's reduced definition
+    (its slices too: slicing and slices are declared in the differential)."""
     nodes = {path: {k: dict(v) for k, v in node.items()} for path, node in parent["nodes"].items()}
     constraints = {k: list(v) for k, v in parent.get("constraints", {}).items()}
     root = parent["type"]
-    for el in sd.get("differential", {}).get("element", []) or []:
+    elements = sd.get("differential", {}).get("element", []) or []
+    for el in elements:
         el_id = str(el.get("id", el.get("path", "")))
         path = str(el.get("path", ""))
         if ":" in el_id or not path.startswith(root):
@@ -192,6 +241,7 @@ def overlay(parent: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
                 spec["fixed"] = value
             elif key.startswith("pattern"):
                 spec["pattern"] = value
+    attach_slices(nodes, *collect_slices(elements))
     return {**parent, "url": sd.get("url", ""), "nodes": nodes, "constraints": constraints}
 
 

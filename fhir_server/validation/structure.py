@@ -64,70 +64,149 @@ def _fixed(el: dict[str, Any]) -> list[Any] | None:
 
 
 def _slice_part(el: dict[str, Any], el_id: str, slices: dict[str, dict[str, Any]]) -> None:
-    """Collect a slice (`path:name`) and the fixed/pattern values of its children, by which
-    its members are recognised (re-slicing and slices inside slices are left out)."""
+    """Collect a slice (`path:name`): its cardinality, types and type profiles, and per child
+    (by relative path) the fixed/pattern value, cardinality, types and profiles, by which its
+    members are recognised and then checked (re-slicing and slices in slices are left out)."""
     base, _, rest = el_id.partition(":")
     name, _, rel = rest.partition(".")
     if ":" in rel or "." in base.rpartition(".")[0] and ":" in base:
         return
-    entry = slices.setdefault(base, {}).setdefault(name, {"name": name, "expect": {}})
+    entry = slices.setdefault(base, {}).setdefault(name, {"name": name, "parts": {}})
+    part: dict[str, Any] = {
+        "min": int(el.get("min", 0)),
+        "max": -1 if str(el.get("max", "*")) == "*" else int(str(el.get("max"))),
+        "types": [type_name(t) for t in el.get("type", ())],
+        "profiles": [str(p) for t in el.get("type", ()) for p in t.get("profile", ())],
+    }
     fixed = _fixed(el)
-    if not rel:
-        entry["min"] = int(el.get("min", 0))
-        mx = str(el.get("max", "*"))
-        entry["max"] = -1 if mx == "*" else int(mx)
-        if fixed:
-            entry["expect"]["$this"] = fixed
-    elif fixed:
-        entry["expect"][rel.replace("[x]", "")] = fixed
+    if fixed:
+        part["fixed"] = fixed
+    binding = el.get("binding") or {}
+    if binding.get("strength") == "required" and binding.get("valueSet"):
+        part["valueset"] = str(binding["valueSet"]).split("|")[0]
+    entry["parts"][rel.replace("[x]", "") or "$this"] = part
 
 
-def _attach_slices(
+def _discriminator(kind: str, path: str, s: dict[str, Any]) -> list[Any] | None:
+    """What a member of slice `s` has at `path` for one discriminator, or None when this
+    slice cannot be told by it (the slice is then not checked: see `unchecked`).
+
+    value/pattern: the fixed or pattern value (an extension slice by `url`: its profile's
+    URL; no value but a required binding: the value set); exists: present or absent (from
+    the child's min/max); type: the types allowed there; profile: the profiles it conforms to.
+    """
+    parts = s["parts"]
+    path = path.removeprefix("$this.") if path != "$this" else path
+    if "resolve()" in path or "(" in path:
+        return None  # a path through resolve(), ofType() or extension(): not evaluated
+    part = parts.get(path) or {}
+    root = parts.get("$this") or {}
+    if kind in ("value", "pattern"):
+        if part.get("fixed"):
+            return list(part["fixed"])
+        if path == "url" and root.get("types") == ["Extension"] and len(root["profiles"]) == 1:
+            return ["fixed", root["profiles"][0]]
+        if part.get("valueset"):
+            return ["valueset", part["valueset"]]
+        return None
+    if kind == "exists":
+        if part.get("min", 0) >= 1:
+            return ["exists", True]
+        if part.get("max") == 0:
+            return ["exists", False]
+        return None
+    if kind == "type":
+        return ["type", part["types"]] if part.get("types") else None
+    if kind == "profile":
+        return ["profile", part["profiles"]] if part.get("profiles") else None
+    return None
+
+
+def attach_slices(
     nodes: dict[str, dict[str, Any]],
     discriminators: dict[str, list[list[str]]],
     slices: dict[str, dict[str, dict[str, Any]]],
+    closed: frozenset[str] = frozenset(),
 ) -> None:
-    """A sliced element's slices, each with the value its discriminators must match; only
-    `value`/`pattern` discriminators whose every path has a fixed or pattern value."""
+    """A sliced element's slices, each with what its discriminators must match (`match`),
+    its cardinality, and what a member must then be (`rules`: the slice's type profiles and
+    its direct children's cardinality and fixed/pattern values). Slices no discriminator
+    can tell are listed under `unchecked` with the reason ($validate warns). `closed`: the
+    sliced elements whose slicing rules are closed (a repetition in no slice is an error,
+    when every slice can be told)."""
     for base, by_name in slices.items():
         discs = discriminators.get(base)
         parent, _, name = base.rpartition(".")
         spec = nodes.get(parent, {}).get(name.removesuffix("[x]"))
         if not discs or spec is None:
             continue
-        usable = []
+        usable, unchecked = [], []
         for s in by_name.values():
-            expect = {p: s["expect"].get(p) for _, p in discs}
-            if all(t in ("value", "pattern") for t, _ in discs) and all(expect.values()):
-                usable.append({"name": s["name"], "min": s.get("min", 0),
-                               "max": s.get("max", -1), "match": expect})  # fmt: skip
+            match = {p: _discriminator(t, p, s) for t, p in discs}
+            if not all(match.values()):
+                how = ", ".join(f"{t} {p}" for t, p in discs)
+                unchecked.append([s["name"], f"cannot tell its members by {how}"])
+                continue
+            root = s["parts"].get("$this") or {}
+            rules = {  # what the slice adds on its direct children
+                rel: {k: part[k] for k in ("min", "max", "fixed") if k in part}
+                for rel, part in s["parts"].items()
+                if rel != "$this"
+                and "." not in rel
+                and (part.get("min", 0) > 0 or part.get("max") == 0 or "fixed" in part)
+            }
+            slice_ = {"name": s["name"], "min": root.get("min", 0), "max": root.get("max", -1),
+                      "match": match}  # fmt: skip
+            if rules:
+                slice_["rules"] = rules
+            if root.get("profiles") and all(t != "profile" for t, _ in discs):
+                slice_["profiles"] = root["profiles"]
+            usable.append(slice_)
         if usable:
             spec["slices"] = usable
+        if unchecked:
+            spec["unchecked_slices"] = unchecked
+        elif base in closed:
+            spec["slices_closed"] = True
+
+
+def collect_slices(
+    elements: list[dict[str, Any]],
+) -> tuple[dict[str, list[list[str]]], dict[str, dict[str, dict[str, Any]]], frozenset[str]]:
+    """The slicing discriminators (by element id), the slices and the closed slicings of a
+    list of elements."""
+    discriminators: dict[str, list[list[str]]] = {}
+    slices: dict[str, dict[str, dict[str, Any]]] = {}
+    closed: set[str] = set()
+    for el in elements:
+        el_id = str(el.get("id", el.get("path", "")))
+        if ":" in el_id:
+            _slice_part(el, el_id, slices)
+        elif el.get("slicing", {}).get("discriminator"):
+            discriminators[el_id] = [
+                [str(d.get("type")), str(d.get("path"))] for d in el["slicing"]["discriminator"]
+            ]
+            if el["slicing"].get("rules") == "closed":
+                closed.add(el_id)
+    return discriminators, slices, frozenset(closed)
 
 
 def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, Any]:
     """Reduce a StructureDefinition (with a snapshot) to its nodes and constraints.
 
-    Slices (`path:slice` ids) are left out: their elements constrain a subset of the
-    repetitions, which the per-element checkers cannot express (see profiles.py for what a
-    profile's slices still get).
+    Slices (`path:slice` ids) are not nodes: their elements constrain a subset of the
+    repetitions; they become the sliced element's `slices` (`attach_slices`), which the
+    checker counts and checks by their discriminators (value, pattern, exists, type, profile).
     """
     elements = sd.get("snapshot", {}).get("element", [])
     root = str(sd.get("type") or (elements[0]["path"] if elements else ""))
     url = str(sd.get("url", ""))
     nodes: dict[str, dict[str, Any]] = {root: {}}
     constraints: dict[str, list[list[str]]] = {}
-    discriminators: dict[str, list[list[str]]] = {}
-    slices: dict[str, dict[str, dict[str, Any]]] = {}
     for el in elements:
         el_id = str(el.get("id", el["path"]))
         if ":" in el_id:
-            _slice_part(el, el_id, slices)
             continue
-        if el.get("slicing", {}).get("discriminator"):
-            discriminators[el_id] = [
-                [str(d.get("type")), str(d.get("path"))] for d in el["slicing"]["discriminator"]
-            ]
         path = str(el["path"])
         keep = [
             [c["key"], c.get("severity", "error"), c.get("expression", ""), c.get("human", "")]
@@ -181,7 +260,7 @@ def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, A
             if key.startswith("fixed") or key.startswith("pattern"):
                 spec["fixed" if key.startswith("fixed") else "pattern"] = value
         nodes.setdefault(parent, {})[name] = spec
-    _attach_slices(nodes, discriminators, slices)
+    attach_slices(nodes, *collect_slices(elements))
     return {
         "type": root,
         "kind": sd.get("kind", ""),

@@ -92,3 +92,27 @@ def test_fhirpy_expands_and_validates(live: tuple[Any, str]) -> None:
         params={"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": "LL"},
     )
     assert any(p["name"] == "display" for p in looked["parameter"])
+
+
+def test_fhirpy_resolves_the_declared_operation_definitions(live: tuple[Any, str]) -> None:
+    """What a client does with the CapabilityStatement: follow each terminology operation's
+    `definition` to its OperationDefinition, by canonical URL and by id."""
+    app, root = live
+    token = _token(app, root, "system/OperationDefinition.rs")
+    fhir = SyncFHIRClient(f"{root}/fhir", authorization=f"Bearer {token}")
+    statement = httpx.get(f"{root}/fhir/metadata").json()
+    declared = {
+        (r["type"], op["name"]): op["definition"]
+        for r in statement["rest"][0]["resource"]
+        for op in r.get("operation", [])
+        if r["type"] in ("ValueSet", "CodeSystem", "ConceptMap") and op["name"] != "validate"
+    }
+    assert set(declared) == {("ValueSet", "expand"), ("ValueSet", "validate-code"),
+                             ("CodeSystem", "lookup"), ("CodeSystem", "subsumes"),
+                             ("ConceptMap", "translate")}  # fmt: skip
+    for (res_type, name), url in declared.items():
+        found = fhir.resources("OperationDefinition").search(url=url).fetch_all()
+        assert [d["code"] for d in found] == [name]
+        assert res_type in found[0]["resource"]
+        again = fhir.reference("OperationDefinition", found[0]["id"]).to_resource()
+        assert again["url"] == url

@@ -474,3 +474,39 @@ def test_another_process_sees_a_stored_change(animals: TestClient, app: Any) -> 
     assert other.contains(url, ANIMALS, "bird") is False
     assert animals.delete("/fhir/ValueSet/pets").status_code in (200, 204)
     assert other.contains(url, ANIMALS, "dog") is None  # the value set is gone
+
+
+def test_lookups_answered_from_memory_skip_the_thread_hop(client: TestClient) -> None:
+    """`$validate-code`, `$lookup` and `$subsumes` by GET at type level run on the event loop
+    once the service holds its content (router.inline); anything that may be large or read the
+    database (an expansion, a POSTed ValueSet, a write) keeps to a thread. Same answers."""
+    from fhir_server.api.context import FhirRequest
+    from fhir_server.api.router import inline
+
+    ctx = client.app.state.context  # type: ignore[attr-defined]
+    query = [("url", "http://hl7.org/fhir/ValueSet/observation-status"),
+             ("system", "http://hl7.org/fhir/observation-status"), ("code", "final")]  # fmt: skip
+    path = "/fhir/ValueSet/$validate-code"
+    first = client.get(path, params=query)  # loads the service's content
+    assert first.status_code == 200 and first.json()["parameter"][0]["valueBoolean"] is True
+
+    def runs_inline(method: str, url: str) -> bool:
+        return inline(ctx, FhirRequest(method, url.split("/")[2:], query))
+
+    assert runs_inline("GET", path)
+    assert runs_inline("GET", "/fhir/CodeSystem/$lookup")
+    assert not runs_inline("POST", path)
+    assert not runs_inline("GET", "/fhir/ValueSet/$expand")
+    assert not runs_inline("GET", "/fhir/ValueSet/observation-status")
+    assert not runs_inline("PUT", "/fhir/ValueSet/x")
+    # a stored ValueSet is seen at once: the change makes the service reload (on a thread)
+    stored = {"resourceType": "ValueSet", "id": "mine", "url": "http://example.org/vs/mine",
+              "status": "active", "compose": {"include": [{"system": "http://hl7.org/fhir/"
+              "observation-status", "concept": [{"code": "final"}]}]}}  # fmt: skip
+    assert client.put("/fhir/ValueSet/mine", json=stored).status_code == 201
+    assert not runs_inline("GET", path)
+    mine = client.get(path, params=[("url", "http://example.org/vs/mine"), *query[1:]])
+    assert mine.json()["parameter"][0]["valueBoolean"] is True
+    assert runs_inline("GET", path)
+    bogus = client.get(path, params=[*query[:2], ("code", "bogus")])
+    assert bogus.json()["parameter"][0]["valueBoolean"] is False

@@ -531,6 +531,9 @@ def test_profile_slices_are_counted() -> None:
     assert any("'diastolic'" in t for t in texts) and any("'systolic'" in t for t in texts)
     no_category = {**bp, "category": [{"text": "vitals"}]}
     assert any("'VSCat'" in t for _, t in errors(no_category))
+    three = {**bp, "component": [*bp["component"], component("8462-4")]}
+    expected = "Observation.component: slice 'diastolic' allows at most 1 item(s); found 2"
+    assert expected in [t.split(" (profile")[0] for _, t in errors(three)]
 
 
 def test_checkers_compile_safely_from_concurrent_requests() -> None:

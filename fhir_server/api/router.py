@@ -230,8 +230,10 @@ def inline(ctx: Context, req: FhirRequest) -> bool:
     ValueSet to expand), at type level or without an access policy (an instance-level guard
     reads the resource), and with no write hooks on its type: the thread hop of
     `run_in_threadpool` costs more than such an operation's whole work."""
+    if req.method != "GET" or not req.path or req.path[-1][:1] != "$":
+        return False  # not an operation: decided without a route lookup (reads, searches)
     path = [p for p in req.path if p]
-    if req.method != "GET" or not path or ctx.operations.hooks.get(path[0]):
+    if ctx.operations.hooks.get(path[0]):
         return False
     found = _match(ctx, path)
     if found is None:

@@ -646,19 +646,32 @@ def _check_member(x: Any, path: str, s: dict[str, Any], run: Run) -> None:
     """What slice `s` requires of one of its members beyond the discriminators."""
     label = f"(slice '{s['name']}')"
     for rel, rule in (s.get("rules") or {}).items():
-        found = _values_at(x, rel) if type(x) is dict else []
-        n = len(found)
-        if n < rule.get("min", 0):
-            run.error("required", f"{path}.{rel}", f"{rel} is required {label}")
-        elif 0 <= rule.get("max", -1) < n:
-            what = "is not allowed" if rule["max"] == 0 else f"allows at most {rule['max']}"
-            run.error("structure", f"{path}.{rel}", f"{rel} {what} {label}")
-        if "fixed" in rule:
-            kind, want = rule["fixed"]
-            for y in found:
-                same = _matches_pattern(y, want) and (kind != "fixed" or _matches_pattern(want, y))
-                if not same:
-                    run.error("value", f"{path}.{rel}", f"must be {_show(want)} {label}")
+        head, _, last = rel.rpartition(".")
+        parents = ([x] if not head else _values_at(x, head)) if type(x) is dict else []
+        where = f"{path}.{rel}"
+        for parent in parents:  # a child's cardinality counts where its parent is present
+            if type(parent) is not dict:
+                continue
+            found = _child(parent, last)
+            n = len(found)
+            if n < rule.get("min", 0):
+                run.error("required", where, f"{rel} is required {label}")
+            elif 0 <= rule.get("max", -1) < n:
+                what = "is not allowed" if rule["max"] == 0 else f"allows at most {rule['max']}"
+                run.error("structure", where, f"{rel} {what} {label}")
+            if "types" in rule:
+                allowed = {_JSON_TYPE.get(t, t).lower() for t in rule["types"]}
+                for _, t in found:
+                    if t is not None and t.lower() not in allowed:
+                        run.error("structure", f"{where}.ofType({t})", f"{rel} must be "
+                                  f"{' or '.join(rule['types'])} {label}")  # fmt: skip
+            if "fixed" in rule:
+                kind, want = rule["fixed"]
+                for y, _ in found:
+                    same = _matches_pattern(y, want) and (
+                        kind != "fixed" or _matches_pattern(want, y))  # fmt: skip
+                    if not same:
+                        run.error("value", where, f"must be {_show(want)} {label}")
     if s.get("profiles"):
         from fhir_server.validation.profiles import profiles
 

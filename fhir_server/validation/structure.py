@@ -84,6 +84,8 @@ def _slice_part(el: dict[str, Any], el_id: str, slices: dict[str, dict[str, Any]
     binding = el.get("binding") or {}
     if binding.get("strength") == "required" and binding.get("valueSet"):
         part["valueset"] = str(binding["valueSet"]).split("|")[0]
+    if rel.endswith("[x]") and part["types"]:
+        part["choice"] = True  # the slice may narrow a choice's types (value[x]: Quantity)
     entry["parts"][rel.replace("[x]", "") or "$this"] = part
 
 
@@ -148,12 +150,17 @@ def attach_slices(
                 unchecked.append([s["name"], f"cannot tell its members by {how}"])
                 continue
             root = s["parts"].get("$this") or {}
-            rules = {  # what the slice adds on its direct children
+            rules = {  # what the slice adds on its elements (a child's min: when its parent is)
                 rel: {k: part[k] for k in ("min", "max", "fixed") if k in part}
+                | ({"types": part["types"]} if part.get("choice") else {})
                 for rel, part in s["parts"].items()
                 if rel != "$this"
-                and "." not in rel
-                and (part.get("min", 0) > 0 or part.get("max") == 0 or "fixed" in part)
+                and (
+                    part.get("min", 0) > 0
+                    or part.get("max") == 0
+                    or "fixed" in part
+                    or part.get("choice")
+                )
             }
             slice_ = {"name": s["name"], "min": root.get("min", 0), "max": root.get("max", -1),
                       "match": match}  # fmt: skip

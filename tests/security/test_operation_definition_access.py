@@ -55,5 +55,9 @@ def test_a_patient_app_cannot_replace_a_definition(
              "system": False, "type": True, "instance": False}  # fmt: skip
     assert is_outcome(http.put(READ, json=rogue, headers=app), 403)
     assert is_outcome(http.delete(READ, headers=app), 403)
+    # reading them is shared, non-patient content, as the terminology is
+    assert http.get(READ, headers=app).json()["url"] == QUERY["url"]
+    found = http.get(SEARCH, params=QUERY, headers=app).json()
+    assert [e["resource"]["url"] for e in found["entry"]] == [QUERY["url"]]
     reader, _, _ = backend(smart, "system/OperationDefinition.r")
     assert http.get(READ, headers=reader).json()["name"] == "Value Set Expansion"

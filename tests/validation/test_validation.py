@@ -534,6 +534,15 @@ def test_profile_slices_are_counted() -> None:
     three = {**bp, "component": [*bp["component"], component("8462-4")]}
     expected = "Observation.component: slice 'diastolic' allows at most 1 item(s); found 2"
     assert expected in [t.split(" (profile")[0] for _, t in errors(three)]
+    # a member meets its slice: systolic's value is a Quantity in mm[Hg] (US Core fixes it)
+    wrong = copy.deepcopy(bp)
+    wrong["component"][0]["valueQuantity"]["code"] = "kPa"
+    wrong["component"][1] = {**component("8462-4"), "valueString": "80"}
+    del wrong["component"][1]["valueQuantity"]
+    found = {e: t for e, t in errors(wrong) if "slice" in t}
+    assert set(found) == {"Observation.component[0].value.code",
+                          "Observation.component[1].value.ofType(String)"}, found  # fmt: skip
+    assert "'systolic'" in found["Observation.component[0].value.code"]
 
 
 def test_checkers_compile_safely_from_concurrent_requests() -> None:

@@ -209,6 +209,16 @@ class Jobs:
         """A transient failure: back to queued, to be retried."""
         return self._set(task_id, worker, status="queued", lease_until=None, error=error)
 
+    def asked_again(self, task_id: str) -> bool:
+        """A queued job was submitted again (the sweeper): its wait restarts now."""
+        with write_transaction(self.engine) as conn:
+            result = conn.execute(
+                update(ai_jobs)
+                .where(J.task_id == task_id, J.status == "queued")
+                .values(updated=now_us())
+            )
+        return bool(result.rowcount)
+
     def restart(self, task_id: str, stage: str = "decode") -> bool:
         return self._set(task_id, None, status="queued", stage=stage, lease_until=None)
 
@@ -232,14 +242,21 @@ class Jobs:
             ).first()
 
     def stale(self, queued_before: int, limit: int = 100) -> list[Job]:
-        """Jobs nobody works on: queued since before `queued_before`, or with a lease expired."""
+        """Jobs nobody works on: running with a lease expired, or queued (asked for) since
+        before `queued_before` and for at least as long as they had waited before that (so a
+        job waiting behind a long backlog is asked for again at doubling intervals, not at
+        every sweep)."""
         stamp = now_us()
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(ai_jobs)
                 .where(
                     or_(
-                        and_(J.status == "queued", J.updated < queued_before),
+                        and_(
+                            J.status == "queued",
+                            J.updated < queued_before,
+                            2 * J.updated - J.created <= stamp,
+                        ),
                         and_(J.status == "running", J.lease_until < stamp),
                     )
                 )

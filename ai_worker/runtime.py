@@ -24,16 +24,16 @@ class AiRuntime:
         self.service = AiService(settings, ctx)
         self.runner: EmbeddedRunner | None = None
         # the sweeper resubmits jobs nobody works on: a dead process's (lease run out), or
-        # never queued (Redis was down); with Celery only after the broker's own redelivery
-        # would have happened
+        # queued and not taken up (never queued: Redis was down; or its message was lost with
+        # a worker or with Redis): the database decides, not the broker's redelivery
         sweep = min(30.0, getattr(settings, "lease_seconds", 30.0))
         self.sweep_seconds, self.grace_seconds = sweep, sweep
         if settings.redis_url:
             from ai_worker.celery_app import CelerySubmitter, make_celery
 
             self.service.submitter = CelerySubmitter(make_celery(settings))
-            self.sweep_seconds = 60.0
-            self.grace_seconds = settings.ai_visibility_timeout + settings.ai_lease_seconds
+            self.sweep_seconds = min(60.0, settings.ai_lease_seconds)
+            self.grace_seconds = settings.ai_lease_seconds
         elif settings.ai_worker_threads > 0:
             self.runner = EmbeddedRunner(self.service, settings.ai_worker_threads)
             self.service.submitter = self.runner

@@ -401,13 +401,18 @@ class AiService:
             self.run_inline(task_id)
 
     def recover(self, grace_seconds: float = 60.0) -> list[str]:
-        """Submit again the jobs nobody works on (a dead worker's, or never delivered)."""
+        """Submit again the jobs nobody works on: a dead worker's (its lease ran out), or
+        queued and not taken up within `grace_seconds` (the message was lost: with a worker
+        that died holding it, or with Redis). A job whose message was only waiting gets a
+        second one, which finds the job taken and does nothing."""
         from ai_worker.jobs import now_us
 
         if self.submitter is None:
             return []
         stale = self.jobs.stale(now_us() - int(grace_seconds * 1_000_000))
         for job in stale:
+            if job.status == "queued":
+                self.jobs.asked_again(job.task_id)
             self.submitter.submit(job.task_id)
         return [job.task_id for job in stale]
 

@@ -270,3 +270,38 @@ def test_sweeper_picks_up_a_job_a_dead_process_left(ai_client, orthanc, no_rules
     assert task["status"] == "completed"
     job = service.jobs.get(task_id)
     assert job.attempts == 3 and job.worker != "dead-process"  # dead claim, decode, infer
+
+
+def test_sweeper_asks_again_for_a_queued_job_nobody_took_up(ai_client, orthanc, no_rules) -> None:  # type: ignore[no-untyped-def]
+    """A job whose message was lost (with a worker that died holding it, or with Redis) stays
+    queued: the sweeper submits it again once it has waited its grace, then only once it has
+    waited as long again (a job merely waiting behind a backlog is not flooded); it runs to
+    the end once."""
+    _, study = upload_study(ai_client, orthanc, write_series(make_phantom(slices=3, size=24)))
+    service = ai_client.app.state.ai.service
+    submitter, service.submitter = service.submitter, None
+    try:
+        task_id, _ = service.request(study["id"], "ct-classical")  # its message: lost
+    finally:
+        service.submitter = submitter
+    lost: list[str] = []
+
+    class Lost:  # the broker losing the message
+        def submit(self, task: str) -> None:
+            lost.append(task)
+
+    service.submitter = Lost()
+    try:
+        assert service.recover(grace_seconds=1) == []  # within its grace: it may be on its way
+        time.sleep(2.0)
+        assert service.recover(grace_seconds=1) == [task_id]  # asked again (lost again)
+        time.sleep(1.2)
+        assert service.recover(grace_seconds=1) == []  # it had waited 2 s: wait as long
+    finally:
+        service.submitter = submitter
+    assert lost == [task_id]
+    time.sleep(1.0)
+    assert service.recover(grace_seconds=1) == [task_id]  # this time it arrives
+    wait_for_jobs(ai_client)
+    assert ai_client.get(f"/fhir/Task/{task_id}").json()["status"] == "completed"
+    assert service.jobs.get(task_id).attempts == 2  # decode, infer: once each

@@ -241,7 +241,7 @@ def create_app(
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
             if audit is not None and may_read_audit_events(
-                request.method, [p for p in path if p], request.url.query, fhir_req.body
+                request.method, [p for p in path if p], query.decode("latin-1"), fhir_req.body
             ):  # read events are kept compact until something can read them
                 await run_in_threadpool(audit.expand)
             if read_through is not None and request.method == "GET" and len(path) == 2:

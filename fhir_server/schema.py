@@ -119,10 +119,17 @@ def text_equals(column: Any, value: str) -> ColumnElement[bool]:
     return and_(prefix_of(column) == value[:INDEX_PREFIX], rest == value[INDEX_PREFIX:])
 
 
-def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+def _index_table(
+    name: str,
+    *columns: Column,
+    indexes: tuple[tuple[str, ...], ...],
+    owner: tuple[str, ...] = (),
+) -> Table:
     """Every index table shares the owner key, the owner's type and the parameter code.
 
-    An indexed column named in `PREFIXED` is indexed by its prefix (`prefix_of`)."""
+    The owner index leads with resource_pk (deleting a resource's rows), then `owner`'s
+    columns. An indexed column named in `PREFIXED` is indexed by its prefix (`prefix_of`);
+    an index ending in resource_pk (covering a search's driving rows) is named with `_pk`."""
     table = Table(
         name,
         metadata,
@@ -136,12 +143,14 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
         Column("param", String(64), nullable=False),
         *columns,
     )
-    Index(f"ix_{name}_owner", table.c.resource_pk)
+
+    def indexed(cols: tuple[str, ...]) -> list[Any]:
+        return [prefix_of(table.c[c]) if c in PREFIXED else table.c[c] for c in cols]
+
+    Index(f"ix_{name}_owner", *indexed(("resource_pk", *owner)))
     for cols in indexes:
-        Index(
-            f"ix_{name}_{'_'.join(cols)}",
-            *(prefix_of(table.c[c]) if c in PREFIXED else table.c[c] for c in cols),
-        )
+        named = "_".join(cols[:-1]) + "_pk" if cols[-1] == "resource_pk" else "_".join(cols)
+        Index(f"ix_{name}_{named}", *indexed(cols))
     return table
 
 
@@ -160,6 +169,7 @@ idx_token = _index_table(
     Column("code", Text, nullable=True),
     Column("text", Text, nullable=True),
     indexes=(("res_type", "param", "code", "system"),),
+    owner=("param", "code", "system"),  # a search tests a candidate's code in the index alone
 )
 idx_date = _index_table(
     "idx_date",
@@ -172,7 +182,11 @@ idx_reference = _index_table(
     Column("target_type", String(64), nullable=True),
     Column("target_id", String(64), nullable=True),
     Column("url", Text, nullable=False),
-    indexes=(("res_type", "param", "target_id", "target_type"), ("target_type", "target_id")),
+    # the owners of a reference (a patient's Observations) from the index alone
+    indexes=(
+        ("res_type", "param", "target_id", "target_type", "resource_pk"),
+        ("target_type", "target_id"),
+    ),
 )
 idx_quantity = _index_table(
     "idx_quantity",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import orjson
@@ -49,6 +51,7 @@ from interop.fhir_reads import ApiReads
 from interop.logs import request_id_var
 from interop.metrics import DatabaseCollector, metrics_refusal
 from interop.outbox_runner import OutboxRunner
+from interop.request_threads import RequestThreads
 from interop.runtime import Runtime, request_limits
 from interop.services import Loop, Managed, Singleton
 from interop.settings import Settings, get_settings
@@ -142,6 +145,8 @@ def create_app(
         if ai is not None and ai.runner is not None:
             ai.runner, ai.service.submitter = None, None
 
+    threads = RequestThreads(settings.db_pool_size)  # FHIR interactions run there
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # As many request threads as pooled connections: more threads only queue for a
@@ -151,6 +156,7 @@ def create_app(
             runtime.add_channel_services(background=settings.background)
         services.start()
         yield
+        await run_in_threadpool(threads.close)  # the interactions under way finish first
         await run_in_threadpool(runtime.close)  # the services in reverse, then the engine
 
     docs = settings.docs == "on"  # the API description is for developers, off by default
@@ -207,11 +213,22 @@ def create_app(
         else None
     )
 
+    # On SQLite a read by id (one primary-key lookup in the same process, never waiting for
+    # a writer in WAL mode) costs less than the hop to a worker thread and back, which is
+    # most of what a read costs here: those run on the event loop. Everything else (searches,
+    # writes, PostgreSQL's network round trips, the OpenEMR read-through) runs in threads.
+    inline_reads = engine.dialect.name == "sqlite" and read_through is None
+    counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # metric children per labels
+
     async def fhir_endpoint(request: Request) -> Response:
         started = time.perf_counter()
         path = request.path_params.get("path", "").split("/")
+        query = request.scope["query_string"]  # parsed as Starlette's QueryParams does
         fhir_req = FhirRequest(
-            request.method, path, request.query_params.multi_items(), dict(request.headers)
+            request.method,
+            path,
+            parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else [],
+            dict(request.headers),
         )
         interaction, res_type = "unknown", ""
         grant = None
@@ -223,7 +240,7 @@ def create_app(
             grant = policy.check([p for p in path if p], fhir_req.header("authorization"))
             request_ctx = ctx if grant is None else replace(ctx, access=access_for(grant))
             if audit is not None and may_read_audit_events(
-                request.method, [p for p in path if p], request.url.query, fhir_req.body
+                request.method, [p for p in path if p], query.decode("latin-1"), fhir_req.body
             ):  # read events are kept compact until something can read them
                 await run_in_threadpool(audit.expand)
             if read_through is not None and request.method == "GET" and len(path) == 2:
@@ -237,10 +254,12 @@ def create_app(
                 request_ctx = replace(
                     request_ctx, actor=actor_for(grant, address), before_commit=record_change
                 )
-            if inline(request_ctx, fhir_req):  # a lookup answered from memory: no thread hop
+            if (inline_reads and _reads_by_id(request.method, path, ctx)) or inline(
+                request_ctx, fhir_req
+            ):  # a read by id on SQLite, a lookup answered from memory: no thread hop
                 response: FhirResponse = dispatch(request_ctx, fhir_req)
             else:
-                response = await run_in_threadpool(dispatch, request_ctx, fhir_req)
+                response = await threads.run(dispatch, request_ctx, fhir_req)
             interaction, res_type = response.interaction or interaction, response.res_type
             status, body, headers = response.status, response.body, response.headers
             stream, media_type = response.stream, response.media_type or FHIR_JSON
@@ -275,8 +294,14 @@ def create_app(
                     audit.record(event)
             except Exception:
                 log.exception("could not write the audit event")
-        metrics.REQUESTS.labels(interaction, res_type, str(status)).inc()
-        metrics.REQUEST_SECONDS.labels(interaction, res_type).observe(time.perf_counter() - started)
+        children = counted.get((interaction, res_type, status))
+        if children is None:  # a labels() lookup per request costs more than the increment
+            children = counted[interaction, res_type, status] = (
+                metrics.REQUESTS.labels(interaction, res_type, str(status)),
+                metrics.REQUEST_SECONDS.labels(interaction, res_type),
+            )
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
         if request.method == "HEAD":
             body, stream = None, None
         if stream is not None:
@@ -407,6 +432,18 @@ def _ai_runtime(runtime: Runtime, ctx: Any) -> Any:
     return ai
 
 
+def _reads_by_id(method: str, path: list[str], ctx: Any) -> bool:
+    """`GET {type}/{id}` (a read, not an operation or `_history`) of a type without write
+    hooks: one bounded lookup by key."""
+    parts = [p for p in path if p]
+    return (
+        method == "GET"
+        and len(parts) == 2
+        and parts[1][:1] not in ("_", "$")
+        and not ctx.operations.hooks.get(parts[0])
+    )
+
+
 def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:
     """The id an interaction touched: from the URL, or from `Location` after a create."""
     if len(parts) > 1 and parts[1][:1] not in "_$":
@@ -437,6 +474,12 @@ async def _read_body(request: Request, req: FhirRequest) -> None:
         raise FhirError(400, "The URL holds a NUL character", "invalid")
     if req.path[-1:] == ["$bulk-upload"]:
         req.body_file = await limits.spool_body(req.headers, request.stream())
+    elif (
+        req.method in ("GET", "HEAD")
+        and "content-length" not in req.headers
+        and "transfer-encoding" not in req.headers
+    ):
+        return  # no body (RFC 9112 6.3): nothing to wait for
     else:
         req.body = await limits.read_body(req.headers, request.stream())
 
@@ -484,6 +527,25 @@ class FhirFastPath:
         await response(scope, receive, send)
 
 
+class _RequestIds:
+    """Request ids as 32 hex digits: 16 random per process (drawn again in a forked child)
+    and a counter, unique without a `uuid4` (a system call) per request."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _RequestIds()
+
+
 class RequestContext:
     """Pure ASGI middleware: request id (echoed in X-Request-ID) and one access-log line."""
 
@@ -500,7 +562,7 @@ class RequestContext:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or _new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500

@@ -225,6 +225,9 @@ class GrantAccess:
                     conditions.append(condition)
         return conditions
 
+    def judges_stored(self, perm: str, res_type: str) -> bool:
+        return res_type in OWNED_TYPES or self.decide(perm, res_type).limited
+
     def check_stored(self, conn: Connection, perm: str, res_type: str, res_id: str) -> None:
         """A write needs the stored resource to be the patient's alone; an update of an id
         that does not exist is a create and needs that permission."""

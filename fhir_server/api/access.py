@@ -44,6 +44,10 @@ class Access(Protocol):
         """Refuse when an existing resource lies outside what the grant may see or change
         (and an update that would create a resource the grant may not create)."""
 
+    def judges_stored(self, perm: str, res_type: str) -> bool:
+        """Whether `check_stored` would look at the stored resource at all (False: it
+        accepts any id, so no connection need be taken for it)."""
+
     def check_body(
         self, perm: str, resource: Any, resolve: Callable[[dict[str, Any]], None] | None = None
     ) -> None:

@@ -209,7 +209,7 @@ def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) ->
     if ctx.access is None:
         return
     ctx.access.require(perm, res_type)
-    if res_id is not None:
+    if res_id is not None and ctx.access.judges_stored(perm, res_type):
         with ctx.read_connection() as conn:
             ctx.access.check_stored(conn, perm, res_type, res_id)
 

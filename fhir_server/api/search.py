@@ -9,7 +9,7 @@ from fhir_server import fhirjson
 from fhir_server.api import bundling
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _filters
 from fhir_server.errors import FhirError
-from fhir_server.search.query import SearchPlan, compartment_condition, execute
+from fhir_server.search.query import SearchPlan, compartment_condition, execute, execute_direct
 
 
 def search(
@@ -34,10 +34,15 @@ def search(
 
 
 def _searchset(ctx: Context, plan: SearchPlan, path: str) -> FhirResponse:
-    with ctx.read_connection() as conn:
-        result = execute(conn, plan)
-        if ctx.access is not None and result.included:
-            result.included = ctx.access.filter_rows(conn, result.included)
+    result = None
+    if plan.direct is not None and not plan.where and ctx.tx is None:  # SQL text: DBAPI
+        with ctx.store.dbapi_connection() as dbapi:
+            result = execute_direct(dbapi, ctx.store.engine.dialect.paramstyle, plan)
+    if result is None:
+        with ctx.read_connection() as conn:
+            result = execute(conn, plan)
+            if ctx.access is not None and result.included:
+                result.included = ctx.access.filter_rows(conn, result.included)
     entries = [
         bundling.search_entry(
             ctx.base_url, row, bundling.shape(row.body, plan.summary, plan.elements)

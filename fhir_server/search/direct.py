@@ -11,6 +11,7 @@ semantics this module mirrors exactly: same index rows, same driving-index choic
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from fhir_server.search.registry import params_for
 if TYPE_CHECKING:
     from fhir_server.search.query import Compiler, SearchPlan
 
+_DRIVING = re.compile(r"\bt\.")  # a kind's test names its index table `t`
 # The kinds with a fast path: their module's `direct` writes the index-row test.
 _DIRECT = {name: kind for name, kind in KINDS.items() if kind.direct is not None}
 
@@ -70,13 +72,26 @@ def direct_plan(compiler: Compiler, plan: SearchPlan, items: list[tuple[str, str
     if ids:
         where.append(f"r.res_id IN ({', '.join('?' * len(ids))})")
         params.extend(ids)
-    for i, (_, table, value_test, values) in enumerate(conditions):
-        owner = f"t.res_type = ? AND t.param = ? AND {value_test}"
-        if i == driving:
-            where.append(f"r.pk IN (SELECT t.resource_pk FROM {table} t WHERE {owner})")
-        else:
+    if driving is None:
+        for _, table, value_test, values in conditions:
+            owner = f"t.res_type = ? AND t.param = ? AND {value_test}"
             where.append(f"EXISTS (SELECT 1 FROM {table} t WHERE t.resource_pk = r.pk AND {owner})")
+            params.extend([plan.res_type, *values])
+    else:
+        # The other conditions test the driving index rows' owners inside the subquery, on
+        # the index tables alone (`ix_idx_token_owner` leads with resource_pk and param): a
+        # patient's hundred Observations are not each fetched from `resources` to be tested.
+        _, table, value_test, values = conditions[driving]
+        tests = [f"d.res_type = ? AND d.param = ? AND {_DRIVING.sub('d.', value_test)}"]
         params.extend([plan.res_type, *values])
+        for i, (_, other, other_test, other_values) in enumerate(conditions):
+            if i != driving:
+                tests.append(
+                    f"EXISTS (SELECT 1 FROM {other} t WHERE t.resource_pk = d.resource_pk "
+                    f"AND t.res_type = ? AND t.param = ? AND {other_test})"
+                )
+                params.extend([plan.res_type, *other_values])
+        where.append(f"r.pk IN (SELECT d.resource_pk FROM {table} d WHERE {' AND '.join(tests)})")
     sql = (
         "SELECT r.pk, r.res_id, r.body, count(*) OVER () FROM resources r "
         f"WHERE {' AND '.join(where)} ORDER BY r.pk LIMIT ?"

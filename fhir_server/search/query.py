@@ -414,7 +414,7 @@ def execute(conn: Connection, plan: SearchPlan) -> SearchResult:
 def _execute(conn: Connection, plan: SearchPlan) -> SearchResult:
     if plan.direct is not None:
         if not plan.where:
-            return _execute_direct(conn, plan, plan.direct)
+            return _execute_direct(conn.connection, conn.dialect.paramstyle, plan, plan.direct)
         assert plan.source is not None  # conditions were added after compiling: the long way
         compiler, items = plan.source
         extra, plan = plan.where, compiler.compile(plan.res_type, items)
@@ -443,9 +443,20 @@ def _execute(conn: Connection, plan: SearchPlan) -> SearchResult:
     return SearchResult(total, rows, included)
 
 
-def _execute_direct(conn: Connection, plan: SearchPlan, query: DirectQuery) -> SearchResult:
-    sql = query.sql if conn.dialect.paramstyle == "qmark" else query.sql.replace("?", "%s")
-    cursor = conn.connection.cursor()
+def execute_direct(dbapi: Any, paramstyle: str, plan: SearchPlan) -> SearchResult | None:
+    """A plan the direct path wrote as SQL text (`plan.direct`, nothing added since), run on
+    a DBAPI connection within the request's time limit; None for any other plan."""
+    if plan.direct is None or plan.where:
+        return None
+    with limits.deadline():
+        return _execute_direct(dbapi, paramstyle, plan, plan.direct)
+
+
+def _execute_direct(
+    dbapi: Any, paramstyle: str, plan: SearchPlan, query: DirectQuery
+) -> SearchResult:
+    sql = query.sql if paramstyle == "qmark" else query.sql.replace("?", "%s")
+    cursor = dbapi.cursor()
     try:
         cursor.execute(sql, query.params)
         page = cursor.fetchall()

@@ -235,22 +235,30 @@ class Store:
         The hottest call of the server, so it talks to the pooled DBAPI connection directly:
         SQLAlchemy's Connection and Result layers cost more than the query itself.
         """
-        dbapi = self.engine.raw_connection()
-        driver: Any = dbapi.driver_connection
-        try:
-            if self.sql.postgres:  # PostgreSQL: no transaction, so no ROLLBACK round trip at return
-                driver.autocommit = True
+        with self.dbapi_connection() as dbapi:
             cursor = dbapi.cursor()
             cursor.execute(self.sql.read, (res_type, res_id))
             row = cursor.fetchone()
             cursor.close()
+        if row is None:
+            return None
+        return StoredResource(res_type, res_id, row[0], row[1], bool(row[2]), row[3])
+
+    @contextmanager
+    def dbapi_connection(self) -> Iterator[Any]:
+        """A pooled DBAPI connection for reads that are plain SQL text (the read by id, the
+        direct searches): no SQLAlchemy Connection, no transaction (autocommit on PostgreSQL,
+        so no ROLLBACK round trip at return; none is begun on SQLite)."""
+        dbapi = self.engine.raw_connection()
+        driver: Any = dbapi.driver_connection
+        try:
+            if self.sql.postgres:
+                driver.autocommit = True
+            yield dbapi
         finally:
             if self.sql.postgres:
                 driver.autocommit = False
             dbapi.close()  # back to the pool
-        if row is None:
-            return None
-        return StoredResource(res_type, res_id, row[0], row[1], bool(row[2]), row[3])
 
     def vread(self, res_type: str, res_id: str, version_id: int) -> StoredResource | None:
         with self.connection() as conn:

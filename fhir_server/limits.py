@@ -122,16 +122,24 @@ def parse_json(body: bytes) -> Any:
         document = fhirjson.loads(body)
     except ValueError as exc:  # malformed JSON, or bytes that are not UTF-8
         raise bad_request(f"Malformed JSON: {exc}") from None
-    check_document(document)
+    # A NUL or a lone surrogate in parsed JSON can only come from a `\u` escape (raw control
+    # characters and bytes that are not UTF-8 fail to parse): without one, every string is
+    # storable and only the structure needs the walk.
+    strings = not isinstance(body, bytes) or b"\\u" in body
+    check_document(document, strings=strings)
     return document
 
 
-def check_document(document: Any, what: str = "The JSON document") -> None:
-    """Depth, node count and array length within the limits; every string (and key) storable.
+def check_document(document: Any, what: str = "The JSON document", strings: bool = True) -> None:
+    """Depth, node count and array length within the limits; every string (and key) storable
+    (unless `strings` is False: the caller knows they are).
 
     Iterative, so no depth of input reaches Python's recursion limit; a string is refused when
     it holds NUL (PostgreSQL text cannot) or a lone surrogate (not UTF-8).
     """
+    if not strings:
+        _check_structure(document, what)
+        return
     limits = _current
     max_depth, max_items, max_nodes = (
         limits.max_json_depth,
@@ -170,6 +178,41 @@ def check_document(document: Any, what: str = "The JSON document") -> None:
                     _check_string(value, what)
             elif kind is dict or kind is list:
                 stack.append((value, depth + 1))
+
+
+def _check_structure(document: Any, what: str) -> None:
+    """`check_document` without the strings: the same limits, in the same order."""
+    limits = _current
+    max_depth, max_items, max_nodes = (
+        limits.max_json_depth,
+        limits.max_array_items,
+        limits.max_json_nodes,
+    )
+    nodes = 1
+    stack: list[tuple[Any, int]] = []
+    if type(document) is dict or type(document) is list:
+        stack.append((document, 1))
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise FhirError(400, f"{what} is nested deeper than {max_depth} levels", "structure")
+        if type(node) is dict:
+            values: Any = node.values()
+        else:
+            values = node
+            if len(node) > max_items:
+                raise too_costly(
+                    f"{what} has an array of {len(node)} items; at most {max_items} are allowed",
+                    413,
+                )
+        nodes += len(node)
+        if nodes > max_nodes:
+            raise too_costly(f"{what} has more than {max_nodes} elements", 413)
+        deeper = depth + 1
+        for value in values:
+            kind = type(value)
+            if kind is dict or kind is list:
+                stack.append((value, deeper))
 
 
 def _check_string(value: str, what: str) -> None:

@@ -144,7 +144,11 @@ def _run_transaction(
         if ctx.before_commit is not None and tx.changes:
             ctx.before_commit(tx)
 
-    results = ctx.store.apply(bundle, ctx.actor, ctx.access, read, before_commit, "transaction")
+    # the Bundle is this request's parsed body, checked against the document limits as a
+    # whole (`_parse_json`); nothing reads its resources afterwards
+    results = ctx.store.apply(
+        bundle, ctx.actor, ctx.access, read, before_commit, "transaction", owned=True, checked=True
+    )
     return [_result_entry(ctx.base_url, r, representation) for r in results]
 
 

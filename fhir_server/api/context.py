@@ -216,8 +216,9 @@ def _allow(ctx: Context, perm: str, res_type: str, res_id: str | None = None) ->
 
 def _store_write(ctx: Context, entry: Entry) -> EntryResult:
     """A REST write through the store's one write path (inside a surrounding transaction
-    when there is one), with this request's policy and agent."""
-    return ctx.store.write(entry, ctx.actor, ctx.access, ctx.before_commit, ctx.tx)
+    when there is one), with this request's policy and agent. The content is the request's
+    own parsed body, used once: the store takes it over (`owned`) instead of copying it."""
+    return ctx.store.write(entry, ctx.actor, ctx.access, ctx.before_commit, ctx.tx, owned=True)
 
 
 def _written(ctx: Context, req: FhirRequest, result: EntryResult) -> FhirResponse:

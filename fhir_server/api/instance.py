@@ -53,6 +53,7 @@ def update(ctx: Context, req: FhirRequest, res_type: str, res_id: str) -> FhirRe
     if not isinstance(resource, dict):
         raise bad_request("The body must be a FHIR resource (a JSON object)")
     entry = Entry("PUT", res_type, res_id, resource=resource, if_match=_if_match(req))
+    entry.checked = True  # _parse_json checked the body's limits
     return _written(ctx, req, _store_write(ctx, entry))
 
 

@@ -30,7 +30,7 @@ def create(ctx: Context, req: FhirRequest, res_type: str) -> FhirResponse:
         )
     if not isinstance(resource, dict):
         raise bad_request("The body must be a FHIR resource (a JSON object)")
-    entry = Entry("POST", res_type, resource=resource)
+    entry = Entry("POST", res_type, resource=resource, checked=True)  # body limits checked
     entry.if_none_exist = req.header("if-none-exist") or None
     return _written(ctx, req, _store_write(ctx, entry))
 
@@ -40,6 +40,7 @@ def conditional_update(ctx: Context, req: FhirRequest, res_type: str) -> FhirRes
     if not isinstance(resource, dict):
         raise bad_request("The body must be a FHIR resource (a JSON object)")
     entry = Entry("PUT", res_type, None, _filters(req.query), resource, if_match=_if_match(req))
+    entry.checked = True  # _parse_json checked the body's limits
     entry.strict_id = True
     return _written(ctx, req, _store_write(ctx, entry))
 

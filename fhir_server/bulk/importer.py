@@ -123,7 +123,7 @@ def _apply(
         entries = [_entry(fhirjson.copy(r)) for _, r in pending]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         try:
-            store.apply(bundle, actor)
+            store.apply(bundle, actor, owned=True)  # the entries hold copies made here
         except FhirError:
             pass  # find the culprits one by one below
         else:

@@ -13,7 +13,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from fhir_server.search.fhirpath import Compiled, UnsupportedExpression, compile_path
+from fhir_server.search.fhirpath import (
+    Compiled,
+    UnsupportedExpression,
+    compile_path,
+    root_keys,
+)
 from fhir_server.search.kinds import KINDS, composite
 from fhir_server.search.kinds.base import Builder, IndexRows
 from fhir_server.search.kinds.date import MAX_US, MIN_US, date_range
@@ -33,6 +38,7 @@ __all__ = [
     "IndexRows",
     "date_range",
     "extract",
+    "index_kinds",
     "normalize_string",
     "rows_from_values",
     "split_reference",
@@ -46,22 +52,38 @@ _BUILDERS: dict[str, Builder] = {name: kind.build for name, kind in KINDS.items(
 _ROWS = tuple(kind.rows for kind in KINDS.values())
 
 
+Step = tuple[str, Builder, Compiled, "frozenset[str] | None"]
+
+
 @lru_cache(maxsize=512)
-def _plan(resource_type: str) -> tuple[tuple[str, Builder, Compiled], ...]:
-    """The (code, row builder, compiled expression) triples indexed for one resource type."""
-    plan: list[tuple[str, Builder, Compiled]] = []
+def _plan(resource_type: str) -> tuple[Step, ...]:
+    """The (code, row builder, compiled expression, top-level keys it reads) indexed for one
+    resource type; a step whose keys the resource lacks has no rows (None: always run)."""
+    plan: list[Step] = []
     for code, param in params_for(resource_type).items():
         builder = _BUILDERS.get(param.type)
         if builder is None or code in NOT_INDEXED or not param.expression:
             continue
         try:
             if param.type == "composite":  # its elements, components evaluated per element
-                plan.append((code, builder, composite.selector(param)))
+                selected = composite.selector(param)
+                plan.append((code, builder, selected, composite.root_keys(param)))
                 continue
-            plan.append((code, builder, compile_path(param.expression)))
+            fn = compile_path(param.expression)
+            plan.append((code, builder, fn, root_keys(param.expression)))
         except UnsupportedExpression:
             continue
     return tuple(plan)
+
+
+@lru_cache(maxsize=512)
+def index_kinds(resource_type: str) -> frozenset[str]:
+    """The `IndexRows` lists (so the index tables) a resource of this type can have rows in,
+    from its parameters' kinds: replacing a version clears only those, without parsing and
+    extracting the old version to find out."""
+    return frozenset(
+        KINDS[p.type].rows for p in params_for(resource_type).values() if p.type in KINDS
+    )
 
 
 def extract(resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
@@ -70,7 +92,9 @@ def extract(resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
     res_type = resource.get("resourceType") if type(resource) is dict else None
     if type(res_type) is not str or res_type not in resource_types():
         return rows
-    for code, builder, fn in _plan(res_type):
+    for code, builder, fn, keys in _plan(res_type):
+        if keys is not None and keys.isdisjoint(resource):
+            continue
         try:
             values = fn(resource)
             if values:

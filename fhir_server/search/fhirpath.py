@@ -454,6 +454,58 @@ def compile_path(expression: str) -> Compiled:
     return evaluate
 
 
+@lru_cache(maxsize=4096)
+def root_keys(expression: str) -> frozenset[str] | None:
+    """The top-level JSON keys `expression` starts from: on a resource with none of them it
+    evaluates to the empty collection, so extraction need not run it (most of a type's
+    parameters name elements a given resource does not have). None when that cannot be
+    said (the expression starts at the resource itself, or is true of an empty input:
+    `exists()`, `empty()`, `not()`, comparisons, `and`/`or`)."""
+    try:
+        return _root_keys(_Parser(expression).parse())
+    except UnsupportedExpression:
+        return None
+
+
+def _root_keys(ast: Ast) -> frozenset[str] | None:
+    kind = ast[0]
+    if kind == "member":
+        if ast[1] == ("this",):
+            return _member_keys(ast[2])
+        return _root_keys(ast[1])
+    if kind == "as":
+        return _root_keys(("call", ast[1], "as", (("type", ast[2]),)))
+    if kind == "call":
+        source, name, args = ast[1], ast[2], ast[3]
+        if name in ("ofType", "as") and len(args) == 1:
+            if source[0] == "member" and source[1] == ("this",):  # a choice element's type
+                suffix = args[0][1][0].upper() + args[0][1][1:]
+                suffixes = (suffix, *_SPECIALISATIONS.get(suffix, ()))
+                return frozenset(source[2] + s for s in suffixes)
+            return _root_keys(source)
+        if (name == "where" and len(args) == 1) or (name == "first" and not args):
+            return _root_keys(source)  # a subset of their source
+        return None
+    if kind == "index":
+        return _root_keys(ast[1])
+    if kind == "union":
+        keys: set[str] = set()
+        for part in ast[1]:
+            found = _root_keys(part)
+            if found is None:
+                return None
+            keys |= found
+        return frozenset(keys)
+    return None
+
+
+def _member_keys(name: str) -> frozenset[str]:
+    """The keys `_member` may read for `name` (a choice element: also `name` + any type)."""
+    if name in CHOICE_ELEMENTS:
+        return frozenset({name, *(name + s for s in CHOICE_SUFFIXES)})
+    return frozenset({name})
+
+
 def evaluate(expression: str, resource: dict[str, Any]) -> list[Any]:
     """Convenience for tests and one-off use: compile (cached) and run."""
     return compile_path(expression)(resource)

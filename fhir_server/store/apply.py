@@ -73,6 +73,9 @@ class Entry:
     all_matches: bool = False  # conditional delete: delete every match, not just one
     strict_id: bool = False  # conditional update: a body id must be the matched resource's
     matched: str | None = None  # set when a conditional create found its resource
+    # the content is part of a request body that passed `limits.check_document` as a whole:
+    # validation does not walk it for the document limits again
+    checked: bool = False
 
 
 @dataclass(slots=True)
@@ -105,10 +108,16 @@ def apply(
     read: Reader | None = None,
     before_commit: Callable[[Transaction, list[EntryResult]], None] | None = None,
     interaction: str | None = None,
+    owned: bool = False,
+    checked: bool = False,
 ) -> list[EntryResult]:
     """Apply a transaction Bundle all-or-nothing; one result per entry, in entry order.
-    A failing entry raises FhirError and nothing is written. `read` answers GET entries."""
-    entries = transaction_entries(bundle)
+    A failing entry raises FhirError and nothing is written. `read` answers GET entries.
+
+    `owned`: the caller hands the Bundle over (a request body it parsed, an import batch it
+    built) and never looks at its resources again, so they are written as they are instead
+    of copied first. `checked`: the Bundle passed `limits.check_document` as a whole."""
+    entries = transaction_entries(bundle, owned, checked)
     narrow = policy.visible_conditions if policy is not None else None
     with store.transaction(actor, interaction, narrow) as tx:
         results = run(tx, entries, policy, read, in_bundle=True)
@@ -124,10 +133,11 @@ def write(
     policy: Policy | None = None,
     before_commit: Callable[[Transaction], None] | None = None,
     tx: Transaction | None = None,
+    owned: bool = False,
 ) -> EntryResult:
     """One interaction (a REST write) through the same path, in its own transaction or in
-    `tx`. The caller's content is copied, not changed."""
-    if entry.resource is not None:
+    `tx`. The caller's content is copied, not changed, unless `owned` (see `apply`)."""
+    if entry.resource is not None and not owned:
         entry.resource = _copy(entry.resource)
     if tx is not None:
         return run(tx, [entry], policy, None, in_bundle=False)[0]
@@ -136,8 +146,9 @@ def write(
         return run(own, [entry], policy, None, in_bundle=False)[0]
 
 
-def transaction_entries(bundle: Any) -> list[Entry]:
-    """A transaction Bundle's entries as `Entry`s (copies), or the FhirError it deserves."""
+def transaction_entries(bundle: Any, owned: bool = False, checked: bool = False) -> list[Entry]:
+    """A transaction Bundle's entries as `Entry`s (with copies of the resources unless
+    `owned`), or the FhirError it deserves."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad_request("A transaction must be a Bundle", ["resourceType"])
     if bundle.get("type") != "transaction":
@@ -145,7 +156,7 @@ def transaction_entries(bundle: Any) -> list[Entry]:
             f"Bundle.type must be transaction, not '{bundle.get('type')}'", ["Bundle.type"]
         )
     raw = entry_list(bundle)
-    return [_as_entry(i, entry) for i, entry in enumerate(raw)]
+    return [_as_entry(i, entry, owned, checked) for i, entry in enumerate(raw)]
 
 
 def entry_list(bundle: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,7 +170,7 @@ def entry_list(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def _as_entry(index: int, raw: dict[str, Any]) -> Entry:
+def _as_entry(index: int, raw: dict[str, Any], owned: bool, checked: bool) -> Entry:
     where = f"Bundle.entry[{index}]"
     request = raw.get("request")
     if not isinstance(request, dict):
@@ -183,8 +194,9 @@ def _as_entry(index: int, raw: dict[str, Any]) -> Entry:
         path[0],
         path[1] if len(path) > 1 else None,
         parse_qsl(parts.query, keep_blank_values=True),
-        _copy(resource) if resource is not None else None,
+        _copy(resource) if resource is not None and not owned else resource,
         full_url=full_url if isinstance(full_url, str) else None,
+        checked=checked,
     )
     if method in ("GET", "HEAD"):
         return entry  # the caller's reader interprets the url
@@ -300,7 +312,7 @@ class _Step:
             return _result(found[1], "matched")
         self.body("c", resource)
         assert entry.res_id is not None
-        result = self.tx.create(resource, entry.res_id)
+        result = self.tx.create(resource, entry.res_id, checked=entry.checked)
         return _result(result.stored, "created")
 
     def put(self, entry: Entry) -> EntryResult:
@@ -308,7 +320,9 @@ class _Step:
         self.require("u", entry.res_type)
         self.stored("u", entry.res_type, entry.res_id)
         self.body("u", entry.resource)
-        result = self.tx.update(entry.res_type, entry.res_id, entry.resource, entry.if_match)
+        result = self.tx.update(
+            entry.res_type, entry.res_id, entry.resource, entry.if_match, checked=entry.checked
+        )
         outcome = "created" if result.created else "updated" if result.changed else "unchanged"
         return _result(result.stored, outcome)
 
@@ -515,19 +529,46 @@ def _reject_overlaps(entries: Sequence[Entry]) -> None:
 
 
 def _rewrite(node: Any, mapping: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in mapping:
-            node["reference"] = mapping[ref]
-        for value in node.values():
-            if isinstance(value, dict | list):
-                _rewrite(value, mapping)
-    elif isinstance(node, list):
-        for item in node:
-            if isinstance(item, dict | list):
-                _rewrite(item, mapping)
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str) and ref in mapping:
+                item["reference"] = mapping[ref]
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        else:
+            stack.extend(v for v in item if isinstance(v, dict | list))
 
 
 def _copy(value: Any) -> Any:
-    """The entry's own copy of caller content (the store changes ids and references)."""
-    return fhirjson.loads(fhirjson.dumps(value))
+    """The entry's own copy of caller content (the store changes ids and references): what
+    a JSON round trip would give, made directly when the content is plain parsed JSON."""
+    try:
+        return _plain_copy(value)
+    except (_NotPlain, RecursionError):
+        return fhirjson.loads(fhirjson.dumps(value))
+
+
+class _NotPlain(Exception):
+    """Content a JSON round trip would change (a float, a tuple, a str subclass, ...)."""
+
+
+_SCALARS = frozenset({str, bool, type(None), fhirjson.FhirDecimal})
+_INT_RANGE = range(-(2**63), 2**64)  # what orjson writes and reads back as the same int
+
+
+def _plain_copy(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NotPlain
+            out[k] = v if type(v) in _SCALARS else _plain_copy(v)
+        return out
+    if kind is list:
+        return [v if type(v) in _SCALARS else _plain_copy(v) for v in value]
+    if kind in _SCALARS or (kind is int and value in _INT_RANGE):
+        return value
+    raise _NotPlain

@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, false, or_, sele
 from fhir_server import fhirjson, limits, metrics
 from fhir_server.clock import now_us, to_instant
 from fhir_server.errors import FhirError, bad_request, conflict, precondition_failed
-from fhir_server.search.extract import IndexRows, extract
+from fhir_server.search.extract import IndexRows, extract, index_kinds
 from fhir_server.search.registry import params_for
 from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
 from fhir_server.store.conformance import StoredConformance
@@ -210,11 +210,14 @@ class Store:
         read: Reader | None = None,
         before_commit: Callable[[Transaction, list[EntryResult]], None] | None = None,
         interaction: str | None = None,
+        owned: bool = False,
+        checked: bool = False,
     ) -> list[EntryResult]:
-        """Apply a transaction Bundle through the one write path (fhir_server.store.apply)."""
+        """Apply a transaction Bundle through the one write path (fhir_server.store.apply);
+        `owned` and `checked` as there."""
         from fhir_server.store.apply import apply
 
-        return apply(self, bundle, actor, policy, read, before_commit, interaction)
+        return apply(self, bundle, actor, policy, read, before_commit, interaction, owned, checked)
 
     def write(
         self,
@@ -223,11 +226,12 @@ class Store:
         policy: Policy | None = None,
         before_commit: Callable[[Transaction], None] | None = None,
         tx: Transaction | None = None,
+        owned: bool = False,
     ) -> EntryResult:
         """One interaction (a REST write) through the same path (fhir_server.store.apply)."""
         from fhir_server.store.apply import write
 
-        return write(self, entry, actor, policy, before_commit, tx)
+        return write(self, entry, actor, policy, before_commit, tx, owned)
 
     def read(self, res_type: str, res_id: str) -> StoredResource | None:
         """The current version, or a deleted marker, or None if the id was never used.
@@ -384,9 +388,11 @@ class Transaction:
         self._index: dict[str, list[tuple[Any, ...]]] = {k: [] for k in INDEX_TABLES}
         # current rows fetched ahead by `prefetch` (None: known not to exist), until written
         self._known: dict[tuple[str, str], tuple[int, StoredResource] | None] = {}
-        # PostgreSQL: keys allocated by `prefetch` for the new resources it found, whose rows
-        # then go in with one COPY at flush instead of one INSERT round trip each
+        # keys allocated by `prefetch` for the new resources it found, whose rows then go in
+        # with one COPY (PostgreSQL) or executemany (SQLite) at flush instead of one INSERT
+        # each; on SQLite the highest key handed out so far (the table does not know them)
         self._free_pks: list[int] = []
+        self._top_pk = 0
         self._new_resources: list[tuple[Any, ...]] = []
         # the caller's visibility (fhir_server.search.query.Narrow): the searches behind
         # conditional operations and references match only what it may see
@@ -430,9 +436,8 @@ class Transaction:
                 self.cursor.execute(*self.sql.current_many(res_type, chunk))
                 found = {row[1]: row for row in self.cursor.fetchall()}
                 absent = sum(1 for res_id in chunk if res_id not in found)
-                if self.sql.postgres and absent:
-                    self.cursor.execute(self.sql.allocate_pks, (absent,))
-                    self._free_pks.extend(row[0] for row in self.cursor.fetchall())
+                if absent:
+                    self._allocate_pks(absent)
                 for res_id in chunk:
                     row = found.get(res_id)
                     self._known[(res_type, res_id)] = (
@@ -443,6 +448,20 @@ class Transaction:
                             StoredResource(res_type, res_id, row[2], row[3], bool(row[4]), row[5]),
                         )
                     )
+
+    def _allocate_pks(self, count: int) -> None:
+        """Keys for `count` new resources. PostgreSQL: from the table's sequence. SQLite: past
+        the highest key in the table (or handed out already), which is what SQLite itself
+        would assign next; this transaction holds the write lock, so no other writer can
+        take them, and they are used in ascending order (as the rows come)."""
+        if self.sql.postgres:
+            self.cursor.execute(self.sql.allocate_pks, (count,))
+            self._free_pks.extend(row[0] for row in self.cursor.fetchall())
+            return
+        self.cursor.execute("SELECT max(pk) FROM resources")
+        top = max(self.cursor.fetchone()[0] or 0, self._top_pk)  # type: ignore[index]
+        self._top_pk = top + count
+        self._free_pks.extend(range(top + count, top, -1))  # popped from the end
 
     def ids_by_identifier(
         self, wanted: list[Identity], lock: bool = True
@@ -506,19 +525,21 @@ class Transaction:
         res_id: str | None = None,
         trusted: bool = False,
         index: IndexRows | None = None,
+        checked: bool = False,
     ) -> WriteResult:
         """Store a new resource under a server-assigned id (or `res_id`, for create-on-update).
 
         `trusted` is for resources this server builds itself from a fixed shape (AuditEvents,
         one per request), with no conditional references: validation and reference
         resolution are skipped, and `index` may bring their index rows ready-made. Their
-        builders' tests validate the shape and the rows instead.
+        builders' tests validate the shape and the rows instead. `checked`: the content was
+        part of a request body that passed `limits.check_document` (see `validate_resource`).
         """
         if res_id:
             self._known.pop((resource.get("resourceType", ""), res_id), None)
         res_id = res_id or str(uuid.uuid4())
         if not trusted:
-            resource = validate_resource(resource, None, self.conformance)
+            resource = validate_resource(resource, None, self.conformance, checked)
             self.resolve_conditional_references(resource)
             self._content_hook(resource["resourceType"], res_id, resource)
         return self._insert_new(resource, resource["resourceType"], res_id, "POST", index)
@@ -530,9 +551,10 @@ class Transaction:
         resource: dict[str, Any],
         if_match: int | None = None,
         method: str = "PUT",
+        checked: bool = False,
     ) -> WriteResult:
         """Replace a resource (creating it when the id is new, which FHIR allows)."""
-        resource = validate_resource(resource, res_type, self.conformance)
+        resource = validate_resource(resource, res_type, self.conformance, checked)
         if resource.get("id") != res_id:
             raise bad_request(
                 f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
@@ -649,6 +671,8 @@ class Transaction:
             self._new_resources.append((pk, *row))
             self._record(pk, stored, resource, "create", index)
             return WriteResult(stored, created=True)
+        if self._new_resources and not self.sql.postgres:
+            self.flush()  # SQLite picks the next key from the rows it has: give it them all
         try:
             self.cursor.execute(self.sql.insert_resource, row)
             pk = self.cursor.fetchone()[0]  # type: ignore[index]  # RETURNING gives one row
@@ -687,17 +711,15 @@ class Transaction:
         self._append_outbox(stored, interaction)
 
     def _clear_index(self, pk: int, previous: StoredResource) -> None:
-        """Drop the index rows of the previous version (only tables it actually used)."""
+        """Drop the index rows of the previous version: in the tables its type can use (no
+        rows when it was a deletion, which cleared them)."""
         self.flush()
         kinds: list[str] = list(INDEX_TABLES)
-        if previous.body:
-            try:
-                old = extract(fhirjson.loads(previous.body), self.store.base_url)
-                kinds = [k for k in INDEX_TABLES if getattr(old, k)]
-            except Exception:  # noqa: BLE001 - an unreadable old body just means "clear all"
-                kinds = list(INDEX_TABLES)
-        elif previous.deleted:
+        if previous.deleted:
             kinds = []
+        elif previous.body:
+            possible = index_kinds(previous.res_type)
+            kinds = [k for k in INDEX_TABLES if k in possible]
         with self._pipeline():
             for kind in kinds:
                 self.cursor.execute(self.sql.clear_index[kind], (pk,))
@@ -792,17 +814,25 @@ def _same_content(old_body: bytes, new: dict[str, Any]) -> bool:
     return old == rest and old_meta == new_meta
 
 
-def _references(node: Any) -> Iterator[dict[str, Any]]:
-    """Every dict with a string `reference` key (a Reference datatype), depth first."""
-    if isinstance(node, dict):
-        if isinstance(node.get("reference"), str):
-            yield node
-        for value in node.values():
-            if isinstance(value, dict | list):
-                yield from _references(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _references(item)
+def _references(node: Any) -> list[dict[str, Any]]:
+    """Every dict with a string `reference` key (a Reference datatype), depth first in
+    document order (one loop over a stack: a recursive generator costs a frame per level)."""
+    found: list[dict[str, Any]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("reference"), str):
+                found.append(item)
+            children = [v for v in item.values() if isinstance(v, dict | list)]
+        elif isinstance(item, list):
+            children = [v for v in item if isinstance(v, dict | list)]
+        else:
+            continue
+        if children:
+            children.reverse()
+            stack.extend(children)
+    return found
 
 
 def history_rows(

@@ -140,13 +140,16 @@ def validate_resource(
     resource: Any,
     expected_type: str | None = None,
     conformance: Conformance | None = None,
+    checked: bool = False,
 ) -> dict[str, Any]:
     """Check a parsed JSON body is a valid R4 resource; return it unchanged, or raise a 400
     whose OperationOutcome lists every error.
 
     The stored body is the client's JSON (plus server meta), never a re-serialization.
+    `checked`: the resource is (part of) a document that already passed `check_document`
+    (a request body), which is not repeated.
     """
-    if isinstance(resource, dict):
+    if isinstance(resource, dict) and not checked:
         check_document(resource, f"The {resource.get('resourceType') or 'resource'}")
     if _level["validation"] == "basic":
         return _basic(resource, expected_type)

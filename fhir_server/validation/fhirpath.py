@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from xml.parsers import expat
@@ -135,10 +136,11 @@ _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}
                    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")  # fmt: skip
 
 
+_NO_FRACTION = Decimal("0")
+
+
 def _date_key(s: str) -> tuple[int, tuple[Any, ...]] | None:
     """(precision, comparable tuple in UTC) of a date/dateTime string, None if not one."""
-    from datetime import datetime, timedelta
-
     m = _DATE.match(s)
     if m is None:
         return None
@@ -150,7 +152,7 @@ def _date_key(s: str) -> tuple[int, tuple[Any, ...]] | None:
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
         dt -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-    return 6, (dt, Decimal(frac or "0"))
+    return 6, (dt, Decimal(frac) if frac else _NO_FRACTION)
 
 
 def _compare(a: Any, b: Any) -> int | None:

@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, and_, exists
 from fhir_server.errors import bad_request
 from fhir_server.schema import idx_composite
 from fhir_server.search.fhirpath import Compiled, compile_path
+from fhir_server.search.fhirpath import root_keys as fhirpath_root_keys
 from fhir_server.search.kinds import date, number, quantity, reference, string, token, uri
 from fhir_server.search.kinds.base import IndexRows, Kind, no_modifier
 from fhir_server.search.kinds.escape import split
@@ -109,27 +110,67 @@ def selector(param: SearchParam) -> Compiled:
     return select
 
 
+def root_keys(param: SearchParam) -> frozenset[str] | None:
+    """`fhirpath.root_keys` for a composite: of its expression, or, when that is the resource
+    itself, of one of its components (an element lacking any component gets no rows): the
+    one with the fewest keys, usually the most telling (`valueQuantity` rather than `code`)."""
+    keys = fhirpath_root_keys(param.expression)
+    if keys is not None or not param.components:
+        return keys
+    if param.expression.strip() != param.resource_type:
+        return None
+    found = []
+    for _, _, expression in param.components:
+        whole = expression.startswith("%resource.")
+        path = f"{param.resource_type}.{expression[10:]}" if whole else expression
+        keys = fhirpath_root_keys(path)
+        if keys is not None:
+            found.append(keys)
+    return min(found, key=len) if found else None
+
+
 def build(code: str, values: list[Any], rows: IndexRows, base: str | None) -> None:
     out = rows.composites
     for element, (plan, resource, node) in enumerate(values):
-        found: list[tuple[Any, ...]] = []
-        for part, (c, kind_name, whole, fn) in enumerate(plan):
-            kind = _PARTS.get(kind_name)
-            if kind is None:
-                return
-            one = IndexRows()
-            kind.build(c, fn(resource if whole else node), one, base)
-            kind_rows = list(dict.fromkeys(getattr(one, kind.rows)))
-            if not kind_rows:
-                break  # an element lacking a component can match nothing
-            at = _AT[kind_name]
-            for kind_row in kind_rows:
-                row: list[Any] = [None] * len(VALUES)
-                for i, v in zip(at, kind_row[1:], strict=True):
-                    row[i] = v
-                found.append((code, element, part, *row))
+        inputs = []  # every component's values first: one lacking means no rows to build
+        for _, _, whole, fn in plan:
+            selected = fn(resource if whole else node)
+            if not selected:
+                break
+            inputs.append(selected)
         else:
-            out.extend(found)
+            if not _element_rows(code, element, plan, inputs, out, base):
+                return
+
+
+def _element_rows(
+    code: str,
+    element: int,
+    plan: Any,
+    inputs: list[list[Any]],
+    out: list[tuple[Any, ...]],
+    base: str | None,
+) -> bool:
+    """Add the rows of one element whose components all have values (none when one gives
+    no row of its kind); False when a component's kind cannot be indexed (stop)."""
+    found: list[tuple[Any, ...]] = []
+    for part, (c, kind_name, _, _) in enumerate(plan):
+        kind = _PARTS.get(kind_name)
+        if kind is None:
+            return False
+        one = IndexRows()
+        kind.build(c, inputs[part], one, base)
+        kind_rows = list(dict.fromkeys(getattr(one, kind.rows)))
+        if not kind_rows:
+            return True  # an element lacking a component can match nothing
+        at = _AT[kind_name]
+        for kind_row in kind_rows:
+            row: list[Any] = [None] * len(VALUES)
+            for i, v in zip(at, kind_row[1:], strict=True):
+                row[i] = v
+            found.append((code, element, part, *row))
+    out.extend(found)
+    return True
 
 
 def _kind_rows(kind: Kind, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

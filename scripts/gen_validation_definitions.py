@@ -148,8 +148,14 @@ def generate(src: Path) -> dict[str, Any]:
         for r in _bundle(src / name)
         if r["resourceType"] == "StructureDefinition"
     ]
+    uscore_sds = [
+        sd
+        for sd in _bundle(src / "uscore-v5.0.1-structuredefinitions.json")
+        if sd.get("resourceType") == "StructureDefinition"
+    ]
+    profile_types = {str(sd["url"]): str(sd["type"]) for sd in uscore_sds}
     definitions = {
-        sd["id"]: reduce(sd)
+        sd["id"]: reduce(sd, profile_types=profile_types)
         for sd in sds
         if sd["kind"] in ("resource", "complex-type")
         and sd.get("derivation") != "constraint"
@@ -157,9 +163,7 @@ def generate(src: Path) -> dict[str, Any]:
     }
     bound: set[str] = set()
     uscore = [
-        reduce(sd, own_constraints_only=False)
-        for sd in _bundle(src / "uscore-v5.0.1-structuredefinitions.json")
-        if sd.get("resourceType") == "StructureDefinition"
+        reduce(sd, own_constraints_only=False, profile_types=profile_types) for sd in uscore_sds
     ]
     for d in [*definitions.values(), *uscore]:
         for node in d["nodes"].values():

@@ -113,7 +113,7 @@ class Profiles:
         if depth > 10 or sd.get("kind") not in ("resource", "complex-type"):
             return None
         if sd.get("snapshot", {}).get("element"):
-            return reduce(sd)
+            return reduce(sd, profile_types={u: d["type"] for u, d in builtin().items()})
         parent_url = str(sd.get("baseDefinition", "")).split("|")[0]
         if parent_url.startswith(BASE):
             from fhir_server.validation import definitions

@@ -20,6 +20,7 @@ Shape of a reduced definition (plain JSON, so it can be committed as package dat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
@@ -198,8 +199,16 @@ def collect_slices(
     return discriminators, slices, frozenset(closed)
 
 
-def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, Any]:
-    """Reduce a StructureDefinition (with a snapshot) to its nodes and constraints.
+BASE_DEFINITION = "http://hl7.org/fhir/StructureDefinition/"
+
+
+def reduce(
+    sd: dict[str, Any],
+    own_constraints_only: bool = True,
+    profile_types: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Reduce a StructureDefinition (with a snapshot) to its nodes and constraints;
+    `profile_types` gives the type of each profile a reference may target ({url: type}).
 
     Slices (`path:slice` ids) are not nodes: their elements constrain a subset of the
     repetitions; they become the sliced element's `slices` (`attach_slices`), which the
@@ -246,12 +255,16 @@ def reduce(sd: dict[str, Any], own_constraints_only: bool = True) -> dict[str, A
             spec["node"] = path
             nodes.setdefault(path, {})
         spec["types"] = types
+        # Target types: a base resource's URL names its type, a known profile's URL its
+        # profiled type (us-core-practitioner: Practitioner). One target of unknown type
+        # lifts the restriction (dropping it would refuse what the definition allows).
+        profiles = [p for t in el.get("type", ()) for p in t.get("targetProfile", ())]
         targets = sorted(
             {
-                p.rsplit("/", 1)[-1]
-                for t in el.get("type", ())
-                for p in t.get("targetProfile", ())
-                if p.startswith("http://hl7.org/fhir/StructureDefinition/")
+                p.removeprefix(BASE_DEFINITION)
+                if p.startswith(BASE_DEFINITION)
+                else (profile_types or {}).get(p.split("|")[0], "Resource")
+                for p in profiles
             }
         )
         if targets and "Resource" not in targets:

@@ -225,6 +225,28 @@ def test_literal_references_must_name_a_target_type() -> None:
         assert not [e for e, _ in found if e.startswith("Observation.subject")], ok
 
 
+def test_a_profile_allows_what_its_target_profiles_name() -> None:
+    """US Core's MedicationRequest.requester targets us-core-practitioner, us-core-patient,
+    ... and the base Device: each profile's type is a valid target, not only Device."""
+    url = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-medicationrequest"
+    request = {
+        "resourceType": "MedicationRequest",
+        "meta": {"profile": [url]},
+        "status": "active",
+        "intent": "order",
+        "reportedBoolean": False,
+        "medicationCodeableConcept": {"text": "aspirin"},
+        "subject": {"reference": "Patient/p"},
+        "authoredOn": "2026-12-03",
+    }
+    for target in ("Practitioner/d", "PractitionerRole/r", "Organization/o", "Device/x"):
+        found = errors({**request, "requester": {"reference": target}})
+        assert not [e for e, _ in found if "requester" in e], (target, found)
+    # the base definition still limits the types: a Location never requests
+    found = errors({**request, "requester": {"reference": "Location/l"}})
+    assert [e for e, _ in found if "requester" in e], found
+
+
 def test_contained_and_bundle_entries_are_validated_by_their_own_type() -> None:
     contained = observation(
         contained=[{"resourceType": "Patient", "id": "p", "gender": "xyz"}],

@@ -219,11 +219,7 @@ def create_app(
         else None
     )
 
-    # On SQLite a read by id (one primary-key lookup in the same process, never waiting for
-    # a writer in WAL mode) costs less than the hop to a worker thread and back, which is
-    # most of what a read costs here: those run on the event loop. Everything else (searches,
-    # writes, PostgreSQL's network round trips, the OpenEMR read-through) runs in threads.
-    inline_reads = engine.dialect.name == "sqlite" and read_through is None
+    inline_reads = InlineReads(engine.dialect.name == "sqlite" and read_through is None)
     counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # metric children per labels
 
     async def fhir_endpoint(request: Request) -> Response:
@@ -260,10 +256,12 @@ def create_app(
                 request_ctx = replace(
                     request_ctx, actor=actor_for(grant, address), before_commit=record_change
                 )
-            if (inline_reads and _reads_by_id(request.method, path, ctx)) or inline(
-                request_ctx, fhir_req
-            ):  # a read by id on SQLite, a lookup answered from memory: no thread hop
+            if inline_reads.wanted(started) and _reads_by_id(request.method, path, ctx):
+                begun = time.perf_counter()  # a read by id on SQLite: no thread hop
                 response: FhirResponse = dispatch(request_ctx, fhir_req)
+                inline_reads.took(begun, time.perf_counter())
+            elif inline(request_ctx, fhir_req):  # a lookup answered from memory
+                response = dispatch(request_ctx, fhir_req)
             else:
                 response = await threads.run(dispatch, request_ctx, fhir_req)
             interaction, res_type = response.interaction or interaction, response.res_type
@@ -436,6 +434,33 @@ def _ai_runtime(runtime: Runtime, ctx: Any) -> Any:
     ai = AiRuntime(runtime.ai_config(), ctx)
     ai_operations.register(ctx.operations, ai.service)
     return ai
+
+
+class InlineReads:
+    """Whether reads by id run on the event loop.
+
+    On SQLite a read by id (one primary-key lookup in this process, never waiting for a
+    writer in WAL mode) costs less than the hop to a worker thread and back, which is most of
+    what a read costs: those run on the event loop. Everything else (searches, writes,
+    PostgreSQL's network round trips, the OpenEMR read-through) runs in threads. A read that
+    had to wait for the disk (a database larger than the page cache) would stop every other
+    request meanwhile: after one that took longer than SLOW seconds, reads go to the threads
+    (which wait for the disk side by side) for BACKOFF seconds, then are tried here again.
+    """
+
+    SLOW = 0.002
+    BACKOFF = 1.0
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.threads_until = 0.0
+
+    def wanted(self, now: float) -> bool:
+        return self.enabled and now >= self.threads_until
+
+    def took(self, started: float, ended: float) -> None:
+        if ended - started > self.SLOW:
+            self.threads_until = ended + self.BACKOFF
 
 
 def _reads_by_id(method: str, path: list[str], ctx: Any) -> bool:

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +49,7 @@ BATCH = 500
 QUIET = 50  # read events per INTERVAL below which the writer expands pending rows
 INTERVAL = 1.0
 MAX_QUEUE = 100_000
+ROWS_PER_INSERT = 250  # 500 parameters: within any SQLite build's limit (999 before 3.32)
 MAX_ENTITIES = 100  # a large transaction names its first hundred resources
 CHANNEL_SYSTEM = "urn:interop:channel"
 REST_TYPE = {
@@ -108,6 +110,14 @@ def may_read_audit_events(method: str, parts: list[str], query: str, body: bytes
     if not parts or parts[0][:1] in ("_", "$") or any(p[:1] == "$" for p in parts):
         return True
     return len(parts) >= 3 and parts[2] in resource_types()  # Patient/1/AuditEvent and kin
+
+
+@lru_cache(maxsize=8)
+def _insert_rows(n: int) -> str:
+    """SQLite: one INSERT of `n` audit_pending rows. executemany steps once per row and
+    releases and retakes the GIL each time, which under load hands the event loop's GIL
+    back and forth hundreds of times per batch; one statement does it once."""
+    return "INSERT INTO audit_pending (recorded, event) VALUES " + ", ".join(["(?, ?)"] * n)
 
 
 def _pack(recorded: int, event: Interaction) -> tuple[int, str]:
@@ -337,7 +347,6 @@ class AuditTrail:
     def _drain(self) -> int:
         """Write what is queued as compact `audit_pending` rows, a batch per statement; how
         many."""
-        sql = self.store.sql.insert_audit_pending
         written = 0
         while self._queue:
             batch = [_pack(*self._queue.popleft()) for _ in range(min(BATCH, len(self._queue)))]
@@ -346,8 +355,10 @@ class AuditTrail:
                     with tx.cursor.copy("COPY audit_pending (recorded, event) FROM STDIN") as cp:
                         for row in batch:
                             cp.write_row(row)
-                else:
-                    tx.cursor.executemany(sql, batch)
+                else:  # one statement per ROWS_PER_INSERT rows, not one step per row
+                    for start in range(0, len(batch), ROWS_PER_INSERT):
+                        part = batch[start : start + ROWS_PER_INSERT]
+                        tx.cursor.execute(_insert_rows(len(part)), [v for r in part for v in r])
             written += len(batch)
         return written
 

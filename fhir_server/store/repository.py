@@ -165,7 +165,6 @@ class Statements:
         )
         self.insert_version = insert_sql(resource_versions)
         self.insert_outbox = insert_sql(outbox)
-        self.insert_audit_pending = f"INSERT INTO audit_pending (recorded, event) VALUES ({m}, {m})"
         self.pending_audit = f"SELECT pk, recorded, event FROM audit_pending ORDER BY pk LIMIT {m}"
         self.expanded_audit = f"DELETE FROM audit_pending WHERE pk <= {m}"
         self.insert_index = {kind: insert_sql(t) for kind, t in INDEX_TABLES.items()}

@@ -10,7 +10,6 @@ Without it the tests that use these fixtures skip locally with the reason, and f
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any, NamedTuple
 
 import orjson
 import pytest
+from ci_support import unavailable
 
 PACKAGE = "hl7.fhir.r4.examples"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "fhir-examples" / "node_modules" / PACKAGE
 EXPECTED_COUNT = 5306
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 class Example(NamedTuple):
@@ -41,9 +40,7 @@ def require_examples() -> None:
         f"the official FHIR R4 examples are missing ({EXAMPLES_DIR}): scripts/setup-env "
         "installs them (npm ci in tests/fhir-examples, Node.js 18+)"
     )
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 @cache

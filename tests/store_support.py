@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from ci_support import unavailable
 from sqlalchemy import Engine, create_engine, text
 
 from fhir_server.store.models import metadata
@@ -21,7 +21,6 @@ from fhir_server.store.models import metadata
 POSTGRES_ADMIN_URL = os.environ.get(
     "INTEROP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @contextmanager
@@ -41,11 +40,7 @@ def own_database(
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        if IN_CI:
-            pytest.fail(
-                f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {exc}"
-            )
-        pytest.skip(f"PostgreSQL not reachable ({exc}); set CI=true to make this a failure")
+        unavailable(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {exc}")
     try:
         yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import pytest
 import requests
 import store_support
+from ci_support import IN_CI
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 REDIS_URL = os.environ.get("INTEROP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

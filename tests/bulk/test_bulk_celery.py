@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bulk_helpers import ASYNC, ndjson, wait_for
+from ci_support import IN_CI
 from starlette.testclient import TestClient
 
 from interop.app import create_app
@@ -34,7 +35,7 @@ def test_export_runs_on_the_celery_worker(database_url: str, tmp_path: Path) -> 
     try:
         redis.Redis.from_url(redis_url).flushdb()
     except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail(f"Redis is required in CI: {exc}")
         pytest.skip(f"Redis not reachable: {exc}")
     settings = Settings(

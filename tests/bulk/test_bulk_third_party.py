@@ -4,7 +4,6 @@ over HTTP, with a backend-services token: kick-off, polling, manifest, files."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -17,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from ci_support import IN_CI
 
 from interop.app import create_app
 from interop.settings import Settings
 
 JS = Path(__file__).parent / "js"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _node_client() -> None:

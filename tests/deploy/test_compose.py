@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ci_support import unavailable
 
 from interop.cli import main
 from interop.settings import Settings
@@ -181,9 +182,7 @@ def test_the_proxy_spreads_http_and_mllp_over_the_replicas(compose: dict[str, An
 def test_the_secrets_service_makes_usable_secrets_once(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         reason = "the script gives the files to the containers' users (chown): run as root"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     script = ROOT / "deploy" / "secrets-init.sh"
     env = {"SECRETS_DIR": str(tmp_path), "PATH": os.environ["PATH"]}
     subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True)

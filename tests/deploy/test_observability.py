@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ci_support import IN_CI
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
@@ -104,7 +105,7 @@ def promtool() -> str:
     found = os.environ.get("INTEROP_PROMTOOL") or shutil.which("promtool")
     found = found or (str(beside) if beside.exists() else None)
     if found is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail("promtool is required in CI (scripts/setup-env installs it)")
         pytest.skip("promtool not installed (scripts/setup-env: Debian's prometheus package)")
     return found

@@ -27,6 +27,7 @@ from unittest import mock
 
 import pytest
 import uvicorn
+from ci_support import unavailable
 
 from interop.app import create_app
 from interop.cli import main as interop_main
@@ -36,7 +37,6 @@ HERE = Path(__file__).resolve().parent
 APP_DIR = HERE / "app"
 MODULES = HERE / "node_modules"
 FHIR_CLIENT_JS = MODULES / "fhirclient" / "build" / "fhir-client.min.js"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("INTEROP_E2E_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -53,9 +53,7 @@ def _require(browser: bool) -> None:
     if not missing:
         return
     reason = "these e2e tests need " + "; ".join(missing) + " -- scripts/setup-env installs them"
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 @pytest.fixture(scope="session")

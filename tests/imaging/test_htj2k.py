@@ -9,7 +9,7 @@ import subprocess
 
 import pydicom
 import pytest
-from imaging_support import IN_CI
+from ci_support import IN_CI
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 

@@ -10,7 +10,6 @@ fails the run instead of skipping. The browser is driven over the DevTools proto
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import uvicorn
+from ci_support import IN_CI
 from oe_accounts import CLIENT_ID, bridge_settings
 from simulator import OpenEmrSimulator
 from starlette.applications import Starlette
@@ -41,7 +41,6 @@ from openemr_bridge.routes import build_syncer
 HERE = Path(__file__).parent / "e2e"
 # the pinned fhirclient that scripts/setup-env installs for the browser tests (tests/e2e)
 FHIRCLIENT = HERE.parents[1] / "e2e" / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CLINICIAN, CLINICIAN_PASSWORD = "drjones", "clinician-pass-2"
 
 

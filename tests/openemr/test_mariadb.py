@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_support import IN_CI
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
@@ -25,7 +26,6 @@ from openemr_bridge.sync import Syncer
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openemr"
 ADMIN_URL = os.environ.get("INTEROP_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SYSTEMS = Systems.for_site("default")
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from ci_support import IN_CI
 from dicomweb_client import DICOMwebClient
 from imaging_support import PASSWORD, USER, Orthanc, running_orthanc
 from sqlalchemy import create_engine, text
-from store_support import IN_CI, own_database
+from store_support import own_database
 from topology import (
     Process,
     Receiver,

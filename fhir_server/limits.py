@@ -137,9 +137,6 @@ def check_document(document: Any, what: str = "The JSON document", strings: bool
     Iterative, so no depth of input reaches Python's recursion limit; a string is refused when
     it holds NUL (PostgreSQL text cannot) or a lone surrogate (not UTF-8).
     """
-    if not strings:
-        _check_structure(document, what)
-        return
     limits = _current
     max_depth, max_items, max_nodes = (
         limits.max_json_depth,
@@ -150,7 +147,7 @@ def check_document(document: Any, what: str = "The JSON document", strings: bool
     stack: list[tuple[Any, int]] = []
     if type(document) is dict or type(document) is list:
         stack.append((document, 1))
-    elif type(document) is str:
+    elif type(document) is str and strings:
         _check_string(document, what)
     while stack:
         node, depth = stack.pop()
@@ -158,9 +155,10 @@ def check_document(document: Any, what: str = "The JSON document", strings: bool
             raise FhirError(400, f"{what} is nested deeper than {max_depth} levels", "structure")
         if type(node) is dict:
             values: Any = node.values()
-            for key in node:
-                if "\x00" in key or not key.isascii():
-                    _check_string(key, what)
+            if strings:
+                for key in node:
+                    if "\x00" in key or not key.isascii():
+                        _check_string(key, what)
         else:
             values = node
             if len(node) > max_items:
@@ -174,45 +172,10 @@ def check_document(document: Any, what: str = "The JSON document", strings: bool
         for value in values:
             kind = type(value)
             if kind is str:
-                if "\x00" in value or not value.isascii():
+                if strings and ("\x00" in value or not value.isascii()):
                     _check_string(value, what)
             elif kind is dict or kind is list:
                 stack.append((value, depth + 1))
-
-
-def _check_structure(document: Any, what: str) -> None:
-    """`check_document` without the strings: the same limits, in the same order."""
-    limits = _current
-    max_depth, max_items, max_nodes = (
-        limits.max_json_depth,
-        limits.max_array_items,
-        limits.max_json_nodes,
-    )
-    nodes = 1
-    stack: list[tuple[Any, int]] = []
-    if type(document) is dict or type(document) is list:
-        stack.append((document, 1))
-    while stack:
-        node, depth = stack.pop()
-        if depth > max_depth:
-            raise FhirError(400, f"{what} is nested deeper than {max_depth} levels", "structure")
-        if type(node) is dict:
-            values: Any = node.values()
-        else:
-            values = node
-            if len(node) > max_items:
-                raise too_costly(
-                    f"{what} has an array of {len(node)} items; at most {max_items} are allowed",
-                    413,
-                )
-        nodes += len(node)
-        if nodes > max_nodes:
-            raise too_costly(f"{what} has more than {max_nodes} elements", 413)
-        deeper = depth + 1
-        for value in values:
-            kind = type(value)
-            if kind is dict or kind is list:
-                stack.append((value, deeper))
 
 
 def _check_string(value: str, what: str) -> None:

@@ -378,12 +378,14 @@ class AiService:
             self.fail(task_id, f"internal error: {type(exc).__name__}: {exc}")
 
     def fail(self, task_id: str, reason: str) -> None:
-        """End a job and its Task as failed, with the reason in Task.statusReason."""
+        """End a job and its Task as failed, with the reason in Task.statusReason. The Task
+        first: a job seen failed has its Task failed (a crash between the two leaves the job
+        to the sweeper, which runs it again, never a Task in progress forever)."""
         log.warning("AI Task/%s failed: %s", task_id, reason)
-        self.jobs.finish(task_id, "failed", reason[:1000])
         task = self._read("Task", task_id)
         if task is not None and task.get("status") not in FINISHED_TASK:
             self._put_task(task_failed(task, reason, now_instant()))
+        self.jobs.finish(task_id, "failed", reason[:1000])
 
     def run_inline(self, task_id: str) -> None:
         """Both stages in this thread, the volume kept in memory (the embedded mode)."""

@@ -57,6 +57,25 @@ class StoredConformance:
                     return body
         return None
 
+    def resource(self, reference: str) -> dict[str, Any] | None:
+        """The current version of the resource a literal reference names (`Type/id`, or
+        under this server's base URL), for a slicing discriminator through `resolve()`; None
+        when it is elsewhere, version-specific, or not stored (deleted included)."""
+        base = self.base_url.rstrip("/") + "/"
+        local = reference.removeprefix(base) if self.base_url else reference
+        parts = local.split("/")
+        if len(parts) != 2 or "://" in local or not all(parts):
+            return None
+        if self.flush is not None:
+            self.flush()
+        cursor = self.conn.connection.cursor()
+        cursor.execute(self.sql.current, (parts[0], parts[1]))
+        row = cursor.fetchone()
+        if row is None or row[3] or not row[4]:
+            return None
+        body: dict[str, Any] = orjson.loads(row[4])
+        return body
+
     def structure_definition(self, url: str) -> dict[str, Any] | None:
         return self.find("StructureDefinition", url)
 

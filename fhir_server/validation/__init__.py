@@ -115,6 +115,8 @@ def validate(
         run.error("structure", "resourceType", text)
         return run.issues
     run.resource = run.root = resource
+    if res_type == "Bundle":
+        run.bundle = resource  # references in its entries resolve to its other entries
     base().type_check(res_type)(resource, res_type, run)
     claimed = _claimed(resource)
     for url in dict.fromkeys((*claimed, *extra_profiles)):

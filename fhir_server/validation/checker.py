@@ -20,6 +20,7 @@ from typing import Any
 
 from fhir_server.validation import fhirpath
 from fhir_server.validation.invariants import Invariant, compile_constraints
+from fhir_server.validation.structure import parse_path
 from fhir_server.validation.valuesets import membership
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
@@ -57,6 +58,8 @@ class Run:
     resource: dict[str, Any] = field(default_factory=dict)
     root: dict[str, Any] = field(default_factory=dict)
     conformance: Any = None  # profiles.Conformance: stored value sets, for bindings
+    bundle: dict[str, Any] | None = None  # the Bundle being validated (resolve(): its entries)
+    resolved: dict[str, Any] = field(default_factory=dict)  # stored references looked up
 
     def error(self, code: str, expression: str, diagnostics: str) -> None:
         self.issues.append(Issue("error", code, expression, diagnostics))
@@ -303,7 +306,7 @@ class Compiled:
                 required.append((name, tuple(keys), spec["min"]))
             if spec.get("choice"):
                 choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
-            if spec.get("slices") or spec.get("unchecked_slices"):
+            if spec.get("slices") or spec.get("unchecked_slices") or spec.get("nested"):
                 sliced.append((name, bool(spec.get("choice")), spec))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
 
@@ -338,7 +341,11 @@ class Compiled:
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
             for name, choice, spec in sliced:
-                _check_slices(v, name, choice, spec, path, run)
+                if "nested" in spec:
+                    for p, x, _ in _items(v, name, choice, f"{path}.{name}"):
+                        _check_nested(x, p, spec["nested"], run)
+                if "slices" in spec or "unchecked_slices" in spec:
+                    _check_slices(v, name, choice, spec, path, run)
             for inv in own:
                 inv.check(v, path, run)
 
@@ -534,8 +541,8 @@ def _child(f: dict[str, Any], step: str) -> list[tuple[Any, str | None]]:
 
 
 def _typed_at(item: Any, path: str, hint: str | None = None) -> list[tuple[Any, str | None]]:
-    """The values at a discriminator path (dotted element names from the slice's element),
-    each with its type when JSON tells it (a choice key, a resource's resourceType)."""
+    """The values at a dotted path of element names, each with its type when JSON tells it
+    (a choice key, a resource's resourceType)."""
     if path == "$this":
         found = [(item, hint)]
     else:
@@ -549,33 +556,165 @@ def _values_at(item: Any, path: str) -> list[Any]:
     return [x for x, _ in _typed_at(item, path)]
 
 
-def _in_slice(item: Any, hint: str | None, match: dict[str, list[Any]], run: Run) -> bool:
-    """Is `item` a member of the slice whose discriminators expect `match`?"""
+def _walk(
+    item: Any, steps: tuple[tuple[str, str], ...], hint: str | None, run: Run
+) -> tuple[list[tuple[Any, str | None]], bool]:
+    """The values at a parsed discriminator path (`structure.parse_path`) with their types,
+    and whether a reference on the way could not be resolved (then the values are partial)."""
+    found: list[tuple[Any, str | None]] = [(item, hint)]
+    unresolved = False
+    for op, arg in steps:
+        if op == "name":
+            found = [c for f, _ in found if type(f) is dict for c in _child(f, arg)]
+        elif op == "ofType":  # a value of unknown type (not a choice) is kept
+            want = _JSON_TYPE.get(arg, arg).lower()
+            found = [(x, t) for x, t in found if t is None or t.lower() == want]
+        elif op == "extension":
+            found = [(e, "Extension") for f, _ in found if type(f) is dict
+                     for e in _listed(f.get("extension"))
+                     if type(e) is dict and e.get("url") == arg]  # fmt: skip
+        else:  # resolve()
+            resolved: list[tuple[Any, str | None]] = []
+            for f, _ in found:
+                target = resolve_reference(f, run)
+                if target is None:
+                    unresolved = True
+                else:
+                    resolved.append((target, target.get("resourceType")))
+            found = resolved
+        found = [(x, t or (x.get("resourceType") if type(x) is dict else None)) for x, t in found]
+    return found, unresolved
+
+
+def _listed(v: Any) -> list[Any]:
+    return v if type(v) is list else []
+
+
+def resolve_reference(ref: Any, run: Run) -> dict[str, Any] | None:
+    """The resource a Reference points to, as far as this validation can see it soundly: a
+    contained resource (`#id`, `#`: the container), an entry of the Bundle being validated
+    (by fullUrl, or `Type/id`), or a resource stored on this server as the current
+    transaction sees it (`Type/id`, or under the server's base URL). None otherwise (an
+    external URL, a logical reference, nothing stored there): the caller does not guess."""
+    target = ref.get("reference") if type(ref) is dict else None
+    if type(target) is not str or not target:
+        return None
+    if target.startswith("#"):
+        if target == "#":
+            return run.root or None
+        for c in _listed(run.root.get("contained")):
+            if type(c) is dict and c.get("id") == target[1:]:
+                return c
+        return None
+    if run.bundle is not None:
+        literal = _LITERAL.fullmatch(target)
+        for entry in _listed(run.bundle.get("entry")):
+            res = entry.get("resource") if type(entry) is dict else None
+            if type(res) is not dict:
+                continue
+            full = entry.get("fullUrl")
+            if full == target or (
+                literal is not None and "://" not in target
+                and (f"{res.get('resourceType')}/{res.get('id')}" == target.split("/_history")[0])
+            ):  # fmt: skip
+                return res
+    if target in run.resolved:
+        return run.resolved[target]
+    lookup = getattr(run.conformance, "resource", None)
+    found = lookup(target) if lookup is not None and _LITERAL.fullmatch(target) else None
+    run.resolved[target] = found
+    return found
+
+
+def _in_slice(item: Any, hint: str | None, match: dict[str, list[Any]], run: Run) -> bool | None:
+    """Is `item` a member of the slice whose discriminators expect `match`? None when it
+    cannot be told (a reference on the path does not resolve, a target profile is unknown)."""
+    undetermined = False
     for path, (kind, value) in match.items():
+        steps = parse_path(path)
+        if steps is None:
+            return None
+        found, unresolved = _walk(item, steps, hint, run)
+        if kind == "target":
+            expected = _target_expects(value, run)
+            if expected is None:
+                undetermined = True
+                continue
+            kind, value = expected
+        values = [x for x, _ in found]
         if kind == "exists":
-            ok = bool(_values_at(item, path)) is value
+            ok = bool(values) is value
+            unresolved = unresolved and not (value and values)
         elif kind == "type":
-            wanted = {_JSON_TYPE.get(t, t).lower() for t in value}
-            ok = any(t is not None and t.lower() in wanted for _, t in _typed_at(item, path, hint))
+            wanted = {_JSON_TYPE.get(t, t).lower() for t in map(_type_of, value, [run] * len(value))
+                      if t is not None}  # fmt: skip
+            ok = any(t is not None and t.lower() in wanted for _, t in found)
         elif kind == "profile":
-            ok = any(_conforms(x, value, run) for x in _values_at(item, path))
+            ok = any(_conforms(x, value, run) for x in values)
         elif kind == "valueset":
-            ok = any(_codes_in(x, value, run) for x in _values_at(item, path))
+            ok = any(_codes_in(x, value, run) for x in values)
         elif kind == "fixed":
-            values = _values_at(item, path)
             ok = any(_matches_pattern(x, value) and _matches_pattern(value, x) for x in values)
         else:
-            ok = any(_matches_pattern(x, value) for x in _values_at(item, path))
-        if not ok:
+            ok = any(_matches_pattern(x, value) for x in values)
+        if unresolved and (not ok or kind == "exists"):
+            undetermined = True
+        elif not ok:
             return False
-    return True
+    return None if undetermined else True
+
+
+def _type_of(name: str, run: Run) -> str | None:
+    """A type a `type` discriminator names: a type name, or a target profile's type."""
+    if "/" not in name:
+        return name
+    from fhir_server.validation.profiles import profiles
+
+    compiled = profiles().compiled_for(name, run)
+    return compiled.profile["type"] if compiled is not None and compiled.profile else None
+
+
+def _target_expects(target: dict[str, Any], run: Run) -> list[Any] | None:
+    """What the target profile of a reference fixes at a path (a value/pattern/exists
+    discriminator through `resolve()`): from the first known profile that says."""
+    from fhir_server.validation.profiles import profiles
+
+    for url in target["profiles"]:
+        compiled = profiles().compiled_for(url, run)
+        if compiled is None or compiled.profile is None:
+            continue
+        nodes = compiled.profile["nodes"]
+        node, spec = nodes.get(compiled.profile["type"], {}), None
+        for step in target["path"].split("."):
+            spec = node.get(step) if node is not None else None
+            if spec is None:
+                break
+            node = nodes.get(spec.get("node") or "", {})
+        if spec is None:
+            continue
+        if target["kind"] == "exists":
+            if spec.get("min", 0) >= 1 or spec.get("max") == 0:
+                return ["exists", spec.get("min", 0) >= 1]
+        elif "fixed" in spec:
+            return ["fixed", spec["fixed"]]
+        elif "pattern" in spec:
+            return ["pattern", spec["pattern"]]
+    return None
 
 
 def _conforms(value: Any, urls: list[str], run: Run) -> bool:
-    """Does `value` conform to one of the profiles (a `profile` discriminator)?"""
-    from fhir_server.validation.profiles import profiles
+    """Does `value` conform to one of the profiles (a `profile` discriminator)? A base
+    resource definition: being that resource (its base validity is checked where it is)."""
+    from fhir_server.validation.profiles import BASE, profiles
 
-    return any(profiles().conforms(url, value, run) for url in urls)
+    for url in urls:
+        name = url.removeprefix(BASE)
+        if name != url and "/" not in name:
+            if type(value) is dict and value.get("resourceType") == name:
+                return True
+        elif profiles().conforms(url, value, run):
+            return True
+    return False
 
 
 def _codes_in(value: Any, url: str, run: Run) -> bool:
@@ -603,34 +742,63 @@ def _codes_in(value: Any, url: str, run: Run) -> bool:
 def _check_slices(
     v: dict[str, Any], name: str, choice: bool, spec: dict[str, Any], path: str, run: Run
 ) -> None:
-    """A profile's slices of element `name` of `v` (`spec`: its reduced definition): which
-    repetitions each slice's discriminators select, against the slice's cardinality; each
-    member against what the slice requires of it (its children's cardinality and values,
-    its type profiles); with closed slicing, a repetition in no slice is an error."""
-    slices: list[dict[str, Any]] = spec.get("slices") or []
+    """A profile's slices of element `name` of `v` (`spec`: its reduced definition)."""
     where = f"{path}.{name}"
-    items: list[tuple[str, Any, str | None]]
+    _judge(_items(v, name, choice, where), spec, where, run)
+
+
+def _items(v: dict[str, Any], name: str, choice: bool, where: str) -> list[tuple[str, Any, Any]]:
+    """The repetitions of element `name` of `v`: (FHIRPath, value, type of a choice)."""
     if choice:
-        items = [(f"{where}.ofType({t})", x, t) for x, t in _child(v, name)]
-    else:
-        value = v.get(name)
-        if type(value) is list:
-            items = [(f"{where}[{i}]", x, None) for i, x in enumerate(value)]
-        else:
-            items = [] if value is None else [(where, value, None)]
+        return [(f"{where}.ofType({t})", x, t) for x, t in _child(v, name)]
+    value = v.get(name)
+    if type(value) is list:
+        return [(f"{where}[{i}]", x, None) for i, x in enumerate(value)]
+    return [] if value is None else [(where, value, None)]
+
+
+def _judge(
+    items: list[tuple[str, Any, str | None]], spec: dict[str, Any], where: str, run: Run
+) -> None:
+    """Which of `items` (path, value, type) each slice's discriminators select, against the
+    slice's cardinality; each member against what the slice requires of it (its children's
+    cardinality and values, its type profiles, the slicings inside it); a slice's re-slices
+    among its members; with closed slicing, an item in no slice is an error. An item whose
+    membership cannot be told (an unresolvable reference) is neither counted nor refused:
+    a warning says so, and a minimum it could make up is a warning, not an error."""
+    slices: list[dict[str, Any]] = spec.get("slices") or []
     sliced: set[str] = set()
     for s in slices:
-        members = [(p, x) for p, x, t in items if _in_slice(x, t, s["match"], run)]
-        sliced.update(p for p, _ in members)
+        members: list[tuple[str, Any, str | None]] = []
+        unknown = 0
+        for p, x, t in items:
+            verdict = _in_slice(x, t, s["match"], run)
+            if verdict is None:
+                unknown += 1
+                sliced.add(p)
+                run.warn("not-found", p, f"whether this is in slice '{s['name']}' is not "
+                         "judged: a reference on its discriminator path cannot be resolved "
+                         "(not contained, not in the Bundle, not stored here), or its "
+                         "target profile is unknown")  # fmt: skip
+            elif verdict:
+                members.append((p, x, t))
+                sliced.add(p)
         n = len(members)
         if n < s["min"]:
-            run.error("required", where, f"slice '{s['name']}' needs at least {s['min']} "
-                      f"item(s) matching {_show(s['match'])}; found {n}")  # fmt: skip
+            text = (f"slice '{s['name']}' needs at least {s['min']} item(s) matching "
+                    f"{_show(s['match'])}; found {n}")  # fmt: skip
+            if n + unknown < s["min"]:
+                run.error("required", where, text)
+            else:
+                run.warn("required", where, f"{text} (and {unknown} not judged)")
         elif 0 <= s["max"] < n:
             run.error("structure", where, f"slice '{s['name']}' allows at most {s['max']} "
                       f"item(s); found {n}")  # fmt: skip
-        for p, x in members:
+        for p, x, _ in members:
             _check_member(x, p, s, run)
+        reslicing = (s.get("nested") or {}).get("$this")
+        if reslicing is not None:
+            _judge(members, reslicing, where, run)
     if spec.get("slices_closed"):
         names = ", ".join(s["name"] for s in slices)
         for p, _, _ in items:
@@ -672,6 +840,8 @@ def _check_member(x: Any, path: str, s: dict[str, Any], run: Run) -> None:
                         kind != "fixed" or _matches_pattern(want, y))  # fmt: skip
                     if not same:
                         run.error("value", where, f"must be {_show(want)} {label}")
+    if s.get("nested"):
+        _check_nested(x, path, s["nested"], run)
     if s.get("profiles"):
         from fhir_server.validation.profiles import profiles
 
@@ -684,6 +854,21 @@ def _check_member(x: Any, path: str, s: dict[str, Any], run: Run) -> None:
         for url in known:  # a member conforms to the slice's profile (its first known one)
             profiles().check_value(url, x, path, run, label)
             break
+
+
+def _check_nested(x: Any, path: str, nested: dict[str, dict[str, Any]], run: Run) -> None:
+    """The slicings inside one value (a slice member's, a data type's), by relative path;
+    `$this` (re-slices) is judged among the slice's members, not here."""
+    if type(x) is not dict:
+        return
+    for rel, inner in nested.items():
+        if rel == "$this":
+            continue
+        head, _, last = rel.rpartition(".")
+        for parent in [x] if not head else _values_at(x, head):
+            if type(parent) is dict:
+                here = f"{path}.{head}" if head else path
+                _check_slices(parent, last, inner.get("choice", False), inner, here, run)
 
 
 def _target_check(targets: frozenset[str], then: Check | None) -> Check:

@@ -167,7 +167,8 @@ class Profiles:
             return False
         from fhir_server.validation.checker import Run as Fresh
 
-        trial = Fresh(conformance=run.conformance, resource=run.resource, root=run.root)
+        trial = Fresh(conformance=run.conformance, resource=run.resource, root=run.root,
+                      bundle=run.bundle, resolved=run.resolved)  # fmt: skip
         return self.check_value(url, value, "", trial) == 0
 
     def check(
@@ -256,6 +257,12 @@ class Cached:
 
     def value_set_codes(self, url: str) -> Codes | None:
         return profiles().value_set_codes(url, self.inner)
+
+    def resource(self, reference: str) -> dict[str, Any] | None:
+        """A stored resource a reference names (`resolve()` in a discriminator), when the
+        store offers lookups; not cached beyond the validation (it may change)."""
+        lookup = getattr(self.inner, "resource", None)
+        return lookup(reference) if lookup is not None else None
 
 
 @cache

@@ -20,6 +20,8 @@ SOURCE_NOTE = (
     "(HL7, CC0) by scripts/gen_search_definitions.py; do not edit by hand"
 )
 COMMON_BASES = ("Resource", "DomainResource")
+# the common parameters the server offers (fhir_server.search.registry.COMMON_PARAMS)
+COMMON_PARAMS = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 # Concrete R4 resource types that are neither the base nor the target of any standard search
 # parameter nor listed in the Patient compartment definition, so they cannot be derived from
 # these two files. Checked against the R4 resource list (http://hl7.org/fhir/R4/resourcelist.html).
@@ -69,7 +71,7 @@ def branches_for(expression: str, base: str) -> str:
 
 
 def generate(src: Path) -> dict[str, Any]:
-    """Build the three tables; returned (rather than written) so tests could reuse it."""
+    """Build the tables; returned (rather than written) so tests could reuse it."""
     bundle = json.loads((src / "search-parameters.json").read_text(encoding="utf-8"))
     by_url = {e["resource"]["url"]: e["resource"] for e in bundle["entry"]}
     compartment = json.loads(
@@ -114,7 +116,16 @@ def generate(src: Path) -> dict[str, Any]:
     ordered.update({k: dict(sorted(v.items())) for k, v in sorted(params.items())})
     for w in warnings:
         print("warning:", w, file=sys.stderr)
+    # the official SearchParameters of what the server offers (every type's own parameters,
+    # the common ones of COMMON_PARAMS), unchanged: the CapabilityStatement cites them by URL
+    offered = [
+        sp
+        for sp in (e["resource"] for e in bundle["entry"])
+        if sp["type"] != "special"
+        and (any(b not in COMMON_BASES for b in sp["base"]) or sp["code"] in COMMON_PARAMS)
+    ]
     return {
+        "search_parameter_definitions.ndjson": offered,
         "search_parameters.json": ordered,
         "resource_types.json": sorted(types),
         "patient_compartment.json": {"_source": SOURCE_NOTE, **dict(sorted(patient.items()))},
@@ -127,7 +138,11 @@ def main(argv: list[str]) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for name, data in generate(src).items():
         text = json.dumps(data, indent=None, separators=(",", ":"), ensure_ascii=False)
-        if name == "search_parameters.json":
+        if name.endswith(".ndjson"):  # line 1: where the rest came from
+            lines = [json.dumps({"_source": SOURCE_NOTE})]
+            lines += [json.dumps(d, ensure_ascii=False, separators=(",", ":")) for d in data]
+            text = "\n".join(lines)
+        elif name == "search_parameters.json":
             # one resource type per line keeps diffs of a regenerated table readable
             lines = [json.dumps({"_source": SOURCE_NOTE})[:-1]]
             for k, v in data.items():

@@ -14,7 +14,7 @@ import orjson
 
 from fhir_server.clock import now_us, to_instant
 from fhir_server.search.query import SUPPORTED_KINDS
-from fhir_server.search.registry import params_for, resource_types
+from fhir_server.search.registry import definition_url, params_for, resource_types
 
 TYPE_INTERACTIONS = (
     "read",
@@ -116,22 +116,23 @@ def _resource(res_type: str) -> dict[str, Any]:
         "searchInclude": [f"{res_type}:{code}" for code in references],
         "searchRevInclude": _revincludes(res_type),
         "searchParam": [
-            {
-                "name": p.code,
-                "definition": "http://hl7.org/fhir/SearchParameter/"
-                + _definition_id(p.resource_type, p.code),
-                "type": p.type,
-            }
+            _search_param(res_type, p.code, p.type)
             for p in sorted(searchable, key=lambda p: p.code)
             if p.code not in ("_id", "_lastUpdated")
         ]
-        + [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
+        + [
+            _search_param(res_type, "_id", "token"),
+            _search_param(res_type, "_lastUpdated", "date"),
+        ],  # fmt: skip
     }
     return entry
 
 
-def _definition_id(res_type: str, code: str) -> str:
-    return f"Resource{code}" if code.startswith("_") else f"{res_type}-{code}"
+def _search_param(res_type: str, code: str, kind: str) -> dict[str, Any]:
+    """One searchParam, with the canonical URL of its official definition (resolvable here:
+    fhir_server.api.definitions)."""
+    url = definition_url(res_type, code)
+    return {"name": code, **({"definition": url} if url else {}), "type": kind}
 
 
 @lru_cache(maxsize=1)

@@ -1,26 +1,30 @@
-"""The OperationDefinitions of the operations this server declares, readable on this server:
-`GET OperationDefinition/{id}` and `GET OperationDefinition?url=...` (also `_id`, `name`,
-`code`), so every `operation.definition` of the CapabilityStatement resolves here.
+"""Definitions the CapabilityStatement cites, readable on this server though never stored:
+`GET OperationDefinition/{id}`, `GET OperationDefinition?url=...` (also `_id`, `name`,
+`code`), and the same for SearchParameter (also `base`, `type`), so every
+`operation.definition` and `searchParam.definition` resolves here.
 
-Where they come from (read-only conformance content, served from data, never stored):
+Where they come from (read-only conformance content, served from data):
 - the R4 operations the server implements (`$validate`, `$everything`, the terminology
   operations): the official OperationDefinitions, generated from the specification
   (`scripts/gen_operation_definitions.py` -> data/operation_definitions.ndjson);
 - the server's own operations (AI review, bulk data): OperationDefinitions in code, next to
   where each is registered (`own(...)`, `Operations.define`), under our canonical base
-  `urn:interop:operation:`.
+  `urn:interop:operation:`;
+- the search parameters offered: the official SearchParameters (`scripts/gen_search_definitions.py`
+  -> fhir_server/search/data/search_parameter_definitions.ndjson).
 Only the definitions of operations the CapabilityStatement lists are served (an R4 operation
 this server does not implement has no definition here).
 
-Stored OperationDefinitions (an operator's, PUT like any resource) come first: a read of an
-id that is stored answers the stored one (once deleted, the built-in one again); a search
-answers the stored matches and adds the built-in ones whose `url` no stored one has (on the
-first page). The access policy is the usual one: a read needs `r`, a search `s` on
-OperationDefinition.
+Stored definitions (an operator's, PUT like any resource) come first: a read of an id that is
+stored answers the stored one (once deleted, the built-in one again); a search answers the
+stored matches and adds the built-in ones whose `url` no stored one has (on the first page).
+The access policy is the usual one: a read needs `r`, a search `s` on the type.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources as package_files
 from typing import TYPE_CHECKING, Any
@@ -33,14 +37,13 @@ from fhir_server.api.context import Context, FhirRequest, FhirResponse, _filters
 from fhir_server.api.instance import read as stored_read
 from fhir_server.api.search import search as stored_search
 from fhir_server.errors import FhirError
+from fhir_server.search.registry import official_definitions
 
 if TYPE_CHECKING:
     from fhir_server.api.operations import Operations
 
 TYPE = "OperationDefinition"
 OWN_BASE = "urn:interop:operation:"
-# search parameters the built-in definitions answer (others: stored ones only)
-_MATCHED = ("url", "_id", "name", "code")
 _CONTROL = frozenset({"_count", "_offset", "_summary", "_elements", "_total", "_sort", "_format",
                       "_pretty"})  # fmt: skip
 
@@ -125,19 +128,49 @@ def declared(operations: Operations) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read(ctx: Context, req: FhirRequest, res_id: str) -> FhirResponse:
+@dataclass(frozen=True)
+class Builtins:
+    """A type whose built-in definitions are served: `listed(ctx)` gives them by URL;
+    `matched`: the search parameters they answer (others: stored ones only)."""
+
+    type: str
+    matched: tuple[str, ...]
+    listed: Callable[[Context], Mapping[str, Mapping[str, Any]]]
+    selective: tuple[str, ...] = ()  # a search adds built-ins only when it names one of these
+
+
+OPERATIONS = Builtins(TYPE, ("url", "_id", "name", "code"), lambda ctx: declared(ctx.operations))
+# 1,374 of them: a search adds them when it names a url, id, code or base (not a bare listing,
+# which would put them all on one page)
+SEARCH_PARAMETERS = Builtins(
+    "SearchParameter",
+    ("url", "_id", "name", "code", "base", "type"),
+    lambda ctx: official_definitions(),
+    ("url", "_id", "code", "base"),
+)
+
+
+def read(ctx: Context, req: FhirRequest, res_id: str, kind: Builtins = OPERATIONS) -> FhirResponse:
     try:
-        return stored_read(ctx, req, TYPE, res_id)
+        return stored_read(ctx, req, kind.type, res_id)
     except FhirError as exc:
         if exc.status not in (404, 410):  # deleted: the built-in one is there again
             raise
-        found = next((d for d in declared(ctx.operations).values() if d["id"] == res_id), None)
+        found = next((d for d in kind.listed(ctx).values() if d["id"] == res_id), None)
         if found is None:
             raise
     return FhirResponse(200, _shaped(found, req))
 
 
-def _shaped(definition: dict[str, Any], req: FhirRequest) -> bytes:
+def read_search_parameter(ctx: Context, req: FhirRequest, res_id: str) -> FhirResponse:
+    return read(ctx, req, res_id, SEARCH_PARAMETERS)
+
+
+def search_search_parameters(ctx: Context, req: FhirRequest) -> FhirResponse:
+    return search(ctx, req, SEARCH_PARAMETERS)
+
+
+def _shaped(definition: Mapping[str, Any], req: FhirRequest) -> bytes:
     """A built-in definition with the request's `_summary` / `_elements` applied."""
     query = dict(req.query)
     elements = query.get("_elements")
@@ -145,16 +178,16 @@ def _shaped(definition: dict[str, Any], req: FhirRequest) -> bytes:
     return shape(fhirjson.dumps(definition), summary, elements.split(",") if elements else None)
 
 
-def search(ctx: Context, req: FhirRequest) -> FhirResponse:
-    response = stored_search(ctx, req, TYPE)
-    matched = _builtin_matches(ctx, req)
+def search(ctx: Context, req: FhirRequest, kind: Builtins = OPERATIONS) -> FhirResponse:
+    response = stored_search(ctx, req, kind.type)
+    matched = _builtin_matches(ctx, req, kind)
     if not matched or response.body is None:
         return response
     bundle = fhirjson.loads(response.body)  # decimals of stored entries kept as sent
-    stored = _stored_urls(ctx, [d["url"] for d in matched])
+    stored = _stored_urls(ctx, [d["url"] for d in matched], kind.type)
     added = [
         {
-            "fullUrl": f"{ctx.base_url}/{TYPE}/{d['id']}",
+            "fullUrl": f"{ctx.base_url}/{kind.type}/{d['id']}",
             "resource": fhirjson.loads(_shaped(d, req)),
             "search": {"mode": "match"},
         }
@@ -170,7 +203,7 @@ def search(ctx: Context, req: FhirRequest) -> FhirResponse:
     return FhirResponse(200, fhirjson.dumps(bundle), response.headers)
 
 
-def _builtin_matches(ctx: Context, req: FhirRequest) -> list[dict[str, Any]]:
+def _builtin_matches(ctx: Context, req: FhirRequest, kind: Builtins) -> list[Mapping[str, Any]]:
     """The declared definitions the query selects, on the first page of a plain search."""
     wanted: dict[str, set[str]] = {}
     for name, value in _filters(req.query):
@@ -178,21 +211,30 @@ def _builtin_matches(ctx: Context, req: FhirRequest) -> list[dict[str, Any]]:
             return []
         if name in _CONTROL:
             continue
-        if name not in _MATCHED:
+        if name not in kind.matched:
             return []  # a modifier or a parameter the built-ins are not indexed for
         wanted.setdefault(name, set()).update(v for v in value.split(",") if v)
+    if kind.selective and not any(n in wanted for n in kind.selective):
+        return []
     key = {"_id": "id"}
     return [
         d
-        for d in declared(ctx.operations).values()
-        if all(str(d.get(key.get(n, n), "")) in values for n, values in wanted.items())
+        for d in kind.listed(ctx).values()
+        if all(_has(d.get(key.get(n, n)), values) for n, values in wanted.items())
     ]
 
 
-def _stored_urls(ctx: Context, urls: list[str]) -> set[str]:
-    """Which of these canonical URLs a stored OperationDefinition (one the caller may see)
-    already has: one search, whatever page the caller asked for."""
-    probe = FhirRequest("GET", [TYPE], [("url", ",".join(u.replace(",", r"\,") for u in urls)),
-                                        ("_elements", "url"), ("_count", "1000")])  # fmt: skip
-    found = orjson.loads(stored_search(ctx, probe, TYPE).body or b"{}")
+def _has(value: Any, values: set[str]) -> bool:
+    """A definition's element (a list: any of its items) is one of the values asked for."""
+    items = value if isinstance(value, list) else [value]
+    return any(str(v) in values for v in items if v is not None)
+
+
+def _stored_urls(ctx: Context, urls: list[str], res_type: str) -> set[str]:
+    """Which of these canonical URLs a stored definition (one the caller may see) already
+    has: one search, whatever page the caller asked for."""
+    probe = FhirRequest("GET", [res_type], [
+        ("url", ",".join(u.replace(",", r"\,") for u in urls)), ("_elements", "url"),
+        ("_count", "1000")])  # fmt: skip
+    found = orjson.loads(stored_search(ctx, probe, res_type).body or b"{}")
     return {e.get("resource", {}).get("url") for e in found.get("entry", [])}

@@ -155,6 +155,12 @@ ROUTES += _typed(
     "OperationDefinition",
     {"OperationDefinition": definitions.search, "OperationDefinition/{id}": definitions.read},
 )
+# SearchParameter: the official definitions of the parameters offered, likewise
+ROUTES += _typed(
+    "SearchParameter",
+    {"SearchParameter": definitions.search_search_parameters,
+     "SearchParameter/{id}": definitions.read_search_parameter},
+)  # fmt: skip
 
 
 # -- the matcher -------------------------------------------------------------------------------

@@ -48,6 +48,34 @@ def _definitions() -> dict[str, Any]:
 
 
 @cache
+def official_definitions() -> Mapping[str, Mapping[str, Any]]:
+    """The official R4 SearchParameter resources of the parameters offered, by canonical URL,
+    as HL7 publishes them (what the CapabilityStatement's `searchParam.definition` names)."""
+    data = resources.files("fhir_server.search").joinpath(
+        "data", "search_parameter_definitions.ndjson"
+    )
+    lines = data.read_bytes().splitlines()[1:]  # line 1: where the rest came from
+    found = [json.loads(line) for line in lines if line.strip()]
+    return MappingProxyType({d["url"]: d for d in found})
+
+
+@cache
+def _definition_urls() -> dict[tuple[str, str], str]:
+    index: dict[tuple[str, str], str] = {}
+    for url, d in official_definitions().items():
+        for base in d.get("base", ()):
+            index["Resource" if base in ("Resource", "DomainResource") else base, d["code"]] = url
+    return index
+
+
+def definition_url(resource_type: str, code: str) -> str | None:
+    """The canonical URL of the official SearchParameter behind `code` on `resource_type`
+    (`clinical-code` for Observation's `code`, `Resource-profile` for `_profile`)."""
+    urls = _definition_urls()
+    return urls.get((resource_type, code)) or urls.get(("Resource", code))
+
+
+@cache
 def resource_types() -> frozenset[str]:
     """All concrete FHIR R4 resource type names."""
     return frozenset(_load("resource_types.json"))

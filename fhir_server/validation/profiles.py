@@ -5,7 +5,8 @@ What a profile adds to the R4 base check, per element of its snapshot (or of its
 differential laid over its base): cardinality (`min`/`max`, so must-have elements), types,
 bindings (required ones refuse, with the profile's value set), `fixed[x]` and `pattern[x]`
 values, its invariants and its slices (by value, pattern, exists, type and profile
-discriminators: fhir_server.validation.structure, checker._check_slices), an Extension
+discriminators, their paths through resolve(), ofType() and extension('url'); re-slices and
+slicings inside slices: fhir_server.validation.structure, checker._judge), an Extension
 slice checked against the extension's own profile when the server knows it.
 
 Stored definitions are cached per process; a write of a StructureDefinition, ValueSet or

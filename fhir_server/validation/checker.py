@@ -646,9 +646,10 @@ def _in_slice(item: Any, hint: str | None, match: dict[str, list[Any]], run: Run
             ok = bool(values) is value
             unresolved = unresolved and not (value and values)
         elif kind == "type":
-            wanted = {_JSON_TYPE.get(t, t).lower() for t in map(_type_of, value, [run] * len(value))
-                      if t is not None}  # fmt: skip
+            named = [_type_of(t, run) for t in value]
+            wanted = {_JSON_TYPE.get(t, t).lower() for t in named if t is not None}
             ok = any(t is not None and t.lower() in wanted for _, t in found)
+            unresolved = unresolved or None in named  # a target profile not known here
         elif kind == "profile":
             ok = any(_conforms(x, value, run) for x in values)
         elif kind == "valueset":

@@ -360,3 +360,27 @@ def test_resolve_within_a_transaction(client: TestClient) -> None:
                                                       "name": "Lab"}))  # fmt: skip
     assert response.status_code == 400, response.text
     assert "slice 'doctor' needs at least 1" in response.text
+
+
+def test_of_type_into_a_type_slice(client: TestClient) -> None:
+    """`value.ofType(Quantity).code`: the value the slice's type slice (value[x]:valueQuantity)
+    fixes on its code; a component in other units, or with a string value, is no member."""
+    profile = constraint("mmhg-component", "Observation", [
+        slicing("Observation.component", "value", "value.ofType(Quantity).code"),
+        element("Observation.component:mmhg", min=1, max="1"),
+        element("Observation.component:mmhg.value[x]",
+                **slicing("Observation.component:mmhg.value[x]", "type", "$this")),
+        element("Observation.component:mmhg.value[x]:valueQuantity", min=1, max="1",
+                type=[{"code": "Quantity"}]),
+        element("Observation.component:mmhg.value[x]:valueQuantity.code", fixedCode="mm[Hg]"),
+    ])  # fmt: skip
+
+    def obs(*values: dict[str, Any]) -> dict[str, Any]:
+        return {**OBS, "component": [{"code": {"text": "c"}, **v} for v in values]}
+
+    ucum = "http://unitsofmeasure.org"
+    mmhg = {"valueQuantity": {"value": 120, "system": ucum, "code": "mm[Hg]"}}
+    kpa = {"valueQuantity": {"value": 16, "system": ucum, "code": "kPa"}}
+    assert store_and_post(client, profile, obs(kpa, mmhg))[0] == 201
+    status, issues = store_and_post(client, profile, obs(kpa, {"valueString": "mm[Hg]"}))
+    assert status == 400 and "slice 'mmhg' needs at least 1" in issues[0]["diagnostics"]

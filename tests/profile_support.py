@@ -55,13 +55,14 @@ def store_and_post(
 
 
 def validate_against(
-    client: TestClient, url: str, resource: dict[str, Any]
+    client: TestClient, url: str, resource: dict[str, Any], headers: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """`$validate` of the resource (claiming nothing) with the `profile` parameter."""
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": resource},
         {"name": "profile", "valueUri": url}]}  # fmt: skip
-    response = client.post(f"/fhir/{resource['resourceType']}/$validate", json=body)
+    response = client.post(f"/fhir/{resource['resourceType']}/$validate", json=body,
+                           headers=headers)  # fmt: skip
     assert response.status_code == 200, response.text
     issues: list[dict[str, Any]] = response.json()["issue"]
     return issues

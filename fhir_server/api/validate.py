@@ -62,6 +62,7 @@ def _answer(issues: list[Issue]) -> FhirResponse:
 def _run(ctx: Context, res_type: str, resource: Any, profiles: list[str]) -> list[Issue]:
     with ctx.read_connection() as conn:
         conformance = StoredConformance(conn, ctx.store.sql, ctx.store.base_url)
+        conformance.policy = ctx.access  # a reference it may not read does not resolve
         return validate(resource, res_type, warnings=True, conformance=conformance,
                         extra_profiles=tuple(profiles))  # fmt: skip
 

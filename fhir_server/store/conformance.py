@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from fhir_server.errors import FhirError
 from fhir_server.terminology import service
 from fhir_server.validation.valuesets import Codes
 
@@ -36,6 +37,9 @@ class StoredConformance:
         flush: Callable[[], None] | None = None,
     ) -> None:
         self.conn, self.sql, self.base_url, self.flush = conn, sql, base_url, flush
+        # the caller's access policy (api.access.Access, store.apply.Policy): a resource it
+        # may not read is absent here, as everywhere (None: it sees everything)
+        self.policy: Any = None
 
     def find(self, res_type: str, url: str) -> dict[str, Any] | None:
         """The stored resource of `res_type` whose `url` is `url` (`|version` ignored)."""
@@ -60,12 +64,21 @@ class StoredConformance:
     def resource(self, reference: str) -> dict[str, Any] | None:
         """The current version of the resource a literal reference names (`Type/id`, or
         under this server's base URL), for a slicing discriminator through `resolve()`; None
-        when it is elsewhere, version-specific, or not stored (deleted included)."""
+        when it is elsewhere, version-specific, not stored (deleted included) or not readable
+        by the caller (`policy`)."""
         base = self.base_url.rstrip("/") + "/"
         local = reference.removeprefix(base) if self.base_url else reference
         parts = local.split("/")
         if len(parts) != 2 or "://" in local or not all(parts):
             return None
+        if self.policy is not None:
+            try:
+                self.policy.require("r", parts[0])
+                self.policy.check_stored(self.conn, "r", parts[0], parts[1])
+            except FhirError as exc:
+                if exc.status != 403:
+                    raise
+                return None
         if self.flush is not None:
             self.flush()
         cursor = self.conn.connection.cursor()

@@ -1,6 +1,7 @@
-"""The built-in OperationDefinitions (served though not stored: fhir_server.api.definitions)
-are guarded like any resource: no token is 401, a grant without OperationDefinition is 403, a
-read needs `r` and a search `s`; a patient-confined grant may not replace them."""
+"""The built-in OperationDefinitions and SearchParameters (served though not stored:
+fhir_server.api.definitions) are guarded like any resource: no token is 401, a grant without
+the type is 403, a read needs `r` and a search `s`; a patient-confined grant may not replace
+them."""
 
 # ruff: noqa: F811 - the fixtures imported from side_support are parameters by name
 
@@ -61,3 +62,20 @@ def test_a_patient_app_cannot_replace_a_definition(
     assert [e["resource"]["url"] for e in found["entry"]] == [QUERY["url"]]
     reader, _, _ = backend(smart, "system/OperationDefinition.r")
     assert http.get(READ, headers=reader).json()["name"] == "Value Set Expansion"
+
+
+def test_search_parameter_definitions_are_guarded_the_same_way(
+    http: TestClient, smart: Any
+) -> None:
+    read, search = "/fhir/SearchParameter/clinical-code", "/fhir/SearchParameter"
+    query = {"url": "http://hl7.org/fhir/SearchParameter/clinical-code"}
+    assert is_outcome(http.get(read), 401)
+    others, _, _ = backend(smart, "system/OperationDefinition.rs system/Observation.rs")
+    assert is_outcome(http.get(read, headers=others), 403)
+    assert is_outcome(http.get(search, params=query, headers=others), 403)
+    reader, _, _ = backend(smart, "system/SearchParameter.r")
+    assert http.get(read, headers=reader).json()["url"] == query["url"]
+    assert is_outcome(http.get(search, params=query, headers=reader), 403)
+    searcher, _, _ = backend(smart, "system/SearchParameter.s")
+    found = http.get(search, params=query, headers=searcher).json()
+    assert [e["resource"]["url"] for e in found["entry"]] == [query["url"]]

@@ -9,7 +9,6 @@ Reads return the stored JSON bytes untouched, so serving a resource never re-par
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +26,7 @@ from fhir_server.search.extract import IndexRows, extract, index_kinds
 from fhir_server.search.registry import params_for
 from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
 from fhir_server.store.conformance import StoredConformance
-from fhir_server.store.db import write_transaction
+from fhir_server.store.db import SqliteWriter, write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
     idx_token,
@@ -189,7 +188,7 @@ class Store:
     def __init__(self, engine: Engine, base_url: str) -> None:
         self.engine = engine
         self.base_url = base_url.rstrip("/")
-        self._sqlite_writer = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._sqlite_writer = SqliteWriter(engine) if engine.dialect.name == "sqlite" else None
         self.statistics = PlannerStatistics(engine, self.write_connection)
         self.listeners: list[Callable[[int], None]] = [self.statistics.record_writes]
         # after each commit that changed something: the resource types it changed
@@ -279,14 +278,14 @@ class Store:
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
-        """A connection inside a write transaction, committed on normal exit.
-
-        SQLite allows one writer at a time. Threads of this process queue on a lock instead of
-        on SQLite's busy handler, which sleeps in growing steps (up to 100 ms) while it waits:
-        under concurrent writes that sleeping, not the work, would set the latency.
-        """
-        with self._sqlite_writer or nullcontext(), write_transaction(self.engine) as conn:
-            yield conn
+        """A connection inside a write transaction, committed on normal exit (on SQLite,
+        this process's writers take turns on one connection: `SqliteWriter`)."""
+        if self._sqlite_writer is not None:
+            with self._sqlite_writer.transaction() as conn:
+                yield conn
+        else:
+            with write_transaction(self.engine) as conn:
+                yield conn
 
     @contextmanager
     def transaction(

@@ -308,13 +308,21 @@ class Store:
             with self.write_connection() as conn:
                 tx = Transaction(self, conn)
                 tx.narrow = narrow
-                yield tx
-                if tx.changes:
-                    if self.audit is not None:
-                        self.audit.record_change(tx, actor, interaction)
-                    if before_commit is not None:
-                        before_commit(tx)
-                tx.flush()
+                try:
+                    yield tx
+                    if tx.changes:
+                        if self.audit is not None:
+                            self.audit.record_change(tx, actor, interaction)
+                        if before_commit is not None:
+                            before_commit(tx)
+                    tx.flush()
+                finally:
+                    # Closed here, in this thread: a Transaction is freed by the cyclic
+                    # collector (it and its StoredConformance refer to each other), in
+                    # whatever thread that runs, and a sqlite3 cursor freed open resets its
+                    # last statement, the connection's cached one another writer may be
+                    # executing at that moment ("bad parameter or other API misuse").
+                    tx.cursor.close()
             outcome = "commit"
         finally:
             metrics.STORE_TRANSACTIONS.labels(outcome).inc()

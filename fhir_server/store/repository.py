@@ -8,8 +8,8 @@ Reads return the stored JSON bytes untouched, so serving a resource never re-par
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +27,7 @@ from fhir_server.search.extract import IndexRows, extract, index_kinds
 from fhir_server.search.registry import params_for
 from fhir_server.store.conformance import TYPES as CONFORMANCE_TYPES
 from fhir_server.store.conformance import StoredConformance
-from fhir_server.store.db import write_transaction
+from fhir_server.store.db import SqliteWriter, write_transaction
 from fhir_server.store.models import (
     INDEX_TABLES,
     idx_token,
@@ -173,6 +173,23 @@ class Statements:
             for kind, t in INDEX_TABLES.items()
         }
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one Statements per Store, kept for good
+    def replace_row(self, kinds: tuple[str, ...]) -> str:
+        """PostgreSQL: `update_resource` and the `clear_index` of `kinds` as one statement
+        (data-modifying CTEs, each run once and to completion), so an update or delete of a
+        Patient sends one statement and waits for one round trip here instead of six
+        statements in two round trips. Parameters: update_resource's, then pk per kind."""
+        m = self._mark
+        parts = [
+            f"resource AS (UPDATE resources SET version_id = {m}, last_updated = {m}, "
+            f"deleted = {m}, body = {m} WHERE pk = {m})",
+            *(
+                f"clear_{kind} AS (DELETE FROM {INDEX_TABLES[kind].name} WHERE resource_pk = {m})"
+                for kind in kinds
+            ),
+        ]
+        return f"WITH {', '.join(parts)} SELECT 1"
+
     def current_many(self, res_type: str, ids: list[str]) -> tuple[str, tuple[str, ...]]:
         """`current` for several ids of one type (locked on PostgreSQL)."""
         marks = ", ".join([self._mark] * len(ids))
@@ -189,7 +206,7 @@ class Store:
     def __init__(self, engine: Engine, base_url: str) -> None:
         self.engine = engine
         self.base_url = base_url.rstrip("/")
-        self._sqlite_writer = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._sqlite_writer = SqliteWriter(engine) if engine.dialect.name == "sqlite" else None
         self.statistics = PlannerStatistics(engine, self.write_connection)
         self.listeners: list[Callable[[int], None]] = [self.statistics.record_writes]
         # after each commit that changed something: the resource types it changed
@@ -279,14 +296,14 @@ class Store:
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
-        """A connection inside a write transaction, committed on normal exit.
-
-        SQLite allows one writer at a time. Threads of this process queue on a lock instead of
-        on SQLite's busy handler, which sleeps in growing steps (up to 100 ms) while it waits:
-        under concurrent writes that sleeping, not the work, would set the latency.
-        """
-        with self._sqlite_writer or nullcontext(), write_transaction(self.engine) as conn:
-            yield conn
+        """A connection inside a write transaction, committed on normal exit (on SQLite,
+        this process's writers take turns on one connection: `SqliteWriter`)."""
+        if self._sqlite_writer is not None:
+            with self._sqlite_writer.transaction() as conn:
+                yield conn
+        else:
+            with write_transaction(self.engine) as conn:
+                yield conn
 
     @contextmanager
     def transaction(
@@ -309,13 +326,21 @@ class Store:
             with self.write_connection() as conn:
                 tx = Transaction(self, conn)
                 tx.narrow = narrow
-                yield tx
-                if tx.changes:
-                    if self.audit is not None:
-                        self.audit.record_change(tx, actor, interaction)
-                    if before_commit is not None:
-                        before_commit(tx)
-                tx.flush()
+                try:
+                    yield tx
+                    if tx.changes:
+                        if self.audit is not None:
+                            self.audit.record_change(tx, actor, interaction)
+                        if before_commit is not None:
+                            before_commit(tx)
+                    tx.flush()
+                finally:
+                    # Closed here, in this thread: a Transaction is freed by the cyclic
+                    # collector (it and its StoredConformance refer to each other), in
+                    # whatever thread that runs, and a sqlite3 cursor freed open resets its
+                    # last statement, the connection's cached one another writer may be
+                    # executing at that moment ("bad parameter or other API misuse").
+                    tx.cursor.close()
             outcome = "commit"
         finally:
             metrics.STORE_TRANSACTIONS.labels(outcome).inc()
@@ -576,11 +601,7 @@ class Transaction:
         if not current.deleted and current.body and _same_content(current.body, resource):
             return WriteResult(current, created=False, changed=False)
         stored = self._new_version(resource, res_type, res_id, current.version_id + 1, method)
-        self.cursor.execute(
-            self.sql.update_resource,
-            (stored.version_id, stored.last_updated, False, stored.body, pk),
-        )
-        self._clear_index(pk, current)
+        self._replace_row(pk, stored, current)
         self._record(pk, stored, resource, "update" if method == "PUT" else "patch")
         return WriteResult(stored, created=current.deleted)
 
@@ -596,8 +617,7 @@ class Transaction:
         stored = StoredResource(
             res_type, res_id, current.version_id + 1, stamp, True, None, "DELETE"
         )
-        self.cursor.execute(self.sql.update_resource, (stored.version_id, stamp, True, None, pk))
-        self._clear_index(pk, current)
+        self._replace_row(pk, stored, current)
         self._versions.append(_version_row(stored))
         self._append_outbox(stored, "delete")
         return stored
@@ -709,19 +729,24 @@ class Transaction:
                 buffer.extend((pk, res_type, *value) for value in values)
         self._append_outbox(stored, interaction)
 
-    def _clear_index(self, pk: int, previous: StoredResource) -> None:
-        """Drop the index rows of the previous version: in the tables its type can use (no
-        rows when it was a deletion, which cleared them)."""
+    def _replace_row(self, pk: int, stored: StoredResource, previous: StoredResource) -> None:
+        """Make `stored` the current version of row `pk` and drop the index rows of the
+        previous version: in the tables its type can use (none when it was a deletion,
+        which cleared them). PostgreSQL: one statement (`Statements.replace_row`)."""
         self.flush()
-        kinds: list[str] = list(INDEX_TABLES)
+        kinds: tuple[str, ...] = tuple(INDEX_TABLES)
         if previous.deleted:
-            kinds = []
+            kinds = ()
         elif previous.body:
             possible = index_kinds(previous.res_type)
-            kinds = [k for k in INDEX_TABLES if k in possible]
-        with self._pipeline():
-            for kind in kinds:
-                self.cursor.execute(self.sql.clear_index[kind], (pk,))
+            kinds = tuple(k for k in INDEX_TABLES if k in possible)
+        row = (stored.version_id, stored.last_updated, stored.deleted, stored.body, pk)
+        if self.sql.postgres:
+            self.cursor.execute(self.sql.replace_row(kinds), (*row, *(pk,) * len(kinds)))
+            return
+        self.cursor.execute(self.sql.update_resource, row)
+        for kind in kinds:
+            self.cursor.execute(self.sql.clear_index[kind], (pk,))
 
     def _pipeline(self) -> AbstractContextManager[Any]:
         """PostgreSQL: send the statements of the block in one round trip."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -101,3 +102,41 @@ def _observation(i: int) -> dict[str, Any]:
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": f"{i}-0"}]},
     }
+
+
+def test_sqlite_checkpoints_run_beside_the_writers(tmp_path: Any) -> None:
+    """The write-ahead log reaches the database file without any commit checkpointing it
+    (a checkpoint inside COMMIT holds the write lock through two fsyncs), and the
+    checkpoint thread ends with the engine."""
+    import sqlite3
+
+    from fhir_server.store.db import Checkpointer, create_db_engine
+
+    path = tmp_path / "wal.db"
+    before = set(threading.enumerate())
+    engine = create_db_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (42)")
+
+    def in_file() -> list[Any]:  # the database file alone, the log ignored
+        file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return file.execute("SELECT v FROM t").fetchall()
+        except sqlite3.OperationalError:  # the table is still only in the log
+            return []
+        finally:
+            file.close()
+
+    deadline = time.monotonic() + 10 * Checkpointer.INTERVAL + 5
+    while not in_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_file() == [(42,)]
+    threads = [t for t in set(threading.enumerate()) - before if t.name == "sqlite-checkpoint"]
+    assert len(threads) == 1
+    engine.dispose()
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in threads)

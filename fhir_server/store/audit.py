@@ -7,8 +7,8 @@ ever without its event. Refusals and failed writes are written before the respon
 Reads must stay fast: their events are queued in memory and written in batches by one
 background thread, ROW_EVENTS events per compact row (`audit_pending`: when, and the
 `Interaction`s as one JSON array), not as a resource with its version, outbox and ~15 index
-rows, which cost reads a fifth to a third of their throughput (a row per event still cost
-~10 us of writer CPU per read on PostgreSQL). `expand` turns the pending rows into AuditEvent
+rows, which cost reads a fifth to a third of their throughput (and not a row per event: a
+fiftieth of the rows to insert, log and vacuum). `expand` turns the pending rows into AuditEvent
 resources; the API calls it before every request that can read AuditEvents
 (`may_read_audit_events`), so a search finds exactly the events it found when each was
 written at once. The writer thread also expands while the server is idle, one row at a time,

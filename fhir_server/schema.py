@@ -93,7 +93,7 @@ audit_pending = Table(
     metadata,
     Column("pk", PrimaryKey, primary_key=True, autoincrement=True),
     Column("recorded", BigInteger, nullable=False, doc="UTC epoch microseconds"),
-    Column("event", Text, nullable=False, doc="the Interaction as a JSON array"),
+    Column("event", Text, nullable=False, doc="the Interactions as a JSON array (audit._pack)"),
 )
 
 

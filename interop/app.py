@@ -257,9 +257,9 @@ def create_app(
                     request_ctx, actor=actor_for(grant, address), before_commit=record_change
                 )
             if inline_reads.wanted(started) and _reads_by_id(request.method, path, ctx):
-                begun = time.perf_counter()  # a read by id on SQLite: no thread hop
+                begun, cpu = time.perf_counter(), time.process_time()  # SQLite: no hop
                 response: FhirResponse = dispatch(request_ctx, fhir_req)
-                inline_reads.took(begun, time.perf_counter())
+                inline_reads.took(begun, time.perf_counter(), cpu)
             elif inline(request_ctx, fhir_req):  # a lookup answered from memory
                 response = dispatch(request_ctx, fhir_req)
             else:
@@ -458,8 +458,16 @@ class InlineReads:
     def wanted(self, now: float) -> bool:
         return self.enabled and now >= self.threads_until
 
-    def took(self, started: float, ended: float) -> None:
-        if ended - started > self.SLOW:
+    def took(self, started: float, ended: float, cpu_started: float) -> None:
+        """A read slower than SLOW sends reads to the threads when the process mostly
+        waited meanwhile (process CPU time under half the wall time: the disk, or no core).
+        One that waited for the GIL while other threads of this process ran (the AuditEvent
+        writer's batch, searches, reads still in flight on the threads) does not: the threads
+        would wait for the same GIL, and counting it kept reads off the loop for good under
+        load (each return found the reads still in flight there and backed off again; a read
+        on a thread costs about twice the CPU of one here)."""
+        wall = ended - started
+        if wall > self.SLOW and time.process_time() - cpu_started < wall / 2:
             self.threads_until = ended + self.BACKOFF
 
 

@@ -5,11 +5,15 @@ A change's event is written by the store inside the change's own transaction
 (`AuditTrail.record_change`, called by `Store.transaction` before it commits), so no change is
 ever without its event. Refusals and failed writes are written before the response goes out.
 Reads must stay fast: their events are queued in memory and written in batches by one
-background thread as one compact row each (`audit_pending`: when, and the `Interaction`),
-not as a resource with its version, outbox and ~15 index rows, which cost reads a fifth to a
-third of their throughput. `expand` turns the pending rows into AuditEvent resources; the
-API calls it before every request that can read AuditEvents (`may_read_audit_events`), so a
-search finds exactly the events it found when each was written at once.
+background thread, ROW_EVENTS events per compact row (`audit_pending`: when, and the
+`Interaction`s as one JSON array), not as a resource with its version, outbox and ~15 index
+rows, which cost reads a fifth to a third of their throughput (and not a row per event: a
+fiftieth of the rows to insert, log and vacuum). `expand` turns the pending rows into AuditEvent
+resources; the API calls it before every request that can read AuditEvents
+(`may_read_audit_events`), so a search finds exactly the events it found when each was
+written at once. The writer thread also expands while the server is idle, one row at a time,
+and stops as soon as a request comes: expanding costs ~300 us per event, which under load
+would take the GIL (and SQLite's write lock) from the requests.
 Who acted is an `Actor`: a user and client over REST (smart_auth
 builds it from the grant), or a channel and its source (MLLP sender, Orthanc, OpenEMR site, AI
 model, `$import` job).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,11 +50,11 @@ ACTIONS = {
     "vread": "R",
     "history-instance": "R",
 }
-BATCH = 500
-QUIET = 50  # read events per INTERVAL below which the writer expands pending rows
+BATCH = 500  # queued events that wake the writer; events per expanding transaction
+ROW_EVENTS = 50  # events per audit_pending row: ~15 ms of expansion, the idle writer's step
+QUIET = 50  # requests per second below which the idle writer expands (0: it never does)
 INTERVAL = 1.0
 MAX_QUEUE = 100_000
-ROWS_PER_INSERT = 250  # 500 parameters: within any SQLite build's limit (999 before 3.32)
 MAX_ENTITIES = 100  # a large transaction names its first hundred resources
 CHANNEL_SYSTEM = "urn:interop:channel"
 REST_TYPE = {
@@ -101,6 +106,8 @@ def may_read_audit_events(method: str, parts: list[str], query: str, body: bytes
     compartment searches. Writes of other types, and reads of one resource, cannot."""
     if "AuditEvent" in query or "AuditEvent" in parts:
         return True
+    if len(parts) == 2 and parts[0][:1] not in "_$" and parts[1][:1] not in "_$":
+        return False  # a read, update, patch or delete of one resource: every audited read
     if method == "POST" and not parts:  # a batch or transaction: its entries may read
         return b"AuditEvent" in body
     if method not in ("GET", "HEAD", "POST"):
@@ -114,28 +121,40 @@ def may_read_audit_events(method: str, parts: list[str], query: str, body: bytes
 
 @lru_cache(maxsize=8)
 def _insert_rows(n: int) -> str:
-    """SQLite: one INSERT of `n` audit_pending rows. executemany steps once per row and
-    releases and retakes the GIL each time, which under load hands the event loop's GIL
-    back and forth hundreds of times per batch; one statement does it once."""
+    """SQLite: one INSERT of `n` audit_pending rows (one statement, one GIL hand-off)."""
     return "INSERT INTO audit_pending (recorded, event) VALUES " + ", ".join(["(?, ?)"] * n)
 
 
-def _pack(recorded: int, event: Interaction) -> tuple[int, str]:
-    """An `audit_pending` row: (recorded, the event as a JSON array)."""
-    a = event.actor  # field by field: dataclasses.astuple deep-copies, ten times slower
-    actor = (
-        (a.subject, a.fhir_user, a.client_id, a.patient, a.address, a.channel, a.source)
-        if a is not None
-        else None
-    )
-    fields = (event.method, event.interaction, event.res_type, event.res_id, event.status, actor)
-    return recorded, orjson.dumps(fields).decode()
+def _pack(events: list[tuple[int, Interaction]]) -> tuple[int, str]:
+    """One `audit_pending` row for `events` (recorded, Interaction): (the first recorded, a
+    JSON array of [recorded, method, interaction, type, id, status, actor] per event). A row
+    per event cost the writer a row insert (PostgreSQL: a COPY row) per read."""
+    fields = []
+    for recorded, event in events:
+        a = event.actor  # field by field: dataclasses.astuple deep-copies, ten times slower
+        actor = (
+            (a.subject, a.fhir_user, a.client_id, a.patient, a.address, a.channel, a.source)
+            if a is not None
+            else None
+        )
+        fields.append(
+            (recorded, event.method, event.interaction, event.res_type, event.res_id,
+             event.status, actor)
+        )  # fmt: skip
+    return events[0][0], orjson.dumps(fields).decode()
 
 
-def _unpack(text: str) -> Interaction:
-    method, interaction, res_type, res_id, status, actor = orjson.loads(text)
-    who = Actor(*actor) if actor is not None else None
-    return Interaction(method, interaction, res_type, res_id, status, who)
+def _unpack(recorded: int, text: str) -> list[tuple[int, Interaction]]:
+    """The events of a row: a `_pack` array, or one event's array (rows written before
+    events were batched: [method, interaction, type, id, status, actor], at `recorded`)."""
+    data = orjson.loads(text)
+    if data and isinstance(data[0], str):
+        data = [[recorded, *data]]
+    out = []
+    for when, method, interaction, res_type, res_id, status, actor in data:
+        who = Actor(*actor) if actor is not None else None
+        out.append((when, Interaction(method, interaction, res_type, res_id, status, who)))
+    return out
 
 
 def guess_interaction(method: str, parts: list[str]) -> str:
@@ -308,7 +327,9 @@ class AuditTrail:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._draining = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._requests = 0  # events recorded: the writer expands only while it stands still
 
     def install(self) -> AuditTrail:
         """Make the store audit every change it commits, from any channel."""
@@ -321,13 +342,14 @@ class AuditTrail:
         return event.interaction in WRITES or event.status in (401, 403) or event.method != "GET"
 
     def record(self, event: Interaction) -> None:
+        self._requests += 1
         if self.is_urgent(event):
             self._write([audit_event(event, to_instant(now_us()))])
             return
         self._queue.append((now_us(), event))
         if self._thread is None:
             self._ensure_thread()
-        if len(self._queue) >= BATCH:
+        if len(self._queue) == BATCH:  # once: the writer then drains all, later ones too
             self._wake.set()
 
     def record_change(
@@ -336,7 +358,8 @@ class AuditTrail:
         """A committed change's event, written in the change's own transaction: committed
         with it or not at all (`Store.transaction` calls this before it commits)."""
         resource = change_event(tx.changes, actor, interaction)
-        if resource is not None:
+        if resource is not None:  # None: the change was expanding AuditEvents, no request
+            self._requests += 1
             tx.create(resource, trusted=True, index=audit_index(resource))
 
     def flush(self) -> None:
@@ -345,29 +368,34 @@ class AuditTrail:
         self.expand()
 
     def _drain(self) -> int:
-        """Write what is queued as compact `audit_pending` rows, a batch per statement; how
-        many."""
+        """Write what is queued as compact `audit_pending` rows of ROW_EVENTS events, up to
+        BATCH events per transaction; how many events."""
         written = 0
-        while self._queue:
-            batch = [_pack(*self._queue.popleft()) for _ in range(min(BATCH, len(self._queue)))]
-            with self.store.transaction() as tx:
-                if self.store.sql.postgres:  # COPY: one round trip, not one per row
-                    with tx.cursor.copy("COPY audit_pending (recorded, event) FROM STDIN") as cp:
-                        for row in batch:
-                            cp.write_row(row)
-                else:  # one statement per ROWS_PER_INSERT rows, not one step per row
-                    for start in range(0, len(batch), ROWS_PER_INSERT):
-                        part = batch[start : start + ROWS_PER_INSERT]
-                        tx.cursor.execute(_insert_rows(len(part)), [v for r in part for v in r])
-            written += len(batch)
+        queue = self._queue
+        with self._draining:  # the writer and a request's `expand`: rows stay in order
+            while queue:
+                events = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
+                rows = [
+                    _pack(events[i : i + ROW_EVENTS]) for i in range(0, len(events), ROW_EVENTS)
+                ]
+                with self.store.transaction() as tx:
+                    if self.store.sql.postgres:  # COPY: one round trip, not one per row
+                        with tx.cursor.copy(
+                            "COPY audit_pending (recorded, event) FROM STDIN"
+                        ) as cp:
+                            for row in rows:
+                                cp.write_row(row)
+                    else:
+                        tx.cursor.execute(_insert_rows(len(rows)), [v for r in rows for v in r])
+                written += len(events)
         return written
 
-    def expand(self, batches: int | None = None) -> bool:
+    def expand(self, batches: int | None = None, rows: int = BATCH // ROW_EVENTS) -> bool:
         """Turn the pending read events (this process's queue and every process's rows) into
         AuditEvent resources, in order; before anything reads AuditEvents. On PostgreSQL one
         expander at a time (a transaction lock): a concurrent one waits, then finds the rows
-        gone and the resources committed. `batches`: stop after that many (of BATCH events);
-        returns whether rows may remain."""
+        gone and the resources committed. `batches`: stop after that many transactions of
+        up to `rows` rows each; returns whether rows may remain."""
         self._drain()
         sql = self.store.sql
         with self.store.connection() as conn:  # a read first: usually nothing is pending
@@ -379,15 +407,16 @@ class AuditTrail:
             with self.store.transaction() as tx:
                 if sql.postgres:
                     tx.cursor.execute("SELECT pg_advisory_xact_lock(7431386914402)")
-                tx.cursor.execute(sql.pending_audit, (BATCH,))
-                rows = tx.cursor.fetchall()
-                if not rows:
+                tx.cursor.execute(sql.pending_audit, (rows,))
+                pending = tx.cursor.fetchall()
+                if not pending:
                     return False
-                for _, recorded, text in rows:
-                    resource = audit_event(_unpack(text), to_instant(recorded))
-                    tx.create(resource, trusted=True, index=audit_index(resource))
-                tx.cursor.execute(sql.expanded_audit, (rows[-1][0],))
-            if len(rows) < BATCH:
+                for _, recorded, text in pending:
+                    for when, event in _unpack(recorded, text):
+                        resource = audit_event(event, to_instant(when))
+                        tx.create(resource, trusted=True, index=audit_index(resource))
+                tx.cursor.execute(sql.expanded_audit, (pending[-1][0],))
+            if len(pending) < rows:
                 return False
         return True
 
@@ -408,20 +437,35 @@ class AuditTrail:
                     self._thread.start()
 
     def _run(self) -> None:
-        """Drain the queue every INTERVAL; while reads are few (not under load), also expand
-        a batch of pending rows, so the first AuditEvent search after a busy hour has little
-        left to do."""
+        """Drain the queue every INTERVAL (sooner when BATCH events wait). When fewer than
+        QUIET requests a second came since the last round, expand pending rows one at a time
+        until a request comes, so the first AuditEvent search after a busy hour has little
+        left to do; under load it leaves them alone. (A quiet test is per round, so a short
+        pause in the load, like a benchmark's between warm-up and measurement, is not one.)"""
         backlog = True
+        seen, since = self._requests, time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(INTERVAL)
             self._wake.clear()
             try:
-                if self._drain() >= QUIET:
+                if self._drain():
                     backlog = True
-                elif backlog:
-                    backlog = self.expand(batches=1)
+                now, requests = time.monotonic(), self._requests
+                quiet = requests - seen < QUIET * (now - since)
+                seen, since = requests, now
+                if quiet and backlog:
+                    backlog = self._expand_while_idle(seen)
             except Exception:  # noqa: BLE001 - keep the writer alive; the batch is logged
                 log.exception("could not write audit events")
+
+    def _expand_while_idle(self, seen: int) -> bool:
+        """Expand pending rows one at a time (ROW_EVENTS events, ~15 ms) until a request
+        comes (`_requests` is no longer `seen`): a request waits for one row at most.
+        Returns whether rows may remain."""
+        backlog = True
+        while backlog and self._requests == seen and not self._queue and not self._stop.is_set():
+            backlog = self.expand(batches=1, rows=1)
+        return backlog
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         with self.store.transaction() as tx:

@@ -24,6 +24,13 @@ def audit_events(store: Any) -> int:
     return count(store, resources, resources.c.res_type == "AuditEvent")
 
 
+def pending_events(store: Any) -> int:
+    """Events waiting in audit_pending (a row holds a batch of them)."""
+    with store.connection() as conn:
+        rows = conn.execute(select(audit_pending.c.recorded, audit_pending.c.event)).all()
+    return sum(len(audit._unpack(recorded, text)) for recorded, text in rows)
+
+
 def test_a_read_is_found_by_the_next_audit_search_without_waiting(
     http: TestClient, smart: Any, auth_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -36,7 +43,7 @@ def test_a_read_is_found_by_the_next_audit_search_without_waiting(
     before = audit_events(store)  # the create's event only: reads wrote no resource yet
     auth_app.state.audit._drain()  # as the writer thread does every second
     assert audit_events(store) == before
-    assert count(store, audit_pending) == 3
+    assert pending_events(store) == 3
     # no flush: the search itself expands what is pending
     bundle = http.get(
         "/fhir/AuditEvent", params={"entity": f"Patient/{pid}", "subtype": "read"}, headers=admin
@@ -101,6 +108,33 @@ def test_concurrent_expansions_write_each_event_once(auth_app: Any) -> None:
     assert count(store, audit_pending) == 0
 
 
+def test_the_idle_writer_expands_a_row_at_a_time_and_stops_when_a_request_comes(
+    auth_app: Any,
+) -> None:
+    store = auth_app.state.store
+    trail = AuditTrail(store)
+    trail._thread = threading.current_thread()  # no writer thread: the test drives it
+    actor = Actor(subject="svc", client_id="c1", address="10.0.0.1")
+    for i in range(3 * audit.ROW_EVENTS):
+        trail.record(Interaction("GET", "read", "Observation", f"o{i}", 200, actor))
+    trail._drain()
+    before = audit_events(store)
+    expand = trail.expand
+
+    def expand_then_a_request_comes(*args: Any, **kwargs: Any) -> bool:
+        more = expand(*args, **kwargs)
+        trail._requests += 1
+        return more
+
+    trail.expand = expand_then_a_request_comes  # type: ignore[method-assign]
+    assert trail._expand_while_idle(trail._requests) is True
+    assert audit_events(store) - before == audit.ROW_EVENTS  # one row, then it yielded
+    trail.expand = expand  # type: ignore[method-assign]
+    assert trail._expand_while_idle(trail._requests) is False  # idle: the rest
+    assert audit_events(store) - before == 3 * audit.ROW_EVENTS
+    assert count(store, audit_pending) == 0
+
+
 @pytest.mark.parametrize(
     ("method", "path", "query", "body", "reads"),
     [
@@ -142,5 +176,14 @@ def test_which_requests_see_audit_events(
 )
 def test_a_pending_row_keeps_every_field_of_the_event(actor: Actor | None) -> None:
     event = Interaction("GET", "search-type", "Observation", None, 200, actor)
-    recorded, text = audit._pack(123, event)
-    assert recorded == 123 and audit._unpack(text) == event
+    recorded, text = audit._pack([(123, event), (124, event)])
+    assert recorded == 123 and audit._unpack(recorded, text) == [(123, event), (124, event)]
+
+
+def test_a_pending_row_of_one_event_as_first_written_still_expands() -> None:
+    actor = Actor("u1", "Practitioner/d1", "app", "p1", "10.0.0.2")
+    text = (
+        '["GET","read","Patient","p1",200,["u1","Practitioner/d1","app","p1","10.0.0.2",null,null]]'
+    )
+    event = Interaction("GET", "read", "Patient", "p1", 200, actor)
+    assert audit._unpack(123, text) == [(123, event)]

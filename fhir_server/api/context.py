@@ -86,6 +86,10 @@ class Context:
     # the operations and write hooks packages registered at composition (interop.app)
     operations: Operations = field(default_factory=Operations)
     capability: Callable[[], bytes] | None = None  # the CapabilityStatement (`metadata`)
+    # a read by id this request's caller already fetched, ((type, id), row or None when the
+    # id was never used): interop.app awaits it on the event loop on PostgreSQL, then
+    # dispatches the read (routing, access, headers) as any other
+    fetched: tuple[tuple[str, str], StoredResource | None] | None = None
 
     def compiler(self, strict: bool = False) -> Compiler:
         narrow = self.access.visible_conditions if self.access is not None else None
@@ -190,7 +194,9 @@ def _filters(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _read_current(ctx: Context, res_type: str, res_id: str) -> StoredResource:
-    if ctx.tx is not None:
+    if ctx.fetched is not None and ctx.fetched[0] == (res_type, res_id):
+        stored = ctx.fetched[1]
+    elif ctx.tx is not None:
         found = ctx.tx.current(res_type, res_id)
         stored = found[1] if found else None
     else:

@@ -30,11 +30,12 @@ from fhir_server.api import compartment
 from fhir_server.api import terminology as terminology_operations
 from fhir_server.api import validate as validate_operation
 from fhir_server.api.capability import capability_bytes
-from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
-from fhir_server.api.router import dispatch, failure, inline
+from fhir_server.api.context import FHIR_JSON, Fetched, FhirRequest, FhirResponse
+from fhir_server.api.router import dispatch, failure, inline, planned_search
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError
+from fhir_server.search.query import direct_result
 from fhir_server.store.audit import (
     AuditTrail,
     Interaction,
@@ -277,8 +278,21 @@ def create_app(
                 and _unjudged(request_ctx, [p for p in path if p][0])
             ):  # a read by id on PostgreSQL: the row awaited here, no thread hop
                 res_type, res_id = [p for p in path if p]
-                fetched = (res_type, res_id), await awaited.read(res_type, res_id)
+                row = await awaited.read(res_type, res_id)
+                fetched = Fetched(key=(res_type, res_id), row=row)
                 response = dispatch(replace(request_ctx, fetched=fetched), fhir_req)
+            elif awaited is not None and (plan := planned_search(request_ctx, fhir_req)):
+                # a search on PostgreSQL, planned here: a direct one's page awaited here too
+                page = None
+                if plan.direct is not None and not plan.where:
+                    rows = await awaited.rows(plan.direct.sql, plan.direct.params)
+                    page = direct_result(plan, rows)
+                fetched = Fetched(request=fhir_req, plan=plan, page=page)
+                searching = replace(request_ctx, fetched=fetched)
+                if page is not None:
+                    response = dispatch(searching, fhir_req)
+                else:  # the general path: SQLAlchemy, in a thread
+                    response = await threads.run(dispatch, searching, fhir_req)
             elif inline(request_ctx, fhir_req):  # a lookup answered from memory
                 response = dispatch(request_ctx, fhir_req)
             else:

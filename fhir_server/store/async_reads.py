@@ -11,8 +11,9 @@ never serve what another one has since changed.
 
 The pool is small (one connection answers one statement at a time, but the loop keeps each
 busy), belongs to one event loop, and starts afresh when used from another (a test client's).
-Reads by id run as a prepared statement; a search as an unnamed one, so PostgreSQL plans it
-for its values every time (see `store.db` on generic plans).
+Statements are prepared once per connection (parsed once), and planned for their values at
+every execution, as the engine's are (`store.db`: a generic plan cannot see how selective a
+search value is).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from fhir_server.store.repository import StoredResource
 log = logging.getLogger("interop.store")
 
 BINARY = 1  # result format: integers, booleans and bytea arrive as they are stored
-READ = b"interop_read"  # the prepared read by id
+PREPARED = 200  # statements prepared per connection (the direct searches' shapes are few)
 READ_SQL = (
     b"SELECT version_id, last_updated, deleted, body FROM resources "
     b"WHERE res_type = $1 AND res_id = $2"
@@ -51,18 +52,20 @@ class _Connection:
         self.pgconn = conn.pgconn
         self.pgconn.nonblocking = 1
         self.loader = Transformer(conn)
-        self.prepared = False
+        self.prepared: dict[bytes, bytes] = {}  # statement -> its name on this connection
 
     async def query(self, sql: bytes, params: Sequence[bytes | None]) -> list[tuple[Any, ...]]:
         pgconn = self.pgconn
-        if sql is READ_SQL:
-            if not self.prepared:
-                pgconn.send_prepare(READ, READ_SQL)
-                await self._result()
-                self.prepared = True
-            pgconn.send_query_prepared(READ, params, None, BINARY)
-        else:
+        name = self.prepared.get(sql)
+        if name is None and len(self.prepared) < PREPARED:
+            name = b"interop_%d" % len(self.prepared)
+            pgconn.send_prepare(name, sql)
+            await self._result()
+            self.prepared[sql] = name
+        if name is None:  # a connection that saw many different searches: parsed each time
             pgconn.send_query_params(sql, params, None, None, BINARY)
+        else:
+            pgconn.send_query_prepared(name, params, None, BINARY)
         result = await self._result()
         self.loader.set_pgresult(result)
         return self.loader.load_rows(0, result.ntuples, tuple)
@@ -125,9 +128,9 @@ class AsyncReads:
 
     def __init__(self, engine: Engine, size: int = 2, statement_timeout_ms: int = 0) -> None:
         _, params = engine.dialect.create_connect_args(engine.url)  # the engine's own URL
-        options = ""
+        options = "-c plan_cache_mode=force_custom_plan"  # as the engine's (store.db)
         if statement_timeout_ms > 0:
-            options = f"-c statement_timeout={int(statement_timeout_ms)}"
+            options += f" -c statement_timeout={int(statement_timeout_ms)}"
         self._params = {**params, "options": options, "autocommit": True}
         self.size = max(1, size)
         self._loop: asyncio.AbstractEventLoop | None = None

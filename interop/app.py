@@ -30,11 +30,12 @@ from fhir_server.api import compartment
 from fhir_server.api import terminology as terminology_operations
 from fhir_server.api import validate as validate_operation
 from fhir_server.api.capability import capability_bytes
-from fhir_server.api.context import FHIR_JSON, FhirRequest, FhirResponse
-from fhir_server.api.router import dispatch, failure, inline
+from fhir_server.api.context import FHIR_JSON, Fetched, FhirRequest, FhirResponse
+from fhir_server.api.router import dispatch, failure, inline, planned_search
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
 from fhir_server.errors import FhirError
+from fhir_server.search.query import direct_result
 from fhir_server.store.audit import (
     AuditTrail,
     Interaction,
@@ -163,6 +164,8 @@ def create_app(
         gc.freeze()
         yield
         await run_in_threadpool(threads.close)  # the interactions under way finish first
+        if awaited is not None:
+            await awaited.close()
         await run_in_threadpool(runtime.close)  # the services in reverse, then the engine
 
     docs = settings.docs == "on"  # the API description is for developers, off by default
@@ -220,6 +223,15 @@ def create_app(
     )
 
     inline_reads = InlineReads(engine.dialect.name == "sqlite" and read_through is None)
+    # PostgreSQL: a read by id awaits its row on the event loop (fhir_server.store.async_reads)
+    # over half as many connections again as the threads' pool; the threads keep theirs
+    awaited = None
+    if engine.dialect.name == "postgresql" and read_through is None:
+        from fhir_server.store.async_reads import AsyncReads
+
+        awaited = AsyncReads(
+            engine, max(2, settings.db_pool_size // 2), settings.db_statement_timeout_ms
+        )
     counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # metric children per labels
 
     async def fhir_endpoint(request: Request) -> Response:
@@ -260,6 +272,27 @@ def create_app(
                 begun, cpu = time.perf_counter(), time.process_time()  # SQLite: no hop
                 response: FhirResponse = dispatch(request_ctx, fhir_req)
                 inline_reads.took(begun, time.perf_counter(), cpu)
+            elif (
+                awaited is not None
+                and _reads_by_id(request.method, path, ctx)
+                and _unjudged(request_ctx, [p for p in path if p][0])
+            ):  # a read by id on PostgreSQL: the row awaited here, no thread hop
+                res_type, res_id = [p for p in path if p]
+                row = await awaited.read(res_type, res_id)
+                fetched = Fetched(key=(res_type, res_id), row=row)
+                response = dispatch(replace(request_ctx, fetched=fetched), fhir_req)
+            elif awaited is not None and (plan := planned_search(request_ctx, fhir_req)):
+                # a search on PostgreSQL, planned here: a direct one's page awaited here too
+                page = None
+                if plan.direct is not None and not plan.where:
+                    rows = await awaited.rows(plan.direct.sql, plan.direct.params)
+                    page = direct_result(plan, rows)
+                fetched = Fetched(request=fhir_req, plan=plan, page=page)
+                searching = replace(request_ctx, fetched=fetched)
+                if page is not None:
+                    response = dispatch(searching, fhir_req)
+                else:  # the general path: SQLAlchemy, in a thread
+                    response = await threads.run(dispatch, searching, fhir_req)
             elif inline(request_ctx, fhir_req):  # a lookup answered from memory
                 response = dispatch(request_ctx, fhir_req)
             else:
@@ -441,8 +474,9 @@ class InlineReads:
 
     On SQLite a read by id (one primary-key lookup in this process, never waiting for a
     writer in WAL mode) costs less than the hop to a worker thread and back, which is most of
-    what a read costs: those run on the event loop. Everything else (searches, writes,
-    PostgreSQL's network round trips, the OpenEMR read-through) runs in threads. A read that
+    what a read costs: those run on the event loop. Everything else (searches, writes, the
+    OpenEMR read-through) runs in threads; on PostgreSQL a read by id awaits its row on the
+    loop instead (`fhir_server.store.async_reads`). A read that
     had to wait for the disk (a database larger than the page cache) would stop every other
     request meanwhile: after one that took longer than SLOW seconds, reads go to the threads
     (which wait for the disk side by side) for BACKOFF seconds, then are tried here again.
@@ -481,6 +515,17 @@ def _reads_by_id(method: str, path: list[str], ctx: Any) -> bool:
         and parts[1][:1] not in ("_", "$")
         and not ctx.operations.hooks.get(parts[0])
     )
+
+
+def _unjudged(ctx: Any, res_type: str) -> bool:
+    """The access policy lets the caller read `res_type` whatever the stored resource says
+    (or there is none): a read by id then needs the one row and no other query."""
+    if ctx.access is None:
+        return True
+    try:
+        return not ctx.access.judges_stored("r", res_type)
+    except FhirError:
+        return False  # refused: the dispatch in a thread gives the answer, in its order
 
 
 def _target_id(parts: list[str], headers: dict[str, str]) -> str | None:

@@ -18,7 +18,7 @@ from fhir_server import limits
 from fhir_server.api.operations import Operations
 from fhir_server.clock import to_http_date
 from fhir_server.errors import FhirError, bad_request, not_found
-from fhir_server.search.query import Compiler
+from fhir_server.search.query import Compiler, SearchPlan, SearchResult
 from fhir_server.search.registry import resource_types
 from fhir_server.store.apply import Entry, EntryResult
 from fhir_server.store.audit import Actor
@@ -67,6 +67,20 @@ class FhirResponse:
     media_type: str | None = None  # when not application/fhir+json
 
 
+@dataclass(slots=True)
+class Fetched:
+    """A request's one query, run by the caller before dispatch: interop.app awaits it on the
+    event loop on PostgreSQL, then dispatches the request (routing, access guard, headers,
+    shaping, errors) as any other. A read by id's row (None: the id was never used), or a
+    search's plan (compiled once) with, for a direct search, its page."""
+
+    key: tuple[str, str] | None = None  # a read by id: (type, id)
+    row: StoredResource | None = None
+    request: FhirRequest | None = None  # a search: the request it was planned for
+    plan: SearchPlan | None = None
+    page: SearchResult | None = None
+
+
 @dataclass
 class Context:
     """What interactions need: the store, the FHIR base URL, page-size settings, the caller's
@@ -86,6 +100,7 @@ class Context:
     # the operations and write hooks packages registered at composition (interop.app)
     operations: Operations = field(default_factory=Operations)
     capability: Callable[[], bytes] | None = None  # the CapabilityStatement (`metadata`)
+    fetched: Fetched | None = None  # this request's query, run by the caller (`Fetched`)
 
     def compiler(self, strict: bool = False) -> Compiler:
         narrow = self.access.visible_conditions if self.access is not None else None
@@ -190,7 +205,9 @@ def _filters(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _read_current(ctx: Context, res_type: str, res_id: str) -> StoredResource:
-    if ctx.tx is not None:
+    if ctx.fetched is not None and ctx.fetched.key == (res_type, res_id):
+        stored = ctx.fetched.row
+    elif ctx.tx is not None:
         found = ctx.tx.current(res_type, res_id)
         stored = found[1] if found else None
     else:

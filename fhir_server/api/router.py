@@ -30,7 +30,7 @@ from fhir_server.api.history import system as system_history
 from fhir_server.api.instance import delete, read, update, vread
 from fhir_server.api.operations import Handler, Operations
 from fhir_server.api.patch import patch
-from fhir_server.api.search import form_only, search, search_form
+from fhir_server.api.search import form_only, search, search_form, search_plan
 from fhir_server.api.type_level import (
     conditional_delete,
     conditional_patch,
@@ -38,6 +38,7 @@ from fhir_server.api.type_level import (
     create,
 )
 from fhir_server.errors import FhirError, bad_request, not_found
+from fhir_server.search.query import SearchPlan
 
 log = logging.getLogger("interop.http")
 Guard = Callable[[Context, FhirRequest, str, "str | None"], None]  # (ctx, req, type, id)
@@ -250,6 +251,27 @@ def inline(ctx: Context, req: FhirRequest) -> bool:
     if ctx.access is not None and any(name == "id" for _, name in found.names):
         return False
     return route.inline()
+
+
+def planned_search(ctx: Context, req: FhirRequest) -> SearchPlan | None:
+    """For `GET {type}` answered by the generic search (no write hooks on the type): its
+    checks made and its plan compiled now, as `dispatch` would, so that the caller can run a
+    direct plan's one query itself (interop.app awaits it on the event loop on PostgreSQL)
+    and dispatch with plan and page in `ctx.fetched`; None for any other request. Raises
+    what `dispatch` would raise before its query."""
+    path = [p for p in req.path if p]
+    if req.method != "GET" or len(path) != 1 or path[0][:1] in ("_", "$"):
+        return None
+    if ctx.operations.hooks.get(path[0]):
+        return None
+    found = _match(ctx, path)
+    route = found.methods.get("GET") if found is not None else None
+    if route is None or route.handler is not search:  # e.g. OperationDefinition's own
+        return None
+    _check_type(path[0])
+    if route.guard is not None:
+        route.guard(ctx, req, path[0], None)
+    return search_plan(ctx, req, path[0])[0]
 
 
 def _match(ctx: Context, path: list[str]) -> _Pattern | None:

@@ -9,7 +9,13 @@ from fhir_server import fhirjson
 from fhir_server.api import bundling
 from fhir_server.api.context import Context, FhirRequest, FhirResponse, _filters
 from fhir_server.errors import FhirError
-from fhir_server.search.query import SearchPlan, compartment_condition, execute, execute_direct
+from fhir_server.search.query import (
+    SearchPlan,
+    SearchResult,
+    compartment_condition,
+    execute,
+    execute_direct,
+)
 
 
 def search(
@@ -19,6 +25,21 @@ def search(
     compartment: str | None = None,
     form: bytes | None = None,
 ) -> FhirResponse:
+    fetched = ctx.fetched
+    if fetched is not None and fetched.request is req and fetched.plan is not None:
+        return _searchset(ctx, fetched.plan, res_type, fetched.page)  # planned by the caller
+    plan, path = search_plan(ctx, req, res_type, compartment, form)
+    return _searchset(ctx, plan, path)
+
+
+def search_plan(
+    ctx: Context,
+    req: FhirRequest,
+    res_type: str,
+    compartment: str | None = None,
+    form: bytes | None = None,
+) -> tuple[SearchPlan, str]:
+    """The compiled search, narrowed to what the caller may see, and its Bundle's path."""
     query = _filters(req.query)
     if form:
         query += parse_qsl(form.decode("utf-8", "replace"), keep_blank_values=True)
@@ -30,12 +51,14 @@ def search(
     if compartment is not None:
         plan.where.append(compartment_condition(compartment, res_type))
         path = f"Patient/{compartment}/{res_type}"
-    return _searchset(ctx, plan, path)
+    return plan, path
 
 
-def _searchset(ctx: Context, plan: SearchPlan, path: str) -> FhirResponse:
-    result = None
-    if plan.direct is not None and not plan.where and ctx.tx is None:  # SQL text: DBAPI
+def _searchset(
+    ctx: Context, plan: SearchPlan, path: str, result: SearchResult | None = None
+) -> FhirResponse:
+    direct = plan.direct is not None and not plan.where and ctx.tx is None
+    if result is None and direct:  # SQL text: on the DBAPI connection
         with ctx.store.dbapi_connection() as dbapi:
             result = execute_direct(dbapi, ctx.store.engine.dialect.paramstyle, plan)
     if result is None:

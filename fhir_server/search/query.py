@@ -462,6 +462,11 @@ def _execute_direct(
         page = cursor.fetchall()
     finally:
         cursor.close()
+    return direct_result(plan, page)
+
+
+def direct_result(plan: SearchPlan, page: Sequence[Sequence[Any]]) -> SearchResult:
+    """A direct query's rows (pk, res_id, body, total) as the search's result."""
     total = page[0][3] if page else 0
     return SearchResult(total, [Row(plan.res_type, r[1], r[2]) for r in page], [])
 

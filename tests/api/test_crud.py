@@ -265,6 +265,20 @@ def test_if_none_match_gives_304(client: TestClient) -> None:
     assert response.status_code == 304
 
 
+def test_a_read_by_id_shapes_its_body_and_names_its_version(client: TestClient) -> None:
+    """The read by id runs on the event loop on both databases (SQLite inline, PostgreSQL
+    awaited): the same headers, shaping and misses as through the threads."""
+    created = create(client, patient())
+    read = client.get(f"/fhir/Patient/{created['id']}", params={"_elements": "gender"})
+    assert read.status_code == 200
+    assert read.headers["ETag"] == 'W/"1"' and "Last-Modified" in read.headers
+    assert "Content-Location" not in read.headers
+    body = read.json()
+    assert body["gender"] == "male" and "name" not in body
+    assert client.get("/fhir/Patient/no-such-id").status_code == 404
+    assert client.get("/fhir/NoSuchType/x").status_code == 404
+
+
 def test_any_r4_type_can_be_stored_and_found_by_id(client: TestClient) -> None:
     basic = {"resourceType": "Basic", "code": {"text": "note"}}
     created = create(client, basic)

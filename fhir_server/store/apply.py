@@ -246,12 +246,14 @@ def run(
     _assign_ids(tx, entries, policy, in_bundle)
     if in_bundle:
         _reject_overlaps(entries)
+        # a POST's id was made up just now (`_assign_ids`): nothing to look up, only a key
         tx.prefetch(
             [
                 (e.res_type, e.res_id)
                 for e in entries
-                if e.res_id and e.matched is None and e.method in ("POST", "PUT", "PATCH")
-            ]
+                if e.res_id and e.matched is None and e.method in ("PUT", "PATCH")
+            ],
+            new=sum(1 for e in entries if e.method == "POST" and e.matched is None),
         )
     tx.prefetch_references([e.resource for e in entries if e.method in ("POST", "PUT")])
     for i in order:

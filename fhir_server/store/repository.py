@@ -399,7 +399,10 @@ class Transaction:
         # conditional reference -> the ids it matched (see resolve_conditional_references)
         self._ref_ids: dict[str, list[str]] = {}
         # stored profiles and value sets, for validation (fhir_server.store.conformance)
-        self.conformance = StoredConformance(conn, self.sql, store.base_url, self.flush)
+        self.conformance = StoredConformance(
+            conn, self.sql, store.base_url, self._flush_for_conformance
+        )
+        self._wrote_conformance = False  # see _flush_for_conformance
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -423,20 +426,22 @@ class Transaction:
             return None
         return row[0], StoredResource(res_type, res_id, row[1], row[2], bool(row[3]), row[4])
 
-    def prefetch(self, keys: list[tuple[str, str]]) -> None:
+    def prefetch(self, keys: list[tuple[str, str]], new: int = 0) -> None:
         """Fetch (and lock) the current rows of resources about to be written, in one query
-        per type instead of one per resource: a 100-entry Bundle saves 99 round trips."""
+        per type instead of one per resource: a 100-entry Bundle saves 99 round trips.
+        `new`: how many resources will be created under ids this server just made up (a
+        Bundle's POSTs), which need no look-up: keys for them and for the absent `keys` are
+        allocated together, in one query."""
         by_type: dict[str, list[str]] = {}
         for res_type, res_id in keys:
             by_type.setdefault(res_type, []).append(res_id)
+        absent = new
         for res_type, ids in by_type.items():
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 self.cursor.execute(*self.sql.current_many(res_type, chunk))
                 found = {row[1]: row for row in self.cursor.fetchall()}
-                absent = sum(1 for res_id in chunk if res_id not in found)
-                if absent:
-                    self._allocate_pks(absent)
+                absent += sum(1 for res_id in chunk if res_id not in found)
                 for res_id in chunk:
                     row = found.get(res_id)
                     self._known[(res_type, res_id)] = (
@@ -447,6 +452,8 @@ class Transaction:
                             StoredResource(res_type, res_id, row[2], row[3], bool(row[4]), row[5]),
                         )
                     )
+        if absent:
+            self._allocate_pks(absent)
 
     def _allocate_pks(self, count: int) -> None:
         """Keys for `count` new resources. PostgreSQL: from the table's sequence. SQLite: past
@@ -587,6 +594,7 @@ class Transaction:
     def delete(self, res_type: str, res_id: str) -> StoredResource | None:
         """Mark a resource deleted (a new, empty version); None when there was nothing to delete."""
         if res_type in CONFORMANCE_TYPES:
+            self._wrote_conformance = True
             profiles().changed()
         found = self.current(res_type, res_id, lock=True)
         if found is None or found[1].deleted:
@@ -648,8 +656,17 @@ class Transaction:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _flush_for_conformance(self) -> None:
+        """Before a lookup of stored profiles and value sets: only conformance resources this
+        transaction wrote can be among its buffered rows and change the answer. Without
+        them nothing is flushed: a flush in the middle of a Bundle (a profile's cache
+        recheck) would split its COPY and cost a round trip per table."""
+        if self._wrote_conformance:
+            self.flush()
+
     def _content_hook(self, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
         if res_type in CONFORMANCE_TYPES:
+            self._wrote_conformance = True
             profiles().changed()  # a stored profile or value set takes effect at once
         hook = self.store.content_hooks.get(res_type)
         if hook is not None:

@@ -206,7 +206,7 @@ class Profiles:
             text = f"the profile {url} is not known to this server"
             if policy == "refuse":
                 run.error("not-supported", where, text)
-            elif policy == "warn":
+            elif policy == "warn" and run.warnings:  # a write keeps errors only
                 run.warn("not-supported", where, text + " (not checked)")
             return
         if compiled.profile["type"] != res_type:

@@ -532,6 +532,7 @@ class Transaction:
         trusted: bool = False,
         index: IndexRows | None = None,
         checked: bool = False,
+        refs: list[dict[str, Any]] | None = None,
     ) -> WriteResult:
         """Store a new resource under a server-assigned id (or `res_id`, for create-on-update).
 
@@ -540,13 +541,14 @@ class Transaction:
         resolution are skipped, and `index` may bring their index rows ready-made. Their
         builders' tests validate the shape and the rows instead. `checked`: the content was
         part of a request body that passed `limits.check_document` (see `validate_resource`).
+        `refs`: the content's Reference objects when the caller found them already.
         """
         if res_id:
             self._known.pop((resource.get("resourceType", ""), res_id), None)
         res_id = res_id or str(uuid.uuid4())
         if not trusted:
             resource = validate_resource(resource, None, self.conformance, checked)
-            self.resolve_conditional_references(resource)
+            self.resolve_conditional_references(resource, refs)
             self._content_hook(resource["resourceType"], res_id, resource)
         return self._insert_new(resource, resource["resourceType"], res_id, "POST", index)
 
@@ -558,9 +560,13 @@ class Transaction:
         if_match: int | None = None,
         method: str = "PUT",
         checked: bool = False,
+        refs: list[dict[str, Any]] | None = None,
     ) -> WriteResult:
-        """Replace a resource (creating it when the id is new, which FHIR allows)."""
+        """Replace a resource (creating it when the id is new, which FHIR allows); `refs`: the
+        content's Reference objects when the caller found them already."""
         resource = validate_resource(resource, res_type, self.conformance, checked)
+        if res_type in self.store.content_hooks:
+            refs = None  # the hook may change the content before its references resolve
         if resource.get("id") != res_id:
             raise bad_request(
                 f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
@@ -571,7 +577,7 @@ class Transaction:
         if found is None:
             if if_match is not None:
                 raise precondition_failed(f"{res_type}/{res_id} does not exist (If-Match given)")
-            self.resolve_conditional_references(resource)
+            self.resolve_conditional_references(resource, refs)
             return self._insert_new(resource, res_type, res_id, method)
         pk, current = found
         if if_match is not None and if_match != current.version_id:
@@ -579,7 +585,7 @@ class Transaction:
                 f"Version conflict: If-Match {if_match} but {res_type}/{res_id} is at "
                 f"version {current.version_id}"
             )
-        self.resolve_conditional_references(resource)
+        self.resolve_conditional_references(resource, refs)
         if not current.deleted and current.body and _same_content(current.body, resource):
             return WriteResult(current, created=False, changed=False)
         stored = self._new_version(resource, res_type, res_id, current.version_id + 1, method)
@@ -612,15 +618,19 @@ class Transaction:
 
     # -- references -------------------------------------------------------------------------
 
-    def prefetch_references(self, resources: list[Any]) -> None:
+    def prefetch_references(
+        self, resources: list[Any], refs: Sequence[list[dict[str, Any]] | None] = ()
+    ) -> None:
         """Look up the identifier-form conditional references of many resources in one
         query (a Synthea Bundle names ~60 resources ~450 times), memoized for
-        `resolve_conditional_references`."""
+        `resolve_conditional_references`. `refs`: each resource's Reference objects, when
+        the caller found them already (None for one it did not)."""
         wanted: dict[str, Identity] = {}
-        for resource in resources:
-            for ref in _references(resource):
+        for index, resource in enumerate(resources):
+            known = refs[index] if index < len(refs) else None
+            for ref in known if known is not None else _references(resource):
                 value = ref["reference"]
-                if _conditional(value) and value not in self._ref_ids:
+                if _conditional(value) and value not in wanted and value not in self._ref_ids:
                     res_type, _, query = value.partition("?")
                     key = identifier_condition(res_type, parse_qsl(query, keep_blank_values=True))
                     if key is not None:
@@ -631,12 +641,15 @@ class Transaction:
         for value, key in wanted.items():
             self._ref_ids[value] = list(found[key])
 
-    def resolve_conditional_references(self, resource: dict[str, Any]) -> None:
-        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1).
+    def resolve_conditional_references(
+        self, resource: dict[str, Any], refs: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1);
+        `refs`: the content's Reference objects, when the caller found them already.
 
         Answers are memoized for the transaction until it writes a resource of the type
         they name (a write could change what matches)."""
-        for ref in _references(resource):
+        for ref in refs if refs is not None else _references(resource):
             value = ref.get("reference")
             if not isinstance(value, str) or not _conditional(value):
                 continue

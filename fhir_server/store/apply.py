@@ -30,6 +30,7 @@ from fhir_server.store.repository import (
     Identity,
     StoredResource,
     Transaction,
+    _references,
     identifier_condition,
 )
 
@@ -73,6 +74,9 @@ class Entry:
     all_matches: bool = False  # conditional delete: delete every match, not just one
     strict_id: bool = False  # conditional update: a body id must be the matched resource's
     matched: str | None = None  # set when a conditional create found its resource
+    # the content's Reference objects (POST, PUT), found once by `_assign_ids` for the
+    # rewrite of fullUrls, the conditional references' look-up and their resolution
+    refs: list[dict[str, Any]] | None = None
     # the content is part of a request body that passed `limits.check_document` as a whole:
     # validation does not walk it for the document limits again
     checked: bool = False
@@ -247,14 +251,19 @@ def run(
     _assign_ids(tx, entries, policy, in_bundle)
     if in_bundle:
         _reject_overlaps(entries)
+        # a POST's id was made up just now (`_assign_ids`): nothing to look up, only a key
         tx.prefetch(
             [
                 (e.res_type, e.res_id)
                 for e in entries
-                if e.res_id and e.matched is None and e.method in ("POST", "PUT", "PATCH")
-            ]
+                if e.res_id and e.matched is None and e.method in ("PUT", "PATCH")
+            ],
+            new=sum(1 for e in entries if e.method == "POST" and e.matched is None),
         )
-    tx.prefetch_references([e.resource for e in entries if e.method in ("POST", "PUT")])
+    tx.prefetch_references(
+        [e.resource for e in entries if e.method in ("POST", "PUT")],
+        [e.refs for e in entries if e.method in ("POST", "PUT")],
+    )
     for i in order:
         entry = entries[i]
         if entry.method in ("GET", "HEAD"):
@@ -313,7 +322,7 @@ class _Step:
             return _result(found[1], "matched")
         self.body("c", resource)
         assert entry.res_id is not None
-        result = self.tx.create(resource, entry.res_id, checked=entry.checked)
+        result = self.tx.create(resource, entry.res_id, checked=entry.checked, refs=entry.refs)
         return _result(result.stored, "created")
 
     def put(self, entry: Entry) -> EntryResult:
@@ -322,7 +331,12 @@ class _Step:
         self.stored("u", entry.res_type, entry.res_id)
         self.body("u", entry.resource)
         result = self.tx.update(
-            entry.res_type, entry.res_id, entry.resource, entry.if_match, checked=entry.checked
+            entry.res_type,
+            entry.res_id,
+            entry.resource,
+            entry.if_match,
+            checked=entry.checked,
+            refs=entry.refs,
         )
         outcome = "created" if result.created else "updated" if result.changed else "unchanged"
         return _result(result.stored, outcome)
@@ -445,10 +459,16 @@ def _assign_ids(
         writes = entry.method in ("POST", "PUT", "PATCH")
         if entry.full_url is not None and entry.res_id and writes:
             mapping[entry.full_url] = f"{entry.res_type}/{entry.res_id}"
-    if mapping:
-        for entry in entries:
-            if isinstance(entry.resource, dict | list):
-                _rewrite(entry.resource, mapping)
+    for entry in entries:
+        if entry.method in ("POST", "PUT") and isinstance(entry.resource, dict):
+            entry.refs = _references(entry.resource)
+            if mapping:
+                for ref in entry.refs:
+                    rewritten = mapping.get(ref["reference"])
+                    if rewritten is not None:
+                        ref["reference"] = rewritten
+        elif mapping and isinstance(entry.resource, dict | list):
+            _rewrite(entry.resource, mapping)  # a PATCH document
 
 
 def _multiple(index: int, entry: Entry, count: int, in_bundle: bool) -> str:

@@ -424,7 +424,10 @@ class Transaction:
         # conditional reference -> the ids it matched (see resolve_conditional_references)
         self._ref_ids: dict[str, list[str]] = {}
         # stored profiles and value sets, for validation (fhir_server.store.conformance)
-        self.conformance = StoredConformance(conn, self.sql, store.base_url, self.flush)
+        self.conformance = StoredConformance(
+            conn, self.sql, store.base_url, self._flush_for_conformance
+        )
+        self._wrote_conformance = False  # see _flush_for_conformance
 
     # -- reads inside the transaction -------------------------------------------------------
 
@@ -448,20 +451,22 @@ class Transaction:
             return None
         return row[0], StoredResource(res_type, res_id, row[1], row[2], bool(row[3]), row[4])
 
-    def prefetch(self, keys: list[tuple[str, str]]) -> None:
+    def prefetch(self, keys: list[tuple[str, str]], new: int = 0) -> None:
         """Fetch (and lock) the current rows of resources about to be written, in one query
-        per type instead of one per resource: a 100-entry Bundle saves 99 round trips."""
+        per type instead of one per resource: a 100-entry Bundle saves 99 round trips.
+        `new`: how many resources will be created under ids this server just made up (a
+        Bundle's POSTs), which need no look-up: keys for them and for the absent `keys` are
+        allocated together, in one query."""
         by_type: dict[str, list[str]] = {}
         for res_type, res_id in keys:
             by_type.setdefault(res_type, []).append(res_id)
+        absent = new
         for res_type, ids in by_type.items():
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 self.cursor.execute(*self.sql.current_many(res_type, chunk))
                 found = {row[1]: row for row in self.cursor.fetchall()}
-                absent = sum(1 for res_id in chunk if res_id not in found)
-                if absent:
-                    self._allocate_pks(absent)
+                absent += sum(1 for res_id in chunk if res_id not in found)
                 for res_id in chunk:
                     row = found.get(res_id)
                     self._known[(res_type, res_id)] = (
@@ -472,6 +477,8 @@ class Transaction:
                             StoredResource(res_type, res_id, row[2], row[3], bool(row[4]), row[5]),
                         )
                     )
+        if absent:
+            self._allocate_pks(absent)
 
     def _allocate_pks(self, count: int) -> None:
         """Keys for `count` new resources. PostgreSQL: from the table's sequence. SQLite: past
@@ -550,6 +557,7 @@ class Transaction:
         trusted: bool = False,
         index: IndexRows | None = None,
         checked: bool = False,
+        refs: list[dict[str, Any]] | None = None,
     ) -> WriteResult:
         """Store a new resource under a server-assigned id (or `res_id`, for create-on-update).
 
@@ -558,13 +566,14 @@ class Transaction:
         resolution are skipped, and `index` may bring their index rows ready-made. Their
         builders' tests validate the shape and the rows instead. `checked`: the content was
         part of a request body that passed `limits.check_document` (see `validate_resource`).
+        `refs`: the content's Reference objects when the caller found them already.
         """
         if res_id:
             self._known.pop((resource.get("resourceType", ""), res_id), None)
         res_id = res_id or str(uuid.uuid4())
         if not trusted:
             resource = validate_resource(resource, None, self.conformance, checked)
-            self.resolve_conditional_references(resource)
+            self.resolve_conditional_references(resource, refs)
             self._content_hook(resource["resourceType"], res_id, resource)
         return self._insert_new(resource, resource["resourceType"], res_id, "POST", index)
 
@@ -576,9 +585,13 @@ class Transaction:
         if_match: int | None = None,
         method: str = "PUT",
         checked: bool = False,
+        refs: list[dict[str, Any]] | None = None,
     ) -> WriteResult:
-        """Replace a resource (creating it when the id is new, which FHIR allows)."""
+        """Replace a resource (creating it when the id is new, which FHIR allows); `refs`: the
+        content's Reference objects when the caller found them already."""
         resource = validate_resource(resource, res_type, self.conformance, checked)
+        if res_type in self.store.content_hooks:
+            refs = None  # the hook may change the content before its references resolve
         if resource.get("id") != res_id:
             raise bad_request(
                 f"The resource id '{resource.get('id')}' does not match the URL id '{res_id}'",
@@ -589,7 +602,7 @@ class Transaction:
         if found is None:
             if if_match is not None:
                 raise precondition_failed(f"{res_type}/{res_id} does not exist (If-Match given)")
-            self.resolve_conditional_references(resource)
+            self.resolve_conditional_references(resource, refs)
             return self._insert_new(resource, res_type, res_id, method)
         pk, current = found
         if if_match is not None and if_match != current.version_id:
@@ -597,7 +610,7 @@ class Transaction:
                 f"Version conflict: If-Match {if_match} but {res_type}/{res_id} is at "
                 f"version {current.version_id}"
             )
-        self.resolve_conditional_references(resource)
+        self.resolve_conditional_references(resource, refs)
         if not current.deleted and current.body and _same_content(current.body, resource):
             return WriteResult(current, created=False, changed=False)
         stored = self._new_version(resource, res_type, res_id, current.version_id + 1, method)
@@ -608,6 +621,7 @@ class Transaction:
     def delete(self, res_type: str, res_id: str) -> StoredResource | None:
         """Mark a resource deleted (a new, empty version); None when there was nothing to delete."""
         if res_type in CONFORMANCE_TYPES:
+            self._wrote_conformance = True
             profiles().changed()
         found = self.current(res_type, res_id, lock=True)
         if found is None or found[1].deleted:
@@ -624,15 +638,19 @@ class Transaction:
 
     # -- references -------------------------------------------------------------------------
 
-    def prefetch_references(self, resources: list[Any]) -> None:
+    def prefetch_references(
+        self, resources: list[Any], refs: Sequence[list[dict[str, Any]] | None] = ()
+    ) -> None:
         """Look up the identifier-form conditional references of many resources in one
         query (a Synthea Bundle names ~60 resources ~450 times), memoized for
-        `resolve_conditional_references`."""
+        `resolve_conditional_references`. `refs`: each resource's Reference objects, when
+        the caller found them already (None for one it did not)."""
         wanted: dict[str, Identity] = {}
-        for resource in resources:
-            for ref in _references(resource):
+        for index, resource in enumerate(resources):
+            known = refs[index] if index < len(refs) else None
+            for ref in known if known is not None else _references(resource):
                 value = ref["reference"]
-                if _conditional(value) and value not in self._ref_ids:
+                if _conditional(value) and value not in wanted and value not in self._ref_ids:
                     res_type, _, query = value.partition("?")
                     key = identifier_condition(res_type, parse_qsl(query, keep_blank_values=True))
                     if key is not None:
@@ -643,12 +661,15 @@ class Transaction:
         for value, key in wanted.items():
             self._ref_ids[value] = list(found[key])
 
-    def resolve_conditional_references(self, resource: dict[str, Any]) -> None:
-        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1).
+    def resolve_conditional_references(
+        self, resource: dict[str, Any], refs: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Replace `Type?search` references by the one resource they match (FHIR 3.1.0.8.1);
+        `refs`: the content's Reference objects, when the caller found them already.
 
         Answers are memoized for the transaction until it writes a resource of the type
         they name (a write could change what matches)."""
-        for ref in _references(resource):
+        for ref in refs if refs is not None else _references(resource):
             value = ref.get("reference")
             if not isinstance(value, str) or not _conditional(value):
                 continue
@@ -668,8 +689,17 @@ class Transaction:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _flush_for_conformance(self) -> None:
+        """Before a lookup of stored profiles and value sets: only conformance resources this
+        transaction wrote can be among its buffered rows and change the answer. Without
+        them nothing is flushed: a flush in the middle of a Bundle (a profile's cache
+        recheck) would split its COPY and cost a round trip per table."""
+        if self._wrote_conformance:
+            self.flush()
+
     def _content_hook(self, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
         if res_type in CONFORMANCE_TYPES:
+            self._wrote_conformance = True
             profiles().changed()  # a stored profile or value set takes effect at once
         hook = self.store.content_hooks.get(res_type)
         if hook is not None:

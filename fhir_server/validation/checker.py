@@ -126,11 +126,14 @@ class Primitives:
             return decimal
         form = self.forms.get(name)
         what = "a string" if name in ("string", "markdown", "xhtml") else f"a valid {name}"
+        surely = _SURELY_MATCHES.get(name) if form is not None else None
+        if form is not None and (form.pattern != _R4_FORMS.get(name) or not form.flags & re.ASCII):
+            surely = None  # not the R4 regex the shortcut stands for
 
         def text(v: Any, path: str, run: Run) -> None:
             if type(v) is not str:
                 run.error("value", path, f"'{_show(v)}' is not a JSON string ({name})")
-            elif form is not None and form.fullmatch(v) is None:
+            elif form is not None and not (surely and surely(v)) and form.fullmatch(v) is None:
                 run.error("value", path, f"'{_show(v)}' is not {what} "
                                          f"(R4 {name}: {form.pattern})")  # fmt: skip
             elif len(v) > MAX_STRING and name != "xhtml":
@@ -139,6 +142,41 @@ class Primitives:
                 run.error("value", path, "Narrative.div must be an XHTML <div> element")
 
         return text
+
+
+# Shortcuts for the commonest primitives' regexes (compiled re.ASCII, so `\s` is only
+# [ \t\n\r\f\v]): printable text holds no whitespace but the space, which settles these
+# patterns in one C call; anything else (a newline, say) is left to the regex itself.
+_R4_FORMS = {
+    "string": r"[ \r\n\t\S]+",
+    "markdown": r"[ \r\n\t\S]+",
+    "code": r"[^\s]+(\s[^\s]+)*",
+    "uri": r"\S*",
+    "url": r"\S*",
+    "canonical": r"\S*",
+}
+
+
+def _plain_text(v: str) -> bool:
+    return v != "" and v.isprintable()
+
+
+def _plain_token(v: str) -> bool:
+    return v != "" and v.isprintable() and v[0] != " " and v[-1] != " " and "  " not in v
+
+
+def _plain_uri(v: str) -> bool:
+    return v.isprintable() and " " not in v
+
+
+_SURELY_MATCHES: dict[str, Callable[[str], bool]] = {
+    "string": _plain_text,
+    "markdown": _plain_text,
+    "code": _plain_token,
+    "uri": _plain_uri,
+    "url": _plain_uri,
+    "canonical": _plain_uri,
+}
 
 
 def _finite(v: float | Decimal) -> bool:

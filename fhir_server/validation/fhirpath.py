@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 from xml.parsers import expat
 
@@ -139,8 +140,11 @@ _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}
 _NO_FRACTION = Decimal("0")
 
 
+@lru_cache(maxsize=4096)
 def _date_key(s: str) -> tuple[int, tuple[Any, ...]] | None:
-    """(precision, comparable tuple in UTC) of a date/dateTime string, None if not one."""
+    """(precision, comparable tuple in UTC) of a date/dateTime string, None if not one.
+    Memoized (~5 µs each): a Bundle repeats its dates (an encounter's period is its claims'
+    and its observations' too), and per-1 compares every Period's two."""
     m = _DATE.match(s)
     if m is None:
         return None

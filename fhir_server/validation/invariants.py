@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from fhir_server.validation.fhirpath import Node, Unsupported, compile_invariant, holds
+from fhir_server.validation.fhirpath import (
+    Node,
+    Unsupported,
+    _date_key,
+    compile_invariant,
+    holds,
+)
 
 if TYPE_CHECKING:
     from fhir_server.validation.checker import Run
@@ -29,6 +35,7 @@ _GUARDS: dict[str, Callable[[Any], bool]] = {
     "per-1": lambda v: type(v) is dict and "start" in v and "end" in v,
 }
 _UNSUPPORTED: dict[str, str] = {}  # key -> expression neither engine evaluates
+PER_1 = "start.hasValue().not() or end.hasValue().not() or (start <= end)"
 DOM_3 = (
     "contained.where((('#'+id in (%resource.descendants().reference | "
     "%resource.descendants().as(canonical) | %resource.descendants().as(uri) | "
@@ -56,7 +63,7 @@ _GUARDED_TEXT = {
         "reference.startsWith('#').not() or (reference.substring(1).trace('url') in "
         "%rootResource.contained.id.trace('ids'))",
     ),
-    "per-1": ("start.hasValue().not() or end.hasValue().not() or (start <= end)",),
+    "per-1": (PER_1,),
 }
 
 
@@ -86,7 +93,30 @@ def dom_3(focus: list[Any], env: dict[str, Any]) -> list[Any]:
     return [True]
 
 
-NATIVE: dict[tuple[str, str], Node] = {("dom-3", DOM_3): dom_3}
+_per_1_general: list[Node] = []
+
+
+def per_1(focus: list[Any], env: dict[str, Any]) -> list[Any]:
+    """per-1 (a Period's start <= end) for two date/dateTime strings without the general
+    engine's walk of the expression (~25 µs; every Encounter, Claim and ExplanationOfBenefit
+    has a Period): the comparison `_compare` makes, so the same answer (unknown across
+    precisions). Anything else goes to the compiled expression."""
+    period = focus[0] if len(focus) == 1 else None
+    if type(period) is dict:
+        start, end = period.get("start"), period.get("end")
+        if type(start) is str and type(end) is str:
+            try:
+                a, b = _date_key(start), _date_key(end)
+            except ValueError:  # not a calendar date: the general engine says so
+                a = b = None
+            if a is not None and b is not None:
+                return [] if a[0] != b[0] else [a[1] <= b[1]]
+    if not _per_1_general:
+        _per_1_general.append(compile_invariant(PER_1))
+    return _per_1_general[0](focus, env)
+
+
+NATIVE: dict[tuple[str, str], Node] = {("dom-3", DOM_3): dom_3, ("per-1", PER_1): per_1}
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 BASE = "http://hl7.org/fhir/StructureDefinition/"
 TTL_SECONDS = 5.0
 UNKNOWN_PROFILE_CHOICES = ("accept", "warn", "refuse")
+_NOT_REUSABLE = object()  # a cached profile that a recheck always compiles again
 
 
 class Conformance(Protocol):
@@ -68,7 +69,8 @@ def builtin() -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Profiles:
-    cache: dict[str, tuple[Compiled | None, float]] = field(default_factory=dict)
+    # url -> (compiled or None, expiry, the stored definition it came from; see `compiled`)
+    cache: dict[str, tuple[Compiled | None, float, Any]] = field(default_factory=dict)
     codes: dict[str, tuple[Codes | None, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     generation: int = 0
@@ -92,23 +94,38 @@ class Profiles:
         return codes
 
     def compiled(self, url: str, conformance: Conformance | None) -> Compiled | None:
+        """The compiled profile, rechecked against the stored definitions every TTL_SECONDS.
+        A recheck that finds the same definition (or again none: the built-in one) keeps
+        the compiled checkers and what they compiled lazily, instead of starting over."""
         now = time.monotonic()
         found = self.cache.get(url)
         if found is not None and (found[1] > now or conformance is None):
             return found[0]
-        reduced = self.reduced(url, conformance, 0)
-        compiled = None
-        if reduced is not None:
-            from fhir_server.validation import base
-            from fhir_server.validation.checker import Compiled
+        sd = conformance.structure_definition(url) if conformance is not None else None
+        if found is not None and found[2] is not _NOT_REUSABLE and found[2] == sd:
+            compiled = found[0]
+        else:
+            reduced = self._reduce(url, sd, conformance, 0)
+            compiled = None
+            if reduced is not None:
+                from fhir_server.validation import base
+                from fhir_server.validation.checker import Compiled
 
-            compiled = Compiled(base().defs, reduced, base())
+                compiled = Compiled(base().defs, reduced, base())
+        # what the result depends on: the stored definition when it has a snapshot (a
+        # differential one also depends on its stored base, which is not compared)
+        source = sd if sd is None or sd.get("snapshot", {}).get("element") else _NOT_REUSABLE
         with self.lock:
-            self.cache[url] = (compiled, now + TTL_SECONDS)
+            self.cache[url] = (compiled, now + TTL_SECONDS, source)
         return compiled
 
     def reduced(self, url: str, conformance: Conformance | None, depth: int) -> Any:
         sd = conformance.structure_definition(url) if conformance is not None else None
+        return self._reduce(url, sd, conformance, depth)
+
+    def _reduce(
+        self, url: str, sd: dict[str, Any] | None, conformance: Conformance | None, depth: int
+    ) -> Any:
         if sd is None:
             return builtin().get(url)
         if depth > 10 or sd.get("kind") not in ("resource", "complex-type"):
@@ -191,7 +208,7 @@ class Profiles:
             text = f"the profile {url} is not known to this server"
             if policy == "refuse":
                 run.error("not-supported", where, text)
-            elif policy == "warn":
+            elif policy == "warn" and run.warnings:  # a write keeps errors only
                 run.warn("not-supported", where, text + " (not checked)")
             return
         if compiled.profile["type"] != res_type:

@@ -806,15 +806,16 @@ class Transaction:
         """Write the buffered rows: per table one executemany (SQLite), one COPY (PostgreSQL,
         large batches) or, for the few rows of a single REST write, all the tables' INSERTs in
         one PostgreSQL pipeline, so one round trip instead of one per table."""
+        buffered = self._versions or self._new_resources or self._outbox
+        if not buffered and not any(self._index.values()):  # most calls (before each read)
+            return
         batches: list[tuple[tuple[str, str], list[tuple[Any, ...]]]] = [
             (self.sql.insert_new_resources, self._new_resources),
             (self.sql.insert_version, self._versions),
             *((self.sql.insert_index[kind], rows) for kind, rows in self._index.items()),
             (self.sql.insert_outbox, self._outbox),
         ]
-        pending = sum(len(rows) for _, rows in batches)
-        if not pending:
-            return
+        pending = sum(map(len, (rows for _, rows in batches)))
         try:
             if not self.sql.postgres:
                 for (insert, _), rows in batches:

@@ -50,7 +50,12 @@ ACTIONS = {
     "vread": "R",
     "history-instance": "R",
 }
-BATCH = 500  # queued events that wake the writer; events per expanding transaction
+BATCH = 500  # events per expanding transaction
+# Queued events that wake the writer before its INTERVAL is up. High on purpose: each drain is
+# a transaction (on PostgreSQL three round trips, each a GIL hand-off between the writer and
+# the event loop), so under read load one drain a second costs reads less than ten.
+WAKE = 10_000
+DRAIN = 5_000  # events per draining transaction (100 rows)
 ROW_EVENTS = 50  # events per audit_pending row: ~15 ms of expansion, the idle writer's step
 QUIET = 50  # requests per second below which the idle writer expands (0: it never does)
 INTERVAL = 1.0
@@ -349,7 +354,7 @@ class AuditTrail:
         self._queue.append((now_us(), event))
         if self._thread is None:
             self._ensure_thread()
-        if len(self._queue) == BATCH:  # once: the writer then drains all, later ones too
+        if len(self._queue) == WAKE:  # once: the writer then drains all, later ones too
             self._wake.set()
 
     def record_change(
@@ -369,12 +374,12 @@ class AuditTrail:
 
     def _drain(self) -> int:
         """Write what is queued as compact `audit_pending` rows of ROW_EVENTS events, up to
-        BATCH events per transaction; how many events."""
+        DRAIN events per transaction; how many events."""
         written = 0
         queue = self._queue
         with self._draining:  # the writer and a request's `expand`: rows stay in order
             while queue:
-                events = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
+                events = [queue.popleft() for _ in range(min(DRAIN, len(queue)))]
                 rows = [
                     _pack(events[i : i + ROW_EVENTS]) for i in range(0, len(events), ROW_EVENTS)
                 ]
@@ -437,7 +442,7 @@ class AuditTrail:
                     self._thread.start()
 
     def _run(self) -> None:
-        """Drain the queue every INTERVAL (sooner when BATCH events wait). When fewer than
+        """Drain the queue every INTERVAL (sooner when WAKE events wait). When fewer than
         QUIET requests a second came since the last round, expand pending rows one at a time
         until a request comes, so the first AuditEvent search after a busy hour has little
         left to do; under load it leaves them alone. (A quiet test is per round, so a short

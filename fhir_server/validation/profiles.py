@@ -74,6 +74,20 @@ class Profiles:
     codes: dict[str, tuple[Codes | None, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     generation: int = 0
+    # (kind, url) whose expired entry one thread is rechecking now; the others keep using
+    # the entry meanwhile instead of all sending the same query at once
+    rechecking: set[tuple[str, str]] = field(default_factory=set)
+
+    def _recheck_claimed(self, kind: str, url: str) -> bool:
+        with self.lock:
+            if (kind, url) in self.rechecking:
+                return False
+            self.rechecking.add((kind, url))
+            return True
+
+    def _recheck_done(self, kind: str, url: str) -> None:
+        with self.lock:
+            self.rechecking.discard((kind, url))
 
     def changed(self) -> None:
         with self.lock:
@@ -88,9 +102,15 @@ class Profiles:
         found = self.codes.get(url)
         if found is not None and found[1] > now:
             return found[0]
-        codes = conformance.value_set_codes(url)
-        with self.lock:
-            self.codes[url] = (codes, now + TTL_SECONDS)
+        if found is not None and not self._recheck_claimed("codes", url):
+            return found[0]
+        try:
+            codes = conformance.value_set_codes(url)
+            with self.lock:
+                self.codes[url] = (codes, now + TTL_SECONDS)
+        finally:
+            if found is not None:
+                self._recheck_done("codes", url)
         return codes
 
     def compiled(self, url: str, conformance: Conformance | None) -> Compiled | None:
@@ -101,6 +121,17 @@ class Profiles:
         found = self.cache.get(url)
         if found is not None and (found[1] > now or conformance is None):
             return found[0]
+        if found is not None and not self._recheck_claimed("profile", url):
+            return found[0]
+        try:
+            return self._compile(url, conformance, found, now)
+        finally:
+            if found is not None:
+                self._recheck_done("profile", url)
+
+    def _compile(
+        self, url: str, conformance: Conformance | None, found: Any, now: float
+    ) -> Compiled | None:
         sd = conformance.structure_definition(url) if conformance is not None else None
         if found is not None and found[2] is not _NOT_REUSABLE and found[2] == sd:
             compiled = found[0]

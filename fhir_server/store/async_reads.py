@@ -1,9 +1,10 @@
 """PostgreSQL reads awaited on the event loop, over a small pool of connections of its own.
 
 A read by id (or a direct search) costs PostgreSQL little. On the server, handing it to a
-worker thread and back (a queue, a thread wake-up, the GIL, a wake-up of the loop) costs more
-CPU than the rest of the request, and psycopg's `AsyncCursor` costs as much again (~80 us a
-query here: its lock, adaptation and per-wait timer). So the statement goes out through
+worker thread and back (a queue, a thread wake-up, the GIL, a wake-up of the loop) and
+SQLAlchemy's pool cost about half of a read's CPU, and psycopg's `AsyncCursor` would cost
+as much again (~80 us a query here: its lock, adaptation and per-wait timer). So the
+statement goes out through
 psycopg's libpq wrapper (`pgconn`) straight from the event loop, its rows are converted by
 psycopg's loaders, and the loop serves other requests until the socket has the answer: about
 20 us of CPU a query. Nothing is cached: every call asks the database, so replicas sharing it

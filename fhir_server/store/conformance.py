@@ -27,7 +27,8 @@ TYPES = frozenset({"StructureDefinition", "ValueSet", "CodeSystem"})
 
 
 class StoredConformance:
-    """Looks up through `conn` (a transaction's, which `flush` brings up to date first)."""
+    """Looks up through `conn` (a transaction's, which `flush` brings up to date first for
+    conformance resources, and `flush_all` for any resource a reference may name)."""
 
     def __init__(
         self,
@@ -35,8 +36,10 @@ class StoredConformance:
         sql: Statements,
         base_url: str,
         flush: Callable[[], None] | None = None,
+        flush_all: Callable[[], None] | None = None,
     ) -> None:
-        self.conn, self.sql, self.base_url, self.flush = conn, sql, base_url, flush
+        self.conn, self.sql, self.base_url = conn, sql, base_url
+        self.flush, self.flush_all = flush, flush_all
         # the caller's access policy (api.access.Access, store.apply.Policy): a resource it
         # may not read is absent here, as everywhere (None: it sees everything)
         self.policy: Any = None
@@ -79,8 +82,8 @@ class StoredConformance:
                 if exc.status != 403:
                     raise
                 return None
-        if self.flush is not None:
-            self.flush()
+        if self.flush_all is not None:  # the target may be any type this transaction wrote
+            self.flush_all()
         cursor = self.conn.connection.cursor()
         cursor.execute(self.sql.current, (parts[0], parts[1]))
         row = cursor.fetchone()

@@ -425,7 +425,7 @@ class Transaction:
         self._ref_ids: dict[str, list[str]] = {}
         # stored profiles and value sets, for validation (fhir_server.store.conformance)
         self.conformance = StoredConformance(
-            conn, self.sql, store.base_url, self._flush_for_conformance
+            conn, self.sql, store.base_url, self._flush_for_conformance, self.flush
         )
         self._wrote_conformance = False  # see _flush_for_conformance
 

@@ -274,6 +274,7 @@ def create_app(
                 inline_reads.took(begun, time.perf_counter(), cpu)
             elif (
                 awaited is not None
+                and awaited.wanted(started)
                 and _reads_by_id(request.method, path, ctx)
                 and _unjudged(request_ctx, [p for p in path if p][0])
             ):  # a read by id on PostgreSQL: the row awaited here, no thread hop
@@ -281,7 +282,11 @@ def create_app(
                 row = await awaited.read(res_type, res_id)
                 fetched = Fetched(key=(res_type, res_id), row=row)
                 response = dispatch(replace(request_ctx, fetched=fetched), fhir_req)
-            elif awaited is not None and (plan := planned_search(request_ctx, fhir_req)):
+            elif (
+                awaited is not None
+                and awaited.wanted(started)
+                and (plan := planned_search(request_ctx, fhir_req))
+            ):
                 # a search on PostgreSQL, planned here: a direct one's page awaited here too
                 page = None
                 if plan.direct is not None and not plan.where:

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ class _Connection:
         self.pgconn.nonblocking = 1
         self.loader = Transformer(conn)
         self.prepared: dict[bytes, bytes] = {}  # statement -> its name on this connection
+        self.sent = 0.0  # seconds the last statement took to send
 
     async def query(self, sql: bytes, params: Sequence[bytes | None]) -> list[tuple[Any, ...]]:
         pgconn = self.pgconn
@@ -66,7 +68,9 @@ class _Connection:
         if name is None:  # a connection that saw many different searches: parsed each time
             pgconn.send_query_params(sql, params, None, None, BINARY)
         else:
+            began = time.perf_counter()
             pgconn.send_query_prepared(name, params, None, BINARY)
+            self.sent = time.perf_counter() - began
         result = await self._result()
         self.loader.set_pgresult(result)
         return self.loader.load_rows(0, result.ntuples, tuple)
@@ -125,7 +129,17 @@ def _wake(ready: asyncio.Future[None]) -> None:
 
 
 class AsyncReads:
-    """Reads by id and direct searches on PostgreSQL, awaited on the running event loop."""
+    """Reads by id and direct searches on PostgreSQL, awaited on the running event loop.
+
+    Sending a statement releases the GIL; while another thread of the process is busy (a
+    backlog of outbox work, say) the loop may wait for it that long, and with it every
+    request. After a send that took longer than STALL seconds, `wanted` says no for BACKOFF
+    seconds (the callers use their worker threads meanwhile, which wait side by side), as
+    the SQLite reads on the loop do (interop.app.InlineReads).
+    """
+
+    STALL = 0.002
+    BACKOFF = 1.0
 
     def __init__(self, engine: Engine, size: int = 2, statement_timeout_ms: int = 0) -> None:
         _, params = engine.dialect.create_connect_args(engine.url)  # the engine's own URL
@@ -139,6 +153,11 @@ class AsyncReads:
         self._open = 0  # connections open or opening, idle or in use
         self._waiting: collections.deque[asyncio.Future[_Connection | None]]
         self._waiting = collections.deque()
+        self.threads_until = 0.0
+
+    def wanted(self, now: float) -> bool:
+        """Whether to await reads on the loop now (no stalled send lately)."""
+        return now >= self.threads_until
 
     async def read(self, res_type: str, res_id: str) -> StoredResource | None:
         """As `Store.read`: the current version, a deleted marker, or None."""
@@ -173,6 +192,8 @@ class AsyncReads:
                 self._give_back(conn)
                 raise
             self._give_back(conn)
+            if conn.sent > self.STALL:
+                self.threads_until = time.perf_counter() + self.BACKOFF
             return rows
         raise AssertionError("unreachable")
 

@@ -5,6 +5,7 @@ connections, cancelled callers and a new event loop."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,3 +148,14 @@ def test_a_new_event_loop_gets_new_connections(store: Store) -> None:
     asyncio.run(pool.close())
     assert first is not None and second is not None
     assert (first.res_id, second.res_id) == ("a", "b")
+
+
+def test_after_a_stalled_send_the_loop_is_not_wanted_for_a_while(store: Store) -> None:
+    pool = AsyncReads(store.engine, 1)
+    pool.STALL = 0.0  # any send counts as stalled
+    assert pool.wanted(time.perf_counter())
+    asyncio.run(pool.read("Patient", "a"))
+    now = time.perf_counter()
+    assert not pool.wanted(now)  # the callers use their threads meanwhile
+    assert pool.wanted(now + pool.BACKOFF)
+    asyncio.run(pool.close())

@@ -19,3 +19,10 @@ def to_instant(us: int) -> str:
 
 def to_http_date(us: int) -> str:
     return format_datetime(datetime.fromtimestamp(us // 1_000_000, tz=UTC), usegmt=True)
+
+
+def mostly_waited(wall: float, cpu: float) -> bool:
+    """Did the process run for less than half of `wall` seconds (`cpu`: its CPU time then)?
+    A slow step that waited for the disk or for a core is worth moving to threads; one that
+    waited for the GIL while another thread of the process ran is not (they would wait too)."""
+    return cpu < wall / 2

@@ -34,6 +34,7 @@ from fhir_server.api.context import FHIR_JSON, Fetched, FhirRequest, FhirRespons
 from fhir_server.api.router import dispatch, failure, inline, planned_search
 from fhir_server.bulk import operations as bulk_operations
 from fhir_server.bulk.service import BulkService
+from fhir_server.clock import mostly_waited
 from fhir_server.errors import FhirError
 from fhir_server.search.query import direct_result
 from fhir_server.store.audit import (
@@ -506,7 +507,7 @@ class InlineReads:
         load (each return found the reads still in flight there and backed off again; a read
         on a thread costs about twice the CPU of one here)."""
         wall = ended - started
-        if wall > self.SLOW and time.process_time() - cpu_started < wall / 2:
+        if wall > self.SLOW and mostly_waited(wall, time.process_time() - cpu_started):
             self.threads_until = ended + self.BACKOFF
 
 

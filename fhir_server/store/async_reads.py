@@ -33,6 +33,7 @@ from psycopg.adapt import Transformer
 from psycopg.errors import error_from_result
 from sqlalchemy import Engine
 
+from fhir_server.clock import mostly_waited
 from fhir_server.store.repository import StoredResource
 
 log = logging.getLogger("interop.store")
@@ -55,7 +56,7 @@ class _Connection:
         self.pgconn.nonblocking = 1
         self.loader = Transformer(conn)
         self.prepared: dict[bytes, bytes] = {}  # statement -> its name on this connection
-        self.sent = 0.0  # seconds the last statement took to send, while the process waited
+        self.sent = (0.0, 0.0)  # (wall, process CPU) seconds the last statement took to send
 
     async def query(self, sql: bytes, params: Sequence[bytes | None]) -> list[tuple[Any, ...]]:
         pgconn = self.pgconn
@@ -70,11 +71,7 @@ class _Connection:
         else:
             began, cpu = time.perf_counter(), time.process_time()
             pgconn.send_query_prepared(name, params, None, BINARY)
-            wall = time.perf_counter() - began
-            # a send that waited while other threads of this process ran (the GIL: the
-            # AuditEvent writer's batch, a search on a thread) is not a stall the threads
-            # would avoid, they wait for the same GIL; one while the process got no core is
-            self.sent = wall if time.process_time() - cpu < wall / 2 else 0.0
+            self.sent = (time.perf_counter() - began, time.process_time() - cpu)
         result = await self._result()
         self.loader.set_pgresult(result)
         return self.loader.load_rows(0, result.ntuples, tuple)
@@ -163,6 +160,13 @@ class AsyncReads:
         """Whether to await reads on the loop now (no stalled send lately)."""
         return now >= self.threads_until
 
+    def stalled(self, wall: float, cpu: float) -> bool:
+        """A send slower than STALL while the process got no core. One that waited for the
+        GIL while another thread of this process ran (the AuditEvent writer's drain, a
+        search on a thread) is not: the threads would wait for the same GIL, and backing
+        off after each such wait kept reads off the loop under load."""
+        return wall > self.STALL and mostly_waited(wall, cpu)
+
     async def read(self, res_type: str, res_id: str) -> StoredResource | None:
         """As `Store.read`: the current version, a deleted marker, or None."""
         rows = await self._rows(READ_SQL, (res_type.encode(), res_id.encode()))
@@ -196,7 +200,7 @@ class AsyncReads:
                 self._give_back(conn)
                 raise
             self._give_back(conn)
-            if conn.sent > self.STALL:
+            if self.stalled(*conn.sent):
                 self.threads_until = time.perf_counter() + self.BACKOFF
             return rows
         raise AssertionError("unreachable")

@@ -152,7 +152,10 @@ def test_a_new_event_loop_gets_new_connections(store: Store) -> None:
 
 def test_after_a_stalled_send_the_loop_is_not_wanted_for_a_while(store: Store) -> None:
     pool = AsyncReads(store.engine, 1)
-    pool.STALL = 0.0  # any send counts as stalled
+    assert pool.stalled(2 * pool.STALL, 0.0)  # the process got no core meanwhile
+    assert not pool.stalled(2 * pool.STALL, 1.5 * pool.STALL)  # another thread had the GIL
+    assert not pool.stalled(pool.STALL / 2, 0.0)  # not slow
+    pool.stalled = lambda wall, cpu: True  # type: ignore[method-assign]  # this send stalled
     assert pool.wanted(time.perf_counter())
     asyncio.run(pool.read("Patient", "a"))
     now = time.perf_counter()

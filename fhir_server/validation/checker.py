@@ -95,6 +95,30 @@ class Primitives:
         }  # fmt: skip
         fhirpath.set_primitive_forms(self.forms)
         self.checks: dict[str, Check] = {name: self._build(name) for name in regexes}
+        # per type, a test that a value is surely valid (the checker would report nothing):
+        # lets an element skip building its FHIRPath and calling the checker (most values)
+        self.fast: dict[str, Callable[[Any], bool]] = {
+            name: f for name in regexes if (f := self._fast(name)) is not None
+        }
+
+    def _fast(self, name: str) -> Callable[[Any], bool] | None:
+        if name == "boolean":
+            return lambda v: type(v) is bool
+        if name in ("integer", "positiveInt", "unsignedInt"):
+            low = {"integer": INT_MIN, "positiveInt": 1, "unsignedInt": 0}[name]
+            return lambda v: type(v) is int and low <= v <= INT_MAX
+        if name in ("decimal", "xhtml"):
+            return None
+        form = self.forms.get(name)
+        if form is None:
+            return lambda v: type(v) is str and len(v) <= MAX_STRING
+        surely = _SURELY_MATCHES.get(name)
+        if surely is not None and form.pattern == _R4_FORMS.get(name) and form.flags & re.ASCII:
+            full = form.fullmatch
+            return lambda v: (type(v) is str and len(v) <= MAX_STRING
+                              and (surely(v) or full(v) is not None))  # fmt: skip
+        full = form.fullmatch
+        return lambda v: type(v) is str and len(v) <= MAX_STRING and full(v) is not None
 
     def _build(self, name: str) -> Check:
         if name == "boolean":
@@ -423,6 +447,26 @@ class Compiled:
         # most elements have nothing beyond their type: call the type's checker directly
         plain = bind is None and fixed is None and pattern is None and not invariants
         one = check if plain else extra
+        # a plain primitive whose value is surely valid needs neither its path nor a call
+        fast = self.defs.primitives.fast.get(type_name) if plain and primitive else None
+        if fast is not None and check is not self.defs.primitives.checks.get(type_name):
+            fast = None  # (not the primitive's own checker)
+
+        if maximum == 1 and fast is not None:
+            surely = fast
+
+            def single_primitive(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+                if surely(v):
+                    return
+                here = f"{path}.{shown}"
+                if type(v) is list:
+                    run.error("structure", here, f"{name} takes one value, not an array")
+                elif v is None:
+                    run.error("structure", here, f"{name} is null")
+                else:
+                    one(v, here, run)
+
+            return single_primitive
 
         if maximum == 1:
 
@@ -449,6 +493,8 @@ class Compiled:
                 run.error("structure", base, f"{name} has {len(v)} items, at most {maximum}")
             ext = parent.get("_" + shown) if primitive else None
             for i, item in enumerate(v):
+                if fast is not None and fast(item):
+                    continue
                 if item is None:
                     if not (type(ext) is list and i < len(ext) and ext[i] is not None):
                         text = f"null in an array (only with extensions in _{name}[{i}])"

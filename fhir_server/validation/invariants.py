@@ -30,10 +30,27 @@ if TYPE_CHECKING:
 _NEEDS = {"dom-2": "contained", "dom-3": "contained", "dom-4": "contained", "dom-5": "contained"}
 # Likewise for the two commonest element invariants: ref-1 holds unless the reference is
 # local ('#...'), per-1 unless the Period has both start and end.
+# The others below hold whenever the elements their expression tests for are absent (a
+# primitive counts as present with only its `_name` extension); anything not an object is
+# left to the expression.
 _GUARDS: dict[str, Callable[[Any], bool]] = {
     "ref-1": lambda v: type(v) is dict and str(v.get("reference", "")).startswith("#"),
     "per-1": lambda v: type(v) is dict and "start" in v and "end" in v,
+    "qty-3": lambda v: type(v) is not dict or "code" in v or "_code" in v,
+    "obs-6": lambda v: type(v) is not dict or ("dataAbsentReason" in v and _has(v, "value")),
+    "obs-7": lambda v: type(v) is not dict or ("component" in v and _has(v, "value")),
+    "prr-1": lambda v: type(v) is not dict or "orderDetail" in v,
+    "con-4": lambda v: type(v) is not dict or _has(v, "abatement"),
+    "con-5": lambda v: type(v) is not dict or ("clinicalStatus" in v and "verificationStatus" in v),
+    "tim-1": lambda v: type(v) is not dict or "duration" in v or "_duration" in v,
+    "tim-5": lambda v: type(v) is not dict or "period" in v or "_period" in v,
 }
+
+
+def _has(v: dict[str, Any], choice: str) -> bool:
+    """Is any type of the choice element (`value[x]`: valueQuantity, _valueString) there?"""
+    under = "_" + choice
+    return any(k.startswith(choice) or k.startswith(under) for k in v)
 _UNSUPPORTED: dict[str, str] = {}  # key -> expression neither engine evaluates
 PER_1 = "start.hasValue().not() or end.hasValue().not() or (start <= end)"
 DOM_3 = (
@@ -64,6 +81,19 @@ _GUARDED_TEXT = {
         "%rootResource.contained.id.trace('ids'))",
     ),
     "per-1": (PER_1,),
+    "qty-3": ("code.empty() or system.exists()",),
+    "obs-6": ("dataAbsentReason.empty() or value.empty()",),
+    "obs-7": ("value.empty() or component.code.where(coding.intersect(%resource.code.coding)"
+              ".exists()).empty()",),  # fmt: skip
+    "prr-1": ("orderDetail.empty() or code.exists()",),
+    "con-4": ("abatement.empty() or clinicalStatus.coding.where(system='http://terminology.hl7"
+              ".org/CodeSystem/condition-clinical' and (code='resolved' or code='remission' or "
+              "code='inactive')).exists()",),  # fmt: skip
+    "con-5": ("verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/"
+              "condition-ver-status' and code='entered-in-error').empty() or "
+              "clinicalStatus.empty()",),  # fmt: skip
+    "tim-1": ("duration.empty() or durationUnit.exists()",),
+    "tim-5": ("period.exists() implies period >= 0",),
 }
 
 

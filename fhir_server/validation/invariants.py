@@ -44,7 +44,18 @@ _GUARDS: dict[str, Callable[[Any], bool]] = {
     "con-5": lambda v: type(v) is not dict or ("clinicalStatus" in v and "verificationStatus" in v),
     "tim-1": lambda v: type(v) is not dict or "duration" in v or "_duration" in v,
     "tim-5": lambda v: type(v) is not dict or "period" in v or "_period" in v,
+    "dom-2": lambda v: _any_contained_has(v, "contained"),
+    "dom-4": lambda v: _any_contained_has(v, "meta"),
+    "dom-5": lambda v: _any_contained_has(v, "meta"),
 }
+
+
+def _any_contained_has(v: Any, key: str) -> bool:
+    """Has a contained resource the element `key` (or is something there not an object)?"""
+    contained = v.get("contained") if type(v) is dict else None
+    if type(contained) is not list:
+        return True
+    return any(type(c) is not dict or key in c for c in contained)
 
 
 def _has(v: dict[str, Any], choice: str) -> bool:
@@ -67,11 +78,31 @@ def _strings(node: Any, out: set[str]) -> None:
     while stack:
         item = stack.pop()
         if type(item) is dict:
-            stack.extend(v for k, v in item.items() if k != "resourceType")
+            if "resourceType" in item:
+                stack.extend(v for k, v in item.items() if k != "resourceType")
+            else:
+                stack.extend(item.values())
         elif type(item) is list:
             stack.extend(item)
         elif type(item) is str:
             out.add(item)
+
+
+def _found(node: Any, wanted: set[str]) -> None:
+    """Removes from `wanted` the strings `node` holds (its resourceType aside), stopping as
+    soon as none is left."""
+    stack = [node]
+    while stack and wanted:
+        item = stack.pop()
+        if type(item) is dict:
+            if "resourceType" in item:
+                stack.extend(v for k, v in item.items() if k != "resourceType")
+            else:
+                stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is str and item in wanted:
+            wanted.discard(item)
 
 
 # the guards apply only to the official texts (a profile may reuse a key for another rule)
@@ -94,6 +125,9 @@ _GUARDED_TEXT = {
               "clinicalStatus.empty()",),  # fmt: skip
     "tim-1": ("duration.empty() or durationUnit.exists()",),
     "tim-5": ("period.exists() implies period >= 0",),
+    "dom-2": ("contained.contained.empty()",),
+    "dom-4": ("contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()",),
+    "dom-5": ("contained.meta.security.empty()",),
 }
 
 
@@ -108,13 +142,16 @@ def dom_3(focus: list[Any], env: dict[str, Any]) -> list[Any]:
     contained = resource.get("contained") if type(resource) is dict else None
     if type(contained) is not list:
         return [True]
-    everything: set[str] = set()
-    _strings(resource, everything)
+    wanted = {"#" + cid for item in contained if type(item) is dict
+              and isinstance(cid := item.get("id"), str)}  # fmt: skip
+    # the references outside `contained` first (where they usually are), then inside it
+    _found({k: v for k, v in resource.items() if k != "contained"}, wanted)
+    _found(contained, wanted)
     for item in contained:
         if type(item) is not dict:
             continue
         cid = item.get("id")
-        if isinstance(cid, str) and "#" + cid in everything:
+        if isinstance(cid, str) and "#" + cid not in wanted:
             continue
         inside: set[str] = set()
         _strings(item, inside)
@@ -146,7 +183,33 @@ def per_1(focus: list[Any], env: dict[str, Any]) -> list[Any]:
     return _per_1_general[0](focus, env)
 
 
-NATIVE: dict[tuple[str, str], Node] = {("dom-3", DOM_3): dom_3, ("per-1", PER_1): per_1}
+_ref_1_general: list[Node] = []
+REF_1 = _GUARDED_TEXT["ref-1"][0]
+
+
+def ref_1(focus: list[Any], env: dict[str, Any]) -> list[Any]:
+    """ref-1 (a local reference `#id` names a contained resource of the root) without the
+    general engine (every Synthea Claim and ExplanationOfBenefit has such references): the
+    id among the string ids of the root's contained resources. Anything else (`#` alone, a
+    reference that is not a string) goes to the compiled expression."""
+    ref = focus[0] if len(focus) == 1 else None
+    target = ref.get("reference") if type(ref) is dict else None
+    if type(target) is str and len(target) > 1:
+        if not target.startswith("#"):
+            return [True]
+        root = env["rootResource"]
+        contained = root.get("contained") if type(root) is dict else None
+        if contained is None or type(contained) is list:
+            cid = target[1:]
+            return [any(type(c) is dict and c.get("id") == cid and type(c.get("id")) is str
+                        for c in contained or ())]  # fmt: skip
+    if not _ref_1_general:
+        _ref_1_general.append(compile_invariant(REF_1))
+    return _ref_1_general[0](focus, env)
+
+
+NATIVE: dict[tuple[str, str], Node] = {
+    ("dom-3", DOM_3): dom_3, ("per-1", PER_1): per_1, ("ref-1", REF_1): ref_1}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

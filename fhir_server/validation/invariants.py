@@ -44,6 +44,14 @@ _GUARDS: dict[str, Callable[[Any], bool]] = {
     "con-5": lambda v: type(v) is not dict or ("clinicalStatus" in v and "verificationStatus" in v),
     "tim-1": lambda v: type(v) is not dict or "duration" in v or "_duration" in v,
     "tim-5": lambda v: type(v) is not dict or "period" in v or "_period" in v,
+    "tim-2": lambda v: type(v) is not dict or "period" in v or "_period" in v,
+    "tim-4": lambda v: type(v) is not dict or "duration" in v or "_duration" in v,
+    "tim-6": lambda v: type(v) is not dict or "periodMax" in v or "_periodMax" in v,
+    "tim-7": lambda v: type(v) is not dict or "durationMax" in v or "_durationMax" in v,
+    "tim-8": lambda v: type(v) is not dict or "countMax" in v or "_countMax" in v,
+    "tim-9": lambda v: type(v) is not dict or "offset" in v or "_offset" in v,
+    "tim-10": lambda v: type(v) is not dict or (
+        ("timeOfDay" in v or "_timeOfDay" in v) and ("when" in v or "_when" in v)),
     "dom-2": lambda v: _any_contained_has(v, "contained"),
     "dom-4": lambda v: _any_contained_has(v, "meta"),
     "dom-5": lambda v: _any_contained_has(v, "meta"),
@@ -125,6 +133,14 @@ _GUARDED_TEXT = {
               "clinicalStatus.empty()",),  # fmt: skip
     "tim-1": ("duration.empty() or durationUnit.exists()",),
     "tim-5": ("period.exists() implies period >= 0",),
+    "tim-2": ("period.empty() or periodUnit.exists()",),
+    "tim-4": ("duration.exists() implies duration >= 0",),
+    "tim-6": ("periodMax.empty() or period.exists()",),
+    "tim-7": ("durationMax.empty() or duration.exists()",),
+    "tim-8": ("countMax.empty() or count.exists()",),
+    "tim-9": ("offset.empty() or (when.exists() and when.select($this in ('C' | 'CM' | 'CD' | "
+              "'CV')).allFalse())",),  # fmt: skip
+    "tim-10": ("timeOfDay.empty() or when.empty()",),
     "dom-2": ("contained.contained.empty()",),
     "dom-4": ("contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()",),
     "dom-5": ("contained.meta.security.empty()",),

@@ -332,7 +332,7 @@ class Compiled:
         is_resource = node_path == definition["type"] and definition.get("kind") == "resource"
         handlers: dict[str, Handler] = {}
         required: list[tuple[str, tuple[str, ...], int]] = []
-        choice_groups: list[tuple[str, tuple[str, ...]]] = []
+        choice_groups: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
         sliced: list[tuple[str, bool, dict[str, Any]]] = []
         constraints = definition.get("constraints", {})
         # inside a profile of a data type (an Extension profile), children of that same type
@@ -367,7 +367,8 @@ class Compiled:
             if spec.get("min", 0) > 0:
                 required.append((name, tuple(keys), spec["min"]))
             if spec.get("choice"):
-                choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
+                plain_keys = tuple(k for k in keys if not k.startswith("_"))
+                choice_groups.append((name, plain_keys, frozenset(plain_keys)))
             if spec.get("slices") or spec.get("unchecked_slices") or spec.get("nested"):
                 sliced.append((name, bool(spec.get("choice")), spec))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
@@ -397,9 +398,10 @@ class Compiled:
                     what = "is required" if minimum == 1 else f"needs at least {minimum} items"
                     run.error("required", f"{path}.{name}", f"{name} {what} (minimum "
                               f"cardinality {minimum})")  # fmt: skip
-            for name, keys in choice_groups:
-                present = [k for k in keys if k in v]
-                if len(present) > 1:
+            for name, keys, keyset in choice_groups:
+                # (the intersection walks the object's few keys, not the choice's many types)
+                if len(keyset.intersection(v)) > 1:
+                    present = [k for k in keys if k in v]
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
             for name, choice, spec in sliced:

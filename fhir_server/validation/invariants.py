@@ -31,12 +31,13 @@ _NEEDS = {"dom-2": "contained", "dom-3": "contained", "dom-4": "contained", "dom
 # Likewise for the two commonest element invariants: ref-1 holds unless the reference is
 # local ('#...'), per-1 unless the Period has both start and end.
 # The others below hold whenever the elements their expression tests for are absent (a
-# primitive counts as present with only its `_name` extension); anything not an object is
-# left to the expression.
+# primitive counts as present with only its `_name` extension; qty-3 also when the system
+# is there); anything not an object is left to the expression.
 _GUARDS: dict[str, Callable[[Any], bool]] = {
     "ref-1": lambda v: type(v) is dict and str(v.get("reference", "")).startswith("#"),
     "per-1": lambda v: type(v) is dict and "start" in v and "end" in v,
-    "qty-3": lambda v: type(v) is not dict or "code" in v or "_code" in v,
+    "qty-3": lambda v: type(v) is not dict or (
+        ("code" in v or "_code" in v) and type(v.get("system")) is not str),
     "obs-6": lambda v: type(v) is not dict or ("dataAbsentReason" in v and _has(v, "value")),
     "obs-7": lambda v: type(v) is not dict or ("component" in v and _has(v, "value")),
     "prr-1": lambda v: type(v) is not dict or "orderDetail" in v,

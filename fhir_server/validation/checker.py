@@ -256,6 +256,22 @@ class Compiled:
         self.base = base or self
         self._types: dict[str, Check] = {}
         self._nodes: dict[tuple[str, str], Check] = {}
+        self.delta_only = False  # see `delta`
+        self._delta: Compiled | None = None
+
+    def delta(self) -> Compiled:
+        """This profile's checkers for a resource the base R4 checkers have just walked
+        (`validate`): an element the profile leaves as base R4 defines it (same definition,
+        same invariants, no constrained children) is not walked again, since the walk would
+        only repeat the base walk's findings. Slice members, data type profiles and profile
+        discriminators keep the full checkers (their values may not have been walked)."""
+        if self._delta is None:
+            with _BUILD:
+                if self._delta is None:
+                    variant = Compiled(self.defs, self.profile, self.base)
+                    variant.delta_only = True
+                    self._delta = variant
+        return self._delta
 
     # -- types ---------------------------------------------------------------------------
 
@@ -338,6 +354,7 @@ class Compiled:
         # inside a profile of a data type (an Extension profile), children of that same type
         # (its sub-extensions) are plain ones: only the root is the profile
         own_type = self.profile["type"] if self.profile is not None else None
+        same = self._unchanged(definition, node_path)
         for name, spec in children.items():
             types = spec.get("types") or []
             if is_resource and name == "id":
@@ -347,6 +364,7 @@ class Compiled:
             if spec.get("node") and not spec.get("choice"):
                 invariants = []  # evaluated by the node checker itself
             keys: list[str] = []
+            skip = name in same
             for t in types:
                 suffix = _JSON_TYPE.get(t, t)
                 key = name + suffix[0].upper() + suffix[1:] if spec.get("choice") else name
@@ -357,10 +375,16 @@ class Compiled:
                     else self.type_check(t)
                 )  # fmt: skip
                 primitive = t in self.defs.primitives.checks
-                handlers[key] = self._element(spec, shown, child, primitive, t, invariants)
+                handlers[key] = (
+                    _unchanged_element if skip
+                    else self._element(spec, shown, child, primitive, t, invariants)
+                )  # fmt: skip
                 keys.append(key)
                 if primitive:
-                    handlers["_" + key] = self._primitive_extension(spec, shown, key)
+                    handlers["_" + key] = (
+                        _unchanged_element if skip
+                        else self._primitive_extension(spec, shown, key)
+                    )  # fmt: skip
                     keys.append("_" + key)
                 if not spec.get("choice"):
                     break
@@ -414,6 +438,30 @@ class Compiled:
                 inv.check(v, path, run)
 
         return check
+
+    def _unchanged(self, definition: dict[str, Any], node_path: str) -> frozenset[str]:
+        """The children of `node_path` a delta profile walk skips: defined exactly as in
+        base R4 (cardinality, types, binding, values, targets, slices), with the same
+        invariants, and no children of their own the profile could have constrained."""
+        if not self.delta_only or self.profile is None or definition is not self.profile:
+            return frozenset()
+        base_def = self.defs.types.get(self.profile["type"])
+        if base_def is None or base_def is self.profile:
+            return frozenset()
+        base_children = base_def["nodes"].get(node_path)
+        if base_children is None:
+            return frozenset()
+        constraints = definition.get("constraints", {})
+        base_constraints = base_def.get("constraints", {})
+        out = set()
+        for name, spec in definition["nodes"].get(node_path, {}).items():
+            el_path = f"{node_path}.{name}" + ("[x]" if spec.get("choice") else "")
+            if (
+                not spec.get("node") and spec == base_children.get(name)
+                and constraints.get(el_path, []) == base_constraints.get(el_path, [])
+            ):  # fmt: skip
+                out.add(name)
+        return frozenset(out)
 
     def _element(
         self,
@@ -601,6 +649,10 @@ class Compiled:
                 report(run, path, f"none of the codings ({shown})")
 
         return bind
+
+
+def _unchanged_element(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+    """An element a delta profile walk leaves to the base walk (`Compiled.delta`)."""
 
 
 _LITERAL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?")

@@ -36,8 +36,9 @@ _NEEDS = {"dom-2": "contained", "dom-3": "contained", "dom-4": "contained", "dom
 _GUARDS: dict[str, Callable[[Any], bool]] = {
     "ref-1": lambda v: type(v) is dict and str(v.get("reference", "")).startswith("#"),
     "per-1": lambda v: type(v) is dict and "start" in v and "end" in v,
-    "qty-3": lambda v: type(v) is not dict or (
-        ("code" in v or "_code" in v) and type(v.get("system")) is not str),
+    "qty-3": lambda v: (
+        type(v) is not dict or (("code" in v or "_code" in v) and type(v.get("system")) is not str)
+    ),
     "obs-6": lambda v: type(v) is not dict or ("dataAbsentReason" in v and _has(v, "value")),
     "obs-7": lambda v: type(v) is not dict or ("component" in v and _has(v, "value")),
     "prr-1": lambda v: type(v) is not dict or "orderDetail" in v,
@@ -51,8 +52,10 @@ _GUARDS: dict[str, Callable[[Any], bool]] = {
     "tim-7": lambda v: type(v) is not dict or "durationMax" in v or "_durationMax" in v,
     "tim-8": lambda v: type(v) is not dict or "countMax" in v or "_countMax" in v,
     "tim-9": lambda v: type(v) is not dict or "offset" in v or "_offset" in v,
-    "tim-10": lambda v: type(v) is not dict or (
-        ("timeOfDay" in v or "_timeOfDay" in v) and ("when" in v or "_when" in v)),
+    "tim-10": lambda v: (
+        type(v) is not dict
+        or (("timeOfDay" in v or "_timeOfDay" in v) and ("when" in v or "_when" in v))
+    ),
     "dom-2": lambda v: _any_contained_has(v, "contained"),
     "dom-4": lambda v: _any_contained_has(v, "meta"),
     "dom-5": lambda v: _any_contained_has(v, "meta"),
@@ -71,6 +74,8 @@ def _has(v: dict[str, Any], choice: str) -> bool:
     """Is any type of the choice element (`value[x]`: valueQuantity, _valueString) there?"""
     under = "_" + choice
     return any(k.startswith(choice) or k.startswith(under) for k in v)
+
+
 _UNSUPPORTED: dict[str, str] = {}  # key -> expression neither engine evaluates
 PER_1 = "start.hasValue().not() or end.hasValue().not() or (start <= end)"
 DOM_3 = (
@@ -123,15 +128,21 @@ _GUARDED_TEXT = {
     "per-1": (PER_1,),
     "qty-3": ("code.empty() or system.exists()",),
     "obs-6": ("dataAbsentReason.empty() or value.empty()",),
-    "obs-7": ("value.empty() or component.code.where(coding.intersect(%resource.code.coding)"
-              ".exists()).empty()",),  # fmt: skip
+    "obs-7": (
+        "value.empty() or component.code.where(coding.intersect(%resource.code.coding)"
+        ".exists()).empty()",
+    ),  # fmt: skip
     "prr-1": ("orderDetail.empty() or code.exists()",),
-    "con-4": ("abatement.empty() or clinicalStatus.coding.where(system='http://terminology.hl7"
-              ".org/CodeSystem/condition-clinical' and (code='resolved' or code='remission' or "
-              "code='inactive')).exists()",),  # fmt: skip
-    "con-5": ("verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/"
-              "condition-ver-status' and code='entered-in-error').empty() or "
-              "clinicalStatus.empty()",),  # fmt: skip
+    "con-4": (
+        "abatement.empty() or clinicalStatus.coding.where(system='http://terminology.hl7"
+        ".org/CodeSystem/condition-clinical' and (code='resolved' or code='remission' or "
+        "code='inactive')).exists()",
+    ),  # fmt: skip
+    "con-5": (
+        "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/"
+        "condition-ver-status' and code='entered-in-error').empty() or "
+        "clinicalStatus.empty()",
+    ),  # fmt: skip
     "tim-1": ("duration.empty() or durationUnit.exists()",),
     "tim-5": ("period.exists() implies period >= 0",),
     "tim-2": ("period.empty() or periodUnit.exists()",),
@@ -139,8 +150,10 @@ _GUARDED_TEXT = {
     "tim-6": ("periodMax.empty() or period.exists()",),
     "tim-7": ("durationMax.empty() or duration.exists()",),
     "tim-8": ("countMax.empty() or count.exists()",),
-    "tim-9": ("offset.empty() or (when.exists() and when.select($this in ('C' | 'CM' | 'CD' | "
-              "'CV')).allFalse())",),  # fmt: skip
+    "tim-9": (
+        "offset.empty() or (when.exists() and when.select($this in ('C' | 'CM' | 'CD' | "
+        "'CV')).allFalse())",
+    ),  # fmt: skip
     "tim-10": ("timeOfDay.empty() or when.empty()",),
     "dom-2": ("contained.contained.empty()",),
     "dom-4": ("contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()",),
@@ -162,6 +175,7 @@ def dom_3(focus: list[Any], env: dict[str, Any]) -> list[Any]:
     wanted = {"#" + cid for item in contained if type(item) is dict
               and isinstance(cid := item.get("id"), str)}  # fmt: skip
     # the references outside `contained` first (where they usually are), then inside it
+    assert type(resource) is dict  # (it has a list of contained resources)
     _found({k: v for k, v in resource.items() if k != "contained"}, wanted)
     _found(contained, wanted)
     for item in contained:

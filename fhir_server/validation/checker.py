@@ -95,6 +95,30 @@ class Primitives:
         }  # fmt: skip
         fhirpath.set_primitive_forms(self.forms)
         self.checks: dict[str, Check] = {name: self._build(name) for name in regexes}
+        # per type, a test that a value is surely valid (the checker would report nothing):
+        # lets an element skip building its FHIRPath and calling the checker (most values)
+        self.fast: dict[str, Callable[[Any], bool]] = {
+            name: f for name in regexes if (f := self._fast(name)) is not None
+        }
+
+    def _fast(self, name: str) -> Callable[[Any], bool] | None:
+        if name == "boolean":
+            return lambda v: type(v) is bool
+        if name in ("integer", "positiveInt", "unsignedInt"):
+            low = {"integer": INT_MIN, "positiveInt": 1, "unsignedInt": 0}[name]
+            return lambda v: type(v) is int and low <= v <= INT_MAX
+        if name in ("decimal", "xhtml"):
+            return None
+        form = self.forms.get(name)
+        if form is None:
+            return lambda v: type(v) is str and len(v) <= MAX_STRING
+        surely = _SURELY_MATCHES.get(name)
+        if surely is not None and form.pattern == _R4_FORMS.get(name) and form.flags & re.ASCII:
+            full = form.fullmatch
+            return lambda v: (type(v) is str and len(v) <= MAX_STRING
+                              and (surely(v) or full(v) is not None))  # fmt: skip
+        full = form.fullmatch
+        return lambda v: type(v) is str and len(v) <= MAX_STRING and full(v) is not None
 
     def _build(self, name: str) -> Check:
         if name == "boolean":
@@ -232,6 +256,22 @@ class Compiled:
         self.base = base or self
         self._types: dict[str, Check] = {}
         self._nodes: dict[tuple[str, str], Check] = {}
+        self.delta_only = False  # see `delta`
+        self._delta: Compiled | None = None
+
+    def delta(self) -> Compiled:
+        """This profile's checkers for a resource the base R4 checkers have just walked
+        (`validate`): an element the profile leaves as base R4 defines it (same definition,
+        same invariants, no constrained children) is not walked again, since the walk would
+        only repeat the base walk's findings. Slice members, data type profiles and profile
+        discriminators keep the full checkers (their values may not have been walked)."""
+        if self._delta is None:
+            with _BUILD:
+                if self._delta is None:
+                    variant = Compiled(self.defs, self.profile, self.base)
+                    variant.delta_only = True
+                    self._delta = variant
+        return self._delta
 
     # -- types ---------------------------------------------------------------------------
 
@@ -308,12 +348,13 @@ class Compiled:
         is_resource = node_path == definition["type"] and definition.get("kind") == "resource"
         handlers: dict[str, Handler] = {}
         required: list[tuple[str, tuple[str, ...], int]] = []
-        choice_groups: list[tuple[str, tuple[str, ...]]] = []
+        choice_groups: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
         sliced: list[tuple[str, bool, dict[str, Any]]] = []
         constraints = definition.get("constraints", {})
         # inside a profile of a data type (an Extension profile), children of that same type
         # (its sub-extensions) are plain ones: only the root is the profile
         own_type = self.profile["type"] if self.profile is not None else None
+        same = self._unchanged(definition, node_path)
         for name, spec in children.items():
             types = spec.get("types") or []
             if is_resource and name == "id":
@@ -323,6 +364,7 @@ class Compiled:
             if spec.get("node") and not spec.get("choice"):
                 invariants = []  # evaluated by the node checker itself
             keys: list[str] = []
+            skip = name in same
             for t in types:
                 suffix = _JSON_TYPE.get(t, t)
                 key = name + suffix[0].upper() + suffix[1:] if spec.get("choice") else name
@@ -333,17 +375,24 @@ class Compiled:
                     else self.type_check(t)
                 )  # fmt: skip
                 primitive = t in self.defs.primitives.checks
-                handlers[key] = self._element(spec, shown, child, primitive, t, invariants)
+                handlers[key] = (
+                    _unchanged_element if skip
+                    else self._element(spec, shown, child, primitive, t, invariants)
+                )  # fmt: skip
                 keys.append(key)
                 if primitive:
-                    handlers["_" + key] = self._primitive_extension(spec, shown, key)
+                    handlers["_" + key] = (
+                        _unchanged_element if skip
+                        else self._primitive_extension(spec, shown, key)
+                    )  # fmt: skip
                     keys.append("_" + key)
                 if not spec.get("choice"):
                     break
             if spec.get("min", 0) > 0:
                 required.append((name, tuple(keys), spec["min"]))
             if spec.get("choice"):
-                choice_groups.append((name, tuple(k for k in keys if not k.startswith("_"))))
+                plain_keys = tuple(k for k in keys if not k.startswith("_"))
+                choice_groups.append((name, plain_keys, frozenset(plain_keys)))
             if spec.get("slices") or spec.get("unchecked_slices") or spec.get("nested"):
                 sliced.append((name, bool(spec.get("choice")), spec))
         own = compile_constraints(constraints.get(node_path, ()), self.defs.choices)
@@ -373,9 +422,10 @@ class Compiled:
                     what = "is required" if minimum == 1 else f"needs at least {minimum} items"
                     run.error("required", f"{path}.{name}", f"{name} {what} (minimum "
                               f"cardinality {minimum})")  # fmt: skip
-            for name, keys in choice_groups:
-                present = [k for k in keys if k in v]
-                if len(present) > 1:
+            for name, keys, keyset in choice_groups:
+                # (the intersection walks the object's few keys, not the choice's many types)
+                if len(keyset.intersection(v)) > 1:
+                    present = [k for k in keys if k in v]
                     run.error("structure", f"{path}.{name}", f"only one of {', '.join(present)} "
                               "may be present (a choice element)")  # fmt: skip
             for name, choice, spec in sliced:
@@ -388,6 +438,30 @@ class Compiled:
                 inv.check(v, path, run)
 
         return check
+
+    def _unchanged(self, definition: dict[str, Any], node_path: str) -> frozenset[str]:
+        """The children of `node_path` a delta profile walk skips: defined exactly as in
+        base R4 (cardinality, types, binding, values, targets, slices), with the same
+        invariants, and no children of their own the profile could have constrained."""
+        if not self.delta_only or self.profile is None or definition is not self.profile:
+            return frozenset()
+        base_def = self.defs.types.get(self.profile["type"])
+        if base_def is None or base_def is self.profile:
+            return frozenset()
+        base_children = base_def["nodes"].get(node_path)
+        if base_children is None:
+            return frozenset()
+        constraints = definition.get("constraints", {})
+        base_constraints = base_def.get("constraints", {})
+        out = set()
+        for name, spec in definition["nodes"].get(node_path, {}).items():
+            el_path = f"{node_path}.{name}" + ("[x]" if spec.get("choice") else "")
+            if (
+                not spec.get("node") and spec == base_children.get(name)
+                and constraints.get(el_path, []) == base_constraints.get(el_path, [])
+            ):  # fmt: skip
+                out.add(name)
+        return frozenset(out)
 
     def _element(
         self,
@@ -423,6 +497,26 @@ class Compiled:
         # most elements have nothing beyond their type: call the type's checker directly
         plain = bind is None and fixed is None and pattern is None and not invariants
         one = check if plain else extra
+        # a plain primitive whose value is surely valid needs neither its path nor a call
+        fast = self.defs.primitives.fast.get(type_name) if plain and primitive else None
+        if fast is not None and check is not self.defs.primitives.checks.get(type_name):
+            fast = None  # (not the primitive's own checker)
+
+        if maximum == 1 and fast is not None:
+            surely = fast
+
+            def single_primitive(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+                if surely(v):
+                    return
+                here = f"{path}.{shown}"
+                if type(v) is list:
+                    run.error("structure", here, f"{name} takes one value, not an array")
+                elif v is None:
+                    run.error("structure", here, f"{name} is null")
+                else:
+                    one(v, here, run)
+
+            return single_primitive
 
         if maximum == 1:
 
@@ -449,6 +543,8 @@ class Compiled:
                 run.error("structure", base, f"{name} has {len(v)} items, at most {maximum}")
             ext = parent.get("_" + shown) if primitive else None
             for i, item in enumerate(v):
+                if fast is not None and fast(item):
+                    continue
                 if item is None:
                     if not (type(ext) is list and i < len(ext) and ext[i] is not None):
                         text = f"null in an array (only with extensions in _{name}[{i}])"
@@ -553,6 +649,10 @@ class Compiled:
                 report(run, path, f"none of the codings ({shown})")
 
         return bind
+
+
+def _unchanged_element(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+    """An element a delta profile walk leaves to the base walk (`Compiled.delta`)."""
 
 
 _LITERAL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?")

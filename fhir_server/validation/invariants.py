@@ -30,10 +30,52 @@ if TYPE_CHECKING:
 _NEEDS = {"dom-2": "contained", "dom-3": "contained", "dom-4": "contained", "dom-5": "contained"}
 # Likewise for the two commonest element invariants: ref-1 holds unless the reference is
 # local ('#...'), per-1 unless the Period has both start and end.
+# The others below hold whenever the elements their expression tests for are absent (a
+# primitive counts as present with only its `_name` extension; qty-3 also when the system
+# is there); anything not an object is left to the expression.
 _GUARDS: dict[str, Callable[[Any], bool]] = {
     "ref-1": lambda v: type(v) is dict and str(v.get("reference", "")).startswith("#"),
     "per-1": lambda v: type(v) is dict and "start" in v and "end" in v,
+    "qty-3": lambda v: (
+        type(v) is not dict or (("code" in v or "_code" in v) and type(v.get("system")) is not str)
+    ),
+    "obs-6": lambda v: type(v) is not dict or ("dataAbsentReason" in v and _has(v, "value")),
+    "obs-7": lambda v: type(v) is not dict or ("component" in v and _has(v, "value")),
+    "prr-1": lambda v: type(v) is not dict or "orderDetail" in v,
+    "con-4": lambda v: type(v) is not dict or _has(v, "abatement"),
+    "con-5": lambda v: type(v) is not dict or ("clinicalStatus" in v and "verificationStatus" in v),
+    "tim-1": lambda v: type(v) is not dict or "duration" in v or "_duration" in v,
+    "tim-5": lambda v: type(v) is not dict or "period" in v or "_period" in v,
+    "tim-2": lambda v: type(v) is not dict or "period" in v or "_period" in v,
+    "tim-4": lambda v: type(v) is not dict or "duration" in v or "_duration" in v,
+    "tim-6": lambda v: type(v) is not dict or "periodMax" in v or "_periodMax" in v,
+    "tim-7": lambda v: type(v) is not dict or "durationMax" in v or "_durationMax" in v,
+    "tim-8": lambda v: type(v) is not dict or "countMax" in v or "_countMax" in v,
+    "tim-9": lambda v: type(v) is not dict or "offset" in v or "_offset" in v,
+    "tim-10": lambda v: (
+        type(v) is not dict
+        or (("timeOfDay" in v or "_timeOfDay" in v) and ("when" in v or "_when" in v))
+    ),
+    "dom-2": lambda v: _any_contained_has(v, "contained"),
+    "dom-4": lambda v: _any_contained_has(v, "meta"),
+    "dom-5": lambda v: _any_contained_has(v, "meta"),
 }
+
+
+def _any_contained_has(v: Any, key: str) -> bool:
+    """Has a contained resource the element `key` (or is something there not an object)?"""
+    contained = v.get("contained") if type(v) is dict else None
+    if type(contained) is not list:
+        return True
+    return any(type(c) is not dict or key in c for c in contained)
+
+
+def _has(v: dict[str, Any], choice: str) -> bool:
+    """Is any type of the choice element (`value[x]`: valueQuantity, _valueString) there?"""
+    under = "_" + choice
+    return any(k.startswith(choice) or k.startswith(under) for k in v)
+
+
 _UNSUPPORTED: dict[str, str] = {}  # key -> expression neither engine evaluates
 PER_1 = "start.hasValue().not() or end.hasValue().not() or (start <= end)"
 DOM_3 = (
@@ -50,11 +92,31 @@ def _strings(node: Any, out: set[str]) -> None:
     while stack:
         item = stack.pop()
         if type(item) is dict:
-            stack.extend(v for k, v in item.items() if k != "resourceType")
+            if "resourceType" in item:
+                stack.extend(v for k, v in item.items() if k != "resourceType")
+            else:
+                stack.extend(item.values())
         elif type(item) is list:
             stack.extend(item)
         elif type(item) is str:
             out.add(item)
+
+
+def _found(node: Any, wanted: set[str]) -> None:
+    """Removes from `wanted` the strings `node` holds (its resourceType aside), stopping as
+    soon as none is left."""
+    stack = [node]
+    while stack and wanted:
+        item = stack.pop()
+        if type(item) is dict:
+            if "resourceType" in item:
+                stack.extend(v for k, v in item.items() if k != "resourceType")
+            else:
+                stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is str and item in wanted:
+            wanted.discard(item)
 
 
 # the guards apply only to the official texts (a profile may reuse a key for another rule)
@@ -64,6 +126,38 @@ _GUARDED_TEXT = {
         "%rootResource.contained.id.trace('ids'))",
     ),
     "per-1": (PER_1,),
+    "qty-3": ("code.empty() or system.exists()",),
+    "obs-6": ("dataAbsentReason.empty() or value.empty()",),
+    "obs-7": (
+        "value.empty() or component.code.where(coding.intersect(%resource.code.coding)"
+        ".exists()).empty()",
+    ),  # fmt: skip
+    "prr-1": ("orderDetail.empty() or code.exists()",),
+    "con-4": (
+        "abatement.empty() or clinicalStatus.coding.where(system='http://terminology.hl7"
+        ".org/CodeSystem/condition-clinical' and (code='resolved' or code='remission' or "
+        "code='inactive')).exists()",
+    ),  # fmt: skip
+    "con-5": (
+        "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/"
+        "condition-ver-status' and code='entered-in-error').empty() or "
+        "clinicalStatus.empty()",
+    ),  # fmt: skip
+    "tim-1": ("duration.empty() or durationUnit.exists()",),
+    "tim-5": ("period.exists() implies period >= 0",),
+    "tim-2": ("period.empty() or periodUnit.exists()",),
+    "tim-4": ("duration.exists() implies duration >= 0",),
+    "tim-6": ("periodMax.empty() or period.exists()",),
+    "tim-7": ("durationMax.empty() or duration.exists()",),
+    "tim-8": ("countMax.empty() or count.exists()",),
+    "tim-9": (
+        "offset.empty() or (when.exists() and when.select($this in ('C' | 'CM' | 'CD' | "
+        "'CV')).allFalse())",
+    ),  # fmt: skip
+    "tim-10": ("timeOfDay.empty() or when.empty()",),
+    "dom-2": ("contained.contained.empty()",),
+    "dom-4": ("contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()",),
+    "dom-5": ("contained.meta.security.empty()",),
 }
 
 
@@ -78,13 +172,17 @@ def dom_3(focus: list[Any], env: dict[str, Any]) -> list[Any]:
     contained = resource.get("contained") if type(resource) is dict else None
     if type(contained) is not list:
         return [True]
-    everything: set[str] = set()
-    _strings(resource, everything)
+    wanted = {"#" + cid for item in contained if type(item) is dict
+              and isinstance(cid := item.get("id"), str)}  # fmt: skip
+    # the references outside `contained` first (where they usually are), then inside it
+    assert type(resource) is dict  # (it has a list of contained resources)
+    _found({k: v for k, v in resource.items() if k != "contained"}, wanted)
+    _found(contained, wanted)
     for item in contained:
         if type(item) is not dict:
             continue
         cid = item.get("id")
-        if isinstance(cid, str) and "#" + cid in everything:
+        if isinstance(cid, str) and "#" + cid not in wanted:
             continue
         inside: set[str] = set()
         _strings(item, inside)
@@ -116,7 +214,33 @@ def per_1(focus: list[Any], env: dict[str, Any]) -> list[Any]:
     return _per_1_general[0](focus, env)
 
 
-NATIVE: dict[tuple[str, str], Node] = {("dom-3", DOM_3): dom_3, ("per-1", PER_1): per_1}
+_ref_1_general: list[Node] = []
+REF_1 = _GUARDED_TEXT["ref-1"][0]
+
+
+def ref_1(focus: list[Any], env: dict[str, Any]) -> list[Any]:
+    """ref-1 (a local reference `#id` names a contained resource of the root) without the
+    general engine (every Synthea Claim and ExplanationOfBenefit has such references): the
+    id among the string ids of the root's contained resources. Anything else (`#` alone, a
+    reference that is not a string) goes to the compiled expression."""
+    ref = focus[0] if len(focus) == 1 else None
+    target = ref.get("reference") if type(ref) is dict else None
+    if type(target) is str and len(target) > 1:
+        if not target.startswith("#"):
+            return [True]
+        root = env["rootResource"]
+        contained = root.get("contained") if type(root) is dict else None
+        if contained is None or type(contained) is list:
+            cid = target[1:]
+            return [any(type(c) is dict and c.get("id") == cid and type(c.get("id")) is str
+                        for c in contained or ())]  # fmt: skip
+    if not _ref_1_general:
+        _ref_1_general.append(compile_invariant(REF_1))
+    return _ref_1_general[0](focus, env)
+
+
+NATIVE: dict[tuple[str, str], Node] = {
+    ("dom-3", DOM_3): dom_3, ("per-1", PER_1): per_1, ("ref-1", REF_1): ref_1}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

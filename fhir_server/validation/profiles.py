@@ -247,7 +247,7 @@ class Profiles:
                       f"not {res_type}")  # fmt: skip
             return
         before = len(run.issues)
-        compiled.type_check(res_type)(resource, res_type, run)
+        compiled.delta().type_check(res_type)(resource, res_type, run)  # after the base walk
         for i in range(before, len(run.issues)):
             issue = run.issues[i]
             run.issues[i] = type(issue)(issue.severity, issue.code, issue.expression,

@@ -268,9 +268,7 @@ def planned_search(ctx: Context, req: FhirRequest) -> SearchPlan | None:
     route = found.methods.get("GET") if found is not None else None
     if route is None or route.handler is not search:  # e.g. OperationDefinition's own
         return None
-    _check_type(path[0])
-    if route.guard is not None:
-        route.guard(ctx, req, path[0], None)
+    _resolved(ctx, req, path)  # the checks dispatch makes before its handler
     return search_plan(ctx, req, path[0])[0]
 
 
@@ -283,6 +281,15 @@ def _match(ctx: Context, path: list[str]) -> _Pattern | None:
 
 
 def _route(ctx: Context, req: FhirRequest, path: list[str]) -> FhirResponse:
+    route, values, res_type = _resolved(ctx, req, path)
+    response = route.handler(ctx, req, *values.values())
+    response.interaction, response.res_type = route.interaction, res_type
+    return response
+
+
+def _resolved(ctx: Context, req: FhirRequest, path: list[str]) -> tuple[Route, dict[str, str], str]:
+    """The route of a request, its path values and resource type, after the type check and
+    the route's access guard (which raise what the client sees)."""
     found = _match(ctx, path)
     if found is None:
         if path:
@@ -298,9 +305,7 @@ def _route(ctx: Context, req: FhirRequest, path: list[str]) -> FhirResponse:
     res_type = values.get("type") or values.get("compartment") or route.res_type
     if route.guard is not None:
         route.guard(ctx, req, res_type, values.get("id"))
-    response = route.handler(ctx, req, *values.values())
-    response.interaction, response.res_type = route.interaction, res_type
-    return response
+    return route, values, res_type
 
 
 def _not_allowed(method: str, allowed: str) -> FhirError:

@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -34,17 +35,24 @@ from psycopg.errors import error_from_result
 from sqlalchemy import Engine
 
 from fhir_server.clock import mostly_waited
-from fhir_server.store.repository import StoredResource
+from fhir_server.store.repository import Statements, StoredResource
 
 log = logging.getLogger("interop.store")
 
 BINARY = 1  # result format: integers, booleans and bytea arrive as they are stored
 PREPARED = 200  # statements prepared per connection (the direct searches' shapes are few)
-READ_SQL = (
-    b"SELECT version_id, last_updated, deleted, body FROM resources "
-    b"WHERE res_type = $1 AND res_id = $2"
-)
 _MARK = re.compile(r"\?|%s")
+
+
+@lru_cache(maxsize=512)
+def _numbered(sql: str) -> bytes:
+    """A statement with `?` or `%s` marks in libpq's `$1, $2, ...` form (once per text: the
+    direct searches repeat a few shapes)."""
+    numbered = iter(range(1, sql.count("?") + sql.count("%s") + 1))
+    return _MARK.sub(lambda _: f"${next(numbered)}", sql).encode()
+
+
+READ_SQL = _numbered(Statements("postgresql", "format").read)  # the one read-by-id statement
 
 
 class _Connection:
@@ -178,9 +186,7 @@ class AsyncReads:
     async def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """All rows of one statement with `?` (or `%s`) marks, its parameters strings or
         integers (sent as text, typed by the server from where they stand)."""
-        numbered = iter(range(1, len(params) + 1))
-        text = _MARK.sub(lambda _: f"${next(numbered)}", sql)
-        return await self._rows(text.encode(), [_text(p) for p in params])
+        return await self._rows(_numbered(sql), [_text(p) for p in params])
 
     async def _rows(self, sql: bytes, params: Sequence[bytes | None]) -> list[tuple[Any, ...]]:
         """A connection that broke while idle (the server restarted, say) is dropped and the

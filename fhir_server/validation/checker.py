@@ -502,22 +502,6 @@ class Compiled:
         if fast is not None and check is not self.defs.primitives.checks.get(type_name):
             fast = None  # (not the primitive's own checker)
 
-        if maximum == 1 and fast is not None:
-            surely = fast
-
-            def single_primitive(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
-                if surely(v):
-                    return
-                here = f"{path}.{shown}"
-                if type(v) is list:
-                    run.error("structure", here, f"{name} takes one value, not an array")
-                elif v is None:
-                    run.error("structure", here, f"{name} is null")
-                else:
-                    one(v, here, run)
-
-            return single_primitive
-
         if maximum == 1:
 
             def single(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
@@ -529,7 +513,15 @@ class Compiled:
                 else:
                     one(v, here, run)
 
-            return single
+            if fast is None:
+                return single
+            surely = fast
+
+            def single_primitive(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
+                if not surely(v):
+                    single(parent, v, path, run)
+
+            return single_primitive
 
         def many(parent: dict[str, Any], v: Any, path: str, run: Run) -> None:
             base = f"{path}.{shown}"

@@ -8,7 +8,7 @@ never silently passed as if checked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -87,7 +87,8 @@ DOM_3 = (
 )
 
 
-def _strings(node: Any, out: set[str]) -> None:
+def _strings(node: Any) -> Iterator[str]:
+    """The strings `node` holds, its resources' `resourceType` aside."""
     stack = [node]
     while stack:
         item = stack.pop()
@@ -99,24 +100,15 @@ def _strings(node: Any, out: set[str]) -> None:
         elif type(item) is list:
             stack.extend(item)
         elif type(item) is str:
-            out.add(item)
+            yield item
 
 
 def _found(node: Any, wanted: set[str]) -> None:
-    """Removes from `wanted` the strings `node` holds (its resourceType aside), stopping as
-    soon as none is left."""
-    stack = [node]
-    while stack and wanted:
-        item = stack.pop()
-        if type(item) is dict:
-            if "resourceType" in item:
-                stack.extend(v for k, v in item.items() if k != "resourceType")
-            else:
-                stack.extend(item.values())
-        elif type(item) is list:
-            stack.extend(item)
-        elif type(item) is str and item in wanted:
-            wanted.discard(item)
+    """Removes from `wanted` the strings `node` holds, stopping as soon as none is left."""
+    for item in _strings(node):
+        if not wanted:
+            return
+        wanted.discard(item)
 
 
 # the guards apply only to the official texts (a profile may reuse a key for another rule)
@@ -184,9 +176,7 @@ def dom_3(focus: list[Any], env: dict[str, Any]) -> list[Any]:
         cid = item.get("id")
         if isinstance(cid, str) and "#" + cid not in wanted:
             continue
-        inside: set[str] = set()
-        _strings(item, inside)
-        if "#" not in inside:
+        if "#" not in _strings(item):
             return [False]
     return [True]
 

@@ -79,3 +79,18 @@ def test_search_parameter_definitions_are_guarded_the_same_way(
     searcher, _, _ = backend(smart, "system/SearchParameter.s")
     found = http.get(search, params=query, headers=searcher).json()
     assert [e["resource"]["url"] for e in found["entry"]] == [query["url"]]
+
+
+def test_a_patient_app_reads_but_cannot_replace_a_search_parameter(
+    http: TestClient, smart: Any, two_patients: dict[str, str]
+) -> None:
+    read = "/fhir/SearchParameter/clinical-code"
+    app = patient_app(smart, two_patients["A"], "patient/*.cruds")
+    rogue = {"resourceType": "SearchParameter", "id": "clinical-code",
+             "url": "http://hl7.org/fhir/SearchParameter/clinical-code", "name": "Rogue",
+             "status": "active", "description": "rogue", "code": "code",
+             "base": ["Observation"], "type": "token",
+             "expression": "Observation.id"}  # fmt: skip
+    assert is_outcome(http.put(read, json=rogue, headers=app), 403)
+    assert is_outcome(http.delete(read, headers=app), 403)
+    assert http.get(read, headers=app).json()["name"] != "Rogue"  # the official one stays
